@@ -1,0 +1,40 @@
+"""perfbp: hardware watchpoints on Linux, from Python.
+
+Count (and, later, sample) every access to a memory location, using the
+kernel's perf_event breakpoints: the same debug registers gdb's ``watch`` uses,
+without stopping the program.
+
+    >>> import perfbp
+    >>> bp = perfbp.Breakpoint.write(address, 8)
+    >>> with perfbp.Counter(bp, pid=1234, process=True) as c:
+    ...     time.sleep(1)
+    ...     print(c.read(), "writes")
+"""
+
+from .breakpoint import Breakpoint
+from .counter import Counter, Group
+from .errors import (
+    InvalidBreakpoint,
+    NoBreakpointSlots,
+    NoSuchProcess,
+    PerfbpError,
+    PermissionDenied,
+    Unsupported,
+)
+from .events import EventOptions, Target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Breakpoint",
+    "Counter",
+    "Group",
+    "Target",
+    "EventOptions",
+    "PerfbpError",
+    "NoBreakpointSlots",
+    "PermissionDenied",
+    "InvalidBreakpoint",
+    "NoSuchProcess",
+    "Unsupported",
+]

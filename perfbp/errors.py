@@ -1,0 +1,86 @@
+"""perfbp's one error hierarchy.
+
+Every error perfbp raises on purpose is a :class:`PerfbpError`, which is also an
+:class:`OSError` carrying the errno the kernel would give (or gave).  Each
+message says what was asked, why it cannot be done, and what to do instead, so
+the command line can print it as it is.
+
+This module is pure data: it imports nothing from perfbp.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any
+
+
+class PerfbpError(OSError):
+    """Base class of every perfbp error.
+
+    Attributes:
+        errno: the errno the kernel gave or would give.
+        message: the full, human-readable explanation (also ``str(err)``).
+        context: extra facts (pid, address, ...) for programs that catch it.
+    """
+
+    default_errno: int = _errno.EIO
+
+    def __init__(self, message: str, *, errno: int | None = None, **context: Any) -> None:
+        code = self.default_errno if errno is None else errno
+        super().__init__(code, message)
+        self.message = message
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # keep pickling (multiprocessing) working
+        return (_rebuild, (type(self), self.message, self.errno, self.context))
+
+
+def _rebuild(cls, message, code, context):
+    return cls(message, errno=code, **context)
+
+
+class NoBreakpointSlots(PerfbpError):
+    """The debug-register slots are all taken (ENOSPC).
+
+    x86 has 4 slots per thread and per CPU, shared by data and execute
+    breakpoints; gdb's and perf's watchpoints take them too.
+    """
+
+    default_errno = _errno.ENOSPC
+
+
+class PermissionDenied(PerfbpError):
+    """The kernel refused for lack of privilege (EACCES or EPERM)."""
+
+    default_errno = _errno.EACCES
+
+
+class InvalidBreakpoint(PerfbpError):
+    """The breakpoint breaks an architecture rule or bad input (EINVAL)."""
+
+    default_errno = _errno.EINVAL
+
+
+class NoSuchProcess(PerfbpError):
+    """The target process or thread does not exist (ESRCH)."""
+
+    default_errno = _errno.ESRCH
+
+
+class Unsupported(PerfbpError):
+    """The kernel or machine lacks what is needed (EOPNOTSUPP or ENOENT)."""
+
+    default_errno = _errno.EOPNOTSUPP
+
+
+__all__ = [
+    "PerfbpError",
+    "NoBreakpointSlots",
+    "PermissionDenied",
+    "InvalidBreakpoint",
+    "NoSuchProcess",
+    "Unsupported",
+]

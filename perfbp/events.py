@@ -1,0 +1,268 @@
+"""Opening breakpoint events: attr building, targets, and the one place that
+turns the kernel's errno into perfbp's own exceptions with context.
+
+This is the layer just above :mod:`perfbp.abi`: it knows what the user asked
+(a :class:`~perfbp.breakpoint.Breakpoint` on a :class:`Target`) and so can say
+why the kernel refused it and what to do instead.
+"""
+
+from __future__ import annotations
+
+import errno as E
+from dataclasses import dataclass, field
+
+from . import abi, system
+from ._uapi import PERF_TYPE_BREAKPOINT
+from .breakpoint import Breakpoint
+from .errors import (
+    InvalidBreakpoint,
+    NoBreakpointSlots,
+    NoSuchProcess,
+    PerfbpError,
+    PermissionDenied,
+    Unsupported,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a breakpoint is armed: a thread, a whole process, or CPUs.
+
+    Build one with the constructors::
+
+        Target.this_thread()        # the calling thread
+        Target.thread(4242)         # one thread (task) id
+        Target.process(4242)        # every thread of a process, and the
+                                    # threads and children it starts later
+        Target.cpus([0, 1])         # everything running on CPUs 0 and 1
+        Target.cpus()               # every online CPU (system-wide)
+
+    Attributes:
+        kind: ``"thread"``, ``"process"`` or ``"cpus"``.
+        pid: thread id (0: the caller) or process id; -1 for CPU targets.
+        cpus: the CPUs a thread/process target is restricted to (empty: any),
+            or the CPUs of a CPU target.
+        inherit: follow threads and processes the target creates later.
+    """
+
+    kind: str
+    pid: int = 0
+    cpus: tuple[int, ...] = ()
+    inherit: bool = False
+
+    @classmethod
+    def this_thread(cls, *, inherit: bool = False) -> "Target":
+        return cls("thread", 0, (), inherit)
+
+    @classmethod
+    def thread(cls, tid: int, *, cpu: int = -1, inherit: bool = False) -> "Target":
+        return cls("thread", tid, () if cpu < 0 else (cpu,), inherit)
+
+    @classmethod
+    def process(cls, pid: int, *, cpu: int = -1) -> "Target":
+        return cls("process", pid, () if cpu < 0 else (cpu,), True)
+
+    @classmethod
+    def cpus(cls, cpus: "list[int] | tuple[int, ...] | None" = None) -> "Target":
+        return cls("cpus", -1, tuple(cpus) if cpus is not None else tuple(system.online_cpus()), False)
+
+    def describe(self) -> str:
+        """Plain words: ``process 4242``, ``thread 17``, ``CPUs 0,1``."""
+        on = f" on CPU {self.cpus[0]}" if self.cpus and self.kind != "cpus" else ""
+        if self.kind == "thread":
+            return ("this thread" if self.pid == 0 else f"thread {self.pid}") + on
+        if self.kind == "process":
+            return f"process {self.pid} ({system.comm(self.pid)}){on}"
+        if len(self.cpus) == 1:
+            return f"CPU {self.cpus[0]}"
+        return "CPUs " + ",".join(str(c) for c in self.cpus)
+
+
+@dataclass(frozen=True)
+class EventOptions:
+    """How an event is opened, beyond what and where.
+
+    Attributes:
+        enabled: start counting at once (else call ``enable()``).
+        enable_on_exec: start counting when the target calls exec.
+        exclude_kernel: drop hits taken in kernel mode (perf's ``:u``).  None
+            means: yes for user-space addresses (so counts are exact: the ELF
+            loader's or a syscall's writes into the range do not count), no for
+            kernel addresses.
+        sample_period: 0 counts only; N makes every Nth hit a sample.
+        sample_type, wakeup_events, sample_id_all, mmap, comm, task: sampling
+            options for the ring buffer (see :mod:`perfbp.sampling`).
+        sigtrap, sig_data: synchronous SIGTRAP in the thread that hit.
+    """
+
+    enabled: bool = True
+    enable_on_exec: bool = False
+    exclude_kernel: "bool | None" = None
+    sample_period: int = 0
+    sample_type: int = 0
+    wakeup_events: int = 0
+    watermark: int = 0
+    sample_id_all: bool = False
+    mmap: bool = False
+    comm: bool = False
+    task: bool = False
+    sigtrap: bool = False
+    sig_data: int = 0
+    sample_max_stack: int = 0
+
+
+DEFAULT_OPTIONS = EventOptions()
+
+
+def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
+    """The ``perf_event_attr`` for ``bp`` (kept: MODIFY_ATTRIBUTES needs it)."""
+    attr = abi.new_attr()
+    attr.type = PERF_TYPE_BREAKPOINT
+    attr.bp_type = bp.bp_type
+    attr.bp_addr = bp.address
+    attr.bp_len = bp.length
+    exclude_kernel = opts.exclude_kernel
+    if exclude_kernel is None:
+        exclude_kernel = not bp.is_kernel()
+    attr.exclude_kernel = exclude_kernel
+    attr.exclude_hv = 1
+    attr.disabled = 0 if opts.enabled and not opts.enable_on_exec else 1
+    attr.enable_on_exec = opts.enable_on_exec
+    attr.inherit = inherit
+    if opts.sample_period:
+        attr.sample_period = opts.sample_period
+        attr.sample_type = opts.sample_type
+        if opts.watermark:
+            attr.watermark = 1
+            attr.wakeup_watermark = opts.watermark
+        else:
+            attr.wakeup_events = opts.wakeup_events
+        attr.sample_id_all = opts.sample_id_all
+        attr.sample_max_stack = opts.sample_max_stack
+    attr.mmap = opts.mmap
+    attr.mmap2 = opts.mmap
+    attr.comm = opts.comm
+    attr.comm_exec = opts.comm
+    attr.task = opts.task
+    if opts.sigtrap:
+        attr.sigtrap = 1
+        attr.remove_on_exec = 1
+        attr.sig_data = opts.sig_data
+        if not opts.sample_period:
+            attr.sample_period = 1
+    return attr
+
+
+def open_event(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
+               opts: EventOptions = DEFAULT_OPTIONS, target: "Target | None" = None):
+    """Open one breakpoint event; return ``(fd, attr)``.
+
+    Raises:
+        PerfbpError: the subclass that matches the kernel's errno, with a
+            message naming the breakpoint, the target and the fix.
+    """
+    attr = make_attr(bp, inherit, opts)
+    try:
+        fd = abi.perf_event_open(attr, pid, cpu)
+    except OSError as exc:
+        raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target) from None
+    return fd, attr
+
+
+def _where(pid: int, cpu: int, target: "Target | None") -> str:
+    if target is not None:
+        return target.describe()
+    if pid == -1:
+        return f"CPU {cpu}"
+    who = "this thread" if pid == 0 else f"thread {pid}"
+    return who + (f" on CPU {cpu}" if cpu >= 0 else "")
+
+
+def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int = 0,
+                       cpu: int = -1, target: "Target | None" = None,
+                       action: str = "open") -> PerfbpError:
+    """Turn an OSError from a perf call into perfbp's exception for it.
+
+    The one place where errno becomes meaning: the message says what was
+    asked, why the kernel refused, and what to do.
+    """
+    if isinstance(exc, PerfbpError):
+        return exc
+    code = exc.errno or E.EIO
+    what = bp.describe() if bp is not None else "breakpoint"
+    where = _where(pid, cpu, target)
+    asked = f"cannot {action} a {what} on {where}"
+    ctx = dict(pid=pid, cpu=cpu, address=bp.address if bp else None)
+    if code == E.ENOSPC:
+        from .arch import current
+        rules = current()
+        return NoBreakpointSlots(
+            f"{asked}: no debug-register slot is free (ENOSPC). {rules.name} has "
+            f"{rules.data_slots} slots per thread and per CPU, shared by data and "
+            f"execute breakpoints, and they are all held, by perfbp's own watches "
+            f"or outside perfbp (gdb, another perf, a system-wide watch). Watch "
+            f"fewer or shorter ranges, or end the other tool's watchpoints.",
+            errno=code, **ctx)
+    if code in (E.EACCES, E.EPERM):
+        return PermissionDenied(f"{asked}: {permission_advice(bp, pid, code)}",
+                                errno=code, **ctx)
+    if code == E.ESRCH:
+        who = f"process or thread {pid}" if pid > 0 else where
+        return NoSuchProcess(f"{asked}: {who} does not exist (or has exited). "
+                             f"Check the id with ps, or start the program with -- CMD.",
+                             errno=code, **ctx)
+    if code == E.EINVAL:
+        online = system.online_cpus()
+        if cpu >= 0 and cpu not in online:
+            reason = (f"CPU {cpu} does not exist or is offline (online CPUs: "
+                      f"{','.join(map(str, online))}); choose one of those")
+        elif bp is not None and bp.is_kernel():
+            reason = ("the kernel refused the kernel-space address; kernel "
+                      "breakpoints must not exclude kernel mode and must not be "
+                      "task-bound on every architecture: try a CPU target (-a)")
+        else:
+            reason = ("the kernel found the request invalid (EINVAL); check the "
+                      "address, length and access against `perfbp check`")
+        return InvalidBreakpoint(f"{asked}: {reason}", errno=code, **ctx)
+    if code in (E.ENOENT, E.ENODEV, E.EOPNOTSUPP, E.ENOSYS):
+        return Unsupported(
+            f"{asked}: this kernel or machine has no usable hardware-breakpoint "
+            f"PMU ({os_strerror(code)}); `perfbp check` explains what is missing",
+            errno=code, **ctx)
+    if code == E.E2BIG:
+        return Unsupported(
+            f"{asked}: this kernel is older than the perf_event_attr layout perfbp "
+            f"uses ({abi.ATTR_SIZE} bytes, Linux 6.3+) (E2BIG); upgrade the kernel",
+            errno=code, **ctx)
+    if code == E.EMFILE or code == E.ENFILE:
+        return PerfbpError(f"{asked}: too many open files ({os_strerror(code)}); "
+                           f"raise the limit with `ulimit -n`", errno=code, **ctx)
+    return PerfbpError(f"{asked}: {os_strerror(code)}", errno=code, **ctx)
+
+
+def os_strerror(code: int) -> str:
+    import os
+    return f"{E.errorcode.get(code, code)}: {os.strerror(code)}"
+
+
+def permission_advice(bp: "Breakpoint | None", pid: int, code: int) -> str:
+    """Why the kernel said EACCES/EPERM here, and what would allow it."""
+    paranoid = system.perf_event_paranoid()
+    p = "unknown" if paranoid is None else str(paranoid)
+    if bp is not None and bp.is_kernel():
+        return (f"watching a kernel address needs CAP_SYS_ADMIN (the kernel "
+                f"refuses kernel breakpoints to anyone else, whatever "
+                f"perf_event_paranoid says; it is {p} here). Run as root.")
+    if pid == -1:
+        return (f"perf_event_paranoid is {p}, and watching a whole CPU needs "
+                f"perf_event_paranoid <= 0 or CAP_PERFMON (or CAP_SYS_ADMIN). Run "
+                f"as root, grant CAP_PERFMON, or `sysctl kernel.perf_event_paranoid=0`.")
+    if pid > 0:
+        return (f"perfbp may not watch another user's process: it needs ptrace "
+                f"rights over it (same user and kernel.yama.ptrace_scope allowing "
+                f"it, or CAP_SYS_PTRACE), and perf_event_paranoid is {p} (<= 2 "
+                f"allows user-space watches without CAP_PERFMON). Run as that "
+                f"user or as root.")
+    return (f"perf_event_paranoid is {p}: above 2 no unprivileged perf events "
+            f"are allowed. Lower it with `sysctl kernel.perf_event_paranoid=2`, "
+            f"or grant CAP_PERFMON.")

@@ -1,0 +1,139 @@
+"""Facts about this machine and its processes, read from /proc and /sys.
+
+Pure Python over text files; no perf syscalls.  Everything here answers a
+question the layers above ask before or after opening events: which threads a
+process has, which CPUs exist, how paranoid the kernel is, which capabilities
+this process holds.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Capability numbers from ``include/uapi/linux/capability.h``.
+CAP_KILL = 5
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+
+CAP_NAMES = {CAP_KILL: "CAP_KILL", CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
+             CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_PERFMON: "CAP_PERFMON"}
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """Parse the kernel's CPU-list format (``0-3,8,10-11``) into numbers.
+
+    Raises:
+        ValueError: on anything that is not a CPU list.
+    """
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            a, b = int(lo), int(hi)
+            if a > b or a < 0:
+                raise ValueError(f"bad CPU range {part!r}")
+            cpus.extend(range(a, b + 1))
+        else:
+            n = int(part)
+            if n < 0:
+                raise ValueError(f"bad CPU number {part!r}")
+            cpus.append(n)
+    return sorted(set(cpus))
+
+
+def _cpu_file(name: str) -> list[int]:
+    try:
+        with open(f"/sys/devices/system/cpu/{name}") as f:
+            return parse_cpu_list(f.read())
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+
+
+def online_cpus() -> list[int]:
+    """CPUs that are online now (``/sys/devices/system/cpu/online``)."""
+    return _cpu_file("online")
+
+
+def possible_cpus() -> list[int]:
+    """CPUs that may ever exist (``/sys/devices/system/cpu/possible``): the set
+    the kernel's slot accounting iterates over."""
+    return _cpu_file("possible")
+
+
+def perf_event_paranoid() -> int | None:
+    """``/proc/sys/kernel/perf_event_paranoid``, or None when unreadable."""
+    try:
+        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def effective_capabilities(pid: int | str = "self") -> int:
+    """The ``CapEff`` bit mask of a process (0 when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def has_capability(cap: int, pid: int | str = "self") -> bool:
+    return bool(effective_capabilities(pid) >> cap & 1)
+
+
+def thread_ids(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` (``/proc/PID/task``).
+
+    Raises:
+        ProcessLookupError: when the process does not exist.
+    """
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise ProcessLookupError(3, f"no process {pid}") from None
+
+
+def process_exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def thread_group(tid: int) -> int | None:
+    """The process (thread-group) id a thread belongs to, or None."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def comm(pid: int) -> str:
+    """The command name of a task (``/proc/PID/comm``), or ``?``."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def breakpoint_pmu_type() -> int | None:
+    """The ``type`` of the breakpoint PMU (5), or None when it is absent."""
+    try:
+        with open("/sys/bus/event_source/devices/breakpoint/type") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_release() -> str:
+    return os.uname().release
