@@ -21,7 +21,14 @@ from .errors import (
     PermissionDenied,
     Unsupported,
 )
+from .check import CheckItem, CheckReport, probe_capacity, run_checks
+from .errors import CommandNotFound
 from .events import EventOptions, Target
+from .launch import exit_status
+from .session import CountResult, WatchHits, count
+from .spec import WatchSpec
+from .spec import parse as parse_watch
+from .system import online_cpus, parse_cpu_list, possible_cpus, process_exists
 
 __version__ = "0.1.0"
 
@@ -37,4 +44,19 @@ __all__ = [
     "InvalidBreakpoint",
     "NoSuchProcess",
     "Unsupported",
+    "CommandNotFound",
+    "WatchSpec",
+    "parse_watch",
+    "count",
+    "CountResult",
+    "WatchHits",
+    "run_checks",
+    "CheckReport",
+    "CheckItem",
+    "probe_capacity",
+    "exit_status",
+    "online_cpus",
+    "possible_cpus",
+    "parse_cpu_list",
+    "process_exists",
 ]

@@ -76,7 +76,14 @@ class Unsupported(PerfbpError):
     default_errno = _errno.EOPNOTSUPP
 
 
+class CommandNotFound(PerfbpError):
+    """The command to launch does not exist or cannot be executed (ENOENT)."""
+
+    default_errno = _errno.ENOENT
+
+
 __all__ = [
+    "CommandNotFound",
     "PerfbpError",
     "NoBreakpointSlots",
     "PermissionDenied",

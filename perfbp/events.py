@@ -43,12 +43,14 @@ class Target:
         cpus: the CPUs a thread/process target is restricted to (empty: any),
             or the CPUs of a CPU target.
         inherit: follow threads and processes the target creates later.
+        name: what to call the target in messages (default: its command name).
     """
 
     kind: str
     pid: int = 0
     cpus: tuple[int, ...] = ()
     inherit: bool = False
+    name: str = ""
 
     @classmethod
     def this_thread(cls, *, inherit: bool = False) -> "Target":
@@ -59,8 +61,8 @@ class Target:
         return cls("thread", tid, () if cpu < 0 else (cpu,), inherit)
 
     @classmethod
-    def process(cls, pid: int, *, cpu: int = -1) -> "Target":
-        return cls("process", pid, () if cpu < 0 else (cpu,), True)
+    def process(cls, pid: int, *, cpu: int = -1, name: str = "") -> "Target":
+        return cls("process", pid, () if cpu < 0 else (cpu,), True, name)
 
     @classmethod
     def cpus(cls, cpus: "list[int] | tuple[int, ...] | None" = None) -> "Target":
@@ -72,7 +74,7 @@ class Target:
         if self.kind == "thread":
             return ("this thread" if self.pid == 0 else f"thread {self.pid}") + on
         if self.kind == "process":
-            return f"process {self.pid} ({system.comm(self.pid)}){on}"
+            return f"process {self.pid} ({self.name or system.comm(self.pid)}){on}"
         if len(self.cpus) == 1:
             return f"CPU {self.cpus[0]}"
         return "CPUs " + ",".join(str(c) for c in self.cpus)

@@ -1,0 +1,3 @@
+from perfbp.cli import main
+
+main()

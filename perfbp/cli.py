@@ -1,0 +1,227 @@
+"""The ``perfbp`` command line: a thin shell over the public API.
+
+Every command parses options, calls :mod:`perfbp`, and renders.  Bad input
+gets one line on stderr naming the problem and the fix, and exit code 2; no
+traceback.  Nothing here runs through a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+import perfbp
+
+app = typer.Typer(
+    name="perfbp",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Hardware watchpoints for everyone: count every access to memory "
+         "in a program, a process, or system-wide, with the CPU's debug "
+         "registers (perf_event breakpoints).",
+    epilog="\b\nExamples:\n"
+           "  perfbp check                               # can watchpoints work here?\n"
+           "  perfbp stat -w 0x404040 -- ./prog          # count writes to 8 bytes\n"
+           "  perfbp stat -w mem:0x404040/4:rw -p 1234   # reads+writes in a process\n",
+)
+
+BAD_INPUT = 2
+
+
+def fail(message: str, code: int = BAD_INPUT) -> "typer.Exit":
+    """Print one error line and leave with ``code``."""
+    typer.echo(f"perfbp: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _parse_cpus(text: str) -> "list[int]":
+    try:
+        cpus = perfbp.parse_cpu_list(text)
+    except ValueError:
+        raise fail(f"-C '{text}' is not a CPU list: write it like 0 or 0,1 or 0-3")
+    online = perfbp.online_cpus()
+    bad = [c for c in cpus if c not in online]
+    if bad or not cpus:
+        raise fail(f"-C '{text}': CPU {','.join(map(str, bad)) or text} is not online "
+                   f"(online CPUs: {','.join(map(str, online))})")
+    return cpus
+
+
+def resolve_target(pid: Optional[int], tid: Optional[int], all_cpus: bool,
+                   cpu: Optional[str], command: "list[str]") -> "perfbp.Target | None":
+    """The one target the options name; None means: launch ``command``."""
+    given = [name for name, on in (("-p", pid is not None), ("-t", tid is not None),
+                                   ("-a", all_cpus), ("-C", cpu is not None),
+                                   ("-- CMD", bool(command))) if on]
+    if all_cpus and cpu is not None:
+        given.remove("-a")  # -a -C 0 means CPU 0, as in perf
+    if len(given) != 1:
+        what = "no target" if not given else "more than one target (" + ", ".join(given) + ")"
+        raise fail(f"{what}: give one of -p PID (a process), -t TID (a thread), "
+                   f"-a (all CPUs), -C CPUS, or -- CMD ARGS (a program to run)")
+    if pid is not None:
+        if pid <= 0:
+            raise fail(f"-p {pid} is not a process id: give a positive pid (see ps)")
+        if not perfbp.process_exists(pid):
+            raise fail(f"process {pid} does not exist: check the pid with ps, or run "
+                       f"the program under perfbp with -- CMD")
+        return perfbp.Target.process(pid)
+    if tid is not None:
+        if tid <= 0 or not perfbp.process_exists(tid):
+            raise fail(f"thread {tid} does not exist: list a process's threads with "
+                       f"ls /proc/PID/task")
+        return perfbp.Target.thread(tid)
+    if cpu is not None:
+        return perfbp.Target.cpus(_parse_cpus(cpu))
+    if all_cpus:
+        return perfbp.Target.cpus()
+    return None
+
+
+def _watches(specs: "list[str]") -> "list[tuple[perfbp.Breakpoint, str, bool | None]]":
+    if not specs:
+        raise fail("no watch given: add -w SPEC, for example -w mem:0x404040/8:w")
+    out = []
+    for text in specs:
+        ws = perfbp.parse_watch(text)
+        out.append((ws.breakpoint(), ws.text, ws.exclude_kernel))
+    return out
+
+
+def _banner(watches, description: str) -> None:
+    n = len(watches)
+    typer.echo(f"perfbp: watching {n} location{'s' if n > 1 else ''} "
+               f"({', '.join(bp.spec for bp, _, _ in watches)}) in {description}; "
+               f"{n} debug-register slot{'s' if n > 1 else ''} per thread. Ctrl-C to end.",
+               err=True)
+
+
+def _render_counts(result) -> None:
+    typer.echo("")
+    typer.echo(f" Hits for {result.target}:")
+    typer.echo("")
+    width = max(13, max(len(f"{w.hits:,}") for w in result.watches) + 2)
+    typer.echo(f"{'hits':>{width}}  watch")
+    for w in result.watches:
+        label = w.label if w.label == w.breakpoint.spec else f"{w.label}  ({w.breakpoint.spec})"
+        typer.echo(f"{w.hits:>{width},}  {label}")
+    typer.echo("")
+    end = {"exit": "target ended", "duration": "duration reached",
+           "interrupt": "interrupted"}[result.ended_by]
+    status = ""
+    if result.exit_code is not None:
+        status = (f", exit status {result.exit_code}" if result.exit_code >= 0
+                  else f", killed by signal {-result.exit_code}")
+    typer.echo(f" {result.elapsed:.3f} seconds ({end}{status})")
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="\b\nExamples:\n"
+           "  perfbp stat -w 0x4040a0 -- ./demo/demo        # writes to 8 bytes, launched\n"
+           "  perfbp stat -w mem:0x4040a0/8:w -p 1234       # perf's spelling, a process\n"
+           "  perfbp stat -w 0x601040/4:rw -t 1235          # reads+writes, one thread\n"
+           "  perfbp stat -w 0x4011c0:x -- ./prog           # executions of an instruction\n"
+           "  perfbp stat -w 0xffffffff81e0b940:x:k -a -d 5 # kernel code, all CPUs, 5 s\n"
+           "  perfbp stat -I 1000 -w 0x4040a0 -p 1234       # hits per second\n"
+           "  perfbp stat --json -w 0x4040a0 -- ./prog      # for scripts\n",
+)
+def stat(
+    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
+                                    help="What to watch: [mem:]ADDR[/LEN][:ACCESS][:u|k]. "
+                                         "LEN 1, 2, 4 or 8 (default 8); ACCESS w (default), "
+                                         "rw, x, or r (not on x86). Repeat for more."),
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
+    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
+    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU (system-wide)."),
+    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs (0,1 or 0-3)."),
+    duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECONDS",
+                                             help="Stop after this many seconds."),
+    interval: Optional[int] = typer.Option(None, "-I", "--interval", metavar="MS",
+                                           help="Also print the hits of every interval of MS milliseconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]",
+                                        help="A program to run with the watches armed before its first instruction."),
+) -> None:
+    """Count the hits of hardware watchpoints, exactly.
+
+    Kernel-mode accesses to user addresses (a syscall filling a buffer, the
+    ELF loader clearing .bss) are not counted unless the spec ends in :k. With
+    -- CMD, perfbp exits with the command's exit status (128+N if it was killed
+    by signal N), like perf stat; otherwise 0. Bad input exits 2.
+    """
+    command = list(command or [])
+    target = resolve_target(pid, tid, all_cpus, cpu, command)
+    watches = _watches(watch)
+    if duration is not None and duration <= 0:
+        raise fail(f"--duration {duration} must be a positive number of seconds")
+    if interval is not None and interval < 10:
+        raise fail(f"-I {interval} is too short: give at least 10 milliseconds")
+    intervals: list = []
+
+    def on_interval(elapsed, hits):
+        if as_json:
+            intervals.append({"time": round(elapsed, 6),
+                              "watches": [w.as_dict() for w in hits]})
+            return
+        for w in hits:
+            typer.echo(f"{elapsed:12.3f} {w.hits:>14,}  {w.label}")
+
+    result = perfbp.count(
+        watches, target=target, command=command or None, duration=duration,
+        interval=interval / 1000 if interval else None, on_interval=on_interval,
+        on_start=lambda description: _banner(watches, description))
+    if as_json:
+        out = result.as_dict()
+        if interval:
+            out["intervals"] = intervals
+        typer.echo(json.dumps(out))
+    else:
+        _render_counts(result)
+    if result.exit_code is not None:
+        raise typer.Exit(perfbp.exit_status(result.exit_code))
+
+
+@app.command(
+    epilog="\b\nExamples:\n"
+           "  perfbp check              # human-readable report; exit 0 if watchpoints work\n"
+           "  perfbp check --json       # the same for scripts\n",
+)
+def check(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Test this machine: breakpoint PMU, privileges, and whether a real
+    watchpoint fires and counts exactly (some VMs silently never fire).
+
+    Exit status 0 when watchpoints work here, 1 otherwise.
+    """
+    report = perfbp.run_checks()
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        marks = {True: "ok  ", False: "FAIL", None: "    "}
+        for item in report.items:
+            typer.echo(f"{marks[item.ok]} {item.name:<13} {item.summary}")
+        typer.echo("")
+        typer.echo("hardware watchpoints work here" if report.works
+                   else "hardware watchpoints do NOT work here")
+    raise typer.Exit(0 if report.works else 1)
+
+
+def main(argv: "list[str] | None" = None) -> None:
+    """Entry point of the ``perfbp`` script."""
+    try:
+        app(args=argv, prog_name="perfbp")
+    except perfbp.PerfbpError as exc:
+        typer.echo(f"perfbp: error: {exc}", err=True)
+        sys.exit(BAD_INPUT)
+    except KeyboardInterrupt:
+        typer.echo("perfbp: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,248 @@
+"""Running a watch session: arm watches on a target, let it run, read the hits.
+
+The command-line tools are thin shells over :func:`count`: it launches or
+attaches, opens every watch all-or-nothing, waits until the target ends, a
+deadline passes, or the user interrupts (Ctrl-C, SIGTERM), calling back every
+interval, and returns exact counts.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import arch, launch
+from .breakpoint import Breakpoint
+from .counter import Counter
+from .errors import NoBreakpointSlots, PerfbpError
+from .events import EventOptions, Target
+
+
+@dataclass(frozen=True)
+class WatchHits:
+    """The hits of one watch.
+
+    Attributes:
+        breakpoint: what was watched.
+        label: how the user named it (the spec text).
+        hits: exact count of accesses.
+    """
+
+    breakpoint: Breakpoint
+    label: str
+    hits: int
+
+    def as_dict(self) -> dict:
+        bp = self.breakpoint
+        return {"watch": self.label, "spec": bp.spec, "address": bp.address,
+                "length": bp.length, "access": bp.access, "hits": self.hits}
+
+
+@dataclass(frozen=True)
+class CountResult:
+    """What :func:`count` measured.
+
+    Attributes:
+        target: plain-words description of what was watched.
+        watches: per watch, the hits.
+        elapsed: seconds from arming to the end.
+        ended_by: ``"exit"`` (the target ended), ``"duration"``,
+            ``"interrupt"`` (Ctrl-C / SIGTERM).
+        exit_code: the launched command's return code (``-N`` when killed by
+            signal N), or None when perfbp did not launch it.
+    """
+
+    target: str
+    watches: "list[WatchHits]"
+    elapsed: float
+    ended_by: str
+    exit_code: "int | None" = None
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "elapsed_seconds": round(self.elapsed, 6),
+                "ended_by": self.ended_by, "exit_code": self.exit_code,
+                "watches": [w.as_dict() for w in self.watches]}
+
+
+class _Terminate(Exception):
+    pass
+
+
+@dataclass
+class _Signals:
+    """SIGTERM becomes a clean stop while a session runs (main thread only)."""
+
+    previous: dict = field(default_factory=dict)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            def on_term(signum, frame):
+                raise _Terminate()
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def count(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", *,
+          target: "Target | None" = None, command: "Sequence[str] | None" = None,
+          duration: "float | None" = None, interval: "float | None" = None,
+          on_interval: "Callable[[float, list[WatchHits]], None] | None" = None,
+          on_start: "Callable[[str], None] | None" = None) -> CountResult:
+    """Count hits of ``watches`` on a target until it ends.
+
+    Args:
+        watches: ``(breakpoint, label, exclude_kernel)`` triples;
+            ``exclude_kernel=None`` means the default (user addresses exclude
+            kernel-mode hits).
+        target: a thread, process or CPUs; or None with ``command``.
+        command: argv of a program to launch with the watches armed before its
+            first instruction.
+        duration: stop after this many seconds.
+        interval: call ``on_interval(elapsed, hits_in_this_interval)`` every
+            ``interval`` seconds.
+        on_start: called with the target's description once everything is
+            armed (and before a launched command starts).
+
+    Returns:
+        The exact hit counts.
+
+    Raises:
+        PerfbpError: bad input, missing privilege, no free slot, no such
+            process, command not found.  Nothing is left open.
+    """
+    if (target is None) == (command is None):
+        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
+    rules = arch.current()
+    if len(watches) > rules.data_slots:
+        raise NoBreakpointSlots(
+            f"{len(watches)} watches need {len(watches)} debug-register slots in every "
+            f"thread, but {rules.name} has {rules.data_slots} per thread and per CPU, "
+            f"shared by data and execute breakpoints: watch at most {rules.data_slots} "
+            f"locations at once (or fewer, if gdb or a system-wide watch holds some)")
+    child = launch.prepare(list(command)) if command is not None else None
+    counters: list[Counter] = []
+    try:
+        tgt = Target.process(child.pid, name=" ".join(command)) if child else target
+        for bp, _label, exclude_kernel in watches:
+            opts = EventOptions(enabled=child is None, enable_on_exec=child is not None,
+                                exclude_kernel=exclude_kernel)
+            counters.append(Counter(bp, target=tgt, options=opts))
+    except BaseException:
+        for c in counters:
+            c.close()
+        if child:
+            child.abort()
+        raise
+    description = (" ".join(command) if child else tgt.describe())
+    if child:
+        description = f"command '{description}' (pid {child.pid})"
+    try:
+        if on_start:
+            on_start(description)
+        start = time.monotonic()
+        if child:
+            child.start()
+        ended_by, exit_code = _wait(child, tgt, counters, watches, start, duration,
+                                    interval, on_interval)
+        elapsed = time.monotonic() - start
+        hits = [WatchHits(bp, label, c.read()) for (bp, label, _), c in zip(watches, counters)]
+    finally:
+        for c in counters:
+            c.close()
+        if child and child.returncode is None:
+            child.wait()
+    return CountResult(description, hits, elapsed, ended_by, exit_code)
+
+
+def _wait(child, target, counters, watches, start, duration, interval, on_interval):
+    """Wait for the end; return ``(ended_by, exit_code)``."""
+    pidfd = -1
+    if child is not None:
+        pidfd = os.pidfd_open(child.pid)
+    elif target.kind in ("process", "thread") and target.pid > 0:
+        try:
+            pidfd = os.pidfd_open(target.pid)
+        except ProcessLookupError:
+            return "exit", None
+        except OSError:
+            pidfd = -1  # a thread id that is not a process: poll /proc instead
+    last = [c.read() for c in counters] if interval else []
+    next_tick = start + interval if interval else None
+    deadline = start + duration if duration is not None else None
+    poller = select.poll()
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+    try:
+        with _Signals():
+            while True:
+                now = time.monotonic()
+                wake = min(t for t in (next_tick, deadline, now + 0.5) if t is not None)
+                timeout_ms = max(0, int((wake - now) * 1000))
+                try:
+                    events = poller.poll(timeout_ms)
+                except KeyboardInterrupt:
+                    if child is not None:
+                        return _interrupted_child(child, signal.SIGINT)
+                    return "interrupt", None
+                except _Terminate:
+                    if child is not None:
+                        return _interrupted_child(child, signal.SIGTERM)
+                    return "interrupt", None
+                if events or _gone(child, target, pidfd):
+                    if child is not None:
+                        return "exit", child.wait()
+                    return "exit", None
+                now = time.monotonic()
+                if next_tick is not None and now >= next_tick:
+                    cur = [c.read() for c in counters]
+                    if on_interval:
+                        on_interval(now - start, [WatchHits(bp, label, n - p) for
+                                                  (bp, label, _), n, p in zip(watches, cur, last)])
+                    last = cur
+                    next_tick += interval
+                if deadline is not None and now >= deadline:
+                    if child is not None:
+                        child.poll()
+                    return "duration", child.returncode if child else None
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
+def _gone(child, target, pidfd) -> bool:
+    if child is not None or pidfd >= 0:
+        return False
+    if target.kind == "thread" and target.pid > 0:
+        return not os.path.exists(f"/proc/{target.pid}")
+    return False
+
+
+def _interrupted_child(child, sig) -> "tuple[str, int | None]":
+    """The user stopped perfbp while the command runs.
+
+    Ctrl-C from a terminal reaches the command too (same process group), so
+    perfbp gives it a second to end on its own; a signal sent to perfbp alone
+    (``kill -INT``, SIGTERM) is passed on.  Then perfbp waits for it, so the
+    counts include everything the command did.
+    """
+    deadline = time.monotonic() + (1.0 if sig == signal.SIGINT else 0.0)
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if child.poll() is None:
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+    while True:
+        try:
+            return "interrupt", child.wait()
+        except (KeyboardInterrupt, _Terminate):
+            continue

@@ -1,0 +1,121 @@
+"""Watch specifications as users type them: ``[mem:]ADDR[/LEN][:ACCESS][:MOD]``.
+
+perf's own spelling is accepted as perf writes it (``mem:0x404118/8:w``,
+``mem:0x404118/4:rw:u``).  Defaults differ from perf's on purpose, to match a
+watchpoint user's expectations (gdb's ``watch``): the access defaults to
+``w`` (perf: ``rw``) and the length to 8 bytes (perf: 4).
+
+Pure Python: parsing only; checking against the architecture's rules happens
+when the :class:`~perfbp.Breakpoint` is built.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .breakpoint import Breakpoint
+from .errors import InvalidBreakpoint
+
+DEFAULT_ACCESS = "w"
+DEFAULT_LENGTH = 8
+
+_NUM = r"(?:0[xX][0-9a-fA-F]+|[0-9]+)"
+_SPEC = re.compile(
+    rf"^(?:mem:)?(?P<addr>[^/:]+)(?:/(?P<len>[^:]*))?(?::(?P<acc>[^:]*))?(?::(?P<mod>[^:]*))?$")
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One parsed ``-w`` argument.
+
+    Attributes:
+        text: what the user typed.
+        address: the address.
+        length: bytes to watch (None: not given; the default applies).
+        access: ``w``, ``rw``, ``x`` or ``r``.
+        exclude_kernel: from a ``:u`` / ``:k`` modifier, or None (default:
+            user addresses exclude kernel-mode hits).
+    """
+
+    text: str
+    address: int
+    length: "int | None"
+    access: str
+    exclude_kernel: "bool | None" = None
+
+    def breakpoint(self) -> Breakpoint:
+        """The :class:`Breakpoint` this spec asks for.
+
+        Raises:
+            InvalidBreakpoint: with the rule broken, naming the spec.
+        """
+        length = self.length
+        if self.access == "x":
+            length = Breakpoint.execute(self.address).length if length is None else length
+        elif length is None:
+            length = DEFAULT_LENGTH
+        try:
+            return Breakpoint(self.address, length, self.access)
+        except InvalidBreakpoint as exc:
+            raise InvalidBreakpoint(f"watch '{self.text}': {exc.message}",
+                                    **exc.context) from None
+
+
+def _parse_access(text: str, spec: str) -> str:
+    letters = text.lower()
+    if not letters or any(ch not in "rwx" for ch in letters) or len(set(letters)) != len(letters):
+        raise InvalidBreakpoint(
+            f"watch '{spec}': access '{text}' is not one of w, rw, x, r "
+            f"(write, read-or-write, execute, read); for example mem:0x404040/8:w")
+    kinds = set(letters)
+    if "x" in kinds and len(kinds) > 1:
+        raise InvalidBreakpoint(
+            f"watch '{spec}': access '{text}' mixes execute with data access; "
+            f"use x on code, or w / rw on data, as two watches")
+    if kinds == {"r", "w"}:
+        return "rw"
+    return letters
+
+
+def parse(text: str) -> WatchSpec:
+    """Parse one watch spec.
+
+    Raises:
+        InvalidBreakpoint: naming the part that is wrong and a correct example.
+    """
+    spec = text.strip()
+    m = _SPEC.match(spec)
+    if not m:
+        raise InvalidBreakpoint(
+            f"watch '{text}' is not of the form [mem:]ADDR[/LEN][:ACCESS], "
+            f"for example mem:0x404040/8:w")
+    addr_text, len_text, acc_text, mod_text = m.group("addr", "len", "acc", "mod")
+    if not re.fullmatch(_NUM, addr_text):
+        raise InvalidBreakpoint(
+            f"watch '{text}': '{addr_text}' is not an address; give a number "
+            f"such as 0x404040 (find a global's address with `nm PROGRAM`)")
+    address = int(addr_text, 0)
+    length = None
+    if len_text is not None:
+        if not re.fullmatch(_NUM, len_text):
+            raise InvalidBreakpoint(
+                f"watch '{text}': length '{len_text}' is not a number; use 1, 2, 4 or 8")
+        length = int(len_text, 0)
+    access = DEFAULT_ACCESS
+    exclude_kernel = None
+    if acc_text is not None:
+        if acc_text in ("u", "k", "uk", "ku") and mod_text is None:
+            mod_text, acc_text = acc_text, None
+        else:
+            access = _parse_access(acc_text, text)
+    if mod_text is not None:
+        if mod_text == "u":
+            exclude_kernel = True
+        elif mod_text in ("k", "uk", "ku"):
+            exclude_kernel = False
+        else:
+            raise InvalidBreakpoint(
+                f"watch '{text}': modifier '{mod_text}' is not u (user-mode hits "
+                f"only, the default) or k (count kernel-mode hits too)")
+    return WatchSpec(spec, address, length, access, exclude_kernel)
