@@ -7,10 +7,10 @@ constants that go with them.  It imports nothing from perfbp and touches no
 kernel; :mod:`perfbp.abi` hands :data:`CDEF` to cffi.
 
 The declaration follows the current UAPI (Linux 6.13+: ``aux_action`` bits,
-``sig_data`` and ``config3``; ``PERF_ATTR_SIZE_VER8`` = 136 bytes).  The kernel
-accepts any ``attr.size`` it knows and checks that unknown trailing bytes are
-zero, so declaring the newest layout is safe on every kernel from 6.3 on; an
-older kernel answers E2BIG, which :mod:`perfbp.abi` turns into a clear error.
+``sig_data`` and ``config3``; ``PERF_ATTR_SIZE_VER8`` = 136 bytes).  A kernel
+that knows a smaller attr accepts the larger size as long as the bytes it does
+not know are zero, which they are unless a caller sets ``config3`` or the
+``aux_*`` bits (those give E2BIG or EINVAL on kernels older than 6.3 / 6.13).
 ``tests/test_abi_layout.py`` compiles a C probe against the system's
 ``<linux/perf_event.h>`` and compares every field both know.
 """
