@@ -144,3 +144,115 @@ def read_count(fd: int) -> int:
 
 def close(fd: int) -> None:
     os.close(fd)
+
+
+# --- the mmap ring buffer ------------------------------------------------------------
+#
+# perf's ring protocol (include/uapi/linux/perf_event.h, "Control data for the
+# mmap() data buffer"): read data_head, then smp_rmb(), then the records; then
+# smp_mb() and store data_tail.  The kernel pairs these with its own barriers
+# in perf_output_put_handle().
+#
+# x86-64 is TSO: loads are not reordered with older loads, and stores are not
+# reordered with older loads, so a plain 64-bit load of data_head and a plain
+# 64-bit store of data_tail already have acquire and release semantics in
+# hardware; cffi reads and writes the u64 fields with single aligned moves, and
+# every access is a separate C call, so no compiler can reorder them either.
+#
+# arm64 (and other weakly ordered machines) need real barriers: an acquire load
+# of data_head (LDAR, or LDR + DMB ISHLD) and a release store of data_tail
+# (STLR, or DMB ISH + STR).  Python cannot emit those, so there perfbp compiles
+# a three-function helper with cffi's API mode on first use
+# (__atomic_load_n / __atomic_store_n with ACQUIRE / RELEASE), which needs a C
+# compiler on that machine.  PERFBP_FORCE_ATOMICS=1 selects the compiled
+# helper on x86 too, which is how the tests exercise it.
+
+import mmap as _mmap
+
+_ATOMICS_SRC = """
+#include <stdint.h>
+uint64_t perfbp_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void perfbp_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+"""
+_ATOMICS_CDEF = """
+uint64_t perfbp_load_acquire(const uint64_t *p);
+void perfbp_store_release(uint64_t *p, uint64_t v);
+"""
+_atomics = None
+
+
+def _compiled_atomics():
+    """Build (once) and load the acquire/release helper for weak machines."""
+    global _atomics
+    if _atomics is None:
+        import hashlib
+        import importlib.util
+        import tempfile
+
+        tag = hashlib.sha1(_ATOMICS_SRC.encode()).hexdigest()[:12]
+        build = os.path.join(tempfile.gettempdir(), f"perfbp-atomics-{os.getuid()}-{tag}")
+        os.makedirs(build, mode=0o700, exist_ok=True)
+        name = f"_perfbp_atomics_{tag}"
+        builder = FFI()
+        builder.cdef(_ATOMICS_CDEF)
+        builder.set_source(name, _ATOMICS_SRC)
+        path = builder.compile(tmpdir=build, verbose=False)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _atomics = module
+    return _atomics
+
+
+def _needs_compiled_atomics() -> bool:
+    return os.environ.get("PERFBP_FORCE_ATOMICS") == "1" or MACHINE not in ("x86_64", "i686", "i386")
+
+
+class RingMapping:
+    """The mmap of one perf ring: a metadata page and 2^n data pages.
+
+    Attributes:
+        data: a memoryview of the data area (``data_size`` bytes).
+        data_size: bytes in the data area.
+    """
+
+    def __init__(self, fd: int, data_pages: int, writable: bool = True) -> None:
+        if data_pages <= 0 or data_pages & (data_pages - 1):
+            raise ValueError(f"data_pages must be a power of two, not {data_pages}")
+        page = _mmap.PAGESIZE
+        prot = _mmap.PROT_READ | (_mmap.PROT_WRITE if writable else 0)
+        self._mm = _mmap.mmap(fd, (1 + data_pages) * page, _mmap.MAP_SHARED, prot)
+        self._page = ffi.cast("struct perf_event_mmap_page *", ffi.from_buffer(self._mm))
+        self.data_offset = int(self._page.data_offset) or page
+        self.data_size = int(self._page.data_size) or data_pages * page
+        self.data = memoryview(self._mm)[self.data_offset:self.data_offset + self.data_size]
+        if _needs_compiled_atomics():
+            lib_ = _compiled_atomics()
+            head_ptr = ffi.cast("uint64_t *", ffi.addressof(self._page, "data_head"))
+            tail_ptr = ffi.cast("uint64_t *", ffi.addressof(self._page, "data_tail"))
+            head_ptr2 = lib_.ffi.cast("uint64_t *", int(ffi.cast("uintptr_t", head_ptr)))
+            tail_ptr2 = lib_.ffi.cast("uint64_t *", int(ffi.cast("uintptr_t", tail_ptr)))
+            self.load_head = lambda: int(lib_.lib.perfbp_load_acquire(head_ptr2))
+            self.store_tail = lambda v: lib_.lib.perfbp_store_release(tail_ptr2, v)
+            self.load_tail = lambda: int(lib_.lib.perfbp_load_acquire(tail_ptr2))
+
+    # x86: plain aligned 64-bit accesses (see the comment above)
+    def load_head(self) -> int:
+        """``data_head``, read with acquire ordering."""
+        return int(self._page.data_head)
+
+    def store_tail(self, value: int) -> None:
+        """Store ``data_tail`` with release ordering: the records before it
+        are consumed and the kernel may overwrite them."""
+        self._page.data_tail = value
+
+    def load_tail(self) -> int:
+        return int(self._page.data_tail)
+
+    def close(self) -> None:
+        self.data.release()
+        self._page = None
+        try:
+            self._mm.close()
+        except BufferError:  # a decoded view still refers to it; freed with it
+            pass

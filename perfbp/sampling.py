@@ -1,0 +1,345 @@
+"""Sampling every hit: :class:`Sampler` arms watches with ``sample_period``
+and reads each hit's sample (ip, thread, time, CPU, address, callchain) from
+the kernel's mmap rings.
+
+Layout: **one ring per CPU**, shared through ``PERF_EVENT_IOC_SET_OUTPUT`` by
+every event on that CPU (perf's own layout).  Why: a per-task event with
+``inherit`` cannot be mmapped at all (the kernel refuses, so that children on
+many CPUs do not write into one buffer), so following threads and children
+requires per-CPU events; sharing one ring per CPU then keeps the number of
+mappings and poll descriptors at the number of CPUs, whatever the number of
+threads and watches, and each ring holds its CPU's records in time order.
+
+Accounting ("nothing lost"): for each watch the kernel's own hit count and its
+count of samples it could not write (``PERF_FORMAT_LOST``, Linux 6.0+) are read
+from the events, and the samples are counted as they are decoded, so
+``samples + lost == hits`` can be checked exactly, per watch.
+"""
+
+from __future__ import annotations
+
+import select
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from . import abi, system
+from ._uapi import (
+    PERF_FORMAT_LOST,
+    PERF_SAMPLE_ADDR,
+    PERF_SAMPLE_CALLCHAIN,
+    PERF_SAMPLE_CPU,
+    PERF_SAMPLE_IDENTIFIER,
+    PERF_SAMPLE_IP,
+    PERF_SAMPLE_PERIOD,
+    PERF_SAMPLE_TID,
+    PERF_SAMPLE_TIME,
+)
+from .breakpoint import Breakpoint
+from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
+from .events import EventOptions, Target, error_from_oserror, make_attr
+from .records import Lost, ParseConfig, Record, SampleColumns, decode_bulk
+from .ring import Ring
+
+BASE_SAMPLE_TYPE = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
+                    | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU
+                    | PERF_SAMPLE_PERIOD)
+DEFAULT_RING_PAGES = 512  # 2 MiB per CPU: ~40,000 samples, ~0.4 s of hits at full rate
+
+
+@dataclass(frozen=True)
+class WatchStats:
+    """The accounting of one watch.
+
+    Attributes:
+        breakpoint: the watch.
+        hits: the kernel's own count of hits (read from the events).
+        samples: samples decoded so far.
+        lost: samples the kernel could not write (ring full).
+        period: one sample every ``period`` hits.
+    """
+
+    breakpoint: Breakpoint
+    hits: int
+    samples: int
+    lost: int
+    period: int = 1
+
+    @property
+    def complete(self) -> bool:
+        """Every hit is accounted for: ``(samples + lost) * period``
+        equals the hits (up to the period's last partial stride)."""
+        if self.period == 1:
+            return self.samples + self.lost == self.hits
+        return (self.samples + self.lost) == self.hits // self.period
+
+    @property
+    def missing(self) -> int:
+        """Hits neither sampled nor reported lost (0 when complete)."""
+        expected = self.hits if self.period == 1 else self.hits // self.period
+        return expected - self.samples - self.lost
+
+
+@dataclass
+class Batch:
+    """What one drain of the rings produced.
+
+    Attributes:
+        samples: columns (numpy arrays), plus ``watch``: the index of the
+            watch each sample belongs to.
+        watch: numpy array of watch indices, one per sample.
+        records: the other records (LOST, COMM, MMAP2, FORK, EXIT, ...).
+    """
+
+    samples: SampleColumns
+    watch: object
+    records: "list[Record]" = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class Sampler:
+    """Sample hits of up to four watches on one target.
+
+    Example::
+
+        with Sampler([Breakpoint.write(addr, 8)], Target.process(pid)) as s:
+            while running():
+                s.wait(0.5)
+                batch = s.read()
+                print(len(batch), "hits; ips:", batch.samples.ip[:5])
+            print(s.stats())
+
+    Args:
+        watches: the breakpoints.
+        target: where (thread, process, CPUs).
+        period: sample every ``period``-th hit (perf's sample_period); the hit
+            counts stay exact.
+        callchain: record the user call stack of each hit.
+        ring_pages: data pages per CPU ring (a power of two).
+        enabled, enable_on_exec, exclude_kernel: as for
+            :class:`~perfbp.Counter`.
+        track: also ask the kernel for COMM, MMAP2, FORK and EXIT records (what
+            perf needs to name threads and symbolize ips).
+
+    Raises:
+        PerfbpError: as :class:`~perfbp.Counter`; nothing is left open.
+    """
+
+    def __init__(self, watches: "Sequence[Breakpoint]", target: Target, *, period: int = 1,
+                 callchain: bool = False, ring_pages: int = DEFAULT_RING_PAGES,
+                 enabled: bool = True, enable_on_exec: bool = False,
+                 exclude_kernel: "bool | None | Sequence[bool | None]" = None,
+                 track: bool = False, wakeup_fraction: int = 4) -> None:
+        if period < 1:
+            raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
+        self.watches = list(watches)
+        self.target = target
+        self.period = period
+        self.sample_type = BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if callchain else 0)
+        self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST)
+        self.ring_pages = ring_pages
+        page = 4096
+        watermark = max(page, ring_pages * page // wakeup_fraction)
+        if not isinstance(exclude_kernel, (list, tuple)):
+            exclude_kernel = [exclude_kernel] * len(self.watches)
+        self._opts = [EventOptions(enabled=enabled and not enable_on_exec,
+                                   enable_on_exec=enable_on_exec, exclude_kernel=ek,
+                                   sample_period=period, sample_type=self.sample_type,
+                                   watermark=watermark, sample_id_all=True)
+                      for ek in exclude_kernel]
+        self._track = track
+        self._events: list[tuple[int, int, int, int]] = []  # (fd, watch, cpu, tid)
+        self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}
+        self._id_watch: dict[int, int] = {}
+        self._samples = [0] * len(self.watches)
+        self._lost_records = 0
+        self._closed = False
+        self._enabled = enabled and not enable_on_exec
+        self.cpus = (list(target.cpus) if target.kind == "cpus"
+                     else (list(target.cpus) or system.online_cpus()))
+        try:
+            self._open_all()
+        except BaseException:
+            self.close()
+            raise
+        self._poll = select.poll()
+        for fd, _ring, _map in self._rings.values():
+            self._poll.register(fd, select.POLLIN)
+
+    # -- opening ---------------------------------------------------------------------
+    def _open(self, widx: int, pid: int, cpu: int) -> None:
+        bp = self.watches[widx]
+        opts = self._opts[widx]
+        tracking = self._track and cpu not in self._rings
+        if tracking:
+            from dataclasses import replace
+            opts = replace(opts, mmap=True, comm=True, task=True)
+        attr = make_attr(bp, self.target.inherit or self.target.kind == "process", opts)
+        attr.read_format = PERF_FORMAT_LOST
+        if self.sample_type & PERF_SAMPLE_CALLCHAIN and not bp.is_kernel():
+            attr.exclude_callchain_kernel = 1
+        try:
+            fd = abi.perf_event_open(attr, pid, cpu)
+        except OSError as exc:
+            raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=self.target) from None
+        self._events.append((fd, widx, cpu, pid))
+        self._id_watch[abi.event_id(fd)] = widx
+        if cpu not in self._rings:
+            try:
+                mapping = abi.RingMapping(fd, self.ring_pages)
+            except OSError as exc:
+                raise PerfbpError(f"cannot map the ring buffer of CPU {cpu} "
+                                  f"({self.ring_pages} pages): {exc.strerror}; try fewer "
+                                  f"pages, or raise kernel.perf_event_mlock_kb",
+                                  errno=exc.errno) from None
+            self._rings[cpu] = (fd, Ring(mapping), mapping)
+        else:
+            try:
+                abi.set_output(fd, self._rings[cpu][0])
+            except OSError as exc:
+                raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=self.target,
+                                         action="share a ring for") from None
+
+    def _open_all(self) -> None:
+        t = self.target
+        if t.kind == "cpus":
+            for cpu in self.cpus:
+                for w in range(len(self.watches)):
+                    self._open(w, -1, cpu)
+            return
+        if t.kind == "thread":
+            for cpu in self.cpus:
+                for w in range(len(self.watches)):
+                    self._open(w, t.pid, cpu)
+            return
+        seen: set[int] = set()
+        while True:
+            try:
+                tids = system.thread_ids(t.pid)
+            except ProcessLookupError:
+                raise NoSuchProcess(f"cannot watch process {t.pid}: it does not exist "
+                                    f"(or has exited)", pid=t.pid) from None
+            new = [x for x in tids if x not in seen]
+            if not new:
+                return
+            for tid in new:
+                seen.add(tid)
+                try:
+                    for cpu in self.cpus:
+                        for w in range(len(self.watches)):
+                            self._open(w, tid, cpu)
+                except NoSuchProcess:
+                    if tid == t.pid:
+                        raise
+
+    # -- reading ---------------------------------------------------------------------
+    def wait(self, timeout: "float | None" = None) -> bool:
+        """Wait until a ring reaches its wakeup watermark (or ``timeout``
+        seconds pass); return whether one did."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        return bool(self._poll.poll(ms))
+
+    def read(self) -> Batch:
+        """Drain every ring: the samples (as columns) and other records."""
+        import numpy as np
+
+        parts = []
+        watch_parts = []
+        others: list[Record] = []
+        for _cpu, (_fd, ring, _map) in self._rings.items():
+            chunk = ring.read()
+            if not chunk:
+                continue
+            cols, recs = decode_bulk(chunk, self.config)
+            if len(cols):
+                parts.append(cols)
+                watch_parts.append(self._watch_of(cols.id))
+            for rec in recs:
+                if isinstance(rec, Lost):
+                    self._lost_records += rec.lost
+            others.extend(recs)
+        samples = SampleColumns.concat(parts)
+        watch = np.concatenate(watch_parts) if watch_parts else np.zeros(0, dtype=np.int64)
+        if len(watch):
+            counts = np.bincount(watch[watch >= 0], minlength=len(self.watches))
+            for i in range(len(self.watches)):
+                self._samples[i] += int(counts[i])
+        return Batch(samples, watch, others)
+
+    def _watch_of(self, ids):
+        import numpy as np
+
+        keys = np.array(sorted(self._id_watch), dtype=np.uint64)
+        vals = np.array([self._id_watch[int(k)] for k in keys], dtype=np.int64)
+        pos = np.searchsorted(keys, ids)
+        pos = np.minimum(pos, len(keys) - 1)
+        found = keys[pos] == ids
+        return np.where(found, vals[pos], -1)
+
+    def watch_of_id(self, event_id: int) -> int:
+        """Index of the watch an event id (a sample's ``id``) belongs to, or -1."""
+        return self._id_watch.get(event_id, -1)
+
+    def stats(self) -> "list[WatchStats]":
+        """Per watch: the kernel's hits and lost samples, and the samples
+        decoded so far.  Drain with :meth:`read` first for a final figure."""
+        hits = [0] * len(self.watches)
+        lost = [0] * len(self.watches)
+        for fd, widx, _cpu, _tid in self._events:
+            value, nlost = abi.read_u64s(fd, 2)
+            hits[widx] += value
+            lost[widx] += nlost
+        return [WatchStats(bp, h, s, l, self.period)
+                for bp, h, s, l in zip(self.watches, hits, self._samples, lost)]
+
+    @property
+    def lost_records(self) -> int:
+        """Records lost, from the rings' PERF_RECORD_LOST (all watches)."""
+        return self._lost_records
+
+    # -- control ---------------------------------------------------------------------
+    def enable(self) -> None:
+        for fd, *_ in self._events:
+            abi.enable(fd)
+        self._enabled = True
+
+    def disable(self) -> None:
+        for fd, *_ in self._events:
+            abi.disable(fd)
+        self._enabled = False
+
+    @property
+    def fds(self) -> "tuple[int, ...]":
+        return tuple(fd for fd, *_ in self._events)
+
+    def close(self) -> None:
+        """Unmap the rings and close every event.  Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for _fd, _ring, mapping in self._rings.values():
+            mapping.close()
+        self._rings.clear()
+        for fd, *_ in self._events:
+            try:
+                abi.close(fd)
+            except OSError:
+                pass
+        self._events.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Sampler of {len(self.watches)} watches on {self.target.describe()}, "
+                f"{len(self._rings)} rings>")
