@@ -137,6 +137,12 @@ class Sampler:
         self.target = target
         self.period = period
         self.sample_type = BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if callchain else 0)
+        if period > 1:
+            # perf_swevent_event() (which breakpoints go through) samples
+            # *every* hit, with period = 1, whenever PERF_SAMPLE_PERIOD is in
+            # sample_type, whatever sample_period says; so a real period needs
+            # the PERIOD field left out (the period is known: it is ours).
+            self.sample_type &= ~PERF_SAMPLE_PERIOD
         self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST)
         self.ring_pages = ring_pages
         page = 4096
