@@ -131,8 +131,17 @@ class Counter:
                     # the thread ended between listing and opening: nothing to watch
 
     # -- the counter's verbs ---------------------------------------------------------
+    def _live(self) -> None:
+        if not self._fds:
+            raise ValueError(f"{self!r} is closed: open a new Counter")
+
     def read(self) -> int:
-        """The number of hits so far (inherited children's hits included)."""
+        """The number of hits so far (inherited children's hits included).
+
+        Raises:
+            ValueError: the counter is closed.
+        """
+        self._live()
         total = 0
         for fd in self._fds:
             total += abi.read_count(fd)
@@ -141,6 +150,7 @@ class Counter:
     def read_per_task(self) -> dict[int, int]:
         """Hits per opened task (thread id, or -1 per CPU target), children
         folded into the thread they were inherited from."""
+        self._live()
         out: dict[int, int] = {}
         for tid, fd in zip(self._tids, self._fds):
             out[tid] = out.get(tid, 0) + abi.read_count(fd)
@@ -150,9 +160,11 @@ class Counter:
         """Hits per CPU for a CPU target."""
         if self.target.kind != "cpus":
             raise InvalidBreakpoint("read_per_cpu() needs a CPU target")
+        self._live()
         return {cpu: abi.read_count(fd) for cpu, fd in zip(self.target.cpus, self._fds)}
 
     def _each(self, fn) -> None:
+        self._live()
         try:
             for fd in self._fds:
                 fn(fd)
@@ -189,6 +201,7 @@ class Counter:
             InvalidBreakpoint: the new range breaks an architecture rule, or
                 moves between user and kernel space.
         """
+        self._live()
         new_bp = self.breakpoint.moved(address, length)
         if new_bp.is_kernel() != self.breakpoint.is_kernel() and self.options.exclude_kernel is None:
             raise InvalidBreakpoint(

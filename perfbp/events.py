@@ -193,7 +193,7 @@ def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int
     code = exc.errno or E.EIO
     what = bp.describe() if bp is not None else "breakpoint"
     where = _where(pid, cpu, target)
-    asked = f"cannot {action} a {what} on {where}"
+    asked = f"cannot {action} the {what} on {where}"
     ctx = dict(pid=pid, cpu=cpu, address=bp.address if bp else None)
     if code == E.ENOSPC:
         from .arch import current
@@ -253,8 +253,9 @@ def permission_advice(bp: "Breakpoint | None", pid: int, code: int) -> str:
     p = "unknown" if paranoid is None else str(paranoid)
     if bp is not None and bp.is_kernel():
         return (f"watching a kernel address needs CAP_SYS_ADMIN (the kernel "
-                f"refuses kernel breakpoints to anyone else, whatever "
-                f"perf_event_paranoid says; it is {p} here). Run as root.")
+                f"refuses kernel breakpoints to anyone else), and counting in "
+                f"kernel mode needs perf_event_paranoid <= 1 or CAP_PERFMON "
+                f"(perf_event_paranoid is {p} here). Run as root.")
     if pid == -1:
         return (f"perf_event_paranoid is {p}, and watching a whole CPU needs "
                 f"perf_event_paranoid <= 0 or CAP_PERFMON (or CAP_SYS_ADMIN). Run "

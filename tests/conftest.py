@@ -1,0 +1,217 @@
+"""Fixtures shared by the real-kernel tests: known workloads and pinned threads.
+
+The workloads are C, so that the number of accesses to the watched memory is
+known exactly (tests/workloads/*.c say how); they are built once per session
+with the system's gcc.  Python never reads or writes the watched memory.
+
+* ``libwork``: ``tests/workloads/libwork.c`` as a shared library, loaded with
+  ctypes, argument types declared.  ``libwork.scratch`` is the address of its
+  64-byte-aligned ``scratch`` array.
+* ``threads_prog``: the path of ``tests/workloads/threads.c`` built as a
+  program (the process-target test).
+* ``pinned_thread``: a factory of :class:`PinnedThread`, a Python thread that
+  pins itself to one CPU, reports its thread id, and waits for ``go()``
+  before it calls into libwork; every one is released and joined at teardown.
+* ``run_unprivileged``: run a Python snippet that imports perfbp as root and
+  then drops to nobody (uid/gid 65534, no groups, no capabilities).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+WORKLOADS = TESTS_DIR / "workloads"
+
+NOBODY = 65534
+
+
+def _gcc(args: list[str]) -> None:
+    proc = subprocess.run(["gcc", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"gcc {' '.join(args)} failed:\n{proc.stderr}")
+
+
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workloads")
+
+
+@pytest.fixture(scope="session")
+def libwork(build_dir):
+    """libwork.so, loaded.  ``libwork.scratch`` is the watched array's address."""
+    so = build_dir / "libwork.so"
+    _gcc(["-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+          "-o", str(so), str(WORKLOADS / "libwork.c")])
+    lib = ctypes.CDLL(str(so))
+    for name in ("write_u8", "write_u16", "write_u32", "write_u64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_long]
+        fn.restype = None
+    lib.read_u64.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    lib.read_u64.restype = ctypes.c_uint64
+    lib.kernel_write_u64.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    lib.kernel_write_u64.restype = ctypes.c_long
+    lib.call_work_fn.argtypes = [ctypes.c_long]
+    lib.call_work_fn.restype = None
+    lib.work_fn.argtypes = []
+    lib.work_fn.restype = None
+    lib.fork_and_write.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    lib.fork_and_write.restype = ctypes.c_int
+    lib.scratch_addr.argtypes = []
+    lib.scratch_addr.restype = ctypes.c_void_p
+    lib.scratch = lib.scratch_addr()
+    assert lib.scratch % 64 == 0
+    lib.work_fn_addr = ctypes.cast(lib.work_fn, ctypes.c_void_p).value
+    return lib
+
+
+@pytest.fixture(scope="session")
+def threads_prog(build_dir) -> Path:
+    exe = build_dir / "threads"
+    _gcc(["-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
+          "-o", str(exe), str(WORKLOADS / "threads.c")])
+    return exe
+
+
+def _thread_cpu() -> int:
+    """The CPU the calling thread last ran on (field 39 of its stat)."""
+    with open("/proc/thread-self/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[39 - 3])
+
+
+class PinnedThread(threading.Thread):
+    """A thread that pins itself to ``cpu``, publishes its thread id, and
+    runs ``fn(*args)`` only when told to go.
+
+    Usage::
+
+        t = PinnedThread(1, lib.write_u64, addr, n)
+        tid = t.start()          # returns once the thread is pinned
+        ... open a Counter on tid ...
+        t.finish()               # go, join, re-raise its exception if any
+    """
+
+    def __init__(self, cpu: int, fn, *args) -> None:
+        super().__init__(name=f"pinned-cpu{cpu}", daemon=True)
+        self.cpu = cpu
+        self.fn = fn
+        self.args = args
+        self.tid: int | None = None
+        self.ran_on: int | None = None
+        self.result = None
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._go = threading.Event()
+
+    def run(self) -> None:
+        try:
+            os.sched_setaffinity(0, {self.cpu})  # 0: this thread only
+            self.tid = threading.get_native_id()
+        except BaseException as exc:  # reported by start()
+            self.error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._go.wait()
+        try:
+            self.result = self.fn(*self.args)
+            self.ran_on = _thread_cpu()
+        except BaseException as exc:  # re-raised by finish()
+            self.error = exc
+
+    def start(self) -> int:  # type: ignore[override]
+        super().start()
+        self._ready.wait(10)
+        if self.error is not None:
+            raise self.error
+        assert self.tid is not None
+        return self.tid
+
+    def go(self) -> None:
+        self._go.set()
+
+    def finish(self, timeout: float = 60):
+        self.go()
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.name} did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture
+def pinned_thread():
+    threads: list[PinnedThread] = []
+
+    def make(cpu: int, fn, *args) -> PinnedThread:
+        t = PinnedThread(cpu, fn, *args)
+        threads.append(t)
+        return t
+
+    yield make
+    for t in threads:
+        t.go()
+        if t.ident is not None:  # started
+            t.join(60)
+
+
+# The snippet imports perfbp (and so cffi) as root, since the interpreter and
+# its site-packages may live under /root (mode 700), then drops to nobody:
+# setresuid from root to non-zero ids clears every capability (capabilities(7)),
+# so what follows is an ordinary unprivileged process as the kernel sees it.
+_UNPRIVILEGED_PRELUDE = r"""
+import json, os, sys
+import perfbp
+from perfbp import system
+os.setgroups([])
+os.setresgid(%(id)d, %(id)d, %(id)d)
+os.setresuid(%(id)d, %(id)d, %(id)d)
+def _cap(name):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1], 16)
+RESULT = {"uid": os.getuid(), "euid": os.geteuid(), "groups": os.getgroups(),
+          "CapEff": _cap("CapEff"), "CapPrm": _cap("CapPrm"), "CapAmb": _cap("CapAmb")}
+def attempt(name, fn):
+    try:
+        c = fn()
+    except perfbp.PerfbpError as e:
+        RESULT[name] = {"error": type(e).__name__, "errno": e.errno,
+                        "oserror": isinstance(e, OSError), "message": str(e)}
+    else:
+        RESULT[name] = {"error": None, "count": c.read(), "fds": len(c.fds)}
+        c.close()
+"""
+
+
+@pytest.fixture(scope="session")
+def run_unprivileged():
+    """Run ``code`` (after the prelude above) as uid/gid 65534 with no
+    capabilities; return the ``RESULT`` dict it printed as JSON."""
+
+    def run(code: str, *args: str) -> dict:
+        script = _UNPRIVILEGED_PRELUDE % {"id": NOBODY} + code + \
+            "\nprint(json.dumps(RESULT))\n"
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.run([sys.executable, "-c", script, *args], cwd="/", env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        # the drop really happened: nobody, no groups, not one capability
+        assert (result["uid"], result["euid"], result["groups"]) == (NOBODY, NOBODY, [])
+        assert (result["CapEff"], result["CapPrm"], result["CapAmb"]) == (0, 0, 0)
+        return result
+
+    return run
