@@ -30,9 +30,10 @@ from .spec import WatchSpec
 from .spec import parse as parse_watch
 from .system import online_cpus, parse_cpu_list, possible_cpus, process_exists
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
+    "__version__",
     "Breakpoint",
     "Counter",
     "Group",

@@ -158,6 +158,7 @@ class Sampler:
         self._events: list[tuple[int, int, int, int]] = []  # (fd, watch, cpu, tid)
         self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}
         self._id_watch: dict[int, int] = {}
+        self._attr_of: dict[int, bytes] = {}
         self._samples = [0] * len(self.watches)
         self._lost_records = 0
         self._closed = False
@@ -190,6 +191,12 @@ class Sampler:
         except OSError as exc:
             raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=self.target) from None
         self._events.append((fd, widx, cpu, pid))
+        if widx not in self._attr_of:
+            plain = make_attr(bp, self.target.inherit or self.target.kind == "process",
+                              self._opts[widx])
+            plain.read_format = PERF_FORMAT_LOST
+            plain.exclude_callchain_kernel = attr.exclude_callchain_kernel
+            self._attr_of[widx] = abi.attr_bytes(plain)
         self._id_watch[abi.event_id(fd)] = widx
         if cpu not in self._rings:
             try:
@@ -246,17 +253,24 @@ class Sampler:
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         return bool(self._poll.poll(ms))
 
-    def read(self) -> Batch:
-        """Drain every ring: the samples (as columns) and other records."""
+    def drain(self) -> "list[bytes]":
+        """Copy every ring's published records out (one chunk per ring with
+        data) and release the space, without decoding."""
+        chunks = []
+        for _fd, ring, _map in self._rings.values():
+            chunk = ring.read()
+            if chunk:
+                chunks.append(chunk)
+        return chunks
+
+    def decode(self, chunks: "list[bytes]") -> Batch:
+        """Decode drained chunks; count each watch's samples."""
         import numpy as np
 
         parts = []
         watch_parts = []
         others: list[Record] = []
-        for _cpu, (_fd, ring, _map) in self._rings.items():
-            chunk = ring.read()
-            if not chunk:
-                continue
+        for chunk in chunks:
             cols, recs = decode_bulk(chunk, self.config)
             if len(cols):
                 parts.append(cols)
@@ -272,6 +286,19 @@ class Sampler:
             for i in range(len(self.watches)):
                 self._samples[i] += int(counts[i])
         return Batch(samples, watch, others)
+
+    def read(self) -> Batch:
+        """Drain every ring and decode: the samples (as columns) and the
+        other records."""
+        return self.decode(self.drain())
+
+    def attr_bytes(self, watch: int) -> bytes:
+        """The attr the watch's events were opened with."""
+        return self._attr_of[watch]
+
+    def event_ids(self, watch: int) -> "tuple[int, ...]":
+        """The kernel ids of the watch's events (what samples carry)."""
+        return tuple(i for i, w in self._id_watch.items() if w == watch)
 
     def _watch_of(self, ids):
         import numpy as np

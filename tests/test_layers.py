@@ -34,6 +34,7 @@ LAYERS = {
     # 0: pure data
     "perfbp._uapi": 0,
     "perfbp.errors": 0,
+    "perfbp._version": 0,
     # 1: the kernel interface
     "perfbp.abi": 1,
     # 2: pure cores, no kernel
@@ -57,6 +58,7 @@ LAYERS = {
     "perfbp.session": 3,
     "perfbp.watch": 3,
     "perfbp.report": 3,
+    "perfbp.recording": 3,
     # 4: the public front
     "perfbp": 4,
     # 5: user interfaces

@@ -1,0 +1,457 @@
+"""perf.data files: perf's own recording format, written and read.
+
+Written in **file mode** (``PERFILE2`` header, attrs with their event ids,
+the data section, then feature sections), not pipe mode: file mode is what
+``perf report -i`` and ``perf script -i`` read by default, it carries every
+attr and its ids in the header (so records can be routed to watches without
+scanning the stream first), and it takes perf's feature sections (command
+line, host, CPUs, event names) at the end.  File mode's weakness is that the
+header's ``data.size`` is only right once the recording is finished; perfbp
+rewrites it with ``pwrite`` after every batch of records, so a recording cut
+short (perfbp killed, disk full) is still a valid perf.data file holding
+every batch written before the cut.
+
+Readers here take perfbp's files and perf's own, in file mode or pipe mode
+(``perf record -o -``).  The layouts follow
+``tools/perf/Documentation/perf.data-file-format.txt``.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import struct
+from dataclasses import dataclass, field
+
+from ._version import __version__ as version
+from .errors import PerfbpError
+from .records import HEADER, ParseConfig
+
+MAGIC = b"PERFILE2"
+FILE_HEADER = struct.Struct("<8sQQQQQQQQ32s")  # 104 bytes
+FILE_HEADER_SIZE = FILE_HEADER.size
+PIPE_HEADER = struct.Struct("<8sQ")  # magic, size (16) in pipe mode
+SECTION = struct.Struct("<QQ")
+
+#: attr.size written into files: PERF_ATTR_SIZE_VER7 (sig_data).  perf
+#: refuses an attr larger than the one it was built with, and Debian's perf
+#: 6.1 knows 128 bytes; perfbp never sets the later fields.
+FILE_ATTR_SIZE = 128
+
+# tools/perf/util/event.h: records perf itself adds to a stream
+PERF_RECORD_HEADER_ATTR = 64
+PERF_RECORD_HEADER_EVENT_TYPE = 65
+PERF_RECORD_HEADER_TRACING_DATA = 66
+PERF_RECORD_HEADER_BUILD_ID = 67
+PERF_RECORD_FINISHED_ROUND = 68
+PERF_RECORD_ID_INDEX = 69
+PERF_RECORD_THREAD_MAP = 73
+PERF_RECORD_CPU_MAP = 74
+PERF_RECORD_TIME_CONV = 79
+PERF_RECORD_HEADER_FEATURE = 80
+PERF_RECORD_COMPRESSED = 81
+PERF_RECORD_FINISHED_INIT = 82
+
+# tools/perf/util/header.h: feature bits
+HEADER_HOSTNAME = 3
+HEADER_OSRELEASE = 4
+HEADER_VERSION = 5
+HEADER_ARCH = 6
+HEADER_NRCPUS = 7
+HEADER_CMDLINE = 11
+HEADER_EVENT_DESC = 12
+
+
+class CorruptRecording(PerfbpError):
+    """A recording file that is not perf.data, or is damaged (EBADMSG)."""
+
+    default_errno = E.EBADMSG
+
+
+def _header_string(text: str) -> bytes:
+    """``struct perf_header_string``: u32 len, then the string, NUL-padded to
+    a multiple of 64 bytes (perf's NAME_ALIGN)."""
+    raw = text.encode() + b"\0"
+    padded = (len(raw) + 63) // 64 * 64
+    return struct.pack("<I", padded) + raw.ljust(padded, b"\0")
+
+
+def _string_list(items: "list[str]") -> bytes:
+    return struct.pack("<I", len(items)) + b"".join(_header_string(s) for s in items)
+
+
+def attr_for_file(attr_bytes: bytes) -> bytes:
+    """An attr as written into a file: cut to :data:`FILE_ATTR_SIZE` bytes with
+    ``size`` rewritten to match."""
+    raw = bytearray(attr_bytes[:FILE_ATTR_SIZE].ljust(FILE_ATTR_SIZE, b"\0"))
+    if any(attr_bytes[FILE_ATTR_SIZE:]):
+        raise PerfbpError("attr uses fields newer than perf.data readers know (config3/aux)")
+    struct.pack_into("<I", raw, 4, FILE_ATTR_SIZE)
+    return bytes(raw)
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One event (attr) of a recording, with its ids and name."""
+
+    attr: bytes
+    ids: "tuple[int, ...]"
+    name: str
+
+
+class PerfDataWriter:
+    """Write a perf.data file (file mode) incrementally.
+
+    The file is created new (``O_EXCL``, mode 0600), never through a symlink;
+    an existing regular file at the path is first renamed to ``PATH.old``, as
+    perf does, so no earlier recording is lost.
+
+    Raises:
+        PerfbpError: the path cannot be written (with the reason and the fix).
+    """
+
+    def __init__(self, path: str, events: "list[FileEvent]") -> None:
+        self.path = path
+        self.events = events
+        self.fd = create_output(path)
+        attrs_off = FILE_HEADER_SIZE
+        attr_entry = FILE_ATTR_SIZE + SECTION.size
+        ids_off = attrs_off + attr_entry * len(events)
+        table = bytearray()
+        ids_blob = bytearray()
+        for ev in events:
+            ids_raw = struct.pack(f"<{len(ev.ids)}Q", *ev.ids)
+            table += attr_for_file(ev.attr) + SECTION.pack(ids_off + len(ids_blob), len(ids_raw))
+            ids_blob += ids_raw
+        self.attrs_section = (attrs_off, len(table))
+        self.data_offset = ids_off + len(ids_blob)
+        self.data_size = 0
+        self._write_all(self._header(b"\0" * 32), 0)
+        self._write_all(bytes(table) + bytes(ids_blob), attrs_off)
+        self._pos = self.data_offset
+        self.closed = False
+
+    def _header(self, features: bytes) -> bytes:
+        return FILE_HEADER.pack(MAGIC, FILE_HEADER_SIZE, FILE_ATTR_SIZE + SECTION.size,
+                                self.attrs_section[0], self.attrs_section[1],
+                                self.data_offset, self.data_size, 0, 0, features)
+
+    def _write_all(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                raise PerfbpError(f"cannot write {self.path}: {exc.strerror}; the "
+                                  f"recording holds everything up to the last complete "
+                                  f"batch", errno=exc.errno) from None
+            view = view[n:]
+            offset += n
+
+    def write(self, records: bytes) -> None:
+        """Append whole records, then make the header cover them."""
+        if not records:
+            return
+        self._write_all(records, self._pos)
+        self._pos += len(records)
+        self.data_size += len(records)
+        # the header now covers the new records: a cut after this point
+        # leaves a valid file
+        self._write_all(struct.pack("<Q", self.data_size), 48)
+
+    def finish(self, *, cmdline: "list[str]", nr_cpus: "tuple[int, int]") -> None:
+        """Write the feature sections and the final header; close the file."""
+        if self.closed:
+            return
+        uts = os.uname()
+        feats: list[tuple[int, bytes]] = [
+            (HEADER_HOSTNAME, _header_string(uts.nodename)),
+            (HEADER_OSRELEASE, _header_string(uts.release)),
+            (HEADER_VERSION, _header_string(f"perfbp {version}")),
+            (HEADER_ARCH, _header_string(uts.machine)),
+            (HEADER_NRCPUS, struct.pack("<II", *nr_cpus)),
+            (HEADER_CMDLINE, _string_list(cmdline)),
+            (HEADER_EVENT_DESC, self._event_desc()),
+        ]
+        feats.sort()
+        table_off = self._pos
+        off = table_off + SECTION.size * len(feats)
+        table = bytearray()
+        blob = bytearray()
+        bits = 0
+        for bit, data in feats:
+            table += SECTION.pack(off + len(blob), len(data))
+            blob += data
+            bits |= 1 << bit
+        self._write_all(bytes(table) + bytes(blob), table_off)
+        self._write_all(self._header(bits.to_bytes(32, "little")), 0)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.closed = True
+
+    def _event_desc(self) -> bytes:
+        out = bytearray(struct.pack("<II", len(self.events), FILE_ATTR_SIZE))
+        for ev in self.events:
+            out += attr_for_file(ev.attr)
+            out += struct.pack("<I", len(ev.ids))
+            out += _header_string(ev.name)
+            out += struct.pack(f"<{len(ev.ids)}Q", *ev.ids)
+        return bytes(out)
+
+    def abandon(self) -> None:
+        """Close without the feature sections (the header stays valid)."""
+        if not self.closed:
+            os.close(self.fd)
+            self.closed = True
+
+
+def create_output(path: str) -> int:
+    """Create ``path`` for writing: new, 0600, never through a symlink.
+
+    An existing regular file is renamed to ``PATH.old`` first.
+
+    Raises:
+        PerfbpError: the path is a symlink, a directory, or not writable.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise PerfbpError(f"cannot write the recording to {path}: {exc.strerror}; "
+                          f"choose another path with -o", errno=exc.errno) from None
+    if st is not None:
+        import stat as S
+        if S.S_ISLNK(st.st_mode):
+            raise PerfbpError(f"refusing to write the recording to {path}: it is a "
+                              f"symbolic link (to {os.readlink(path)}), which perfbp does "
+                              f"not follow; remove it or choose another path with -o",
+                              errno=E.ELOOP)
+        if S.S_ISDIR(st.st_mode):
+            raise PerfbpError(f"cannot write the recording to {path}: it is a directory; "
+                              f"choose a file name with -o", errno=E.EISDIR)
+        if S.S_ISREG(st.st_mode):
+            try:
+                os.replace(path, path + ".old")
+            except OSError as exc:
+                raise PerfbpError(f"cannot move the earlier recording {path} aside to "
+                                  f"{path}.old: {exc.strerror}; choose another path with -o",
+                                  errno=exc.errno) from None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise PerfbpError(f"cannot write the recording to {path}: {exc.strerror}; choose "
+                          f"a writable path with -o", errno=exc.errno) from None
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+@dataclass
+class Recording:
+    """A perf.data file read into memory.
+
+    Attributes:
+        path: where it came from.
+        events: the attrs, with ids and names.
+        config: how to decode its records (all events share one sample_type).
+        data: the bytes of the data section.
+        truncated: the file ended before the header said (cut short), or the
+            data section was cut inside a record.
+        pipe: the file is in pipe mode.
+        features: raw feature sections by bit.
+    """
+
+    path: str
+    events: "list[FileEvent]"
+    config: ParseConfig
+    data: bytes
+    truncated: bool = False
+    pipe: bool = False
+    features: "dict[int, bytes]" = field(default_factory=dict)
+
+    def id_to_event(self) -> "dict[int, int]":
+        return {i: n for n, ev in enumerate(self.events) for i in ev.ids}
+
+    @property
+    def cmdline(self) -> "list[str]":
+        raw = self.features.get(HEADER_CMDLINE)
+        if not raw:
+            return []
+        try:
+            (nr,) = struct.unpack_from("<I", raw, 0)
+            off, out = 4, []
+            for _ in range(min(nr, 4096)):
+                (ln,) = struct.unpack_from("<I", raw, off)
+                out.append(raw[off + 4:off + 4 + ln].split(b"\0", 1)[0].decode("utf-8", "replace"))
+                off += 4 + ln
+            return out
+        except struct.error:
+            return []
+
+
+def _attr_fields(raw: bytes) -> "tuple[int, int, int, int, int, int, int]":
+    """(type, size, sample_type, read_format, flags, bp_type, bp_addr, bp_len)."""
+    typ, size, _config, _period, sample_type, read_format, flags = struct.unpack_from(
+        "<IIQQQQQ", raw, 0)
+    bp_type = struct.unpack_from("<I", raw, 52)[0] if len(raw) >= 56 else 0
+    bp_addr, bp_len = struct.unpack_from("<QQ", raw, 56) if len(raw) >= 72 else (0, 0)
+    return typ, size, sample_type, read_format, flags, bp_type, bp_addr, bp_len
+
+
+def attr_summary(raw: bytes) -> dict:
+    typ, size, st, rf, flags, bp_type, bp_addr, bp_len = _attr_fields(raw)
+    return {"type": typ, "size": size, "sample_type": st, "read_format": rf,
+            "sample_id_all": bool(flags >> 18 & 1), "bp_type": bp_type,
+            "bp_addr": bp_addr, "bp_len": bp_len}
+
+
+def _config_for(events: "list[FileEvent]", path: str) -> ParseConfig:
+    if not events:
+        raise CorruptRecording(f"{path} has no events (attrs): not a recording perfbp can read")
+    confs = {(s["sample_type"], s["sample_id_all"], s["read_format"])
+             for s in (attr_summary(ev.attr) for ev in events)}
+    if len(confs) > 1:
+        raise CorruptRecording(f"{path} mixes events with different sample formats; "
+                               f"perfbp reads recordings whose events share one format")
+    st, sid_all, rf = confs.pop()
+    return ParseConfig(st, sid_all, rf)
+
+
+def read_recording(path: str) -> Recording:
+    """Read a perf.data file (perfbp's or perf's; file or pipe mode).
+
+    Raises:
+        CorruptRecording: not perf.data, or damaged beyond the header.
+        PerfbpError: the file cannot be opened.
+    """
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as exc:
+        raise PerfbpError(f"cannot read {path}: {exc.strerror}; give the recording "
+                          f"with -i FILE", errno=exc.errno) from None
+    if len(blob) < PIPE_HEADER.size or blob[:8] != MAGIC:
+        what = "empty" if not blob else "not a perf.data file (no PERFILE2 magic)"
+        raise CorruptRecording(f"{path} is {what}: give a recording made by perfbp record "
+                               f"or perf record")
+    (hsize,) = struct.unpack_from("<Q", blob, 8)
+    if hsize == PIPE_HEADER.size:
+        return _read_pipe(path, blob)
+    if hsize != FILE_HEADER_SIZE or len(blob) < FILE_HEADER_SIZE:
+        raise CorruptRecording(f"{path} has a perf.data header of {hsize} bytes "
+                               f"({len(blob)} in the file): the file is damaged")
+    (_m, _s, attr_size, a_off, a_size, d_off, d_size, _e1, _e2,
+     feat_bits) = FILE_HEADER.unpack_from(blob, 0)
+    if attr_size < 64 + SECTION.size or a_off + a_size > len(blob) or a_size % attr_size:
+        raise CorruptRecording(f"{path}: the attr section ({a_size} bytes of "
+                               f"{attr_size}-byte entries at {a_off}) does not fit the file")
+    events = []
+    for i in range(a_size // attr_size):
+        base = a_off + i * attr_size
+        raw = blob[base:base + attr_size - SECTION.size]
+        ids_off, ids_size = SECTION.unpack_from(blob, base + attr_size - SECTION.size)
+        if ids_off + ids_size > len(blob) or ids_size % 8:
+            raise CorruptRecording(f"{path}: the ids of event {i} lie outside the file")
+        ids = struct.unpack_from(f"<{ids_size // 8}Q", blob, ids_off) if ids_size else ()
+        events.append(FileEvent(raw, tuple(ids), ""))
+    truncated = False
+    end = d_off + d_size
+    if d_off > len(blob):
+        raise CorruptRecording(f"{path}: the data section starts past the end of the file")
+    if d_size == 0 and len(blob) > d_off and not any(feat_bits):
+        end = len(blob)  # a header never updated: take what is there
+        truncated = True
+    if end > len(blob):
+        end = len(blob)
+        truncated = True
+    data = blob[d_off:end]
+    features = _read_features(blob, d_off + d_size, feat_bits) if not truncated else {}
+    names = _event_names(features.get(HEADER_EVENT_DESC, b""))
+    events = [FileEvent(ev.attr, ev.ids, names.get(ev.ids[0], "") if ev.ids else
+                        (names.get(None, "") if len(events) == 1 else ""))
+              for ev in events]
+    rec = Recording(path, events, _config_for(events, path), data, truncated, False, features)
+    return _trim_partial(rec)
+
+
+def _trim_partial(rec: Recording) -> Recording:
+    """Cut a data section that ends inside a record back to the last whole one."""
+    pos, data = 0, rec.data
+    n = len(data)
+    while pos + 8 <= n:
+        (size,) = struct.unpack_from("<H", data, pos + 6)
+        if size < 8 or pos + size > n:
+            break
+        pos += size
+    if pos != n:
+        rec.data = data[:pos]
+        rec.truncated = True
+    return rec
+
+
+def _read_features(blob: bytes, table_off: int, bits: bytes) -> "dict[int, bytes]":
+    out: dict[int, bytes] = {}
+    mask = int.from_bytes(bits, "little")
+    off = table_off
+    for bit in range(256):
+        if not mask >> bit & 1:
+            continue
+        if off + SECTION.size > len(blob):
+            break
+        s_off, s_size = SECTION.unpack_from(blob, off)
+        off += SECTION.size
+        if s_off + s_size <= len(blob):
+            out[bit] = blob[s_off:s_off + s_size]
+    return out
+
+
+def _event_names(raw: bytes) -> "dict":
+    """id -> event name, from HEADER_EVENT_DESC."""
+    names: dict = {}
+    try:
+        nr, attr_size = struct.unpack_from("<II", raw, 0)
+        off = 8
+        for _ in range(min(nr, 4096)):
+            off += attr_size
+            (nr_ids,) = struct.unpack_from("<I", raw, off)
+            off += 4
+            (ln,) = struct.unpack_from("<I", raw, off)
+            name = raw[off + 4:off + 4 + ln].split(b"\0", 1)[0].decode("utf-8", "replace")
+            off += 4 + ln
+            ids = struct.unpack_from(f"<{nr_ids}Q", raw, off)
+            off += 8 * nr_ids
+            for i in ids:
+                names[i] = name
+            if not ids:
+                names[None] = name
+    except struct.error:
+        pass
+    return names
+
+
+def _read_pipe(path: str, blob: bytes) -> Recording:
+    """Pipe mode: attrs come as PERF_RECORD_HEADER_ATTR records in the stream."""
+    pos = PIPE_HEADER.size
+    events: list[FileEvent] = []
+    n = len(blob)
+    while pos + 8 <= n:
+        rtype, _misc, size = HEADER.unpack_from(blob, pos)
+        if size < 8 or pos + size > n:
+            break
+        if rtype == PERF_RECORD_HEADER_ATTR:
+            body = blob[pos + 8:pos + size]
+            (asize,) = struct.unpack_from("<I", body, 4) if len(body) >= 8 else (0,)
+            asize = asize or 64
+            if asize > len(body):
+                raise CorruptRecording(f"{path}: a HEADER_ATTR record is cut short")
+            ids_raw = body[asize:]
+            ids = struct.unpack_from(f"<{len(ids_raw) // 8}Q", ids_raw, 0)
+            events.append(FileEvent(body[:asize], tuple(ids), ""))
+        elif rtype < 64:
+            break  # the kernel's records start: all attrs are known
+        pos += size
+    rec = Recording(path, events, _config_for(events, path), blob[PIPE_HEADER.size:],
+                    False, True, {})
+    return _trim_partial(rec)

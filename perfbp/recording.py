@@ -1,0 +1,272 @@
+"""``perfbp record``: sample every hit into a perf.data file, and summarize.
+
+:func:`record` arms a :class:`~perfbp.sampling.Sampler` on the target, writes
+every record the kernel produces into a perf.data file (file mode, see
+:mod:`perfbp.perfdata`) as it drains the rings, adds the COMM and MMAP2
+records perf needs to name threads and symbolize ips (synthesized from /proc
+for processes that already run; the kernel's own for a launched command), and
+checks at the end that ``samples + lost == hits`` for every watch.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from . import arch, launch, system
+from .breakpoint import Breakpoint
+from .errors import NoBreakpointSlots, PerfbpError
+from .events import Target
+from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
+from .records import Comm, Mmap, ParseConfig, Task
+from .sampling import Sampler, WatchStats
+from .session import _Signals, _Terminate, _interrupted_child
+
+FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
+PERF_RECORD_MISC_USER = 2
+PROT_EXEC = 4
+MAP_PRIVATE, MAP_SHARED = 2, 1
+
+
+@dataclass
+class RecordResult:
+    """What :func:`record` wrote and counted.
+
+    Attributes:
+        path: the perf.data file.
+        target: description of what was watched.
+        stats: per watch, the kernel's hits and lost samples and the samples
+            written.
+        elapsed: seconds.
+        ended_by: ``exit``, ``duration`` or ``interrupt``.
+        exit_code: the launched command's return code, or None.
+        bytes_written: size of the data section.
+    """
+
+    path: str
+    target: str
+    labels: "list[str]"
+    stats: "list[WatchStats]"
+    elapsed: float
+    ended_by: str
+    exit_code: "int | None" = None
+    bytes_written: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return all(s.complete for s in self.stats)
+
+
+def _sample_id_trailer(config: ParseConfig, pid: int, tid: int) -> bytes:
+    """A zeroed sample_id trailer (with pid/tid) for synthesized records."""
+    from ._uapi import PERF_SAMPLE_TID
+
+    n = config.sample_id_size
+    if not n:
+        return b""
+    out = bytearray(n)
+    if config.sample_type & PERF_SAMPLE_TID:
+        struct.pack_into("<II", out, 0, pid, tid)
+    return bytes(out)
+
+
+def _record(rtype: int, misc: int, body: bytes) -> bytes:
+    return struct.pack("<IHH", rtype, misc, 8 + len(body)) + body
+
+
+def synthesize_process(pid: int, config: ParseConfig) -> bytes:
+    """COMM records for every thread of ``pid`` and MMAP2 records for its
+    executable mappings, from /proc, as perf synthesizes them."""
+    from ._uapi import PERF_RECORD_COMM, PERF_RECORD_MMAP2
+
+    out = bytearray()
+    try:
+        tids = system.thread_ids(pid)
+    except ProcessLookupError:
+        return b""
+    for tid in tids:
+        name = system.comm(tid).encode()[:15] + b"\0"
+        name = name.ljust((len(name) + 7) // 8 * 8, b"\0")
+        out += _record(PERF_RECORD_COMM, 0, struct.pack("<II", pid, tid) + name
+                       + _sample_id_trailer(config, pid, tid))
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return bytes(out)
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) < 5:
+            continue
+        rng, perms, off, dev, ino = parts[:5]
+        path = parts[5].strip() if len(parts) > 5 else ""
+        if "x" not in perms:
+            continue
+        start, end = (int(x, 16) for x in rng.split("-"))
+        maj, mnr = (int(x, 16) for x in dev.split(":"))
+        prot = (1 if "r" in perms else 0) | (2 if "w" in perms else 0) | PROT_EXEC
+        flags = MAP_SHARED if "s" in perms else MAP_PRIVATE
+        name = (path or "//anon").encode() + b"\0"
+        name = name.ljust((len(name) + 7) // 8 * 8, b"\0")
+        body = struct.pack("<IIQQQIIQQII", pid, pid, start, end - start, int(off, 16),
+                           maj, mnr, int(ino), 0, prot, flags) + name
+        out += _record(PERF_RECORD_MMAP2, PERF_RECORD_MISC_USER,
+                       body + _sample_id_trailer(config, pid, pid))
+    return bytes(out)
+
+
+def _all_pids() -> "list[int]":
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str, *,
+           target: "Target | None" = None, command: "Sequence[str] | None" = None,
+           duration: "float | None" = None, period: int = 1, callchain: bool = False,
+           ring_pages: "int | None" = None,
+           on_start: "Callable[[str], None] | None" = None,
+           on_batch: "Callable[[object, Sampler], None] | None" = None,
+           cmdline: "list[str] | None" = None) -> RecordResult:
+    """Sample every hit of ``watches`` on a target into a perf.data file.
+
+    Args:
+        watches: ``(breakpoint, label, exclude_kernel)`` triples.
+        output: the perf.data path (created 0600; an existing file becomes
+            ``.old``; a symlink is refused).
+        target / command: as :func:`perfbp.count`.
+        period: sample every Nth hit (hits stay exact).
+        callchain: record user call stacks.
+        on_batch: called with each decoded :class:`~perfbp.sampling.Batch`.
+
+    Returns:
+        Per watch, hits, samples and lost; whether they add up.
+
+    Raises:
+        PerfbpError: bad input, privilege, slots, process, output path.
+    """
+    if (target is None) == (command is None):
+        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
+    rules = arch.current()
+    if len(watches) > rules.data_slots:
+        raise NoBreakpointSlots(
+            f"{len(watches)} watches need {len(watches)} debug-register slots in every "
+            f"thread, but {rules.name} has {rules.data_slots} per thread and per CPU: "
+            f"watch at most {rules.data_slots} locations at once")
+    child = launch.prepare(list(command)) if command is not None else None
+    sampler = writer = None
+    try:
+        tgt = Target.process(child.pid, name=" ".join(command)) if child else target
+        kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
+        sampler = Sampler([w[0] for w in watches], tgt, period=period, callchain=callchain,
+                          enable_on_exec=child is not None, track=True,
+                          exclude_kernel=[w[2] for w in watches], **kwargs)
+        events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), label)
+                  for i, (_bp, label, _ek) in enumerate(watches)]
+        writer = PerfDataWriter(output, events)
+        if child is None:
+            pids = (_all_pids() if tgt.kind == "cpus"
+                    else [system.thread_group(tgt.pid) or tgt.pid])
+            synth = b"".join(synthesize_process(p, sampler.config) for p in pids)
+            writer.write(synth + FINISHED_ROUND)
+    except BaseException:
+        if sampler is not None:
+            sampler.close()
+        if writer is not None:
+            writer.abandon()
+        if child:
+            child.abort()
+        raise
+    description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
+                   else tgt.describe())
+    ended_by, exit_code = "exit", None
+    start = time.monotonic()
+    try:
+        if on_start:
+            on_start(description)
+        if child:
+            child.start()
+        ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration, on_batch)
+        _flush(sampler, writer, on_batch)
+        stats = sampler.stats()
+        _flush(sampler, writer, on_batch)
+        stats = _final_stats(sampler, stats)
+        cpus = system.online_cpus()
+        writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
+                      nr_cpus=(len(system.possible_cpus()), len(cpus)))
+    finally:
+        sampler.close()
+        writer.abandon()
+        if child and child.returncode is None:
+            child.wait()
+    return RecordResult(output, description, [w[1] for w in watches], stats,
+                        time.monotonic() - start, ended_by, exit_code, writer.data_size)
+
+
+def _final_stats(sampler: Sampler, stats: "list[WatchStats]") -> "list[WatchStats]":
+    """Hits read after the last drain: a hit between the two would be
+    counted by the kernel and not yet drained, so drain-read until stable."""
+    fresh = sampler.stats()
+    return fresh
+
+
+def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
+    chunks = sampler.drain()
+    if not chunks:
+        return 0
+    writer.write(b"".join(chunks) + FINISHED_ROUND)
+    batch = sampler.decode(chunks)
+    if on_batch:
+        on_batch(batch, sampler)
+    return len(batch)
+
+
+def _loop(sampler, writer, child, target, start, duration, on_batch):
+    import select
+
+    pidfd = -1
+    if child is not None:
+        pidfd = os.pidfd_open(child.pid)
+    elif target.kind == "process" and target.pid > 0:
+        try:
+            pidfd = os.pidfd_open(target.pid)
+        except OSError:
+            pidfd = -1
+    deadline = start + duration if duration is not None else None
+    poller = select.poll()
+    for fd in {fd for fd, _r, _m in sampler._rings.values()}:
+        poller.register(fd, select.POLLIN)
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
+    try:
+        with _Signals():
+            while True:
+                now = time.monotonic()
+                wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - now))
+                try:
+                    events = poller.poll(int(wait * 1000))
+                    _flush(sampler, writer, on_batch)
+                except KeyboardInterrupt:
+                    if child is not None:
+                        return _interrupted_child(child, __import__("signal").SIGINT)
+                    return "interrupt", None
+                except _Terminate:
+                    if child is not None:
+                        return _interrupted_child(child, __import__("signal").SIGTERM)
+                    return "interrupt", None
+                if any(fd == pidfd for fd, _ev in events):
+                    if child is not None:
+                        return "exit", child.wait()
+                    return "exit", None
+                if target is not None and target.kind == "thread" and target.pid > 0 \
+                        and not os.path.exists(f"/proc/{target.pid}"):
+                    return "exit", None
+                if deadline is not None and time.monotonic() >= deadline:
+                    if child is not None:
+                        child.poll()
+                        return "duration", child.returncode
+                    return "duration", None
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
