@@ -25,6 +25,11 @@ from .check import CheckItem, CheckReport, probe_capacity, run_checks
 from .errors import CommandNotFound
 from .events import EventOptions, Target
 from .launch import exit_status
+from .perfdata import CorruptRecording
+from .recording import RecordResult, record
+from .records import SampleColumns
+from .report import SORT_KEYS, Report, WatchReport, load_report
+from .sampling import Batch, Sampler, WatchStats
 from .session import CountResult, WatchHits, count
 from .spec import WatchSpec
 from .spec import parse as parse_watch
@@ -49,6 +54,17 @@ __all__ = [
     "WatchSpec",
     "parse_watch",
     "count",
+    "record",
+    "RecordResult",
+    "load_report",
+    "Report",
+    "WatchReport",
+    "SORT_KEYS",
+    "CorruptRecording",
+    "Sampler",
+    "Batch",
+    "WatchStats",
+    "SampleColumns",
     "CountResult",
     "WatchHits",
     "run_checks",

@@ -27,7 +27,9 @@ app = typer.Typer(
     epilog="\b\nExamples:\n"
            "  perfbp check                               # can watchpoints work here?\n"
            "  perfbp stat -w 0x404040 -- ./prog          # count writes to 8 bytes\n"
-           "  perfbp stat -w mem:0x404040/4:rw -p 1234   # reads+writes in a process\n",
+           "  perfbp stat -w mem:0x404040/4:rw -p 1234   # reads+writes in a process\n"
+           "  perfbp record -w 0x404040 -- ./prog        # sample every write\n"
+           "  perfbp report                              # who wrote it\n",
 )
 
 BAD_INPUT = 2
@@ -185,6 +187,183 @@ def stat(
         _render_counts(result)
     if result.exit_code is not None:
         raise typer.Exit(perfbp.exit_status(result.exit_code))
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:5.1f}%" if whole else "    -"
+
+
+def _render_report(report, top: int) -> None:
+    """The per-watch summary shared by ``record`` and ``report``."""
+    for w in report.watches:
+        spec = f"mem:{w.address:#x}/{w.length}:{w.access}"
+        title = w.name if w.name == spec else f"{w.name}  ({spec})"
+        typer.echo(title)
+        sampled = f", 1 sample every {w.period} hits" if w.period > 1 else ""
+        line = f"  samples {w.hits:,}"
+        if w.lost is not None:
+            line += f"   lost {w.lost:,}"
+        if w.kernel_hits is not None:
+            line += f"   kernel's hit count {w.kernel_hits:,}{sampled}"
+            if w.accounted:
+                line += ": every hit accounted for"
+            else:
+                line += ": MISMATCH (samples + lost != hits)"
+        typer.echo(line)
+        if w.writers:
+            typer.echo("  writers (instruction after the access):")
+            for wr in w.writers[:top]:
+                typer.echo(f"    {wr.samples:>12,} {_pct(wr.samples, w.hits)}  "
+                           f"{str(wr.location):<32} {wr.location.short_dso}")
+        if w.threads:
+            typer.echo("  threads:")
+            for t in w.threads[:top]:
+                typer.echo(f"    {t.samples:>12,} {_pct(t.samples, w.hits)}  {t.comm}/{t.tid}")
+        typer.echo("")
+    if report.groups:
+        typer.echo(f"{'samples':>14}  {'':6}  key")
+        for g in report.groups:
+            extra = f"  {g['dso']}" if g.get("dso") else ""
+            typer.echo(f"{g['samples']:>14,}  {_pct(g['samples'], report.samples)}  {g['key']}{extra}")
+        typer.echo("")
+
+
+def _report_csv(report) -> None:
+    import csv
+
+    out = csv.writer(sys.stdout)
+    if report.groups:
+        out.writerow(["key", "samples"])
+        for g in report.groups:
+            out.writerow([g["key"], g["samples"]])
+        return
+    out.writerow(["watch", "address", "length", "access", "hits", "lost", "kernel_hits",
+                  "where", "dso", "samples"])
+    for w in report.watches:
+        base = [w.name, w.address, w.length, w.access, w.hits,
+                "" if w.lost is None else w.lost,
+                "" if w.kernel_hits is None else w.kernel_hits]
+        if not w.writers:
+            out.writerow(base + ["", "", 0])
+        for wr in w.writers:
+            out.writerow(base + [str(wr.location), wr.location.dso, wr.samples])
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="\b\nExamples:\n"
+           "  perfbp record -w 0x4040a0 -- ./demo/demo      # every write, into perfbp.data\n"
+           "  perfbp record -w 0x4040a0:rw -p 1234 -d 10    # reads+writes of a process, 10 s\n"
+           "  perfbp record -g -w 0x4040a0 -- ./prog        # with call stacks\n"
+           "  perfbp record --period 100 -w 0x4040a0 -a     # every 100th hit, all CPUs\n"
+           "  perfbp record -o run1.data -w 0x601040/4 -- ./prog  # another file\n"
+           "  perf script -i perfbp.data                     # perf reads the recording\n",
+)
+def record(
+    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
+                                    help="What to watch: [mem:]ADDR[/LEN][:ACCESS][:u|k]."),
+    output: str = typer.Option("perfbp.data", "-o", "--output", metavar="FILE",
+                               help="The recording (perf.data format; an existing file becomes FILE.old)."),
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
+    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
+    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU."),
+    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs."),
+    duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECONDS",
+                                             help="Stop after this many seconds."),
+    period: int = typer.Option(1, "--period", "-c", metavar="N",
+                               help="Sample every Nth hit (hit counts stay exact)."),
+    callchain: bool = typer.Option(False, "-g", "--callchain", help="Record user call stacks."),
+    ring_pages: Optional[int] = typer.Option(None, "--ring-pages", metavar="PAGES",
+                                             help="Ring buffer pages per CPU (power of two; default 512)."),
+    top: int = typer.Option(5, "--top", help="Writers and threads listed per watch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
+) -> None:
+    """Sample every hit into a recording perf can read, then summarize who
+    touched each watch.
+
+    Each hit becomes a sample (ip, thread, time, CPU, address; -g adds the
+    call stack). At the end perfbp checks that samples + lost samples equal
+    the kernel's own hit count, per watch, and says so. With -- CMD the exit
+    status is the command's; bad input exits 2.
+    """
+    command = list(command or [])
+    target = resolve_target(pid, tid, all_cpus, cpu, command)
+    watches = _watches(watch)
+    if period < 1:
+        raise fail(f"--period {period} must be 1 or more")
+    if ring_pages is not None and (ring_pages < 1 or ring_pages & (ring_pages - 1)):
+        raise fail(f"--ring-pages {ring_pages} must be a power of two (1, 2, 4, ... 512)")
+    if duration is not None and duration <= 0:
+        raise fail(f"--duration {duration} must be a positive number of seconds")
+    result = perfbp.record(watches, output, target=target, command=command or None,
+                           duration=duration, period=period, callchain=callchain,
+                           ring_pages=ring_pages, cmdline=["perfbp", "record"] + sys.argv[2:],
+                           on_start=lambda d: _banner(watches, d))
+    samples = sum(s.samples for s in result.stats)
+    lost = sum(s.lost for s in result.stats)
+    typer.echo(f"[ perfbp record: wrote {result.bytes_written / 1e6:.3f} MB to {result.path}: "
+               f"{samples:,} samples, {lost:,} lost ]", err=True)
+    for s, label in zip(result.stats, result.labels):
+        if not s.complete:
+            typer.echo(f"perfbp: WARNING: watch {label}: the kernel counted {s.hits:,} hits "
+                       f"but {s.samples:,} samples + {s.lost:,} lost = {s.samples + s.lost:,}: "
+                       f"{s.missing:,} hits unaccounted for", err=True)
+        elif s.lost:
+            typer.echo(f"perfbp: watch {label}: {s.lost:,} samples lost (ring full); use "
+                       f"--ring-pages or --period to keep up", err=True)
+    report = perfbp.load_report(result.path, top=top)
+    if as_json:
+        out = report.as_dict()
+        out.update({"target": result.target, "elapsed_seconds": round(result.elapsed, 6),
+                    "ended_by": result.ended_by, "exit_code": result.exit_code})
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo("")
+        _render_report(report, top)
+    if result.exit_code is not None:
+        raise typer.Exit(perfbp.exit_status(result.exit_code))
+
+
+@app.command(
+    epilog="\b\nExamples:\n"
+           "  perfbp report                              # summarize perfbp.data\n"
+           "  perfbp report -i perf.data                 # perf's own mem: recording\n"
+           "  perfbp report --sort thread                # samples per thread\n"
+           "  perfbp report --sort symbol --top 20       # who writes, over all watches\n"
+           "  perfbp report --format json | jq .watches  # for scripts\n"
+           "  perfbp report --format csv > hits.csv      # for spreadsheets\n",
+)
+def report(
+    input: str = typer.Option("perfbp.data", "-i", "--input", metavar="FILE",
+                              help="The recording (perfbp's or perf's perf.data)."),
+    fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT",
+                            help="table, json or csv."),
+    sort: str = typer.Option("watch", "--sort", "-s", metavar="KEY",
+                             help="watch (default), symbol, thread or cpu."),
+    top: int = typer.Option(10, "--top", help="Writers and threads listed per watch."),
+) -> None:
+    """Who touched the watched memory: per watch, the samples, lost
+    samples, writers (function+offset) and threads, from a recording made by
+    perfbp record or perf record -e mem:...
+    """
+    if fmt not in ("table", "json", "csv"):
+        raise fail(f"--format {fmt!r} is not one of table, json, csv")
+    if sort not in perfbp.SORT_KEYS:
+        raise fail(f"--sort {sort!r} is not one of {', '.join(perfbp.SORT_KEYS)}")
+    rep = perfbp.load_report(input, top=top, sort=sort)
+    if rep.truncated:
+        typer.echo(f"perfbp: {input} was cut short (the recording did not finish); "
+                   f"reporting the {rep.samples:,} samples it holds", err=True)
+    if fmt == "json":
+        typer.echo(json.dumps(rep.as_dict()))
+    elif fmt == "csv":
+        _report_csv(rep)
+    else:
+        typer.echo(f"# {rep.samples:,} samples, {rep.lost:,} lost, from {input} "
+                   f"(recorded by {rep.producer})")
+        typer.echo("")
+        _render_report(rep, top)
 
 
 @app.command(

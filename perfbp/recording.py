@@ -21,7 +21,7 @@ from .breakpoint import Breakpoint
 from .errors import NoBreakpointSlots, PerfbpError
 from .events import Target
 from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
-from .records import Comm, Mmap, ParseConfig, Task
+from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
 from .session import _Signals, _Terminate, _interrupted_child
 
@@ -61,15 +61,24 @@ class RecordResult:
 
 
 def _sample_id_trailer(config: ParseConfig, pid: int, tid: int) -> bytes:
-    """A zeroed sample_id trailer (with pid/tid) for synthesized records."""
-    from ._uapi import PERF_SAMPLE_TID
+    """A sample_id trailer (pid/tid, the rest zero) for synthesized records."""
+    return sample_id_bytes(config, pid=pid, tid=tid)
 
-    n = config.sample_id_size
-    if not n:
-        return b""
-    out = bytearray(n)
-    if config.sample_type & PERF_SAMPLE_TID:
-        struct.pack_into("<II", out, 0, pid, tid)
+
+def read_records(sampler: Sampler, stats: "list[WatchStats]") -> bytes:
+    """One PERF_RECORD_READ per watch with the kernel's final hit and lost
+    counts (read_format = PERF_FORMAT_LOST), tagged with the watch's first
+    event id: how a recording carries its own "nothing lost" proof."""
+    from ._uapi import PERF_RECORD_READ
+
+    out = bytearray()
+    for i, st in enumerate(stats):
+        ids = sampler.event_ids(i)
+        if not ids:
+            continue
+        body = struct.pack("<IIQQ", 0xFFFFFFFF, 0xFFFFFFFF, st.hits, st.lost)
+        out += _record(PERF_RECORD_READ, 0,
+                       body + sample_id_bytes(sampler.config, pid=-1, tid=-1, id=ids[0]))
     return bytes(out)
 
 
@@ -192,6 +201,7 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
         stats = sampler.stats()
         _flush(sampler, writer, on_batch)
         stats = _final_stats(sampler, stats)
+        writer.write(read_records(sampler, stats))
         cpus = system.online_cpus()
         writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
                       nr_cpus=(len(system.possible_cpus()), len(cpus)))

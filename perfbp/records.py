@@ -36,6 +36,7 @@ from ._uapi import (
     PERF_RECORD_MISC_COMM_EXEC,
     PERF_RECORD_MMAP,
     PERF_RECORD_MMAP2,
+    PERF_RECORD_READ,
     PERF_RECORD_SAMPLE,
     PERF_RECORD_THROTTLE,
     PERF_RECORD_UNTHROTTLE,
@@ -226,6 +227,15 @@ class Mmap(NamedTuple):
     sample_id: Optional[SampleId] = None
 
 
+class Read(NamedTuple):
+    """PERF_RECORD_READ: an event's count (``values`` per the read_format)."""
+
+    pid: int
+    tid: int
+    values: tuple
+    sample_id: Optional[SampleId] = None
+
+
 class Unknown(NamedTuple):
     """A record type perfbp does not decode: kept as bytes."""
 
@@ -234,7 +244,7 @@ class Unknown(NamedTuple):
     data: bytes
 
 
-Record = Union[Sample, Lost, LostSamples, Throttle, Comm, Task, Mmap, Unknown]
+Record = Union[Sample, Lost, LostSamples, Throttle, Comm, Task, Mmap, Read, Unknown]
 
 _U64 = struct.Struct("<Q")
 _U32x2 = struct.Struct("<II")
@@ -273,6 +283,28 @@ def _sample_id(body: bytes, cfg: ParseConfig) -> Optional[SampleId]:
     if st & PERF_SAMPLE_IDENTIFIER:
         vals["id"] = _U64.unpack_from(tail, off)[0]
     return SampleId(**vals)
+
+
+def sample_id_bytes(cfg: ParseConfig, *, pid: int = 0, tid: int = 0, time: int = 0,
+                    id: int = 0, cpu: int = 0) -> bytes:
+    """Encode a sample_id trailer for ``cfg`` (for records perfbp writes)."""
+    if not cfg.sample_id_all:
+        return b""
+    st = cfg.sample_type
+    out = b""
+    if st & PERF_SAMPLE_TID:
+        out += _U32x2.pack(pid & 0xFFFFFFFF, tid & 0xFFFFFFFF)
+    if st & PERF_SAMPLE_TIME:
+        out += _U64.pack(time)
+    if st & PERF_SAMPLE_ID:
+        out += _U64.pack(id)
+    if st & PERF_SAMPLE_STREAM_ID:
+        out += _U64.pack(id)
+    if st & PERF_SAMPLE_CPU:
+        out += _U32x2.pack(cpu, 0)
+    if st & PERF_SAMPLE_IDENTIFIER:
+        out += _U64.pack(id)
+    return out
 
 
 def _read_values(body: bytes, off: int, read_format: int) -> "tuple[tuple, int]":
@@ -377,6 +409,10 @@ def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record
             pid, ppid, tid, ptid, t = struct.unpack_from("<IIIIQ", body, 0)
             return Task(pid, ppid, tid, ptid, t, rtype == PERF_RECORD_EXIT,
                         _sample_id(body[24:], cfg))
+        if rtype == PERF_RECORD_READ:
+            pid, tid = _U32x2.unpack_from(body, 0)
+            values, off = _read_values(body, 8, cfg.read_format)
+            return Read(pid, tid, values, _sample_id(body[off:], cfg))
         if rtype == PERF_RECORD_MMAP:
             pid, tid, addr, ln, pgoff = struct.unpack_from("<IIQQQ", body, 0)
             name = _cstring(body[32:len(body) - cfg.sample_id_size])

@@ -1,0 +1,273 @@
+"""``perfbp report``: who touched the watched memory, from a recording.
+
+Reads perfbp's recordings and perf's own recordings of ``mem:`` events
+(``perf record -e mem:ADDR/LEN:ACCESS``), decodes the samples in bulk, and
+groups them per watch: hits (samples), lost samples, the writers (ip as
+function+offset in its object), the threads, the CPUs.  When the recording
+was made by perfbp, it also carries the kernel's own hit count per watch
+(a PERF_RECORD_READ), so the report can say whether every hit is accounted
+for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as _Counter
+from dataclasses import dataclass, field
+
+from .arch import TYPE_NAMES
+from .errors import PerfbpError
+from .perfdata import CorruptRecording, Recording, attr_summary, read_recording
+from .records import Comm, CorruptRecord, Lost, LostSamples, Mmap, Read, Task, decode_bulk
+from .symbols import Location, Symbolizer
+
+SORT_KEYS = ("watch", "symbol", "thread", "cpu")
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One instruction that hit a watch, with its count."""
+
+    location: Location
+    pid: int
+    samples: int
+
+    def as_dict(self) -> dict:
+        loc = self.location
+        return {"ip": loc.ip, "symbol": loc.symbol, "offset": loc.offset,
+                "dso": loc.dso, "where": str(loc), "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class ThreadHits:
+    pid: int
+    tid: int
+    comm: str
+    samples: int
+
+    def as_dict(self) -> dict:
+        return {"pid": self.pid, "tid": self.tid, "comm": self.comm, "samples": self.samples}
+
+
+@dataclass
+class WatchReport:
+    """Everything the recording says about one watch.
+
+    Attributes:
+        name: the watch's label (perfbp) or event name (perf).
+        address, length, access: what was watched.
+        hits: samples for this watch in the recording.
+        lost: samples the kernel could not write for this watch, when known.
+        kernel_hits: the kernel's own hit count, when the recording has it.
+        period: one sample every ``period`` hits.
+    """
+
+    index: int
+    name: str
+    address: int
+    length: int
+    access: str
+    hits: int
+    lost: "int | None" = None
+    kernel_hits: "int | None" = None
+    period: int = 1
+    writers: "list[Writer]" = field(default_factory=list)
+    threads: "list[ThreadHits]" = field(default_factory=list)
+    cpus: "dict[int, int]" = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> "bool | None":
+        """samples + lost == hits (None when the recording lacks the kernel's count)."""
+        if self.kernel_hits is None or self.lost is None:
+            return None
+        expected = self.kernel_hits if self.period == 1 else self.kernel_hits // self.period
+        return self.hits + self.lost == expected
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "address": self.address, "length": self.length,
+                "access": self.access, "hits": self.hits, "lost": self.lost,
+                "kernel_hits": self.kernel_hits, "period": self.period,
+                "accounted": self.accounted,
+                "writers": [w.as_dict() for w in self.writers],
+                "threads": [t.as_dict() for t in self.threads],
+                "cpus": {str(k): v for k, v in sorted(self.cpus.items())}}
+
+
+@dataclass
+class Report:
+    """A whole recording, summarized.
+
+    Attributes:
+        samples: samples in the recording (all watches).
+        lost: samples lost (the kernel's LOST records, or perfbp's per-watch
+            counts when larger).
+        truncated: the recording was cut short (it is read up to the last
+            whole record).
+    """
+
+    path: str
+    samples: int
+    lost: int
+    watches: "list[WatchReport]"
+    truncated: bool = False
+    producer: str = "perf"
+    cmdline: "list[str]" = field(default_factory=list)
+    groups: "list[dict]" = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "producer": self.producer, "samples": self.samples,
+                "lost": self.lost, "truncated": self.truncated,
+                "watches": [w.as_dict() for w in self.watches],
+                "groups": self.groups}
+
+
+def _watch_meta(rec: Recording, i: int) -> "tuple[str, int, int, str]":
+    s = attr_summary(rec.events[i].attr)
+    access = TYPE_NAMES.get(s["bp_type"], str(s["bp_type"]))
+    name = rec.events[i].name or f"mem:{s['bp_addr']:#x}/{s['bp_len']}:{access}"
+    return name, s["bp_addr"], s["bp_len"], access
+
+
+def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
+    """Summarize a recording.
+
+    Args:
+        top: writers and threads listed per watch.
+        sort: ``watch`` (sections per watch), ``symbol``, ``thread`` or
+            ``cpu`` (one table over all watches, grouped by that key).
+
+    Raises:
+        CorruptRecording / PerfbpError: the file is not a readable recording.
+    """
+    import numpy as np
+
+    if sort not in SORT_KEYS:
+        raise PerfbpError(f"--sort {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    rec = read_recording(path)
+    try:
+        cols, others = decode_bulk(rec.data, rec.config)
+    except CorruptRecord as exc:
+        raise CorruptRecording(f"{path}: {exc.message}") from None
+    id_map = rec.id_to_event()
+    n = len(cols)
+    if n and cols.id is not None and id_map:
+        keys = np.array(sorted(id_map), dtype=np.uint64)
+        vals = np.array([id_map[int(k)] for k in keys], dtype=np.int64)
+        pos = np.minimum(np.searchsorted(keys, cols.id), len(keys) - 1)
+        widx = np.where(keys[pos] == cols.id, vals[pos], -1)
+    else:
+        widx = np.zeros(n, dtype=np.int64)
+
+    sym = Symbolizer()
+    comms: dict[int, str] = {}
+    lost_total = 0
+    kernel: dict[int, tuple[int, int]] = {}
+    for r in others:
+        if isinstance(r, Mmap):
+            sym.add_mmap(r.pid, r.addr, r.len, r.pgoff, r.filename)
+        elif isinstance(r, Comm):
+            comms[r.tid] = r.comm
+            if r.exec:
+                sym.exec(r.pid)
+        elif isinstance(r, Task) and not r.exit:
+            if r.pid != r.ppid:
+                sym.fork(r.ppid, r.pid)
+        elif isinstance(r, Lost):
+            lost_total += r.lost
+        elif isinstance(r, LostSamples):
+            lost_total += r.lost
+        elif isinstance(r, Read) and r.sample_id is not None and r.sample_id.id in id_map:
+            vals = r.values
+            if len(vals) >= 2:
+                kernel[id_map[r.sample_id.id]] = (vals[0], vals[-1])
+    producer = "perfbp" if kernel else "perf"
+    period = max(1, _sample_period(rec.events[0].attr))
+
+    watches: list[WatchReport] = []
+    pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
+    tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
+    ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
+    for i in range(len(rec.events)):
+        name, addr, length, access = _watch_meta(rec, i)
+        mask = widx == i
+        hits = int(mask.sum())
+        w = WatchReport(i, name, addr, length, access, hits, period=period)
+        if i in kernel:
+            w.kernel_hits, w.lost = kernel[i]
+        elif len(rec.events) == 1:
+            w.lost = lost_total
+        if hits:
+            w.writers = _writers(sym, pids[mask], ips[mask], top)
+            w.threads = _threads(pids[mask], tids[mask], comms, top)
+            if cols.cpu is not None:
+                c, k = np.unique(cols.cpu[mask], return_counts=True)
+                w.cpus = {int(a): int(b) for a, b in zip(c, k)}
+        watches.append(w)
+    lost = max(lost_total, sum(w.lost or 0 for w in watches))
+    report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline)
+    if sort != "watch":
+        report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
+    return report
+
+
+def _sample_period(attr_raw: bytes) -> int:
+    """attr.sample_period (1 when the attr asks for a frequency instead)."""
+    import struct
+    flags = struct.unpack_from("<Q", attr_raw, 40)[0]
+    if flags >> 10 & 1:  # attr.freq
+        return 1
+    return struct.unpack_from("<Q", attr_raw, 16)[0]
+
+
+def _writers(sym: Symbolizer, pids, ips, top: int) -> "list[Writer]":
+    import numpy as np
+
+    pairs = np.stack([pids.astype(np.uint64), ips.astype(np.uint64)], axis=1)
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+    # the same function+offset in several processes: merge by location
+    merged: _Counter = _Counter()
+    where: dict = {}
+    for (pid, ip), c in zip(uniq.tolist(), counts.tolist()):
+        loc = sym.resolve(pid, ip)
+        key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
+        merged[key] += c
+        where.setdefault(key, (loc, pid))
+    return [Writer(where[k][0], where[k][1], c) for k, c in merged.most_common(top)]
+
+
+def _threads(pids, tids, comms, top: int) -> "list[ThreadHits]":
+    import numpy as np
+
+    pairs = np.stack([pids.astype(np.uint64), tids.astype(np.uint64)], axis=1)
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return [ThreadHits(int(uniq[j][0]), int(uniq[j][1]),
+                       comms.get(int(uniq[j][1]), comms.get(int(uniq[j][0]), "?")),
+                       int(counts[j])) for j in order]
+
+
+def _groups(sort, sym, widx, pids, tids, ips, cpus, comms, watches) -> "list[dict]":
+    import numpy as np
+
+    out: list[dict] = []
+    if sort == "thread":
+        pairs = np.stack([pids.astype(np.uint64), tids.astype(np.uint64)], axis=1)
+        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+        for (pid, tid), c in sorted(zip(uniq.tolist(), counts.tolist()), key=lambda x: -x[1]):
+            comm = comms.get(tid, comms.get(pid, "?"))
+            out.append({"key": f"{comm}/{tid}", "pid": pid, "tid": tid,
+                        "samples": c})
+    elif sort == "cpu":
+        if cpus is not None:
+            c, k = np.unique(cpus, return_counts=True)
+            for cpu, cnt in sorted(zip(c.tolist(), k.tolist()), key=lambda x: -x[1]):
+                out.append({"key": f"CPU {cpu}", "cpu": cpu, "samples": cnt})
+    else:  # symbol
+        pairs = np.stack([pids.astype(np.uint64), ips.astype(np.uint64)], axis=1)
+        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+        merged: _Counter = _Counter()
+        for (pid, ip), c in zip(uniq.tolist(), counts.tolist()):
+            loc = sym.resolve(pid, ip)
+            merged[(loc.symbol or f"{ip:#x}", loc.short_dso)] += c
+        for (name, dso), c in merged.most_common():
+            out.append({"key": name, "dso": dso, "samples": c})
+    return out

@@ -1,0 +1,231 @@
+"""Turning instruction addresses into ``function+offset (object)``.
+
+An ip seen in a sample is mapped through the process's mappings (MMAP /
+MMAP2 records, the same ones perf uses) to a file offset in an ELF object,
+then to the object's virtual address through its PT_LOAD segments, then to
+the function that contains it (``.symtab``, else ``.dynsym``), with
+pyelftools.  Pure Python over files; no kernel.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Optional
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an ip lies.
+
+    Attributes:
+        ip: the address.
+        dso: the object's path (or ``[unknown]``).
+        symbol: the function's name, or None.
+        offset: ip minus the function's start.
+    """
+
+    ip: int
+    dso: str
+    symbol: Optional[str]
+    offset: int = 0
+
+    def __str__(self) -> str:
+        if self.symbol is None:
+            return f"{self.ip:#x}" + (f" ({os.path.basename(self.dso)})" if self.dso != "[unknown]" else "")
+        return f"{self.symbol}+{self.offset:#x}"
+
+    @property
+    def short_dso(self) -> str:
+        return os.path.basename(self.dso)
+
+
+class ElfObject:
+    """The function symbols and load segments of one ELF file."""
+
+    def __init__(self, path: str) -> None:
+        from elftools.elf.elffile import ELFFile
+
+        self.path = path
+        self.segments: list[tuple[int, int, int]] = []  # (p_offset, p_filesz, p_vaddr)
+        starts: dict[int, tuple[str, int]] = {}
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            self.pie_or_shared = elf["e_type"] == "ET_DYN"
+            for seg in elf.iter_segments():
+                if seg["p_type"] == "PT_LOAD":
+                    self.segments.append((seg["p_offset"], seg["p_filesz"], seg["p_vaddr"]))
+            for name in (".symtab", ".dynsym"):
+                sec = elf.get_section_by_name(name)
+                if sec is None:
+                    continue
+                for sym in sec.iter_symbols():
+                    if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC"):
+                        continue
+                    if sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+                        continue
+                    addr = sym["st_value"]
+                    # prefer the first table (.symtab) and sized symbols
+                    if addr not in starts or (starts[addr][1] == 0 and sym["st_size"]):
+                        starts[addr] = (sym.name, sym["st_size"])
+                if starts and name == ".symtab":
+                    break
+        self._addrs = sorted(starts)
+        self._syms = [starts[a] for a in self._addrs]
+
+    def vaddr_of_offset(self, offset: int) -> Optional[int]:
+        for p_off, p_size, p_vaddr in self.segments:
+            if p_off <= offset < p_off + max(p_size, 1):
+                return offset - p_off + p_vaddr
+        return None
+
+    def function_at(self, vaddr: int) -> "tuple[str, int] | None":
+        i = bisect.bisect_right(self._addrs, vaddr) - 1
+        if i < 0:
+            return None
+        name, size = self._syms[i]
+        start = self._addrs[i]
+        if size and vaddr >= start + size:
+            return None
+        return name, vaddr - start
+
+
+@lru_cache(maxsize=256)
+def load_object(path: str) -> Optional[ElfObject]:
+    """The parsed ELF at ``path``, or None when it is missing or not ELF."""
+    try:
+        return ElfObject(path)
+    except Exception:  # not ELF, unreadable, damaged: symbolization degrades to raw ips
+        return None
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    pgoff: int
+    path: str
+
+
+class AddressSpace:
+    """The file mappings of one process."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._maps: list[Mapping] = []
+
+    def add(self, m: Mapping) -> None:
+        # a new mapping replaces whatever it overlaps (mmap semantics)
+        keep = [x for x in self._maps if x.end <= m.start or x.start >= m.end]
+        keep.append(m)
+        keep.sort(key=lambda x: x.start)
+        self._maps = keep
+        self._starts = [x.start for x in keep]
+
+    def find(self, ip: int) -> Optional[Mapping]:
+        i = bisect.bisect_right(self._starts, ip) - 1
+        if i >= 0 and ip < self._maps[i].end:
+            return self._maps[i]
+        return None
+
+    def copy(self) -> "AddressSpace":
+        new = AddressSpace()
+        new._starts = list(self._starts)
+        new._maps = list(self._maps)
+        return new
+
+
+KERNEL_START = 0xFFFF800000000000
+
+
+class KernelSymbols:
+    """Kernel text symbols from /proc/kallsyms (addresses need root or
+    kernel.kptr_restrict=0; without them kernel ips stay raw)."""
+
+    def __init__(self, path: str = "/proc/kallsyms") -> None:
+        starts: dict[int, str] = {}
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 3 or parts[1] not in "tTwW":
+                        continue
+                    addr = int(parts[0], 16)
+                    if addr:
+                        starts.setdefault(addr, parts[2])
+        except OSError:
+            pass
+        self._addrs = sorted(starts)
+        self._names = [starts[a] for a in self._addrs]
+
+    def resolve(self, ip: int) -> Location:
+        i = bisect.bisect_right(self._addrs, ip) - 1
+        if i < 0:
+            return Location(ip, "[kernel.kallsyms]", None)
+        return Location(ip, "[kernel.kallsyms]", self._names[i], ip - self._addrs[i])
+
+    def lookup(self, name: str) -> "int | None":
+        for a, n in zip(self._addrs, self._names):
+            if n == name:
+                return a
+        return None
+
+
+@lru_cache(maxsize=1)
+def kernel_symbols() -> KernelSymbols:
+    return KernelSymbols()
+
+
+class Symbolizer:
+    """Symbolizes ips of many processes from their mapping records."""
+
+    def __init__(self) -> None:
+        self.spaces: dict[int, AddressSpace] = {}
+
+    def add_mmap(self, pid: int, start: int, length: int, pgoff: int, path: str) -> None:
+        self.spaces.setdefault(pid, AddressSpace()).add(Mapping(start, start + length, pgoff, path))
+
+    def fork(self, parent: int, child: int) -> None:
+        if parent in self.spaces and parent != child:
+            self.spaces[child] = self.spaces[parent].copy()
+
+    def exec(self, pid: int) -> None:
+        self.spaces[pid] = AddressSpace()
+
+    def add_proc_maps(self, pid: int) -> bool:
+        """Read a live process's executable mappings from /proc (fallback when
+        a recording lacks them)."""
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    parts = line.split(None, 5)
+                    if len(parts) < 6 or "x" not in parts[1]:
+                        continue
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    self.add_mmap(pid, start, end - start, int(parts[2], 16), parts[5].strip())
+            return True
+        except OSError:
+            return False
+
+    def resolve(self, pid: int, ip: int) -> Location:
+        if ip >= KERNEL_START:
+            return kernel_symbols().resolve(ip)
+        space = self.spaces.get(pid)
+        m = space.find(ip) if space else None
+        if m is None:
+            return Location(ip, "[unknown]", None)
+        obj = load_object(m.path) if m.path.startswith("/") else None
+        if obj is None:
+            return Location(ip, m.path, None)
+        vaddr = obj.vaddr_of_offset(ip - m.start + m.pgoff)
+        if vaddr is None:
+            return Location(ip, m.path, None)
+        fn = obj.function_at(vaddr)
+        if fn is None:
+            return Location(ip, m.path, None)
+        return Location(ip, m.path, fn[0], fn[1])
+
+    def resolve_many(self, pairs: "Iterable[tuple[int, int]]") -> "dict[tuple[int, int], Location]":
+        return {(pid, ip): self.resolve(pid, ip) for pid, ip in pairs}
