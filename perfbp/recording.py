@@ -11,6 +11,8 @@ checks at the end that ``samples + lost == hits`` for every watch.
 from __future__ import annotations
 
 import os
+import select
+import signal
 import struct
 import time
 from dataclasses import dataclass, field
@@ -197,10 +199,11 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
         if child:
             child.start()
         ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration, on_batch)
+        # stop the events first: a hit after this is neither counted nor
+        # sampled, so the final drain holds every sample of every counted hit
+        sampler.disable()
         _flush(sampler, writer, on_batch)
         stats = sampler.stats()
-        _flush(sampler, writer, on_batch)
-        stats = _final_stats(sampler, stats)
         writer.write(read_records(sampler, stats))
         cpus = system.online_cpus()
         writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
@@ -212,13 +215,6 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
             child.wait()
     return RecordResult(output, description, [w[1] for w in watches], stats,
                         time.monotonic() - start, ended_by, exit_code, writer.data_size)
-
-
-def _final_stats(sampler: Sampler, stats: "list[WatchStats]") -> "list[WatchStats]":
-    """Hits read after the last drain: a hit between the two would be
-    counted by the kernel and not yet drained, so drain-read until stable."""
-    fresh = sampler.stats()
-    return fresh
 
 
 def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
@@ -233,8 +229,6 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
 
 
 def _loop(sampler, writer, child, target, start, duration, on_batch):
-    import select
-
     pidfd = -1
     if child is not None:
         pidfd = os.pidfd_open(child.pid)
@@ -245,7 +239,7 @@ def _loop(sampler, writer, child, target, start, duration, on_batch):
             pidfd = -1
     deadline = start + duration if duration is not None else None
     poller = select.poll()
-    for fd in {fd for fd, _r, _m in sampler._rings.values()}:
+    for fd in sampler.ring_fds:
         poller.register(fd, select.POLLIN)
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
@@ -259,11 +253,11 @@ def _loop(sampler, writer, child, target, start, duration, on_batch):
                     _flush(sampler, writer, on_batch)
                 except KeyboardInterrupt:
                     if child is not None:
-                        return _interrupted_child(child, __import__("signal").SIGINT)
+                        return _interrupted_child(child, signal.SIGINT)
                     return "interrupt", None
                 except _Terminate:
                     if child is not None:
-                        return _interrupted_child(child, __import__("signal").SIGTERM)
+                        return _interrupted_child(child, signal.SIGTERM)
                     return "interrupt", None
                 if any(fd == pidfd for fd, _ev in events):
                     if child is not None:

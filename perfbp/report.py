@@ -161,7 +161,13 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     comms: dict[int, str] = {}
     lost_total = 0
     kernel: dict[int, tuple[int, int]] = {}
-    for r in others:
+    # rings are per CPU: records reach the file grouped by CPU, not in time
+    # order; replay the task and mapping history in time order
+    def _when(r) -> int:
+        sid = getattr(r, "sample_id", None)
+        return (sid.time or 0) if sid is not None else 0
+
+    for r in sorted(others, key=_when):
         if isinstance(r, Mmap):
             sym.add_mmap(r.pid, r.addr, r.len, r.pgoff, r.filename)
         elif isinstance(r, Comm):

@@ -343,6 +343,11 @@ class Sampler:
         self._enabled = False
 
     @property
+    def ring_fds(self) -> "tuple[int, ...]":
+        """One descriptor per ring: poll these for POLLIN."""
+        return tuple(fd for fd, _ring, _map in self._rings.values())
+
+    @property
     def fds(self) -> "tuple[int, ...]":
         return tuple(fd for fd, *_ in self._events)
 
