@@ -368,7 +368,7 @@ def report(
 
 @app.command(
     epilog="\b\nExamples:\n"
-           "  perfbp check              # human-readable report; exit 0 if watchpoints work\n"
+           "  perfbp check              # a report; exit status 0 if watchpoints work\n"
            "  perfbp check --json       # the same for scripts\n",
 )
 def check(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
@@ -390,16 +390,36 @@ def check(as_json: bool = typer.Option(False, "--json", help="Print one JSON obj
     raise typer.Exit(0 if report.works else 1)
 
 
+def _parser_errors() -> "tuple[type, ...]":
+    """The option parser's error classes (typer bundles its own click in
+    recent releases; older ones use the click package)."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = __import__(module, fromlist=["ClickException"])
+        except ImportError:
+            continue
+        found.append(mod.ClickException)
+    return tuple(found)
+
+
 def main(argv: "list[str] | None" = None) -> None:
-    """Entry point of the ``perfbp`` script."""
+    """Entry point of the ``perfbp`` script: one line per error, exit 2."""
     try:
-        app(args=argv, prog_name="perfbp")
+        code = app(args=argv, prog_name="perfbp", standalone_mode=False)
+    except _parser_errors() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.ctx.get_help())
+            sys.exit(0)
+        typer.echo(f"perfbp: error: {exc.format_message()} (see perfbp --help)", err=True)
+        sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
         typer.echo(f"perfbp: error: {exc}", err=True)
         sys.exit(BAD_INPUT)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("perfbp: interrupted", err=True)
         sys.exit(130)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -194,10 +194,10 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
     ended_by, exit_code = "exit", None
     start = time.monotonic()
     try:
+        if child:
+            child.start()  # raises CommandNotFound if exec fails: no banner then
         if on_start:
             on_start(description)
-        if child:
-            child.start()
         ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration, on_batch)
         # stop the events first: a hit after this is neither counted nor
         # sampled, so the final drain holds every sample of every counted hit

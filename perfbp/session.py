@@ -145,11 +145,11 @@ def count(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", *,
     if child:
         description = f"command '{description}' (pid {child.pid})"
     try:
-        if on_start:
-            on_start(description)
         start = time.monotonic()
         if child:
-            child.start()
+            child.start()  # raises CommandNotFound if exec fails: no banner then
+        if on_start:
+            on_start(description)
         ended_by, exit_code = _wait(child, tgt, counters, watches, start, duration,
                                     interval, on_interval)
         elapsed = time.monotonic() - start
@@ -174,7 +174,7 @@ def _wait(child, target, counters, watches, start, duration, interval, on_interv
             return "exit", None
         except OSError:
             pidfd = -1  # a thread id that is not a process: poll /proc instead
-    last = [c.read() for c in counters] if interval else []
+    last = [0] * len(counters)  # opened just now: every hit since is in an interval
     next_tick = start + interval if interval else None
     deadline = start + duration if duration is not None else None
     poller = select.poll()

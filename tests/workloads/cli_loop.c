@@ -9,10 +9,6 @@
  * stdin (a number N), that thread stores to `counter` exactly N times and
  * prints "done".  It exits 0 at end of input.
  *
- * The line "spin" makes it write `counter` without pause, an unknown number
- * of times, until the next line arrives; it then prints "spun N" (N writes)
- * and handles that line as usual.
- *
  * Nothing else in the program writes `counter` (stdin is read into a buffer
  * on the stack), so a watch on it sees exactly the N of each round.  Build it
  * as PIE, so that the address differs from run to run and from every other
@@ -23,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -43,17 +38,6 @@ static void *loop(void *arg)
     printf("%p %ld\n", (void *)&counter, (long)syscall(SYS_gettid));
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {
-        if (strncmp(line, "spin", 4) == 0) {
-            struct pollfd in = { .fd = 0, .events = POLLIN };
-            long n = 0;
-            do {
-                store_n(1024);
-                n += 1024;
-            } while (poll(&in, 1, 0) == 0);
-            printf("spun %ld\n", n);
-            fflush(stdout);
-            continue;
-        }
         store_n(atol(line));
         printf("done\n");
         fflush(stdout);
