@@ -103,23 +103,39 @@ def _banner(watches, description: str) -> None:
                err=True)
 
 
-def _render_counts(result) -> None:
-    typer.echo("")
-    typer.echo(f" Hits for {result.target}:")
-    typer.echo("")
+def _open_output(path: "str | None"):
+    """A text file for ``-o`` (created 0600, never through a symlink), or None."""
+    if path is None:
+        return None
+    import os
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}; choose another path with -o")
+    return os.fdopen(fd, "w")
+
+
+def _render_counts(result, sink=None) -> None:
+    def out(text: str) -> None:
+        typer.echo(text, file=sink)
+
+    out("")
+    out(f" Hits for {result.target}:")
+    out("")
     width = max(13, max(len(f"{w.hits:,}") for w in result.watches) + 2)
-    typer.echo(f"{'hits':>{width}}  watch")
+    out(f"{'hits':>{width}}  watch")
     for w in result.watches:
         label = w.label if w.label == w.breakpoint.spec else f"{w.label}  ({w.breakpoint.spec})"
-        typer.echo(f"{w.hits:>{width},}  {label}")
-    typer.echo("")
+        out(f"{w.hits:>{width},}  {label}")
+    out("")
     end = {"exit": "target ended", "duration": "duration reached",
            "interrupt": "interrupted"}[result.ended_by]
     status = ""
     if result.exit_code is not None:
         status = (f", exit status {result.exit_code}" if result.exit_code >= 0
                   else f", killed by signal {-result.exit_code}")
-    typer.echo(f" {result.elapsed:.3f} seconds ({end}{status})")
+    out(f" {result.elapsed:.3f} seconds ({end}{status})")
 
 
 @app.command(
@@ -131,7 +147,7 @@ def _render_counts(result) -> None:
            "  perfbp stat -w 0x4011c0:x -- ./prog           # executions of an instruction\n"
            "  perfbp stat -w 0xffffffff81e0b940:x:k -a -d 5 # kernel code, all CPUs, 5 s\n"
            "  perfbp stat -I 1000 -w 0x4040a0 -p 1234       # hits per second\n"
-           "  perfbp stat --json -w 0x4040a0 -- ./prog      # for scripts\n",
+           "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n",
 )
 def stat(
     watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
@@ -147,6 +163,9 @@ def stat(
     interval: Optional[int] = typer.Option(None, "-I", "--interval", metavar="MS",
                                            help="Also print the hits of every interval of MS milliseconds."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FILE",
+                                         help="Write the counts to FILE, not stdout (keeps "
+                                              "them apart from the command's output)."),
     command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]",
                                         help="A program to run with the watches armed before its first instruction."),
 ) -> None:
@@ -174,6 +193,7 @@ def stat(
         for w in hits:
             typer.echo(f"{elapsed:12.3f} {w.hits:>14,}  {w.label}")
 
+    sink = _open_output(output)
     result = perfbp.count(
         watches, target=target, command=command or None, duration=duration,
         interval=interval / 1000 if interval else None, on_interval=on_interval,
@@ -182,9 +202,11 @@ def stat(
         out = result.as_dict()
         if interval:
             out["intervals"] = intervals
-        typer.echo(json.dumps(out))
+        typer.echo(json.dumps(out), file=sink)
     else:
-        _render_counts(result)
+        _render_counts(result, sink)
+    if sink is not None:
+        sink.close()
     if result.exit_code is not None:
         raise typer.Exit(perfbp.exit_status(result.exit_code))
 
