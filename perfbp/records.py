@@ -47,7 +47,6 @@ from ._uapi import (
     PERF_SAMPLE_IDENTIFIER,
     PERF_SAMPLE_IP,
     PERF_SAMPLE_PERIOD,
-    PERF_SAMPLE_RAW,
     PERF_SAMPLE_READ,
     PERF_SAMPLE_STREAM_ID,
     PERF_SAMPLE_TID,
@@ -63,7 +62,7 @@ FIXED_SAMPLE_BITS = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
                      | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_ID
                      | PERF_SAMPLE_STREAM_ID | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD)
 #: every sample_type bit this decoder understands.
-KNOWN_SAMPLE_BITS = FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN | PERF_SAMPLE_RAW
+KNOWN_SAMPLE_BITS = FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
 
 
 class CorruptRecord(PerfbpError):
@@ -111,15 +110,6 @@ class ParseConfig:
         if self.sample_type & ~FIXED_SAMPLE_BITS:
             return None
         return 8 + 8 * bin(self.sample_type & FIXED_SAMPLE_BITS).count("1")
-
-    @property
-    def id_position(self) -> "tuple[str, int] | None":
-        """Where a record's event id is found without decoding it all:
-        ``("head", offset)`` for samples or ``("tail", offset_from_end)``
-        for other records (PERF_SAMPLE_IDENTIFIER's purpose)."""
-        if self.sample_type & PERF_SAMPLE_IDENTIFIER:
-            return ("head", 8)
-        return None
 
 
 class SampleId(NamedTuple):
@@ -435,6 +425,21 @@ def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record
     return Unknown(rtype, misc, bytes(body))
 
 
+def _span(buf, offset: int, end: "int | None") -> "tuple[memoryview, int]":
+    """``buf`` as a byte view and the checked end of the records in it.
+
+    Raises:
+        CorruptRecord: ``offset..end`` is not inside the buffer (a perf.data
+            file cut short: its header promises more bytes than there are).
+    """
+    mv = memoryview(buf).cast("B")  # index by bytes, whatever the buffer's format
+    end = len(mv) if end is None else end
+    if not 0 <= offset <= end <= len(mv):
+        raise CorruptRecord(f"records said to span bytes {offset}..{end}, but the "
+                            f"buffer holds {len(mv)} bytes: truncated input")
+    return mv, end
+
+
 def iter_records(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
                  end: "int | None" = None) -> Iterator[Record]:
     """Decode consecutive records from ``buf[offset:end]``.
@@ -442,8 +447,7 @@ def iter_records(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     Raises:
         CorruptRecord: a header is impossible (size < 8 or past the end).
     """
-    mv = memoryview(buf)
-    end = len(mv) if end is None else end
+    mv, end = _span(buf, offset, end)
     pos = offset
     while pos < end:
         if end - pos < 8:
@@ -564,8 +568,7 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     """
     import numpy as np
 
-    mv = memoryview(buf).cast("B") if not isinstance(buf, bytes) else buf
-    end = len(mv) if end is None else end
+    mv, end = _span(buf, offset, end)
     size = cfg.fixed_sample_size
     others: list[Record] = []
     if size is None:

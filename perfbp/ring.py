@@ -54,13 +54,8 @@ class Ring:
         """Bytes the kernel has published and not yet been read."""
         return self.mapping.load_head() - self.tail
 
-    def read(self, limit: "int | None" = None) -> bytes:
-        """Copy out the published records and release their space.
-
-        Args:
-            limit: copy at most about this many bytes (whole records are not
-                guaranteed then: use only with record-aware callers); None
-                takes everything.
+    def read(self) -> bytes:
+        """Copy out every published record and release their space.
 
         Returns:
             The bytes of zero or more whole records, in order.
