@@ -13,7 +13,7 @@ $(BIN)/perfbp: pyproject.toml
 	touch $@
 
 demo/demo: demo/demo.c
-	$(CC) -O2 -g -pthread -no-pie -o $@ $<
+	$(CC) -O2 -g -fno-omit-frame-pointer -pthread -no-pie -o $@ $<
 
 # Count the writes to the demo's global `counter` (2 threads x 50021 writes).
 demo: $(BIN)/perfbp demo/demo

@@ -5,7 +5,7 @@
  * perfbp stat on `counter` must say 100042 writes.  `config` and `table` give
  * struct members and array elements to watch.
  *
- * Build: cc -O2 -g -pthread -no-pie -o demo/demo demo/demo.c
+ * Build: cc -O2 -g -fno-omit-frame-pointer -pthread -no-pie -o demo/demo demo/demo.c
  */
 #include <pthread.h>
 #include <stdio.h>
