@@ -26,6 +26,9 @@ from .errors import CommandNotFound
 from .events import EventOptions, Target
 from .launch import exit_status
 from .perfdata import CorruptRecording
+from .planner import Plan, Watch, plan, probe
+from .regions import split_range
+from .slots import SlotModel
 from .recording import RecordResult, record
 from .records import SampleColumns
 from .report import SORT_KEYS, Report, WatchReport, load_report
@@ -55,6 +58,12 @@ __all__ = [
     "parse_watch",
     "count",
     "record",
+    "Watch",
+    "Plan",
+    "plan",
+    "probe",
+    "split_range",
+    "SlotModel",
     "RecordResult",
     "load_report",
     "Report",

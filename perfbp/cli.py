@@ -85,22 +85,20 @@ def resolve_target(pid: Optional[int], tid: Optional[int], all_cpus: bool,
     return None
 
 
-def _watches(specs: "list[str]") -> "list[tuple[perfbp.Breakpoint, str, bool | None]]":
+def _watches(specs: "list[str]") -> "list[perfbp.Watch]":
     if not specs:
         raise fail("no watch given: add -w SPEC, for example -w mem:0x404040/8:w")
-    out = []
-    for text in specs:
-        ws = perfbp.parse_watch(text)
-        out.append((ws.breakpoint(), ws.text, ws.exclude_kernel))
-    return out
+    return [perfbp.Watch.from_spec(perfbp.parse_watch(text)) for text in specs]
 
 
-def _banner(watches, description: str) -> None:
+def _banner(watches, description: str, multiplexed: bool = False) -> None:
     n = len(watches)
+    slots = sum(len(w.pieces) for w in watches)
+    how = (f"{slots} debug-register slot{'s' if slots > 1 else ''} per thread"
+           if not multiplexed else "taking turns on the free slots (--multiplex)")
     typer.echo(f"perfbp: watching {n} location{'s' if n > 1 else ''} "
-               f"({', '.join(bp.spec for bp, _, _ in watches)}) in {description}; "
-               f"{n} debug-register slot{'s' if n > 1 else ''} per thread. Ctrl-C to end.",
-               err=True)
+               f"({', '.join(w.spec for w in watches)}) in {description}; "
+               f"{how}. Ctrl-C to end.", err=True)
 
 
 def _open_output(path: "str | None"):
@@ -126,8 +124,12 @@ def _render_counts(result, sink=None) -> None:
     width = max(13, max(len(f"{w.hits:,}") for w in result.watches) + 2)
     out(f"{'hits':>{width}}  watch")
     for w in result.watches:
-        label = w.label if w.label == w.breakpoint.spec else f"{w.label}  ({w.breakpoint.spec})"
+        spec = w.watch.spec
+        label = w.label if w.label == spec else f"{w.label}  ({spec})"
         out(f"{w.hits:>{width},}  {label}")
+        if w.estimated:
+            out(f"{'':>{width}}  estimate: {w.seen:,} seen while watched "
+                f"{100 * w.coverage:.1f}% of the time, scaled")
     out("")
     end = {"exit": "target ended", "duration": "duration reached",
            "interrupt": "interrupted"}[result.ended_by]
@@ -147,6 +149,8 @@ def _render_counts(result, sink=None) -> None:
            "  perfbp stat -w 0x4011c0:x -- ./prog           # executions of an instruction\n"
            "  perfbp stat -w 0xffffffff81e0b940:x:k -a -d 5 # kernel code, all CPUs, 5 s\n"
            "  perfbp stat -I 1000 -w 0x4040a0 -p 1234       # hits per second\n"
+           "  perfbp stat -w 0x601000/64 -- ./prog          # a range, split over 8 slots\n"
+           "  perfbp stat --multiplex -w 0x601000/64 -w 0x601040 -- ./prog  # > 4 slots\n"
            "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n",
 )
 def stat(
@@ -166,6 +170,11 @@ def stat(
     output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FILE",
                                          help="Write the counts to FILE, not stdout (keeps "
                                               "them apart from the command's output)."),
+    multiplex: bool = typer.Option(False, "--multiplex",
+                                   help="More watches than slots: let them take turns and "
+                                        "report scaled estimates."),
+    slice_ms: int = typer.Option(10, "--slice-ms", metavar="MS",
+                                 help="With --multiplex: how long each turn lasts."),
     command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]",
                                         help="A program to run with the watches armed before its first instruction."),
 ) -> None:
@@ -193,11 +202,17 @@ def stat(
         for w in hits:
             typer.echo(f"{elapsed:12.3f} {w.hits:>14,}  {w.label}")
 
+    if slice_ms < 1:
+        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
+    plan = perfbp.plan(watches, target)
+    if not plan.fits and not multiplex:
+        raise fail(plan.explanation)
     sink = _open_output(output)
     result = perfbp.count(
         watches, target=target, command=command or None, duration=duration,
         interval=interval / 1000 if interval else None, on_interval=on_interval,
-        on_start=lambda description: _banner(watches, description))
+        on_start=lambda description: _banner(watches, description, not plan.fits),
+        multiplex=slice_ms / 1000 if multiplex else None)
     if as_json:
         out = result.as_dict()
         if interval:
@@ -386,6 +401,63 @@ def report(
                    f"(recorded by {rep.producer})")
         typer.echo("")
         _render_report(rep, top)
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="\b\nExamples:\n"
+           "  perfbp slots -w 0x601040/16 -w 0x601080 -p 1234  # would these fit?\n"
+           "  perfbp slots --json -w 0x601001/8 -- ./prog      # 1+2+4+1: 4 slots\n"
+           "  perfbp slots --probe                             # measure the slots here\n"
+           "  perfbp slots --probe --json                      # the same for scripts\n",
+)
+def slots(
+    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
+                                    help="What to watch: [mem:]ADDR[/LEN][:ACCESS]."),
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Plan for every thread of this process."),
+    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Plan for this thread."),
+    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Plan for every CPU."),
+    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Plan for these CPUs."),
+    probe: bool = typer.Option(False, "--probe", help="Measure how many breakpoints fit here, "
+                                                       "opening and closing real ones."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
+) -> None:
+    """Plan watches onto the debug-register slots without opening anything:
+    the pieces each watch takes, the slots per thread and CPU, whether it
+    fits and why. With --probe, measure the real capacity instead (like
+    perf's tests/bp_account.c).
+    """
+    if probe:
+        if watch or pid is not None or tid is not None or all_cpus or cpu or command:
+            raise fail("--probe measures this thread's slots: give it no watches or target")
+        result = perfbp.probe()
+        if as_json:
+            typer.echo(json.dumps({**result, "per_cpu": {str(k): v for k, v in result["per_cpu"].items()},
+                                   "cpu_slots": {str(k): v for k, v in result["cpu_slots"].items()}}))
+            return
+        shared = {True: "shared by data and execute breakpoints",
+                  False: "data and execute breakpoints have separate slots",
+                  None: "no breakpoint could be opened"}[result["shared_data_execute"]]
+        typer.echo(f"this thread can hold {result['task_slots']} breakpoints on every CPU "
+                   f"({shared})")
+        for c, n in sorted(result["per_cpu"].items()):
+            typer.echo(f"  CPU {c}: {n} for this thread, {result['cpu_slots'][c]} CPU-wide")
+        return
+    command = list(command or [])
+    target = resolve_target(pid, tid, all_cpus, cpu, command)
+    watches = _watches(watch)
+    plan = perfbp.plan(watches, target)
+    if as_json:
+        typer.echo(json.dumps(plan.as_dict()))
+        return
+    for w in plan.watches:
+        pieces = ", ".join(f"{p.address:#x}/{p.length}" for p in w.pieces)
+        typer.echo(f"{w.label}: {w.describe_pieces()}: {pieces}")
+    typer.echo("")
+    typer.echo(f"{'fits' if plan.fits else 'does NOT fit'}: needs {plan.slots_needed} "
+               f"slots, {plan.free} free (capacity {plan.capacity})")
+    typer.echo(plan.explanation)
 
 
 @app.command(

@@ -10,16 +10,19 @@ from typing import Iterable, Iterator
 from . import abi, system
 from .breakpoint import Breakpoint
 from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
-from .events import DEFAULT_OPTIONS, EventOptions, Target, error_from_oserror, open_event
+from .events import (
+    DEFAULT_OPTIONS,
+    EventOptions,
+    Target,
+    close_event,
+    error_from_oserror,
+    open_event,
+)
 
 
 def _close_all(fds: list[int]) -> None:
     while fds:
-        fd = fds.pop()
-        try:
-            abi.close(fd)
-        except OSError:
-            pass
+        close_event(fds.pop())
 
 
 def target_for(pid: int, cpu: int, process: bool, inherit: "bool | None") -> Target:
@@ -202,22 +205,38 @@ class Counter:
                 moves between user and kernel space.
         """
         self._live()
-        new_bp = self.breakpoint.moved(address, length)
+        self.retarget(self.breakpoint.moved(address, length))
+
+    def retarget(self, new_bp: Breakpoint) -> None:
+        """Point the event at another breakpoint — address, length and access
+        type — in place, like :meth:`move` (the type may change within the
+        slot's pool: any change on x86)."""
+        self._live()
         if new_bp.is_kernel() != self.breakpoint.is_kernel() and self.options.exclude_kernel is None:
             raise InvalidBreakpoint(
                 f"cannot move a watch from {self.breakpoint.address:#x} to "
-                f"{address:#x}: it would cross between user and kernel space; "
-                f"close it and open a new Counter", address=address)
+                f"{new_bp.address:#x}: it would cross between user and kernel space; "
+                f"close it and open a new Counter", address=new_bp.address)
         new_attrs = []
         for attr in self._attrs:
             new = abi.copy_attr(attr)
             new.bp_addr = new_bp.address
             new.bp_len = new_bp.length
+            new.bp_type = new_bp.bp_type
             new.disabled = 0 if self._enabled else 1
             new_attrs.append(new)
         try:
             for fd, new in zip(self._fds, new_attrs):
-                abi.modify_attributes(fd, new)
+                try:
+                    abi.modify_attributes(fd, new)
+                except OSError as exc:
+                    # the kernel clears attr.enable_on_exec when exec enables
+                    # the event (event_enable_on_exec), and MODIFY_ATTRIBUTES
+                    # wants the attr as the kernel now holds it
+                    if exc.errno != E.EINVAL or not new.enable_on_exec:
+                        raise
+                    new.enable_on_exec = 0
+                    abi.modify_attributes(fd, new)
         except OSError as exc:
             if exc.errno == E.ENOTTY:
                 from .errors import Unsupported

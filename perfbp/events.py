@@ -111,9 +111,90 @@ class EventOptions:
     sigtrap: bool = False
     sig_data: int = 0
     sample_max_stack: int = 0
+    read_format: int = 0
+    exclude_callchain_kernel: bool = False
 
 
 DEFAULT_OPTIONS = EventOptions()
+
+
+class SlotLedger:
+    """The slots perfbp's own open events hold in this process, in the
+    kernel's accounting (a :class:`~perfbp.slots.SlotModel`).
+
+    Every event perfbp opens is entered here and removed when closed, so that
+    a refusal can be explained: either perfbp's own watches hold the slots
+    (named), or — when the model says the breakpoint fits and the kernel
+    still says ENOSPC — something outside perfbp does (gdb, another perf, a
+    system-wide watch).
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        from .arch import current
+        from .slots import SlotModel
+
+        rules = current()
+        self.model = SlotModel(rules.name, system.possible_cpus(),
+                               data_slots=rules.data_slots, inst_slots=rules.inst_slots,
+                               shared=rules.shared_slots)
+        self._by_fd: dict = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def task_of(pid: int):
+        if pid == 0:
+            import threading
+            return threading.get_native_id()
+        return None if pid < 0 else pid
+
+    def add(self, fd: int, bp: Breakpoint, pid: int, cpu: int, owner: str) -> None:
+        from .slots import Reservation
+
+        with self._lock:
+            task = self.task_of(pid)
+            serial = next(self.model._serial)
+            r = Reservation(serial, task, cpu, bp.bp_type, self.model.find_slot_idx(bp.bp_type),
+                            False, owner)
+            self.model._held[serial] = r  # the kernel admitted it: record, don't re-check
+            self._by_fd[fd] = r
+
+    def drop(self, fd: int) -> None:
+        with self._lock:
+            r = self._by_fd.pop(fd, None)
+            if r is not None:
+                self.model.release(r)
+
+    def explain_refusal(self, bp: Breakpoint, pid: int, cpu: int) -> str:
+        """Why the kernel said ENOSPC, as far as perfbp can know."""
+        from .errors import PerfbpError
+
+        task = self.task_of(pid)
+        with self._lock:
+            try:
+                self.model.check(task, cpu, bp.bp_type)
+            except PerfbpError as exc:
+                return f"{exc.message}. Close one of those watches, or watch fewer or shorter ranges"
+        return ("no slot is free, and perfbp's own watches are not what holds them: "
+                "they are held outside perfbp (gdb watchpoints, another perf, a "
+                "system-wide watch, kgdb). End those, or watch fewer or shorter ranges")
+
+    def held(self) -> "list":
+        with self._lock:
+            return list(self._by_fd.values())
+
+
+LEDGER = SlotLedger()
+
+
+def close_event(fd: int) -> None:
+    """Close an event perfbp opened and free its slot in the ledger."""
+    LEDGER.drop(fd)
+    try:
+        abi.close(fd)
+    except OSError:
+        pass
 
 
 def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
@@ -146,6 +227,8 @@ def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
     attr.comm = opts.comm
     attr.comm_exec = opts.comm
     attr.task = opts.task
+    attr.read_format = opts.read_format
+    attr.exclude_callchain_kernel = opts.exclude_callchain_kernel
     if opts.sigtrap:
         attr.sigtrap = 1
         attr.remove_on_exec = 1
@@ -168,6 +251,7 @@ def open_event(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
         fd = abi.perf_event_open(attr, pid, cpu)
     except OSError as exc:
         raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target) from None
+    LEDGER.add(fd, bp, pid, cpu, f"perfbp's {bp.spec} on {_where(pid, cpu, target)}")
     return fd, attr
 
 
@@ -198,12 +282,11 @@ def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int
     if code == E.ENOSPC:
         from .arch import current
         rules = current()
+        why = LEDGER.explain_refusal(bp, pid, cpu) if bp is not None else \
+            "no debug-register slot is free"
         return NoBreakpointSlots(
-            f"{asked}: no debug-register slot is free (ENOSPC). {rules.name} has "
-            f"{rules.data_slots} slots per thread and per CPU, shared by data and "
-            f"execute breakpoints, and they are all held, by perfbp's own watches "
-            f"or outside perfbp (gdb, another perf, a system-wide watch). Watch "
-            f"fewer or shorter ranges, or end the other tool's watchpoints.",
+            f"{asked} (ENOSPC): {why}. {rules.name} has {rules.data_slots} slots per "
+            f"thread and per CPU, shared by data and execute breakpoints.",
             errno=code, **ctx)
     if code in (E.EACCES, E.EPERM):
         return PermissionDenied(f"{asked}: {permission_advice(bp, pid, code)}",

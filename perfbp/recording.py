@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import arch, launch, system
-from .breakpoint import Breakpoint
-from .errors import NoBreakpointSlots, PerfbpError
+from . import launch, system
+from .errors import PerfbpError
 from .events import Target
 from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
+from .planner import as_watches, plan
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
 from .session import _Signals, _Terminate, _interrupted_child
@@ -133,7 +133,7 @@ def _all_pids() -> "list[int]":
     return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 
 
-def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str, *,
+def record(watches: "Sequence", output: str, *,
            target: "Target | None" = None, command: "Sequence[str] | None" = None,
            duration: "float | None" = None, period: int = 1, callchain: bool = False,
            ring_pages: "int | None" = None,
@@ -143,7 +143,9 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
     """Sample every hit of ``watches`` on a target into a perf.data file.
 
     Args:
-        watches: ``(breakpoint, label, exclude_kernel)`` triples.
+        watches: :class:`~perfbp.Watch` objects (or breakpoints, or
+            ``(breakpoint, label, exclude_kernel)`` triples); a watch split
+            over several registers is one watch in every output.
         output: the perf.data path (created 0600; an existing file becomes
             ``.old``; a symlink is refused).
         target / command: as :func:`perfbp.count`.
@@ -159,22 +161,21 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
     """
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    rules = arch.current()
-    if len(watches) > rules.data_slots:
-        raise NoBreakpointSlots(
-            f"{len(watches)} watches need {len(watches)} debug-register slots in every "
-            f"thread, but {rules.name} has {rules.data_slots} per thread and per CPU: "
-            f"watch at most {rules.data_slots} locations at once")
+    ws = as_watches(watches)
+    plan(ws, target).require()
     child = launch.prepare(list(command)) if command is not None else None
     sampler = writer = None
     try:
         tgt = Target.process(child.pid, name=" ".join(command)) if child else target
         kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
-        sampler = Sampler([w[0] for w in watches], tgt, period=period, callchain=callchain,
+        pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
+        sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
                           enable_on_exec=child is not None, track=True,
-                          exclude_kernel=[w[2] for w in watches], **kwargs)
-        events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), label)
-                  for i, (_bp, label, _ek) in enumerate(watches)]
+                          exclude_kernel=[p[2] for p in pieces], **kwargs)
+        # one perf.data event per piece, named after its watch: perf shows the
+        # watch's name, and perfbp report merges the pieces back into one
+        events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
+                  for i, (wi, _bp, _ek) in enumerate(pieces)]
         writer = PerfDataWriter(output, events)
         if child is None:
             pids = (_all_pids() if tgt.kind == "cpus"
@@ -203,8 +204,9 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
         # sampled, so the final drain holds every sample of every counted hit
         sampler.disable()
         _flush(sampler, writer, on_batch)
-        stats = sampler.stats()
-        writer.write(read_records(sampler, stats))
+        piece_stats = sampler.stats()
+        writer.write(read_records(sampler, piece_stats))
+        stats = _per_watch(ws, pieces, piece_stats, period)
         cpus = system.online_cpus()
         writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
                       nr_cpus=(len(system.possible_cpus()), len(cpus)))
@@ -213,8 +215,18 @@ def record(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", output: str
         writer.abandon()
         if child and child.returncode is None:
             child.wait()
-    return RecordResult(output, description, [w[1] for w in watches], stats,
+    return RecordResult(output, description, [w.label for w in ws], stats,
                         time.monotonic() - start, ended_by, exit_code, writer.data_size)
+
+
+def _per_watch(ws, pieces, piece_stats, period) -> "list[WatchStats]":
+    """Add up the pieces of each watch."""
+    out = []
+    for wi, w in enumerate(ws):
+        mine = [st for (pw, _bp, _ek), st in zip(pieces, piece_stats) if pw == wi]
+        out.append(WatchStats(w.pieces[0], sum(s.hits for s in mine),
+                              sum(s.samples for s in mine), sum(s.lost for s in mine), period))
+    return out
 
 
 def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:

@@ -147,7 +147,12 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         cols, others = decode_bulk(rec.data, rec.config)
     except CorruptRecord as exc:
         raise CorruptRecording(f"{path}: {exc.message}") from None
-    id_map = rec.id_to_event()
+    # events with one name are one watch (perfbp writes a watch split over
+    # several registers as one event per piece, all named after the watch)
+    names = [_watch_meta(rec, i)[0] for i in range(len(rec.events))]
+    order = list(dict.fromkeys(names))
+    event_watch = [order.index(nm) for nm in names]
+    id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
     n = len(cols)
     if n and cols.id is not None and id_map:
         keys = np.array(sorted(id_map), dtype=np.uint64)
@@ -184,7 +189,8 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         elif isinstance(r, Read) and r.sample_id is not None and r.sample_id.id in id_map:
             vals = r.values
             if len(vals) >= 2:
-                kernel[id_map[r.sample_id.id]] = (vals[0], vals[-1])
+                h, lo = kernel.get(id_map[r.sample_id.id], (0, 0))
+                kernel[id_map[r.sample_id.id]] = (h + vals[0], lo + vals[-1])
     producer = "perfbp" if kernel else "perf"
     period = max(1, _sample_period(rec.events[0].attr))
 
@@ -192,14 +198,18 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
     tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
     ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
-    for i in range(len(rec.events)):
-        name, addr, length, access = _watch_meta(rec, i)
+    for i, name in enumerate(order):
+        members = [e for e, wi in enumerate(event_watch) if wi == i]
+        metas = [_watch_meta(rec, e) for e in members]
+        addr = min(m[1] for m in metas)
+        length = max(m[1] + m[2] for m in metas) - addr
+        access = metas[0][3]
         mask = widx == i
         hits = int(mask.sum())
         w = WatchReport(i, name, addr, length, access, hits, period=period)
         if i in kernel:
             w.kernel_hits, w.lost = kernel[i]
-        elif len(rec.events) == 1:
+        elif len(order) == 1:
             w.lost = lost_total
         if hits:
             w.writers = _writers(sym, pids[mask], ips[mask], top)

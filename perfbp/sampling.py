@@ -36,7 +36,7 @@ from ._uapi import (
 )
 from .breakpoint import Breakpoint
 from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
-from .events import EventOptions, Target, error_from_oserror, make_attr
+from .events import EventOptions, Target, close_event, error_from_oserror, make_attr, open_event
 from .records import Lost, ParseConfig, Record, SampleColumns, decode_bulk
 from .ring import Ring
 
@@ -152,8 +152,10 @@ class Sampler:
         self._opts = [EventOptions(enabled=enabled and not enable_on_exec,
                                    enable_on_exec=enable_on_exec, exclude_kernel=ek,
                                    sample_period=period, sample_type=self.sample_type,
-                                   watermark=watermark, sample_id_all=True)
-                      for ek in exclude_kernel]
+                                   watermark=watermark, sample_id_all=True,
+                                   read_format=PERF_FORMAT_LOST,
+                                   exclude_callchain_kernel=callchain and not bp.is_kernel())
+                      for ek, bp in zip(exclude_kernel, self.watches)]
         self._track = track
         self._events: list[tuple[int, int, int, int]] = []  # (fd, watch, cpu, tid)
         self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}
@@ -182,20 +184,12 @@ class Sampler:
         if tracking:
             from dataclasses import replace
             opts = replace(opts, mmap=True, comm=True, task=True)
-        attr = make_attr(bp, self.target.inherit or self.target.kind == "process", opts)
-        attr.read_format = PERF_FORMAT_LOST
-        if self.sample_type & PERF_SAMPLE_CALLCHAIN and not bp.is_kernel():
-            attr.exclude_callchain_kernel = 1
-        try:
-            fd = abi.perf_event_open(attr, pid, cpu)
-        except OSError as exc:
-            raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=self.target) from None
+        fd, attr = open_event(bp, pid, cpu, self.target.inherit or self.target.kind == "process",
+                              opts, self.target)
         self._events.append((fd, widx, cpu, pid))
         if widx not in self._attr_of:
             plain = make_attr(bp, self.target.inherit or self.target.kind == "process",
                               self._opts[widx])
-            plain.read_format = PERF_FORMAT_LOST
-            plain.exclude_callchain_kernel = attr.exclude_callchain_kernel
             self._attr_of[widx] = abi.attr_bytes(plain)
         self._id_watch[abi.event_id(fd)] = widx
         if cpu not in self._rings:
@@ -360,10 +354,7 @@ class Sampler:
             mapping.close()
         self._rings.clear()
         for fd, *_ in self._events:
-            try:
-                abi.close(fd)
-            except OSError:
-                pass
+            close_event(fd)
         self._events.clear()
 
     def __del__(self) -> None:

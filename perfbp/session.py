@@ -16,31 +16,54 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from . import arch, launch
+from . import launch
 from .breakpoint import Breakpoint
 from .counter import Counter
-from .errors import NoBreakpointSlots, PerfbpError
+from .errors import PerfbpError
 from .events import EventOptions, Target
+from .planner import Watch, as_watches, plan
 
 
 @dataclass(frozen=True)
 class WatchHits:
-    """The hits of one watch.
+    """The hits of one watch (all its pieces together).
 
     Attributes:
-        breakpoint: what was watched.
-        label: how the user named it (the spec text).
-        hits: exact count of accesses.
+        watch: what was watched.
+        hits: exact count of accesses (for a multiplexed watch: the estimate
+            scaled to the whole run; see ``seen`` and ``coverage``).
+        seen: hits counted while the watch held a slot.
+        coverage: fraction of the run the watch held a slot (1.0 unless
+            multiplexed).
     """
 
-    breakpoint: Breakpoint
-    label: str
+    watch: Watch
     hits: int
+    seen: "int | None" = None
+    coverage: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.watch.label
+
+    @property
+    def breakpoint(self) -> Breakpoint:
+        """The first piece (the whole watch when it takes one register)."""
+        return self.watch.pieces[0]
+
+    @property
+    def estimated(self) -> bool:
+        return self.coverage < 1.0
 
     def as_dict(self) -> dict:
-        bp = self.breakpoint
-        return {"watch": self.label, "spec": bp.spec, "address": bp.address,
-                "length": bp.length, "access": bp.access, "hits": self.hits}
+        w = self.watch
+        out = {"watch": w.label, "spec": w.spec, "address": w.address,
+               "length": w.length, "access": w.access, "hits": self.hits,
+               "slots": len(w.pieces)}
+        if self.estimated:
+            out.update({"estimated": True, "seen": self.seen,
+                        "coverage": round(self.coverage, 6)})
+        return out
 
 
 @dataclass(frozen=True)
@@ -91,17 +114,17 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def count(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", *,
+def count(watches: "Sequence", *,
           target: "Target | None" = None, command: "Sequence[str] | None" = None,
           duration: "float | None" = None, interval: "float | None" = None,
           on_interval: "Callable[[float, list[WatchHits]], None] | None" = None,
-          on_start: "Callable[[str], None] | None" = None) -> CountResult:
+          on_start: "Callable[[str], None] | None" = None,
+          multiplex: "float | None" = None) -> CountResult:
     """Count hits of ``watches`` on a target until it ends.
 
     Args:
-        watches: ``(breakpoint, label, exclude_kernel)`` triples;
-            ``exclude_kernel=None`` means the default (user addresses exclude
-            kernel-mode hits).
+        watches: :class:`~perfbp.Watch` objects (or breakpoints, or
+            ``(breakpoint, label, exclude_kernel)`` triples).
         target: a thread, process or CPUs; or None with ``command``.
         command: argv of a program to launch with the watches armed before its
             first instruction.
@@ -109,10 +132,13 @@ def count(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", *,
         interval: call ``on_interval(elapsed, hits_in_this_interval)`` every
             ``interval`` seconds.
         on_start: called with the target's description once everything is
-            armed (and before a launched command starts).
+            armed and a launched command has started.
+        multiplex: when the watches need more slots than there are, rotate
+            them through the slots in time slices of this many seconds and
+            report scaled estimates (None: refuse with the plan's explanation).
 
     Returns:
-        The exact hit counts.
+        The exact hit counts (estimates when multiplexed).
 
     Raises:
         PerfbpError: bad input, missing privilege, no free slot, no such
@@ -120,49 +146,70 @@ def count(watches: "Sequence[tuple[Breakpoint, str, bool | None]]", *,
     """
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    rules = arch.current()
-    if len(watches) > rules.data_slots:
-        raise NoBreakpointSlots(
-            f"{len(watches)} watches need {len(watches)} debug-register slots in every "
-            f"thread, but {rules.name} has {rules.data_slots} per thread and per CPU, "
-            f"shared by data and execute breakpoints: watch at most {rules.data_slots} "
-            f"locations at once (or fewer, if gdb or a system-wide watch holds some)")
+    ws = as_watches(watches)
+    the_plan = plan(ws, target)
+    if not the_plan.fits and multiplex is None:
+        the_plan.require()
     child = launch.prepare(list(command)) if command is not None else None
-    counters: list[Counter] = []
+    tgt = Target.process(child.pid, name=" ".join(command)) if child else target
+    counters: "list[list[Counter]]" = []
+    mux = None
     try:
-        tgt = Target.process(child.pid, name=" ".join(command)) if child else target
-        for bp, _label, exclude_kernel in watches:
-            opts = EventOptions(enabled=child is None, enable_on_exec=child is not None,
-                                exclude_kernel=exclude_kernel)
-            counters.append(Counter(bp, target=tgt, options=opts))
+        if not the_plan.fits:
+            from .multiplex import Multiplexer
+            mux = Multiplexer(ws, tgt, slice_seconds=multiplex,
+                              enable_on_exec=child is not None)
+        else:
+            for w in ws:
+                group = []
+                counters.append(group)
+                opts = EventOptions(enabled=child is None, enable_on_exec=child is not None,
+                                    exclude_kernel=w.exclude_kernel)
+                for bp in w.pieces:
+                    group.append(Counter(bp, target=tgt, options=opts))
     except BaseException:
-        for c in counters:
-            c.close()
+        for group in counters:
+            for c in group:
+                c.close()
         if child:
             child.abort()
         raise
     description = (" ".join(command) if child else tgt.describe())
     if child:
         description = f"command '{description}' (pid {child.pid})"
+
+    def read_all() -> "list[int]":
+        if mux is not None:
+            return [h.hits for h in mux.read()]
+        return [sum(c.read() for c in group) for group in counters]
+
     try:
         start = time.monotonic()
         if child:
             child.start()  # raises CommandNotFound if exec fails: no banner then
+        if mux is not None:
+            mux.start()
         if on_start:
             on_start(description)
-        ended_by, exit_code = _wait(child, tgt, counters, watches, start, duration,
-                                    interval, on_interval)
+        ended_by, exit_code = _wait(child, tgt, read_all, ws, start, duration,
+                                    interval, on_interval, mux)
         elapsed = time.monotonic() - start
-        hits = [WatchHits(bp, label, c.read()) for (bp, label, _), c in zip(watches, counters)]
+        if mux is not None:
+            hits = mux.stop()
+        else:
+            hits = [WatchHits(w, n) for w, n in zip(ws, read_all())]
     finally:
-        for c in counters:
-            c.close()
+        if mux is not None:
+            mux.close()
+        for group in counters:
+            for c in group:
+                c.close()
         if child and child.returncode is None:
             child.wait()
     return CountResult(description, hits, elapsed, ended_by, exit_code)
 
 
-def _wait(child, target, counters, watches, start, duration, interval, on_interval):
+def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None):
     """Wait for the end; return ``(ended_by, exit_code)``."""
     pidfd = -1
     if child is not None:
@@ -174,9 +221,10 @@ def _wait(child, target, counters, watches, start, duration, interval, on_interv
             return "exit", None
         except OSError:
             pidfd = -1  # a thread id that is not a process: poll /proc instead
-    last = [0] * len(counters)  # opened just now: every hit since is in an interval
+    last = [0] * len(watches)  # opened just now: every hit since is in an interval
     next_tick = start + interval if interval else None
     deadline = start + duration if duration is not None else None
+    next_slice = mux.next_rotation() if mux is not None else None
     poller = select.poll()
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
@@ -184,7 +232,7 @@ def _wait(child, target, counters, watches, start, duration, interval, on_interv
         with _Signals():
             while True:
                 now = time.monotonic()
-                wake = min(t for t in (next_tick, deadline, now + 0.5) if t is not None)
+                wake = min(t for t in (next_tick, deadline, next_slice, now + 0.5) if t is not None)
                 timeout_ms = max(0, int((wake - now) * 1000))
                 try:
                     events = poller.poll(timeout_ms)
@@ -201,11 +249,14 @@ def _wait(child, target, counters, watches, start, duration, interval, on_interv
                         return "exit", child.wait()
                     return "exit", None
                 now = time.monotonic()
+                if mux is not None and now >= next_slice:
+                    mux.rotate()
+                    next_slice = mux.next_rotation()
                 if next_tick is not None and now >= next_tick:
-                    cur = [c.read() for c in counters]
+                    cur = read_all()
                     if on_interval:
-                        on_interval(now - start, [WatchHits(bp, label, n - p) for
-                                                  (bp, label, _), n, p in zip(watches, cur, last)])
+                        on_interval(now - start, [WatchHits(w, n - p) for w, n, p
+                                                  in zip(watches, cur, last)])
                     last = cur
                     next_tick += interval
                 if deadline is not None and now >= deadline:

@@ -5,6 +5,14 @@ perf's own spelling is accepted as perf writes it (``mem:0x404118/8:w``,
 watchpoint user's expectations (gdb's ``watch``): the access defaults to
 ``w`` (perf: ``rw``) and the length to 8 bytes (perf: 4).
 
+Two spellings, two meanings for ranges the debug registers cannot take in
+one piece (longer than 8 bytes, an odd length, misaligned):
+
+* ``ADDR/LEN`` is a *range*: perfbp splits it over several registers, as gdb
+  does (``0x1001/8`` takes four: 1+2+4+1 bytes), and counts it as one watch.
+* ``mem:ADDR/LEN`` is perf's syntax for *one* breakpoint: exactly one debug
+  register, so such a range is refused with the reason and the fix.
+
 Pure Python: parsing only; checking against the architecture's rules happens
 when the :class:`~perfbp.Breakpoint` is built.
 """
@@ -43,6 +51,39 @@ class WatchSpec:
     length: "int | None"
     access: str
     exclude_kernel: "bool | None" = None
+    exact: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.text
+
+    def pieces(self) -> "list[Breakpoint]":
+        """The breakpoints that watch this range: one, or (for a range
+        written without ``mem:``) the fewest aligned pieces that cover it.
+
+        Raises:
+            InvalidBreakpoint: the range cannot be watched (execute
+                breakpoints and ``mem:`` specs take exactly one register).
+        """
+        if self.exact or self.access == "x":
+            return [self.breakpoint()]
+        from .regions import split_range
+
+        length = DEFAULT_LENGTH if self.length is None else self.length
+        if self.access == "r":
+            return [self.breakpoint()]  # refused with the architecture's reason
+        try:
+            parts = split_range(self.address, length)
+        except InvalidBreakpoint as exc:
+            raise InvalidBreakpoint(f"watch '{self.text}': {exc.message}") from None
+        out = []
+        for addr, ln in parts:
+            try:
+                out.append(Breakpoint(addr, ln, self.access))
+            except InvalidBreakpoint as exc:
+                raise InvalidBreakpoint(f"watch '{self.text}': {exc.message}",
+                                        **exc.context) from None
+        return out
 
     def breakpoint(self) -> Breakpoint:
         """The :class:`Breakpoint` this spec asks for.
@@ -58,7 +99,12 @@ class WatchSpec:
         try:
             return Breakpoint(self.address, length, self.access)
         except InvalidBreakpoint as exc:
-            raise InvalidBreakpoint(f"watch '{self.text}': {exc.message}",
+            hint = ""
+            if self.exact and self.access != "x" and self.access != "r":
+                hint = (f" (mem: asks for exactly one debug register, as in perf; "
+                        f"write {self.address:#x}/{length}:{self.access} without "
+                        f"mem: to let perfbp split the range over several)")
+            raise InvalidBreakpoint(f"watch '{self.text}': {exc.message}{hint}",
                                     **exc.context) from None
 
 
@@ -118,4 +164,5 @@ def parse(text: str) -> WatchSpec:
             raise InvalidBreakpoint(
                 f"watch '{text}': modifier '{mod_text}' is not u (user-mode hits "
                 f"only, the default) or k (count kernel-mode hits too)")
-    return WatchSpec(spec, address, length, access, exclude_kernel)
+    return WatchSpec(spec, address, length, access, exclude_kernel,
+                     exact=spec.startswith("mem:"))

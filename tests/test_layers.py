@@ -59,6 +59,7 @@ LAYERS = {
     "perfbp.watch": 3,
     "perfbp.report": 3,
     "perfbp.recording": 3,
+    "perfbp.multiplex": 3,
     # 4: the public front
     "perfbp": 4,
     # 5: user interfaces
