@@ -360,9 +360,12 @@ def read_recording(path: str) -> Recording:
     end = d_off + d_size
     if d_off > len(blob):
         raise CorruptRecording(f"{path}: the data section starts past the end of the file")
-    if d_size == 0 and len(blob) > d_off and not any(feat_bits):
-        end = len(blob)  # a header never updated: take what is there
+    if not any(feat_bits):
+        # the feature sections are written last, by a recording that
+        # finished: none means it was cut short, whatever data.size says
         truncated = True
+        if d_size == 0 and len(blob) > d_off:
+            end = len(blob)  # a header never updated: take what is there
     if end > len(blob):
         end = len(blob)
         truncated = True

@@ -25,7 +25,7 @@ from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
 from .planner import as_watches, plan
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
-from .session import _Signals, _Terminate, _interrupted_child
+from .session import _interrupted_child
 
 FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
 PERF_RECORD_MISC_USER = 2
@@ -194,22 +194,28 @@ def record(watches: "Sequence", output: str, *,
                    else tgt.describe())
     ended_by, exit_code = "exit", None
     start = time.monotonic()
+    stop = _StopRequest()
     try:
-        if child:
-            child.start()  # raises CommandNotFound if exec fails: no banner then
-        if on_start:
-            on_start(description)
-        ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration, on_batch)
-        # stop the events first: a hit after this is neither counted nor
-        # sampled, so the final drain holds every sample of every counted hit
-        sampler.disable()
-        _flush(sampler, writer, on_batch)
-        piece_stats = sampler.stats()
-        writer.write(read_records(sampler, piece_stats))
-        stats = _per_watch(ws, pieces, piece_stats, period)
-        cpus = system.online_cpus()
-        writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
-                      nr_cpus=(len(system.possible_cpus()), len(cpus)))
+        # from the banner on, Ctrl-C and SIGTERM end the recording cleanly: they
+        # only set a flag that the loop reads between batches, so a signal never
+        # lands between draining a ring and writing what was drained
+        with stop:
+            if child:
+                child.start()  # raises CommandNotFound if exec fails: no banner then
+            if on_start:
+                on_start(description)
+            ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration,
+                                        on_batch, stop)
+            # stop the events first: a hit after this is neither counted nor
+            # sampled, so the final drain holds every sample of every counted hit
+            sampler.disable()
+            _flush(sampler, writer, on_batch)
+            piece_stats = sampler.stats()
+            writer.write(read_records(sampler, piece_stats))
+            stats = _per_watch(ws, pieces, piece_stats, period)
+            cpus = system.online_cpus()
+            writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
+                          nr_cpus=(len(system.possible_cpus()), len(cpus)))
     finally:
         sampler.close()
         writer.abandon()
@@ -225,7 +231,8 @@ def _per_watch(ws, pieces, piece_stats, period) -> "list[WatchStats]":
     for wi, w in enumerate(ws):
         mine = [st for (pw, _bp, _ek), st in zip(pieces, piece_stats) if pw == wi]
         out.append(WatchStats(w.pieces[0], sum(s.hits for s in mine),
-                              sum(s.samples for s in mine), sum(s.lost for s in mine), period))
+                              sum(s.samples for s in mine), sum(s.lost for s in mine), period,
+                              sum(s.contexts for s in mine)))
     return out
 
 
@@ -240,7 +247,7 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
     return len(batch)
 
 
-def _loop(sampler, writer, child, target, start, duration, on_batch):
+def _loop(sampler, writer, child, target, start, duration, on_batch, stop):
     pidfd = -1
     if child is not None:
         pidfd = os.pidfd_open(child.pid)
@@ -255,34 +262,64 @@ def _loop(sampler, writer, child, target, start, duration, on_batch):
         poller.register(fd, select.POLLIN)
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
+    poller.register(stop.fd, select.POLLIN)
     try:
-        with _Signals():
-            while True:
-                now = time.monotonic()
-                wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - now))
-                try:
-                    events = poller.poll(int(wait * 1000))
-                    _flush(sampler, writer, on_batch)
-                except KeyboardInterrupt:
-                    if child is not None:
-                        return _interrupted_child(child, signal.SIGINT)
-                    return "interrupt", None
-                except _Terminate:
-                    if child is not None:
-                        return _interrupted_child(child, signal.SIGTERM)
-                    return "interrupt", None
-                if any(fd == pidfd for fd, _ev in events):
-                    if child is not None:
-                        return "exit", child.wait()
-                    return "exit", None
-                if target is not None and target.kind == "thread" and target.pid > 0 \
-                        and not os.path.exists(f"/proc/{target.pid}"):
-                    return "exit", None
-                if deadline is not None and time.monotonic() >= deadline:
-                    if child is not None:
-                        child.poll()
-                        return "duration", child.returncode
-                    return "duration", None
+        while True:
+            if stop.signum is not None:
+                if child is not None:
+                    return _interrupted_child(child, stop.signum)
+                return "interrupt", None
+            now = time.monotonic()
+            wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - now))
+            events = poller.poll(int(wait * 1000))
+            _flush(sampler, writer, on_batch)
+            if any(fd == pidfd for fd, _ev in events):
+                if child is not None:
+                    return "exit", child.wait()
+                return "exit", None
+            if target is not None and target.kind == "thread" and target.pid > 0 \
+                    and not os.path.exists(f"/proc/{target.pid}"):
+                return "exit", None
+            if deadline is not None and time.monotonic() >= deadline:
+                if child is not None:
+                    child.poll()
+                    return "duration", child.returncode
+                return "duration", None
     finally:
         if pidfd >= 0:
             os.close(pidfd)
+
+
+class _StopRequest:
+    """SIGINT and SIGTERM, while a recording runs, become a request to stop
+    (``signum``) that the loop reads between batches, and wake its poll
+    (through a self-pipe); a second signal raises KeyboardInterrupt, for a
+    user who really wants out.  Main thread only (Python's rule for handlers)."""
+
+    def __init__(self) -> None:
+        self.signum: "int | None" = None
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fd = self._r
+        self._previous: dict = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
+
+    def __enter__(self) -> "_StopRequest":
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._r)
+        os.close(self._w)

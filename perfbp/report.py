@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from .arch import TYPE_NAMES
 from .errors import PerfbpError
-from .perfdata import CorruptRecording, Recording, attr_summary, read_recording
+from .perfdata import (HEADER_NRCPUS, CorruptRecording, Recording, attr_summary,
+                       read_recording)
 from .records import Comm, CorruptRecord, Lost, LostSamples, Mmap, Read, Task, decode_bulk
 from .symbols import Location, Symbolizer
 
@@ -70,6 +71,7 @@ class WatchReport:
     lost: "int | None" = None
     kernel_hits: "int | None" = None
     period: int = 1
+    contexts: int = 1
     writers: "list[Writer]" = field(default_factory=list)
     threads: "list[ThreadHits]" = field(default_factory=list)
     cpus: "dict[int, int]" = field(default_factory=dict)
@@ -79,8 +81,11 @@ class WatchReport:
         """samples + lost == hits (None when the recording lacks the kernel's count)."""
         if self.kernel_hits is None or self.lost is None:
             return None
-        expected = self.kernel_hits if self.period == 1 else self.kernel_hits // self.period
-        return self.hits + self.lost == expected
+        if self.period == 1:
+            return self.hits + self.lost == self.kernel_hits
+        # each event instance (a thread on a CPU) counts its own period
+        spare = self.kernel_hits - (self.hits + self.lost) * self.period
+        return 0 <= spare <= (self.period - 1) * self.contexts
 
     def as_dict(self) -> dict:
         return {"name": self.name, "address": self.address, "length": self.length,
@@ -166,6 +171,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     comms: dict[int, str] = {}
     lost_total = 0
     kernel: dict[int, tuple[int, int]] = {}
+    forks = 0
     # rings are per CPU: records reach the file grouped by CPU, not in time
     # order; replay the task and mapping history in time order
     def _when(r) -> int:
@@ -180,6 +186,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
             if r.exec:
                 sym.exec(r.pid)
         elif isinstance(r, Task) and not r.exit:
+            forks += 1
             if r.pid != r.ppid:
                 sym.fork(r.ppid, r.pid)
         elif isinstance(r, Lost):
@@ -206,7 +213,9 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         access = metas[0][3]
         mask = widx == i
         hits = int(mask.sum())
-        w = WatchReport(i, name, addr, length, access, hits, period=period)
+        contexts = sum(len(rec.events[e].ids) for e in members) \
+            + forks * _online_cpus(rec) * len(members)
+        w = WatchReport(i, name, addr, length, access, hits, period=period, contexts=contexts)
         if i in kernel:
             w.kernel_hits, w.lost = kernel[i]
         elif len(order) == 1:
@@ -223,6 +232,13 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     if sort != "watch":
         report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
     return report
+
+
+def _online_cpus(rec: Recording) -> int:
+    """CPUs online when recorded (HEADER_NRCPUS), 1 when unknown."""
+    import struct
+    raw = rec.features.get(HEADER_NRCPUS, b"")
+    return max(1, struct.unpack_from("<II", raw)[1]) if len(raw) >= 8 else 1
 
 
 def _sample_period(attr_raw: bytes) -> int:

@@ -37,7 +37,7 @@ from ._uapi import (
 from .breakpoint import Breakpoint
 from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
 from .events import EventOptions, Target, close_event, error_from_oserror, make_attr, open_event
-from .records import Lost, ParseConfig, Record, SampleColumns, decode_bulk
+from .records import Lost, ParseConfig, Record, SampleColumns, Task, decode_bulk
 from .ring import Ring
 
 BASE_SAMPLE_TYPE = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
@@ -63,20 +63,24 @@ class WatchStats:
     samples: int
     lost: int
     period: int = 1
+    contexts: int = 1
 
     @property
     def complete(self) -> bool:
         """Every hit is accounted for: ``(samples + lost) * period``
-        equals the hits (up to the period's last partial stride)."""
+        equals the hits, up to one partial stride per event instance (each
+        thread on each CPU counts its own period: ``contexts``)."""
         if self.period == 1:
             return self.samples + self.lost == self.hits
-        return (self.samples + self.lost) == self.hits // self.period
+        spare = self.hits - (self.samples + self.lost) * self.period
+        return 0 <= spare <= (self.period - 1) * self.contexts
 
     @property
     def missing(self) -> int:
         """Hits neither sampled nor reported lost (0 when complete)."""
-        expected = self.hits if self.period == 1 else self.hits // self.period
-        return expected - self.samples - self.lost
+        if self.period == 1:
+            return self.hits - self.samples - self.lost
+        return 0 if self.complete else self.hits // self.period - self.samples - self.lost
 
 
 @dataclass
@@ -163,6 +167,7 @@ class Sampler:
         self._attr_of: dict[int, bytes] = {}
         self._samples = [0] * len(self.watches)
         self._lost_records = 0
+        self._forks = 0
         self._closed = False
         self._enabled = enabled and not enable_on_exec
         self.cpus = (list(target.cpus) if target.kind == "cpus"
@@ -272,6 +277,8 @@ class Sampler:
             for rec in recs:
                 if isinstance(rec, Lost):
                     self._lost_records += rec.lost
+                elif isinstance(rec, Task) and not rec.exit:
+                    self._forks += 1  # a new task: inherited events, own periods
             others.extend(recs)
         samples = SampleColumns.concat(parts)
         watch = np.concatenate(watch_parts) if watch_parts else np.zeros(0, dtype=np.int64)
@@ -317,8 +324,11 @@ class Sampler:
             value, nlost = abi.read_u64s(fd, 2)
             hits[widx] += value
             lost[widx] += nlost
-        return [WatchStats(bp, h, s, l, self.period)
-                for bp, h, s, l in zip(self.watches, hits, self._samples, lost)]
+        opened = [0] * len(self.watches)
+        for _fd, widx, _cpu, _tid in self._events:
+            opened[widx] += 1
+        return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus))
+                for bp, h, s, l, n in zip(self.watches, hits, self._samples, lost, opened)]
 
     @property
     def lost_records(self) -> int:
