@@ -25,7 +25,7 @@ from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
 from .planner import as_watches, plan
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
-from .session import _interrupted_child
+from .session import StopRequest, _interrupted_child
 
 FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
 PERF_RECORD_MISC_USER = 2
@@ -194,7 +194,7 @@ def record(watches: "Sequence", output: str, *,
                    else tgt.describe())
     ended_by, exit_code = "exit", None
     start = time.monotonic()
-    stop = _StopRequest()
+    stop = StopRequest()
     try:
         # from the banner on, Ctrl-C and SIGTERM end the recording cleanly: they
         # only set a flag that the loop reads between batches, so a signal never
@@ -288,38 +288,3 @@ def _loop(sampler, writer, child, target, start, duration, on_batch, stop):
     finally:
         if pidfd >= 0:
             os.close(pidfd)
-
-
-class _StopRequest:
-    """SIGINT and SIGTERM, while a recording runs, become a request to stop
-    (``signum``) that the loop reads between batches, and wake its poll
-    (through a self-pipe); a second signal raises KeyboardInterrupt, for a
-    user who really wants out.  Main thread only (Python's rule for handlers)."""
-
-    def __init__(self) -> None:
-        self.signum: "int | None" = None
-        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.fd = self._r
-        self._previous: dict = {}
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        try:
-            os.write(self._w, b"x")
-        except OSError:
-            pass
-
-    def __enter__(self) -> "_StopRequest":
-        import threading
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._on_signal)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        os.close(self._r)
-        os.close(self._w)

@@ -92,26 +92,39 @@ class CountResult:
                 "watches": [w.as_dict() for w in self.watches]}
 
 
-class _Terminate(Exception):
-    pass
+class StopRequest:
+    """SIGINT and SIGTERM, while a recording runs, become a request to stop
+    (``signum``) that the loop reads between batches, and wake its poll
+    (through a self-pipe); a second signal raises KeyboardInterrupt, for a
+    user who really wants out.  Main thread only (Python's rule for handlers)."""
 
+    def __init__(self) -> None:
+        self.signum: "int | None" = None
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fd = self._r
+        self._previous: dict = {}
 
-@dataclass
-class _Signals:
-    """SIGTERM becomes a clean stop while a session runs (main thread only)."""
+    def _on_signal(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
 
-    previous: dict = field(default_factory=dict)
-
-    def __enter__(self):
+    def __enter__(self) -> "StopRequest":
+        import threading
         if threading.current_thread() is threading.main_thread():
-            def on_term(signum, frame):
-                raise _Terminate()
-            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_term)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        os.close(self._r)
+        os.close(self._w)
 
 
 def count(watches: "Sequence", *,
@@ -183,21 +196,25 @@ def count(watches: "Sequence", *,
             return [h.hits for h in mux.read()]
         return [sum(c.read() for c in group) for group in counters]
 
+    stop = StopRequest()
     try:
-        start = time.monotonic()
-        if child:
-            child.start()  # raises CommandNotFound if exec fails: no banner then
-        if mux is not None:
-            mux.start()
-        if on_start:
-            on_start(description)
-        ended_by, exit_code = _wait(child, tgt, read_all, ws, start, duration,
-                                    interval, on_interval, mux)
-        elapsed = time.monotonic() - start
-        if mux is not None:
-            hits = mux.stop()
-        else:
-            hits = [WatchHits(w, n) for w, n in zip(ws, read_all())]
+        # from the banner on, Ctrl-C and SIGTERM only ask the loop to stop:
+        # the counts are then read and printed whatever moment they came at
+        with stop:
+            start = time.monotonic()
+            if child:
+                child.start()  # raises CommandNotFound if exec fails: no banner then
+            if mux is not None:
+                mux.start()
+            if on_start:
+                on_start(description)
+            ended_by, exit_code = _wait(child, tgt, read_all, ws, start, duration,
+                                        interval, on_interval, mux, stop)
+            elapsed = time.monotonic() - start
+            if mux is not None:
+                hits = mux.stop()
+            else:
+                hits = [WatchHits(w, n) for w, n in zip(ws, read_all())]
     finally:
         if mux is not None:
             mux.close()
@@ -209,7 +226,8 @@ def count(watches: "Sequence", *,
     return CountResult(description, hits, elapsed, ended_by, exit_code)
 
 
-def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None):
+def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None,
+          stop: "StopRequest | None" = None):
     """Wait for the end; return ``(ended_by, exit_code)``."""
     pidfd = -1
     if child is not None:
@@ -228,41 +246,36 @@ def _wait(child, target, read_all, watches, start, duration, interval, on_interv
     poller = select.poll()
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
+    if stop is not None:
+        poller.register(stop.fd, select.POLLIN)
     try:
-        with _Signals():
-            while True:
-                now = time.monotonic()
-                wake = min(t for t in (next_tick, deadline, next_slice, now + 0.5) if t is not None)
-                timeout_ms = max(0, int((wake - now) * 1000))
-                try:
-                    events = poller.poll(timeout_ms)
-                except KeyboardInterrupt:
-                    if child is not None:
-                        return _interrupted_child(child, signal.SIGINT)
-                    return "interrupt", None
-                except _Terminate:
-                    if child is not None:
-                        return _interrupted_child(child, signal.SIGTERM)
-                    return "interrupt", None
-                if events or _gone(child, target, pidfd):
-                    if child is not None:
-                        return "exit", child.wait()
-                    return "exit", None
-                now = time.monotonic()
-                if mux is not None and now >= next_slice:
-                    mux.rotate()
-                    next_slice = mux.next_rotation()
-                if next_tick is not None and now >= next_tick:
-                    cur = read_all()
-                    if on_interval:
-                        on_interval(now - start, [WatchHits(w, n - p) for w, n, p
-                                                  in zip(watches, cur, last)])
-                    last = cur
-                    next_tick += interval
-                if deadline is not None and now >= deadline:
-                    if child is not None:
-                        child.poll()
-                    return "duration", child.returncode if child else None
+        while True:
+            if stop is not None and stop.signum is not None:
+                if child is not None:
+                    return _interrupted_child(child, stop.signum)
+                return "interrupt", None
+            now = time.monotonic()
+            wake = min(t for t in (next_tick, deadline, next_slice, now + 0.5) if t is not None)
+            events = poller.poll(max(0, int((wake - now) * 1000)))
+            if any(fd == pidfd for fd, _ev in events) or _gone(child, target, pidfd):
+                if child is not None:
+                    return "exit", child.wait()
+                return "exit", None
+            now = time.monotonic()
+            if mux is not None and now >= next_slice:
+                mux.rotate()
+                next_slice = mux.next_rotation()
+            if next_tick is not None and now >= next_tick:
+                cur = read_all()
+                if on_interval:
+                    on_interval(now - start, [WatchHits(w, n - p) for w, n, p
+                                              in zip(watches, cur, last)])
+                last = cur
+                next_tick += interval
+            if deadline is not None and now >= deadline:
+                if child is not None:
+                    child.poll()
+                return "duration", child.returncode if child else None
     finally:
         if pidfd >= 0:
             os.close(pidfd)
@@ -295,5 +308,5 @@ def _interrupted_child(child, sig) -> "tuple[str, int | None]":
     while True:
         try:
             return "interrupt", child.wait()
-        except (KeyboardInterrupt, _Terminate):
+        except KeyboardInterrupt:
             continue
