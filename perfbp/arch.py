@@ -82,9 +82,12 @@ ARM64 = ArchRules(
 KNOWN = {"x86_64": X86_64, "aarch64": ARM64}
 
 
+_CURRENT = KNOWN.get(platform.machine(), X86_64)
+
+
 def current() -> ArchRules:
     """The rules of the machine perfbp runs on (x86-64 rules when unknown)."""
-    return KNOWN.get(platform.machine(), X86_64)
+    return _CURRENT
 
 
 def is_kernel_address(address: int, length: int, rules: ArchRules) -> bool:

@@ -9,6 +9,7 @@ why the kernel refused it and what to do instead.
 from __future__ import annotations
 
 import errno as E
+import threading
 from dataclasses import dataclass, field
 
 from . import abi, system
@@ -120,69 +121,70 @@ DEFAULT_OPTIONS = EventOptions()
 
 class SlotLedger:
     """The slots perfbp's own open events hold in this process, in the
-    kernel's accounting (a :class:`~perfbp.slots.SlotModel`).
+    kernel's accounting.
 
     Every event perfbp opens is entered here and removed when closed, so that
     a refusal can be explained: either perfbp's own watches hold the slots
     (named), or — when the model says the breakpoint fits and the kernel
     still says ENOSPC — something outside perfbp does (gdb, another perf, a
-    system-wide watch).
+    system-wide watch).  Entries are cheap tuples (opening and closing are
+    hot paths); the :class:`~perfbp.slots.SlotModel` is built from them only
+    when a plan or an explanation asks (:meth:`snapshot`).
     """
 
     def __init__(self) -> None:
-        import threading
-
-        from .arch import current
-        from .slots import SlotModel
-
-        rules = current()
-        self.model = SlotModel(rules.name, system.possible_cpus(),
-                               data_slots=rules.data_slots, inst_slots=rules.inst_slots,
-                               shared=rules.shared_slots)
         self._by_fd: dict = {}
-        self._lock = threading.Lock()
 
     @staticmethod
     def task_of(pid: int):
         if pid == 0:
-            import threading
-            return threading.get_native_id()
+            return _native_id()
         return None if pid < 0 else pid
 
-    def add(self, fd: int, bp: Breakpoint, pid: int, cpu: int, owner: str) -> None:
-        from .slots import Reservation
-
-        with self._lock:
-            task = self.task_of(pid)
-            serial = next(self.model._serial)
-            r = Reservation(serial, task, cpu, bp.bp_type, self.model.find_slot_idx(bp.bp_type),
-                            False, owner)
-            self.model._held[serial] = r  # the kernel admitted it: record, don't re-check
-            self._by_fd[fd] = r
+    def add(self, fd: int, bp: Breakpoint, pid: int, cpu: int,
+            target: "Target | None" = None) -> None:
+        self._by_fd[fd] = (bp, _native_id() if pid == 0 else (None if pid < 0 else pid),
+                           cpu, pid, target)
 
     def drop(self, fd: int) -> None:
-        with self._lock:
-            r = self._by_fd.pop(fd, None)
-            if r is not None:
-                self.model.release(r)
+        self._by_fd.pop(fd, None)
+
+    def snapshot(self):
+        """A :class:`~perfbp.slots.SlotModel` holding every open event, and
+        the owners' descriptions."""
+        from .arch import current
+        from .slots import SlotModel
+
+        rules = current()
+        model = SlotModel(rules.name, system.possible_cpus(),
+                          data_slots=rules.data_slots, inst_slots=rules.inst_slots,
+                          shared=rules.shared_slots)
+        owners = set()
+        for bp, task, cpu, pid, target in list(self._by_fd.values()):
+            owner = f"perfbp's {bp.spec} on {_where(pid, cpu, target)}"
+            owners.add(owner)
+            model.admit(task, cpu, bp.bp_type, owner=owner)
+        return model, sorted(owners)
 
     def explain_refusal(self, bp: Breakpoint, pid: int, cpu: int) -> str:
         """Why the kernel said ENOSPC, as far as perfbp can know."""
         from .errors import PerfbpError
 
-        task = self.task_of(pid)
-        with self._lock:
-            try:
-                self.model.check(task, cpu, bp.bp_type)
-            except PerfbpError as exc:
-                return f"{exc.message}. Close one of those watches, or watch fewer or shorter ranges"
+        model, _owners = self.snapshot()
+        try:
+            model.check(self.task_of(pid), cpu, bp.bp_type)
+        except PerfbpError as exc:
+            return f"{exc.message}. Close one of those watches, or watch fewer or shorter ranges"
         return ("no slot is free, and perfbp's own watches are not what holds them: "
                 "they are held outside perfbp (gdb watchpoints, another perf, a "
                 "system-wide watch, kgdb). End those, or watch fewer or shorter ranges")
 
-    def held(self) -> "list":
-        with self._lock:
-            return list(self._by_fd.values())
+    def __len__(self) -> int:
+        return len(self._by_fd)
+
+
+def _native_id() -> int:
+    return threading.get_native_id()
 
 
 LEDGER = SlotLedger()
@@ -251,7 +253,7 @@ def open_event(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
         fd = abi.perf_event_open(attr, pid, cpu)
     except OSError as exc:
         raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target) from None
-    LEDGER.add(fd, bp, pid, cpu, f"perfbp's {bp.spec} on {_where(pid, cpu, target)}")
+    LEDGER.add(fd, bp, pid, cpu, target)
     return fd, attr
 
 

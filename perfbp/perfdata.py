@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ._version import __version__ as version
 from .errors import PerfbpError
-from .records import HEADER, ParseConfig
+from .records import HEADER, ParseConfig, whole_records_end
 
 MAGIC = b"PERFILE2"
 FILE_HEADER = struct.Struct("<8sQQQQQQQQ32s")  # 104 bytes
@@ -381,15 +381,9 @@ def read_recording(path: str) -> Recording:
 
 def _trim_partial(rec: Recording) -> Recording:
     """Cut a data section that ends inside a record back to the last whole one."""
-    pos, data = 0, rec.data
-    n = len(data)
-    while pos + 8 <= n:
-        (size,) = struct.unpack_from("<H", data, pos + 6)
-        if size < 8 or pos + size > n:
-            break
-        pos += size
-    if pos != n:
-        rec.data = data[:pos]
+    pos = whole_records_end(rec.data, rec.config)
+    if pos != len(rec.data):
+        rec.data = rec.data[:pos]
         rec.truncated = True
     return rec
 

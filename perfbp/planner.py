@@ -174,9 +174,7 @@ def plan(watches: "Sequence", target: "Target | None" = None) -> Plan:
     needed = sum(len(w.pieces) for w in ws)
     tasks = _tasks_of(target)
     cpus = list(target.cpus) if target is not None and target.kind == "cpus" else []
-    with LEDGER._lock:
-        model = copy.deepcopy(LEDGER.model)
-        held = sorted({r.owner for r in LEDGER._by_fd.values()})
+    model, held = LEDGER.snapshot()
     free = rules.data_slots
     fits = True
     for task in tasks:

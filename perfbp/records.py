@@ -539,18 +539,80 @@ class SampleColumns:
         return out
 
 
-def _columns_from(arr) -> SampleColumns:
-    names = arr.dtype.names
-    cols = SampleColumns()
-    for name in COLUMNS:
-        if name in names:
-            setattr(cols, name, arr[name].astype("u8"))
-    if "identifier" in names:
-        cols.id = arr["identifier"].astype("u8")
-    return cols
+_BLOCK = 1 << 16  # the largest block of records checked at once
+_BLOCK_MIN = 1 << 10  # the first block after a record that is not a sample
+_HEADER_MASK = 0xFFFF0000FFFFFFFF  # a header's type and size; misc may vary
 
 
-_BLOCK = 1 << 16
+def _frames(mv, size: int, offset: int, end: int, strict: bool = True):
+    """Walk the records of ``mv[offset:end]``: yield ``(pos, count)`` for a run
+    of ``count`` consecutive fixed-size samples of ``size`` bytes, and
+    ``(pos, 0)`` for any other record (its header is at ``pos``).
+
+    Runs are found with numpy over the records' first words, in blocks that
+    start small after every other record and double while the run goes on,
+    so that a stream with a non-sample record every few thousand samples is
+    looked at about once.  With ``strict=False`` the walk ends quietly at an
+    impossible or cut-short record, yielding ``(pos, -1)``; else that raises
+    :class:`CorruptRecord`.
+    """
+    import numpy as np
+
+    want = PERF_RECORD_SAMPLE | size << 48
+    first_words = np.dtype({"names": ["h"], "formats": ["<u8"], "offsets": [0],
+                            "itemsize": size})
+    pos = offset
+    block = _BLOCK_MIN
+    while pos < end:
+        count = min((end - pos) // size, block)
+        if count:
+            h = np.frombuffer(mv, dtype=first_words, count=count, offset=pos)["h"]
+            bad = (h & _HEADER_MASK) != want
+            good = int(bad.argmax()) if bad.any() else count
+            if good:
+                yield pos, good
+                pos += good * size
+                if good == count:
+                    block = min(block * 2, _BLOCK)
+                    continue
+            block = _BLOCK_MIN
+        # one record that is not a fixed-size sample (or a short tail)
+        if end - pos < 8:
+            if not strict:
+                yield pos, -1
+                return
+            raise CorruptRecord(f"{end - pos} stray bytes at offset {pos}: truncated record header")
+        rtype, _misc, rsize = HEADER.unpack_from(mv, pos)
+        if rsize < 8 or pos + rsize > end:
+            if not strict:
+                yield pos, -1
+                return
+            if rsize < 8:
+                raise CorruptRecord(f"record at offset {pos} has impossible size {rsize}")
+            raise CorruptRecord(f"record at offset {pos} (type {rtype}, {rsize} bytes) is "
+                                f"truncated: only {end - pos} bytes left")
+        yield pos, 0
+        pos += rsize
+
+
+def whole_records_end(buf: "bytes | memoryview", cfg: ParseConfig) -> int:
+    """The offset just past the last whole record in ``buf`` (``len(buf)``
+    when the records fill it exactly): where a recording cut short inside
+    a record is cut back to."""
+    mv, end = _span(buf, 0, None)
+    size = cfg.fixed_sample_size
+    if size is None:
+        pos = 0
+        while pos + 8 <= end:
+            (rsize,) = struct.unpack_from("<H", mv, pos + 6)
+            if rsize < 8 or pos + rsize > end:
+                return pos
+            pos += rsize
+        return pos
+    for pos, count in _frames(mv, size, 0, end, strict=False):
+        if count < 0:
+            return pos
+    return end
 
 
 def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
@@ -576,33 +638,42 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)
         return SampleColumns.from_samples(samples), others
-    dtype = sample_dtype(cfg)
-    parts: list[SampleColumns] = []
-    pos = offset
-    while pos < end:
-        count = min((end - pos) // size, _BLOCK)
+    # first find the runs of fixed-size samples (and decode everything else),
+    # then copy each column once into an array of its final length
+    pieces: list = []  # (pos, count) runs and single Samples, in order
+    total = 0
+    for pos, count in _frames(mv, size, offset, end):
         if count:
-            arr = np.frombuffer(mv, dtype=dtype, count=count, offset=pos)
-            bad = np.flatnonzero((arr["type"] != PERF_RECORD_SAMPLE) | (arr["size"] != size))
-            good = int(bad[0]) if len(bad) else count
-            if good:
-                parts.append(_columns_from(arr[:good]))
-                pos += good * size
-                if good == count:
-                    continue
-        # one record that is not a fixed-size sample (or a short tail)
-        if end - pos < 8:
-            raise CorruptRecord(f"{end - pos} stray bytes at offset {pos}: truncated record header")
+            pieces.append((pos, count))
+            total += count
+            continue
         rtype, misc, rsize = HEADER.unpack_from(mv, pos)
-        if rsize < 8:
-            raise CorruptRecord(f"record at offset {pos} has impossible size {rsize}")
-        if pos + rsize > end:
-            raise CorruptRecord(f"record at offset {pos} (type {rtype}, {rsize} bytes) is "
-                                f"truncated: only {end - pos} bytes left")
         rec = parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg)
         if isinstance(rec, Sample):
-            parts.append(SampleColumns.from_samples([rec]))
+            pieces.append(rec)
+            total += 1
         else:
             others.append(rec)
-        pos += rsize
-    return SampleColumns.concat(parts), others
+    cols = SampleColumns()
+    if not total:
+        return cols, others
+    dtype = sample_dtype(cfg)
+    fields = [(name, name) for name in COLUMNS if name in dtype.names]
+    if "identifier" in dtype.names:
+        fields.append(("id", "identifier"))
+    out = {attr: np.empty(total, dtype=np.uint64) for attr, _field in fields}
+    k = 0
+    for piece in pieces:
+        if isinstance(piece, Sample):
+            for attr, _field in fields:
+                out[attr][k] = getattr(piece, attr)
+            k += 1
+            continue
+        pos, count = piece
+        arr = np.frombuffer(mv, dtype=dtype, count=count, offset=pos)
+        for attr, field_ in fields:
+            out[attr][k:k + count] = arr[field_]
+        k += count
+    for attr, col in out.items():
+        setattr(cols, attr, col)
+    return cols, others

@@ -42,4 +42,6 @@ def split_range(addr: int, length: int, sizes: "tuple[int, ...]" = SIZES) -> "li
                 pieces.append((a, size))
                 a += size
                 break
+        else:
+            raise InvalidBreakpoint(f"{a:#x} cannot be covered with pieces of {sizes} bytes")
     return pieces

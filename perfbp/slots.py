@@ -244,6 +244,16 @@ class SlotModel:
         self._held[r.serial] = r
         return r
 
+    def admit(self, task: Optional[Hashable], cpu: int, bp_type: "int | str", *,
+              owner: str = "") -> Reservation:
+        """Record a breakpoint the kernel already admitted, without checking
+        (the model's baseline may differ from the kernel's: the kernel is
+        the authority on what it accepted)."""
+        t = bp_type_of(bp_type)
+        r = Reservation(next(self._serial), task, cpu, t, self.find_slot_idx(t), False, owner)
+        self._held[r.serial] = r
+        return r
+
     def release(self, handle: Reservation) -> None:
         """``release_bp_slot()``: the event was freed."""
         self._held.pop(handle.serial, None)

@@ -62,7 +62,8 @@ class ElfObject:
                 if sec is None:
                     continue
                 for sym in sec.iter_symbols():
-                    if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC"):
+                    # pyelftools names STT_GNU_IFUNC (10) "STT_LOOS"
+                    if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC", "STT_LOOS"):
                         continue
                     if sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
                         continue
@@ -145,30 +146,38 @@ class KernelSymbols:
     kernel.kptr_restrict=0; without them kernel ips stay raw)."""
 
     def __init__(self, path: str = "/proc/kallsyms") -> None:
-        starts: dict[int, str] = {}
+        import re
+
         try:
-            with open(path) as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) < 3 or parts[1] not in "tTwW":
-                        continue
-                    addr = int(parts[0], 16)
-                    if addr:
-                        starts.setdefault(addr, parts[2])
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError:
-            pass
-        self._addrs = sorted(starts)
-        self._names = [starts[a] for a in self._addrs]
+            data = b""
+        # one C-speed pass over the ~5 MB file: text symbols only; names are
+        # decoded when looked up
+        pairs = [(int(a, 16), n) for a, n in
+                 re.findall(rb"^([0-9a-fA-F]+) [tTwW] (\S+)", data, re.M)]
+        pairs.sort(key=lambda p: p[0])  # stable: the first name of an address wins
+        self._addrs: list[int] = []
+        self._names: list[bytes] = []
+        last = 0
+        for a, n in pairs:
+            if a and a != last:
+                self._addrs.append(a)
+                self._names.append(n)
+                last = a
 
     def resolve(self, ip: int) -> Location:
         i = bisect.bisect_right(self._addrs, ip) - 1
         if i < 0:
             return Location(ip, "[kernel.kallsyms]", None)
-        return Location(ip, "[kernel.kallsyms]", self._names[i], ip - self._addrs[i])
+        return Location(ip, "[kernel.kallsyms]", self._names[i].decode("utf-8", "replace"),
+                        ip - self._addrs[i])
 
     def lookup(self, name: str) -> "int | None":
+        raw = name.encode()
         for a, n in zip(self._addrs, self._names):
-            if n == name:
+            if n == raw:
                 return a
         return None
 
