@@ -62,6 +62,16 @@ def new_attr():
     return attr
 
 
+_ATTR_PTR = ffi.typeof("struct perf_event_attr *")
+
+
+def attr_from_bytes(raw: bytes):
+    """A new ``struct perf_event_attr *`` initialized from ``raw``."""
+    attr = ffi.new(_ATTR_PTR)
+    ffi.memmove(attr, raw, ATTR_SIZE)
+    return attr
+
+
 def copy_attr(attr):
     """A new ``struct perf_event_attr *`` holding the same bytes as ``attr``."""
     new = ffi.new("struct perf_event_attr *")
@@ -96,6 +106,27 @@ def _fixed_syscall():
 _syscall6 = _fixed_syscall()
 
 
+def _perf_event_open_variadic(attr, pid: int, cpu: int, group_fd: int = -1,
+                              flags: int = PERF_FLAG_FD_CLOEXEC) -> int:
+    if NR_PERF_EVENT_OPEN < 0:
+        raise OSError(38, f"perf_event_open has no known syscall number on {MACHINE}")
+    return _check(lib.syscall(_NR, attr, _long("long", pid), _long("long", cpu),
+                              _long("long", group_fd), _long("long", flags)))
+
+
+def _perf_event_open_fixed(attr, pid: int, cpu: int, group_fd: int = -1,
+                           flags: int = PERF_FLAG_FD_CLOEXEC, _call=_syscall6,
+                           _nr=NR_PERF_EVENT_OPEN, _ffi=ffi) -> int:
+    fd = _call(_nr, attr, pid, cpu, group_fd, flags)
+    if fd < 0:
+        err = _ffi.errno
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+_perf_event_open = _perf_event_open_fixed if _syscall6 is not None else _perf_event_open_variadic
+
+
 def perf_event_open(attr, pid: int, cpu: int, group_fd: int = -1,
                     flags: int = PERF_FLAG_FD_CLOEXEC) -> int:
     """``perf_event_open(2)``: return the new event's file descriptor.
@@ -103,16 +134,16 @@ def perf_event_open(attr, pid: int, cpu: int, group_fd: int = -1,
     Raises:
         OSError: with the kernel's errno.
     """
-    if _syscall6 is not None:
-        fd = _syscall6(NR_PERF_EVENT_OPEN, attr, pid, cpu, group_fd, flags)
-        if fd < 0:
-            err = ffi.errno
-            raise OSError(err, os.strerror(err))
-        return fd
-    if NR_PERF_EVENT_OPEN < 0:
-        raise OSError(38, f"perf_event_open has no known syscall number on {MACHINE}")
-    return _check(lib.syscall(_NR, attr, _long("long", pid), _long("long", cpu),
-                              _long("long", group_fd), _long("long", flags)))
+    return _perf_event_open(attr, pid, cpu, group_fd, flags)
+
+
+if _syscall6 is not None:  # the same function, without a second frame
+    perf_event_open = _perf_event_open_fixed  # noqa: F811
+    perf_event_open.__doc__ = """``perf_event_open(2)``: return the new event's file descriptor.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
 
 
 # The argument-less ioctls go through fcntl.ioctl(fd, request), which raises

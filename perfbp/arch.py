@@ -95,12 +95,21 @@ def is_kernel_address(address: int, length: int, rules: ArchRules) -> bool:
     return address >= rules.task_size_max or address + max(length, 1) - 1 >= rules.task_size_max
 
 
+_FAST_DATA = {(rules.name, a, n) for rules in KNOWN.values() if rules.aligned
+              for a in ("w", "rw") for n in rules.data_lengths}
+
+
 def validate(access: str, address: int, length: int, rules: ArchRules) -> None:
     """Check a breakpoint request against ``rules`` before any syscall.
 
     Raises:
         InvalidBreakpoint: naming the rule broken and what to do instead.
     """
+    # the common case first, in one set lookup and two comparisons: an
+    # aligned write or read/write watch of an allowed length
+    if (rules.name, access, length) in _FAST_DATA and not address % length \
+            and 0 <= address <= (1 << 64) - length:
+        return
     if access not in ACCESS_TYPES:
         raise InvalidBreakpoint(
             f"unknown access {access!r}: use w (write), rw (read or write), "

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import arch as _arch
 from .arch import ACCESS_TYPES, ArchRules
 
 _ACCESS_WORDS = {"w": "write", "rw": "read/write", "x": "execute", "r": "read"}
 _CONSTRUCTORS = {"w": "write", "rw": "read_write", "x": "execute", "r": "read"}
+# lengths this machine's debug registers take when naturally aligned (the
+# fast path of Breakpoint.write; every other case goes through arch.validate)
+_ALIGNED_LENGTHS = frozenset(_arch.current().data_lengths) if _arch.current().aligned else frozenset()
+_TOP = (1 << 64) - 8
 
 
-@dataclass(frozen=True)
-class Breakpoint:
+class _Fields(NamedTuple):
+    address: int
+    length: int
+    access: str
+
+
+class Breakpoint(_Fields):
     """One hardware breakpoint: an address, a length and an access type.
 
     Build one with the constructors, which check the architecture's rules
@@ -32,16 +41,19 @@ class Breakpoint:
         InvalidBreakpoint: the request breaks one of the architecture's rules.
     """
 
-    address: int
-    length: int
-    access: str
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        _arch.validate(self.access, self.address, self.length, _arch.current())
+    def __new__(cls, address: int, length: int, access: str) -> "Breakpoint":
+        # a small immutable record (a NamedTuple): cheap to build on the hot
+        # path of opening a watch, validated before any syscall
+        _arch.validate(access, address, length, _arch.current())
+        return tuple.__new__(cls, (address, length, access))
 
     @classmethod
     def write(cls, address: int, length: int = 8) -> "Breakpoint":
         """Count writes to ``length`` bytes at ``address``."""
+        if length in _ALIGNED_LENGTHS and not address % length and 0 <= address < _TOP:
+            return tuple.__new__(cls, (address, length, "w"))  # valid: skip the full check
         return cls(address, length, "w")
 
     @classmethod
@@ -71,7 +83,8 @@ class Breakpoint:
 
     def is_kernel(self, rules: ArchRules | None = None) -> bool:
         """Whether the watched range touches kernel space."""
-        return _arch.is_kernel_address(self.address, self.length, rules or _arch.current())
+        limit = (rules or _arch.current()).task_size_max
+        return self[0] + (self[1] or 1) - 1 >= limit
 
     def moved(self, address: int, length: int | None = None) -> "Breakpoint":
         """The same access type at another address (and optionally length)."""

@@ -9,11 +9,13 @@ why the kernel refused it and what to do instead.
 from __future__ import annotations
 
 import errno as E
+import struct
 import threading
 from dataclasses import dataclass, field
 
 from . import abi, system
 from ._uapi import PERF_TYPE_BREAKPOINT
+from .arch import ACCESS_TYPES, current as _current_arch
 from .breakpoint import Breakpoint
 from .errors import (
     InvalidBreakpoint,
@@ -183,33 +185,32 @@ class SlotLedger:
         return len(self._by_fd)
 
 
+_current_thread = threading.current_thread
+
+
 def _native_id() -> int:
-    return threading.get_native_id()
+    return _current_thread().native_id
 
 
 LEDGER = SlotLedger()
+_LEDGER_FDS = LEDGER._by_fd
+_TASK_SIZE_MAX = _current_arch().task_size_max
 
 
 def close_event(fd: int) -> None:
     """Close an event perfbp opened and free its slot in the ledger."""
-    LEDGER.drop(fd)
+    _LEDGER_FDS.pop(fd, None)
     try:
         abi.close(fd)
     except OSError:
         pass
 
 
-def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
-    """The ``perf_event_attr`` for ``bp`` (kept: MODIFY_ATTRIBUTES needs it)."""
+def _build_template(inherit: bool, opts: EventOptions) -> bytes:
+    """The attr bytes every breakpoint opened with these options shares: all
+    but the breakpoint's own fields and ``exclude_kernel``."""
     attr = abi.new_attr()
     attr.type = PERF_TYPE_BREAKPOINT
-    attr.bp_type = bp.bp_type
-    attr.bp_addr = bp.address
-    attr.bp_len = bp.length
-    exclude_kernel = opts.exclude_kernel
-    if exclude_kernel is None:
-        exclude_kernel = not bp.is_kernel()
-    attr.exclude_kernel = exclude_kernel
     attr.exclude_hv = 1
     attr.disabled = 0 if opts.enabled and not opts.enable_on_exec else 1
     attr.enable_on_exec = opts.enable_on_exec
@@ -237,24 +238,111 @@ def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
         attr.sig_data = opts.sig_data
         if not opts.sample_period:
             attr.sample_period = 1
+    return abi.attr_bytes(attr)
+
+
+_TEMPLATES: "dict[tuple[bool, int], tuple[EventOptions, bytes]]" = {}
+
+
+def _template(inherit: bool, opts: EventOptions) -> bytes:
+    # keyed by identity: hashing a frozen dataclass of 20 fields costs more
+    # than the rest of building an attr; the entry keeps opts alive, and the
+    # identity check guards against a reused id
+    entry = _TEMPLATES.get((inherit, id(opts)))
+    if entry is None or entry[0] is not opts:
+        if len(_TEMPLATES) > 256:
+            _TEMPLATES.clear()
+        entry = _TEMPLATES[(inherit, id(opts))] = (opts, _build_template(inherit, opts))
+    return entry[1]
+
+
+def _fill(attr, bp: Breakpoint, opts: EventOptions) -> None:
+    """Set the fields of ``attr`` that belong to ``bp`` itself."""
+    attr.bp_type = ACCESS_TYPES[bp[2]]
+    attr.bp_addr = bp[0]
+    attr.bp_len = bp[1]
+    exclude_kernel = opts.exclude_kernel
+    if exclude_kernel is None:  # user addresses: perf's :u
+        exclude_kernel = bp[0] + bp[1] - 1 < _TASK_SIZE_MAX
+    attr.exclude_kernel = 1 if exclude_kernel else 0
+
+
+def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
+    """The ``perf_event_attr`` for ``bp``: a new copy of the options'
+    template with the breakpoint's own fields set."""
+    attr = abi.attr_from_bytes(_template(inherit, opts))
+    _fill(attr, bp, opts)
     return attr
 
 
-def open_event(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
-               opts: EventOptions = DEFAULT_OPTIONS, target: "Target | None" = None):
-    """Open one breakpoint event; return ``(fd, attr)``.
+_scratch = threading.local()
+_BP_FIELDS = struct.Struct("<IQQ")  # bp_type, bp_addr, bp_len: contiguous at offset 52
+_BP_FIELDS_AT = abi.ffi.offsetof("struct perf_event_attr", "bp_type")
+if (abi.ffi.offsetof("struct perf_event_attr", "bp_addr"),
+        abi.ffi.offsetof("struct perf_event_attr", "bp_len")) != (_BP_FIELDS_AT + 4, _BP_FIELDS_AT + 12):
+    raise ImportError("perf_event_attr: bp_type, bp_addr, bp_len are not contiguous")
+
+
+def _scratch_attr(inherit: bool, opts: EventOptions, exclude_kernel: bool):
+    """A per-thread attr buffer holding the options' template with
+    exclude_kernel set: ``(attr, writable view)``."""
+    cache = getattr(_scratch, "attrs", None)
+    if cache is None:
+        cache = _scratch.attrs = {}
+    key = (inherit, id(opts), exclude_kernel)
+    entry = cache.get(key)
+    if entry is None or entry[0] is not opts:
+        if len(cache) > 64:
+            cache.clear()
+        attr = abi.attr_from_bytes(_template(inherit, opts))
+        attr.exclude_kernel = 1 if exclude_kernel else 0
+        entry = cache[key] = (opts, attr, abi.attr_view(attr))
+    return entry
+
+
+def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
+                  opts: EventOptions = DEFAULT_OPTIONS, target: "Target | None" = None) -> int:
+    """Open one breakpoint event; return its file descriptor.
+
+    The attr is built in a per-thread scratch copy of the options' template
+    (no allocation on this hot path, and the breakpoint's three contiguous
+    fields written in one pack); :func:`make_attr` rebuilds the same bytes
+    when MODIFY_ATTRIBUTES needs them.
 
     Raises:
         PerfbpError: the subclass that matches the kernel's errno, with a
             message naming the breakpoint, the target and the fix.
     """
-    attr = make_attr(bp, inherit, opts)
+    exclude_kernel = opts.exclude_kernel
+    if exclude_kernel is None:  # user addresses: perf's :u
+        exclude_kernel = bp[0] + bp[1] - 1 < _TASK_SIZE_MAX
+    cache = getattr(_scratch, "attrs", None)
+    entry = cache.get((inherit, id(opts), exclude_kernel)) if cache is not None else None
+    if entry is None or entry[0] is not opts:
+        entry = _scratch_attr(inherit, opts, exclude_kernel)
+    _opts, attr, view = entry
+    _BP_FIELDS.pack_into(view, _BP_FIELDS_AT, ACCESS_TYPES[bp[2]], bp[0], bp[1])
     try:
         fd = abi.perf_event_open(attr, pid, cpu)
     except OSError as exc:
         raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target) from None
-    LEDGER.add(fd, bp, pid, cpu, target)
-    return fd, attr
+    # pid 0 is the calling thread: the ledger needs its id (the Thread
+    # object caches it; gettid(2) would cost a syscall)
+    _LEDGER_FDS[fd] = (bp, _current_thread().native_id if pid == 0 else (None if pid < 0 else pid),
+                       cpu, pid, target)
+    return fd
+
+
+def open_event(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
+               opts: EventOptions = DEFAULT_OPTIONS, target: "Target | None" = None):
+    """Open one breakpoint event; return ``(fd, attr)`` (the attr kept for
+    MODIFY_ATTRIBUTES).
+
+    Raises:
+        PerfbpError: as :func:`open_event_fd`.
+    """
+    fd = open_event_fd(bp, pid, cpu, inherit, opts, target)
+    return fd, make_attr(bp, inherit, opts)
 
 
 def _where(pid: int, cpu: int, target: "Target | None") -> str:
