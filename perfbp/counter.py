@@ -397,7 +397,8 @@ class Group:
         default_target = target if target is not None else Target.this_thread()
         try:
             for item in watches:
-                bp, tgt = item if isinstance(item, tuple) else (item, default_target)
+                # a Breakpoint is a NamedTuple: test for it, not for tuple
+                bp, tgt = (item, default_target) if isinstance(item, Breakpoint) else item
                 self.counters.append(Counter(bp, target=tgt, enabled=enabled, options=options))
         except BaseException:
             self.close()

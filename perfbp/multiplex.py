@@ -107,10 +107,22 @@ class Multiplexer:
         """Arm the first group (at exec, for a launch) and start the clock."""
         group = self._group()
         self._arm(group)
-        for j in range(len(self._assign)):
-            if not self._enable_on_exec:
-                self.counters[j].enable()
-        self._t0 = self._t_slice = time.monotonic()
+        # retarget() wrote attr.disabled = 1 into the armed events: enable them
+        # now, launch or not (a launch has exec'd by now, and the kernel may
+        # already have cleared enable_on_exec)
+        self._enable_on_exec = False
+        self._t0 = self._t_slice = self._switch(self.counters[:len(self._assign)], "enable")
+
+    @staticmethod
+    def _switch(counters: "list[Counter]", verb: str) -> float:
+        """Enable or disable ``counters``; return the middle of the switch,
+        the best estimate of when the slots changed hands (each ioctl on a
+        running task costs an IPI, ~15-20 us: timing before or after them
+        all would count a whole switch as watched)."""
+        before = time.monotonic()
+        for c in counters:
+            getattr(c, verb)()
+        return (before + time.monotonic()) / 2
 
     def _collect(self, now: float) -> None:
         for j, w in enumerate(self._assign):
@@ -125,19 +137,11 @@ class Multiplexer:
 
     def rotate(self) -> None:
         """End the current slice and give the slots to the next group."""
-        if self._enable_on_exec:
-            for c in self.counters:  # from now on, the rotation switches them
-                c._enabled = True
-            self._enable_on_exec = False
-        for j in range(len(self._assign)):
-            self.counters[j].disable()
-        now = time.monotonic()
+        now = self._switch(self.counters[:len(self._assign)], "disable")
         self._collect(now)
         group = self._group()
         self._arm(group)
-        self._t_slice = time.monotonic()
-        for j in range(len(self._assign)):
-            self.counters[j].enable()
+        self._t_slice = self._switch(self.counters[:len(self._assign)], "enable")
         self.rotations += 1
 
     def read(self, now: "float | None" = None) -> list:
@@ -163,9 +167,7 @@ class Multiplexer:
 
     def stop(self) -> list:
         """End the run: collect the last slice and return the estimates."""
-        for j in range(len(self._assign)):
-            self.counters[j].disable()
-        now = time.monotonic()
+        now = self._switch(self.counters[:len(self._assign)], "disable")
         self._collect(now)
         self._t_slice = now
         self._assign = []

@@ -174,11 +174,14 @@ def plan(watches: "Sequence", target: "Target | None" = None) -> Plan:
     needed = sum(len(w.pieces) for w in ws)
     tasks = _tasks_of(target)
     cpus = list(target.cpus) if target is not None and target.kind == "cpus" else []
+    # a thread or process target restricted to one CPU is opened with that
+    # cpu, and the kernel checks only that CPU (cpumask_of_bp)
+    task_cpu = target.cpus[0] if target is not None and target.kind != "cpus" and target.cpus else -1
     model, held = LEDGER.snapshot()
     free = rules.data_slots
     fits = True
     for task in tasks:
-        for c in (cpus if task is None else [-1]):
+        for c in (cpus if task is None else [task_cpu]):
             probe = copy.deepcopy(model)
             n = 0
             for w in ws:

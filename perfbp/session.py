@@ -31,7 +31,9 @@ class WatchHits:
     Attributes:
         watch: what was watched.
         hits: exact count of accesses (for a multiplexed watch: the estimate
-            scaled to the whole run; see ``seen`` and ``coverage``).
+            scaled to the whole run; see ``seen`` and ``coverage``).  A watch
+            split over several registers counts an access once per piece it
+            touches: exact per access for accesses no wider than a piece.
         seen: hits counted while the watch held a slot.
         coverage: fraction of the run the watch held a slot (1.0 unless
             multiplexed).

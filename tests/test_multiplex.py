@@ -1,0 +1,293 @@
+"""More watches than debug registers: ``--multiplex`` / ``count(multiplex=)``
+rotates the watches through the 4 slots and scales what each saw, on the
+real kernel, against a workload whose true counts are known.
+
+The workload is ``tests/workloads/mux_paced.c``: 12 variables, a tick every
+1 ms paced by an absolute clock (so the traps' cost does not change the
+rates), and in every tick variable i is written exactly i+1 times: after
+TICKS ticks, variable i has been written TICKS * (i + 1) times.  Twelve
+one-register watches on four slots take turns in three groups, so each is
+watched about a third of the run; its estimate (hits seen while watched,
+divided by the fraction of the run it was watched) must be within 10% of
+the truth.  Each test prints the worst and mean relative error.
+
+A plan that fits is not multiplexed, even when asked: the counts are exact.
+A watch that alone needs more slots than are free cannot take turns at all,
+and is refused (ENOSPC) with nothing left open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+import perfbp
+from perfbp import abi
+from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
+from perfbp.events import LEDGER
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = REPO_ROOT / "tests" / "workloads"
+PERFBP = [sys.executable, "-m", "perfbp"]
+NSLOTS = 4
+NVARS = 12
+TICKS = 3000              # 1 ms each: about 3 s per run
+TOLERANCE = 0.10          # the issue's requirement for steady rates
+TIMEOUT = 60
+SLOT_WAIT = 30            # seconds to wait for slots held by other programs
+ONLINE = perfbp.online_cpus()
+
+
+def truth(i: int, ticks: int = TICKS) -> int:
+    """Writes of variable i in a run of ``ticks`` ticks."""
+    return ticks * (i + 1)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_open():
+    assert len(LEDGER) == 0, "a previous test left perfbp events open"
+    yield
+    assert len(LEDGER) == 0, "this test left perfbp events open"
+
+
+@pytest.fixture(scope="session")
+def mux_paced(build_dir) -> "tuple[Path, int]":
+    """mux_paced built without PIE, and the address of ``vars``
+    (variable i at ``vars + 64 * i``)."""
+    exe = build_dir / "mux_paced"
+    proc = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-no-pie", "-o",
+                           str(exe), str(WORKLOADS / "mux_paced.c")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with open(exe, "rb") as f:
+        (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("vars")
+    assert sym["st_value"] % 64 == 0 and sym["st_size"] == 8 * 8 * NVARS
+    return exe, sym["st_value"]
+
+
+def var_addrs(base: int, n: int = NVARS) -> "list[int]":
+    return [base + 64 * i for i in range(n)]
+
+
+def perf_fds() -> "set[int]":
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[perf_event]":
+                out.add(int(name))
+        except OSError:
+            continue
+    return out
+
+
+def run_perfbp(*args: str) -> subprocess.CompletedProcess:
+    """``perfbp ARGS`` from the repository root; rerun while another program
+    holds the slots (ENOSPC), for up to SLOT_WAIT seconds."""
+    deadline = time.monotonic() + SLOT_WAIT
+    while True:
+        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
+
+
+def count_retrying(*args, **kwargs) -> perfbp.CountResult:
+    """perfbp.count, rerun while another program holds the slots."""
+    deadline = time.monotonic() + SLOT_WAIT
+    while True:
+        try:
+            return perfbp.count(*args, **kwargs)
+        except perfbp.NoBreakpointSlots as exc:
+            if "held outside perfbp" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
+def _task_capacity() -> int:
+    cells = (ctypes.c_long * 8)()
+    fds = []
+    while len(fds) <= NSLOTS:
+        attr = abi.new_attr()
+        attr.type = PERF_TYPE_BREAKPOINT
+        attr.bp_type = HW_BREAKPOINT_W
+        attr.bp_addr = ctypes.addressof(cells) + 8 * len(fds)
+        attr.bp_len = 8
+        attr.exclude_kernel = attr.exclude_hv = attr.disabled = 1
+        try:
+            fds.append(abi.perf_event_open(attr, 0, -1))
+        except OSError:
+            break
+    for fd in fds:
+        abi.close(fd)
+    return len(fds)
+
+
+def wait_for_task_slots() -> None:
+    """Wait until no one holds CPU-bound breakpoints (a new task can take 4)."""
+    deadline = time.monotonic() + SLOT_WAIT
+    while _task_capacity() != NSLOTS:
+        if time.monotonic() > deadline:
+            pytest.fail(f"another program holds CPU-wide breakpoint slots for {SLOT_WAIT} s")
+        time.sleep(0.2)
+
+
+def errors(hits: "list[int]", ticks: int = TICKS) -> "list[float]":
+    return [(h - truth(i, ticks)) / truth(i, ticks) for i, h in enumerate(hits)]
+
+
+def report(what: str, errs: "list[float]") -> str:
+    worst = max(abs(e) for e in errs)
+    mean = sum(abs(e) for e in errs) / len(errs)
+    line = (f"{what}: worst relative error {100 * worst:.2f}%, mean {100 * mean:.2f}%; "
+            f"per watch: {' '.join(f'{100 * e:+.1f}' for e in errs)}")
+    print(line)
+    return line
+
+
+# -- the requirement: estimates within 10% on steady known rates --------------------
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+def test_stat_multiplex_estimates_within_ten_percent(mux_paced, run):
+    exe, base = mux_paced
+    specs = [f"{a:#x}" for a in var_addrs(base)]
+    args = [a for s in specs for a in ("-w", s)]
+    r = run_perfbp("stat", "--multiplex", "--json", *args, "--", str(exe), str(TICKS))
+    assert r.returncode == 0, r.stderr
+    assert "taking turns on the free slots (--multiplex)" in r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (d["ended_by"], d["exit_code"]) == ("exit", 0)
+    assert d["elapsed_seconds"] >= TICKS / 1000
+    ws = d["watches"]
+    assert [w["watch"] for w in ws] == specs
+    line = report(f"stat --multiplex run {run}", errors([w["hits"] for w in ws]))
+    for i, w in enumerate(ws):
+        assert w["estimated"] is True
+        assert 0.2 <= w["coverage"] <= 0.5, w
+        assert 0 < w["seen"] <= w["hits"], w
+        # the estimate is what was seen, scaled by the time watched
+        assert abs(w["hits"] - w["seen"] / w["coverage"]) <= 1
+        assert abs(w["hits"] - truth(i)) <= TOLERANCE * truth(i), line
+    # never more than 4 at a time, and the slots hardly ever idle
+    assert 0.9 * NSLOTS <= sum(w["coverage"] for w in ws) <= NSLOTS + 1e-3
+
+
+def test_count_multiplex_api(mux_paced):
+    exe, base = mux_paced
+    watches = [perfbp.Watch.range(a, 8) for a in var_addrs(base)]
+    assert not perfbp.plan(watches).fits
+    result = count_retrying(watches, command=[str(exe), str(TICKS)], multiplex=0.01)
+    assert (result.ended_by, result.exit_code) == ("exit", 0)
+    line = report("count(multiplex=0.01)", errors([h.hits for h in result.watches]))
+    for i, h in enumerate(result.watches):
+        assert h.watch is watches[i]
+        assert h.estimated is True
+        assert 0.2 <= h.coverage <= 0.5
+        assert 0 < h.seen <= h.hits
+        assert abs(h.hits - truth(i)) <= TOLERANCE * truth(i), line
+        d = h.as_dict()
+        assert (d["estimated"], d["seen"], d["hits"]) == (True, h.seen, h.hits)
+        assert d["coverage"] == round(h.coverage, 6)
+    assert 0.9 * NSLOTS <= sum(h.coverage for h in result.watches) <= NSLOTS + 1e-3
+
+
+def test_first_slice_of_a_launch_is_counted(mux_paced):
+    # 6 slices of 0.2 s: the first group holds slices 1 and 4; losing the first
+    # halves its estimate
+    exe, base = mux_paced
+    ticks = 1200
+    watches = [perfbp.Watch.range(a, 8) for a in var_addrs(base)]
+    result = count_retrying(watches, command=[str(exe), str(ticks)], multiplex=0.2)
+    errs = errors([h.hits for h in result.watches], ticks)
+    line = report("count(multiplex=0.2), first group", errs)
+    assert max(abs(e) for e in errs[:4]) <= TOLERANCE, line
+
+
+# -- a plan that fits is counted exactly --------------------------------------------
+
+def test_a_plan_that_fits_ignores_multiplex(mux_paced):
+    exe, base = mux_paced
+    ticks = 307
+    addrs = var_addrs(base)
+    # 4 watches, 4 slots: it fits, and multiplex= changes nothing
+    watches = [perfbp.Watch.range(addrs[0], 8), perfbp.Watch.range(addrs[1], 8),
+               perfbp.Watch.range(addrs[2], 8), perfbp.Watch.range(addrs[3], 8)]
+    assert perfbp.plan(watches).fits
+    result = count_retrying(watches, command=[str(exe), str(ticks)], multiplex=0.01)
+    assert [h.hits for h in result.watches] == [truth(i, ticks) for i in range(4)]
+    for h in result.watches:
+        assert (h.coverage, h.estimated, h.seen) == (1.0, False, None)
+        d = h.as_dict()
+        assert "estimated" not in d and "seen" not in d and "coverage" not in d
+
+
+def test_stat_multiplex_when_it_fits_is_exact(mux_paced):
+    exe, base = mux_paced
+    ticks = 211
+    specs = [f"{a:#x}" for a in var_addrs(base)[8:12]]
+    args = [a for s in specs for a in ("-w", s)]
+    r = run_perfbp("stat", "--multiplex", "--json", *args, "--", str(exe), str(ticks))
+    assert r.returncode == 0, r.stderr
+    assert "4 debug-register slots per thread" in r.stderr and "--multiplex" not in r.stderr
+    ws = json.loads(r.stdout.strip().splitlines()[-1])["watches"]
+    assert [w["hits"] for w in ws] == [truth(i, ticks) for i in range(8, 12)]
+    assert all("estimated" not in w and "coverage" not in w for w in ws)
+
+
+# -- what cannot take turns ------------------------------------------------------------
+
+def test_multiplexer_refuses_a_watch_wider_than_the_slots(mux_paced):
+    exe, base = mux_paced
+    wide = perfbp.Watch.range(base, 40)          # 5 pieces of 8 bytes
+    others = [perfbp.Watch.range(a, 8) for a in var_addrs(base)[1:]]
+    fds = perf_fds()
+    with pytest.raises(perfbp.NoBreakpointSlots) as info:
+        perfbp.count([wide, *others], command=[str(exe), "1"], multiplex=0.01)
+    msg = str(info.value)
+    assert info.value.errno == 28
+    m = re.fullmatch(r"cannot multiplex: 4 slots free on process (\d+) \(.*\), and the "
+                     r"widest watch needs 5", msg)
+    assert m, msg
+    assert not os.path.exists(f"/proc/{m.group(1)}"), "the prepared command was not reaped"
+    assert len(LEDGER) == 0 and perf_fds() == fds
+
+
+def test_multiplexer_counts_perfbps_own_watches(mux_paced):
+    # perfbp's own CPU-wide watches take a slot of every task: with two on
+    # every CPU, a new process has 2 free, and a 3-piece watch cannot take turns
+    exe, base = mux_paced
+    wait_for_task_slots()
+    cells = (ctypes.c_long * 4)()
+    bps = [perfbp.Breakpoint.write(ctypes.addressof(cells) + 8 * i, 8) for i in range(2)]
+    held = [perfbp.Counter(bp, target=perfbp.Target.cpus(ONLINE), enabled=False) for bp in bps]
+    try:
+        three = perfbp.Watch.range(base + 2, 8)   # 2+4+2
+        assert len(three.pieces) == 3
+        with pytest.raises(perfbp.NoBreakpointSlots) as info:
+            perfbp.count([three, perfbp.Watch.range(base + 64, 8)],
+                         command=[str(exe), "1"], multiplex=0.01)
+        assert len(LEDGER) == len(bps) * len(ONLINE)  # only perfbp's own
+    finally:
+        for c in held:
+            c.close()
+    assert re.fullmatch(r"cannot multiplex: 2 slots free on process \d+ \(.*\), and the "
+                        r"widest watch needs 3", str(info.value)), str(info.value)
+
+
+def test_stat_multiplex_refuses_a_watch_wider_than_the_slots(mux_paced):
+    exe, base = mux_paced
+    r = run_perfbp("stat", "--multiplex", "-w", f"{base:#x}/40", "-w", f"{base + 64 * 8:#x}",
+                   "--", str(exe), "1")
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    (err,) = r.stderr.strip().splitlines()
+    assert err.startswith("perfbp: error: cannot multiplex: 4 slots free on process ")
+    assert err.endswith("and the widest watch needs 5")
