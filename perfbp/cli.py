@@ -240,7 +240,12 @@ def _render_report(report, top: int) -> None:
         line = f"  samples {w.hits:,}"
         if w.lost is not None:
             line += f"   lost {w.lost:,}"
-        if w.kernel_hits is not None:
+        if w.estimated:
+            line += (f"   hits while watched {w.kernel_hits:,} ({100 * w.coverage:.1f}% of the "
+                     f"time): estimate {w.estimate:,} for the run")
+            if w.accounted:
+                line += "; every hit seen accounted for"
+        elif w.kernel_hits is not None:
             line += f"   kernel's hit count {w.kernel_hits:,}{sampled}"
             if w.accounted:
                 line += ": every hit accounted for"
@@ -314,6 +319,11 @@ def record(
                                              help="Ring buffer pages per CPU (power of two; default 512)."),
     top: int = typer.Option(5, "--top", help="Writers and threads listed per watch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    multiplex: bool = typer.Option(False, "--multiplex",
+                                   help="More watches than slots: let them take turns and "
+                                        "report scaled estimates."),
+    slice_ms: int = typer.Option(10, "--slice-ms", metavar="MS",
+                                 help="With --multiplex: how long each turn lasts."),
     command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
 ) -> None:
     """Sample every hit into a recording perf can read, then summarize who
@@ -333,10 +343,16 @@ def record(
         raise fail(f"--ring-pages {ring_pages} must be a power of two (1, 2, 4, ... 512)")
     if duration is not None and duration <= 0:
         raise fail(f"--duration {duration} must be a positive number of seconds")
+    if slice_ms < 1:
+        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
+    plan = perfbp.plan(watches, target)
+    if not plan.fits and not multiplex:
+        raise fail(plan.explanation)
     result = perfbp.record(watches, output, target=target, command=command or None,
                            duration=duration, period=period, callchain=callchain,
                            ring_pages=ring_pages, cmdline=["perfbp", "record"] + sys.argv[2:],
-                           on_start=lambda d: _banner(watches, d))
+                           on_start=lambda d: _banner(watches, d, not plan.fits),
+                           multiplex=slice_ms / 1000 if multiplex else None)
     samples = sum(s.samples for s in result.stats)
     lost = sum(s.lost for s in result.stats)
     typer.echo(f"[ perfbp record: wrote {result.bytes_written / 1e6:.3f} MB to {result.path}: "

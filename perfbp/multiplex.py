@@ -42,13 +42,15 @@ class Multiplexer:
 
     def __init__(self, watches: "Sequence[Watch]", target: Target, *,
                  slice_seconds: "float | None" = DEFAULT_SLICE, enable_on_exec: bool = False,
-                 slots: "int | None" = None) -> None:
+                 slots: "int | None" = None, holders: "Sequence | None" = None) -> None:
         self.watches = list(watches)
         self.slice = slice_seconds or DEFAULT_SLICE
         kinds = {w.exclude_kernel for w in self.watches}
         if len(kinds) > 1:
             raise InvalidBreakpoint("multiplexed watches must all count kernel-mode hits "
                                     "or all not (:k on all of them or on none)")
+        if holders is not None:
+            slots = len(holders)
         free = plan([], target).free if slots is None else slots
         widest = max(len(w.pieces) for w in self.watches)
         if free < 1 or widest > free:
@@ -59,15 +61,20 @@ class Multiplexer:
         opts = EventOptions(enabled=False, exclude_kernel=kinds.pop())
         self._enable_on_exec = enable_on_exec
         first = self.watches[0].pieces[0]
-        self.counters: list[Counter] = []
+        # the slot holders: perfbp's Counters, or anything with the same verbs
+        # (retarget, enable, disable, read, close; read_lost when sampling)
+        self.counters: list = list(holders) if holders is not None else []
         try:
-            for _ in range(self.nslots):
+            while len(self.counters) < self.nslots:
                 o = EventOptions(enabled=False, enable_on_exec=enable_on_exec,
                                  exclude_kernel=opts.exclude_kernel)
                 self.counters.append(Counter(first, target=target, options=o))
         except BaseException:
             self.close()
             raise
+        self._sampling = all(hasattr(c, "read_lost") for c in self.counters)
+        self.lost = [0] * len(self.watches)
+        self._last_lost = [0] * self.nslots
         self.seen = [0] * len(self.watches)
         self.watched = [0.0] * len(self.watches)
         self._last = [0] * self.nslots
@@ -102,9 +109,47 @@ class Multiplexer:
                 k += 1
         for j in range(k):
             self._last[j] = self.counters[j].read()
+            if self._sampling:
+                self._last_lost[j] = self.counters[j].read_lost()
 
-    def start(self) -> None:
-        """Arm the first group (at exec, for a launch) and start the clock."""
+    @staticmethod
+    def preview(watches: "Sequence[Watch]", slots: int) -> "list":
+        """The pieces of the first group for ``slots`` slots (round robin from
+        the first watch): what holders opened ahead should point at."""
+        out: list = []
+        for w in watches:
+            if len(out) + len(w.pieces) > slots:
+                break
+            out.extend(w.pieces)
+        return out
+
+    def first_group(self) -> "list":
+        """The pieces the first group will hold, in slot order (without
+        touching any event): a caller that opens its own holders can open
+        them on these already."""
+        saved = self._next
+        group = self._group()
+        self._next = saved
+        return [p for w in group for p in self.watches[w].pieces]
+
+    def start(self, *, armed_since: "float | None" = None) -> None:
+        """Arm the first group (at exec, for a launch) and start the clock.
+
+        Args:
+            armed_since: the holders were opened on :meth:`first_group`'s
+                pieces and have counted since this time (a launch's exec):
+                keep their counts instead of re-pointing them.
+        """
+        if armed_since is not None:
+            group = self._group()
+            self._assign = [w for w in group for _p in self.watches[w].pieces]
+            self._last = [0] * self.nslots
+            self._last_lost = [0] * self.nslots
+            self._enable_on_exec = False
+            for c in self.counters:
+                c._enabled = True  # enable_on_exec switched them on at exec
+            self._t0 = self._t_slice = armed_since
+            return
         group = self._group()
         self._arm(group)
         # retarget() wrote attr.disabled = 1 into the armed events: enable them
@@ -129,6 +174,10 @@ class Multiplexer:
             value = self.counters[j].read()
             self.seen[w] += value - self._last[j]
             self._last[j] = value
+            if self._sampling:
+                lost = self.counters[j].read_lost()
+                self.lost[w] += lost - self._last_lost[j]
+                self._last_lost[j] = lost
         for w in set(self._assign):
             self.watched[w] += now - self._t_slice
 

@@ -60,6 +60,10 @@ HEADER_ARCH = 6
 HEADER_NRCPUS = 7
 HEADER_CMDLINE = 11
 HEADER_EVENT_DESC = 12
+#: perfbp's own feature: JSON describing the watches (labels, pieces) and,
+#: for a multiplexed recording, each watch's coverage and estimate.  perf
+#: skips feature bits it does not know.
+HEADER_PERFBP = 255
 
 
 class CorruptRecording(PerfbpError):
@@ -159,7 +163,8 @@ class PerfDataWriter:
         # leaves a valid file
         self._write_all(struct.pack("<Q", self.data_size), 48)
 
-    def finish(self, *, cmdline: "list[str]", nr_cpus: "tuple[int, int]") -> None:
+    def finish(self, *, cmdline: "list[str]", nr_cpus: "tuple[int, int]",
+               meta: "dict | None" = None) -> None:
         """Write the feature sections and the final header; close the file."""
         if self.closed:
             return
@@ -173,6 +178,9 @@ class PerfDataWriter:
             (HEADER_CMDLINE, _string_list(cmdline)),
             (HEADER_EVENT_DESC, self._event_desc()),
         ]
+        if meta is not None:
+            import json
+            feats.append((HEADER_PERFBP, json.dumps(meta).encode()))
         feats.sort()
         table_off = self._pos
         off = table_off + SECTION.size * len(feats)
@@ -273,6 +281,19 @@ class Recording:
 
     def id_to_event(self) -> "dict[int, int]":
         return {i: n for n, ev in enumerate(self.events) for i in ev.ids}
+
+    @property
+    def meta(self) -> dict:
+        """perfbp's own description of the watches (empty for perf's files)."""
+        raw = self.features.get(HEADER_PERFBP)
+        if not raw:
+            return {}
+        import json
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
     @property
     def cmdline(self) -> "list[str]":

@@ -56,6 +56,7 @@ class RecordResult:
     ended_by: str
     exit_code: "int | None" = None
     bytes_written: int = 0
+    estimates: "list | None" = None
 
     @property
     def complete(self) -> bool:
@@ -139,7 +140,8 @@ def record(watches: "Sequence", output: str, *,
            ring_pages: "int | None" = None,
            on_start: "Callable[[str], None] | None" = None,
            on_batch: "Callable[[object, Sampler], None] | None" = None,
-           cmdline: "list[str] | None" = None) -> RecordResult:
+           cmdline: "list[str] | None" = None,
+           multiplex: "float | None" = None) -> RecordResult:
     """Sample every hit of ``watches`` on a target into a perf.data file.
 
     Args:
@@ -152,6 +154,11 @@ def record(watches: "Sequence", output: str, *,
         period: sample every Nth hit (hits stay exact).
         callchain: record user call stacks.
         on_batch: called with each decoded :class:`~perfbp.sampling.Batch`.
+        multiplex: when the watches need more slots than there are, let them
+            take turns in slices of this many seconds (the sampling events
+            are re-pointed in place; each sample's address says which watch
+            it hit) and report per watch the hits seen, the coverage and the
+            scaled estimate (None: refuse with the plan's explanation).
 
     Returns:
         Per watch, hits, samples and lost; whether they add up.
@@ -162,20 +169,48 @@ def record(watches: "Sequence", output: str, *,
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
     ws = as_watches(watches)
-    plan(ws, target).require()
+    the_plan = plan(ws, target)
+    if not the_plan.fits and multiplex is None:
+        the_plan.require()
+    mux_slots = the_plan.free if not the_plan.fits else 0
+    if mux_slots and len({w.exclude_kernel for w in ws}) > 1:
+        raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
     child = launch.prepare(list(command)) if command is not None else None
-    sampler = writer = None
+    sampler = writer = mux = None
     try:
         tgt = Target.process(child.pid, name=" ".join(command)) if child else target
         kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
-        pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
+        if mux_slots:
+            # the slots take turns: each sampling slot starts on the first
+            # piece and is re-pointed by the multiplexer; samples tell their
+            # watch by address
+            from .multiplex import Multiplexer
+
+            from .breakpoint import Breakpoint
+
+            ek = ws[0].exclude_kernel
+            group = Multiplexer.preview(ws, mux_slots)
+            # slots the first group leaves free are parked as execute
+            # breakpoints on a data address: armed, in the same pool (x86),
+            # and never hit until the multiplexer gives them a piece
+            parked = Breakpoint.execute(ws[0].pieces[0].address)
+            pieces = [(-1, bp, ek) for bp in group] + \
+                [(-1, parked, ek)] * (mux_slots - len(group))
+        else:
+            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
         sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
                           enable_on_exec=child is not None, track=True,
                           exclude_kernel=[p[2] for p in pieces], **kwargs)
-        # one perf.data event per piece, named after its watch: perf shows the
-        # watch's name, and perfbp report merges the pieces back into one
-        events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
-                  for i, (wi, _bp, _ek) in enumerate(pieces)]
+        if mux_slots:
+            mux = Multiplexer(ws, tgt, slice_seconds=multiplex, enable_on_exec=child is not None,
+                              holders=[sampler.slot(j) for j in range(len(pieces))])
+            events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i),
+                                f"perfbp multiplexed slot {i}") for i in range(len(pieces))]
+        else:
+            # one perf.data event per piece, named after its watch: perf shows
+            # the watch's name, and perfbp report merges the pieces back into one
+            events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
+                      for i, (wi, _bp, _ek) in enumerate(pieces)]
         writer = PerfDataWriter(output, events)
         if child is None:
             pids = (_all_pids() if tgt.kind == "cpus"
@@ -201,28 +236,80 @@ def record(watches: "Sequence", output: str, *,
         # lands between draining a ring and writing what was drained
         with stop:
             if child:
+                armed_at = time.monotonic()
                 child.start()  # raises CommandNotFound if exec fails: no banner then
+                if mux is not None:  # the first group counts since exec
+                    mux.start(armed_since=armed_at)
+            by_addr = _AddressCounts(ws) if mux is not None else None
+            batch_hook = on_batch
+            if by_addr is not None:
+                def batch_hook(batch, smp, _user=on_batch):
+                    by_addr.add(batch)
+                    if _user:
+                        _user(batch, smp)
+                if child is None:
+                    mux.start()
             if on_start:
                 on_start(description)
             ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration,
-                                        on_batch, stop)
+                                        batch_hook, stop, mux)
             # stop the events first: a hit after this is neither counted nor
             # sampled, so the final drain holds every sample of every counted hit
+            estimates = mux.stop() if mux is not None else None
             sampler.disable()
-            _flush(sampler, writer, on_batch)
+            _flush(sampler, writer, batch_hook)
             piece_stats = sampler.stats()
             writer.write(read_records(sampler, piece_stats))
-            stats = _per_watch(ws, pieces, piece_stats, period)
+            meta = {"watches": [{"label": w.label, "access": w.access,
+                                 "pieces": [[p.address, p.length] for p in w.pieces]}
+                                for w in ws]}
+            if mux is not None:
+                stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i],
+                                    period, 1) for i, w in enumerate(ws)]
+                meta["multiplexed"] = [{"seen": e.seen, "coverage": e.coverage,
+                                        "estimate": e.hits, "lost": mux.lost[i]}
+                                       for i, e in enumerate(estimates)]
+            else:
+                stats = _per_watch(ws, pieces, piece_stats, period)
             cpus = system.online_cpus()
             writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
-                          nr_cpus=(len(system.possible_cpus()), len(cpus)))
+                          nr_cpus=(len(system.possible_cpus()), len(cpus)), meta=meta)
     finally:
+        if mux is not None:
+            mux.close()
         sampler.close()
         writer.abandon()
         if child and child.returncode is None:
             child.wait()
     return RecordResult(output, description, [w.label for w in ws], stats,
-                        time.monotonic() - start, ended_by, exit_code, writer.data_size)
+                        time.monotonic() - start, ended_by, exit_code, writer.data_size,
+                        estimates)
+
+
+class _AddressCounts:
+    """Samples per watch, told apart by the sample's address (the address of
+    the piece the slot held when it hit): how multiplexed samples are
+    attributed."""
+
+    def __init__(self, ws) -> None:
+        import numpy as np
+
+        pairs = sorted((p.address, i) for i, w in enumerate(ws) for p in w.pieces)
+        self._addrs = np.array([a for a, _ in pairs], dtype=np.uint64)
+        self._watch = np.array([i for _, i in pairs], dtype=np.int64)
+        self.counts = [0] * len(ws)
+
+    def add(self, batch) -> None:
+        import numpy as np
+
+        addr = batch.samples.addr
+        if addr is None or not len(addr):
+            return
+        pos = np.minimum(np.searchsorted(self._addrs, addr), len(self._addrs) - 1)
+        found = self._addrs[pos] == addr
+        counts = np.bincount(self._watch[pos[found]], minlength=len(self.counts))
+        for i, n in enumerate(counts.tolist()):
+            self.counts[i] += n
 
 
 def _per_watch(ws, pieces, piece_stats, period) -> "list[WatchStats]":
@@ -247,7 +334,7 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
     return len(batch)
 
 
-def _loop(sampler, writer, child, target, start, duration, on_batch, stop):
+def _loop(sampler, writer, child, target, start, duration, on_batch, stop, mux=None):
     pidfd = -1
     if child is not None:
         pidfd = os.pidfd_open(child.pid)
@@ -271,7 +358,11 @@ def _loop(sampler, writer, child, target, start, duration, on_batch, stop):
                 return "interrupt", None
             now = time.monotonic()
             wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - now))
+            if mux is not None:
+                wait = max(0.0, min(wait, mux.next_rotation() - now))
             events = poller.poll(int(wait * 1000))
+            if mux is not None and time.monotonic() >= mux.next_rotation():
+                mux.rotate()
             _flush(sampler, writer, on_batch)
             if any(fd == pidfd for fd, _ev in events):
                 if child is not None:

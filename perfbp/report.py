@@ -75,6 +75,14 @@ class WatchReport:
     writers: "list[Writer]" = field(default_factory=list)
     threads: "list[ThreadHits]" = field(default_factory=list)
     cpus: "dict[int, int]" = field(default_factory=dict)
+    coverage: float = 1.0
+    estimate: "int | None" = None
+
+    @property
+    def estimated(self) -> bool:
+        """Multiplexed: the watch held a slot part of the time; ``kernel_hits``
+        is what it saw then, ``estimate`` the whole run's scaled figure."""
+        return self.coverage < 1.0
 
     @property
     def accounted(self) -> "bool | None":
@@ -92,6 +100,8 @@ class WatchReport:
                 "access": self.access, "hits": self.hits, "lost": self.lost,
                 "kernel_hits": self.kernel_hits, "period": self.period,
                 "accounted": self.accounted,
+                **({"estimated": True, "coverage": round(self.coverage, 6),
+                    "estimate": self.estimate} if self.estimated else {}),
                 "writers": [w.as_dict() for w in self.writers],
                 "threads": [t.as_dict() for t in self.threads],
                 "cpus": {str(k): v for k, v in sorted(self.cpus.items())}}
@@ -202,6 +212,9 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     period = max(1, _sample_period(rec.events[0].attr))
 
     watches: list[WatchReport] = []
+    mux = rec.meta.get("multiplexed")
+    if mux and cols.addr is not None:
+        return _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort)
     pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
     tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
     ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
@@ -229,6 +242,54 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
     report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline)
+    if sort != "watch":
+        report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
+    return report
+
+
+def _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort) -> Report:
+    """A multiplexed recording: its events are slots that took turns, so
+    samples are told apart by address, and the watches, with what each saw,
+    its coverage and its scaled estimate, come from perfbp's own header
+    feature."""
+    import numpy as np
+
+    meta = rec.meta
+    defs = meta.get("watches", [])
+    mux = meta.get("multiplexed", [])
+    pairs = sorted((int(a), i) for i, d in enumerate(defs) for a, _n in d.get("pieces", []))
+    keys = np.array([a for a, _ in pairs], dtype=np.uint64)
+    owner = np.array([i for _, i in pairs], dtype=np.int64)
+    n = len(cols)
+    if len(keys):
+        pos = np.minimum(np.searchsorted(keys, cols.addr), len(keys) - 1)
+        widx = np.where(keys[pos] == cols.addr, owner[pos], -1)
+    else:
+        widx = np.full(n, -1, dtype=np.int64)
+    pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
+    tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
+    ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
+    watches = []
+    for i, d in enumerate(defs):
+        pieces = d.get("pieces", [[0, 0]])
+        addr = min(int(a) for a, _ in pieces)
+        length = max(int(a) + int(ln) for a, ln in pieces) - addr
+        mask = widx == i
+        hits = int(mask.sum())
+        m = mux[i] if i < len(mux) else {}
+        w = WatchReport(i, str(d.get("label", f"watch {i}")), addr, length,
+                        str(d.get("access", "w")), hits, lost=m.get("lost"),
+                        kernel_hits=m.get("seen"), period=period,
+                        coverage=float(m.get("coverage", 1.0)), estimate=m.get("estimate"))
+        if hits:
+            w.writers = _writers(sym, pids[mask], ips[mask], top)
+            w.threads = _threads(pids[mask], tids[mask], comms, top)
+            if cols.cpu is not None:
+                c, k = np.unique(cols.cpu[mask], return_counts=True)
+                w.cpus = {int(a): int(b) for a, b in zip(c, k)}
+        watches.append(w)
+    lost = max(lost_total, sum(w.lost or 0 for w in watches))
+    report = Report(rec.path, n, lost, watches, rec.truncated, "perfbp", rec.cmdline)
     if sort != "watch":
         report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
     return report

@@ -165,6 +165,7 @@ class Sampler:
         self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}
         self._id_watch: dict[int, int] = {}
         self._attr_of: dict[int, bytes] = {}
+        self._opts_of: dict[int, EventOptions] = {}
         self._samples = [0] * len(self.watches)
         self._lost_records = 0
         self._forks = 0
@@ -192,6 +193,7 @@ class Sampler:
         fd, attr = open_event(bp, pid, cpu, self.target.inherit or self.target.kind == "process",
                               opts, self.target)
         self._events.append((fd, widx, cpu, pid))
+        self._opts_of[fd] = opts  # what MODIFY_ATTRIBUTES must reproduce
         if widx not in self._attr_of:
             plain = make_attr(bp, self.target.inherit or self.target.kind == "process",
                               self._opts[widx])
@@ -330,6 +332,10 @@ class Sampler:
         return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus))
                 for bp, h, s, l, n in zip(self.watches, hits, self._samples, lost, opened)]
 
+    def slot(self, watch: int) -> "SamplerSlot":
+        """The events of one watch as a movable slot (for multiplexing)."""
+        return SamplerSlot(self, watch)
+
     @property
     def lost_records(self) -> int:
         """Records lost, from the rings' PERF_RECORD_LOST (all watches)."""
@@ -382,3 +388,63 @@ class Sampler:
     def __repr__(self) -> str:
         return (f"<Sampler of {len(self.watches)} watches on {self.target.describe()}, "
                 f"{len(self._rings)} rings>")
+
+
+class SamplerSlot:
+    """One watch index of a :class:`Sampler`, driven as a slot that can be
+    re-pointed at other breakpoints (``PERF_EVENT_IOC_MODIFY_ATTRIBUTES`` on
+    every event of that watch): what :class:`perfbp.multiplex.Multiplexer`
+    rotates when recording.  Samples keep telling which breakpoint they hit
+    through their ADDR field (the breakpoint's address at that moment)."""
+
+    def __init__(self, sampler: Sampler, watch: int) -> None:
+        self.sampler = sampler
+        self.watch = watch
+        self.breakpoint = sampler.watches[watch]
+        self._enabled = sampler._enabled
+
+    def _fds(self) -> "list[int]":
+        return [fd for fd, w, _cpu, _tid in self.sampler._events if w == self.watch]
+
+    def retarget(self, bp: Breakpoint) -> None:
+        import errno as E
+
+        s = self.sampler
+        inherit = s.target.inherit or s.target.kind == "process"
+        for fd in self._fds():
+            attr = make_attr(self.breakpoint, inherit, s._opts_of[fd])
+            attr.bp_addr, attr.bp_len, attr.bp_type = bp.address, bp.length, bp.bp_type
+            attr.disabled = 0 if self._enabled else 1
+            try:
+                abi.modify_attributes(fd, attr)
+            except OSError as exc:
+                # the kernel clears enable_on_exec when exec enables the event
+                if exc.errno != E.EINVAL or not attr.enable_on_exec:
+                    raise error_from_oserror(exc, bp=bp, target=s.target,
+                                             action="move to") from None
+                attr.enable_on_exec = 0
+                try:
+                    abi.modify_attributes(fd, attr)
+                except OSError as exc2:
+                    raise error_from_oserror(exc2, bp=bp, target=s.target,
+                                             action="move to") from None
+        self.breakpoint = bp
+
+    def enable(self) -> None:
+        for fd in self._fds():
+            abi.enable(fd)
+        self._enabled = True
+
+    def disable(self) -> None:
+        for fd in self._fds():
+            abi.disable(fd)
+        self._enabled = False
+
+    def read(self) -> int:
+        return sum(abi.read_u64s(fd, 2)[0] for fd in self._fds())
+
+    def read_lost(self) -> int:
+        return sum(abi.read_u64s(fd, 2)[1] for fd in self._fds())
+
+    def close(self) -> None:
+        """The sampler owns the events: nothing to do here."""

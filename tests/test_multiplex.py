@@ -291,3 +291,36 @@ def test_stat_multiplex_refuses_a_watch_wider_than_the_slots(mux_paced):
     (err,) = r.stderr.strip().splitlines()
     assert err.startswith("perfbp: error: cannot multiplex: 4 slots free on process ")
     assert err.endswith("and the widest watch needs 5")
+
+
+def test_record_multiplex_samples_every_seen_hit_and_estimates(mux_paced, tmp_path):
+    """``perfbp record --multiplex``: the sampling slots take turns; every hit
+    seen while a watch held a slot is a sample of that watch (told apart by
+    address), nothing is lost, the estimates are within 10%, and perf reads
+    the recording."""
+    exe, base = mux_paced
+    out = tmp_path / "mux.data"
+    args = ["record", "--multiplex", "--json", "-o", str(out)]
+    for a in var_addrs(base):
+        args += ["-w", f"{a:#x}"]
+    r = run_perfbp(*args, "--", str(exe), str(TICKS))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    ws = doc["watches"]
+    assert [w["address"] for w in ws] == var_addrs(base)
+    assert doc["lost"] == 0
+    assert sum(w["hits"] for w in ws) == doc["samples"]
+    for i, w in enumerate(ws):
+        assert w["estimated"] is True
+        assert 0.2 <= w["coverage"] <= 0.5
+        assert w["hits"] == w["kernel_hits"]  # every hit seen is a sample
+        assert w["lost"] == 0 and w["accounted"] is True
+        assert abs(w["estimate"] - truth(i)) <= TOLERANCE * truth(i), (i, w["estimate"])
+    # the same numbers from the file alone
+    rep = perfbp.load_report(str(out))
+    assert [w.hits for w in rep.watches] == [w["hits"] for w in ws]
+    assert [w.estimate for w in rep.watches] == [w["estimate"] for w in ws]
+    script = subprocess.run(["perf", "script", "-i", str(out)], capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert script.returncode == 0, script.stderr
+    assert len(script.stdout.splitlines()) == doc["samples"]

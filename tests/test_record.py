@@ -700,6 +700,11 @@ def test_record_period_many_threads(progs, tmp_path):
                    "--", str(progs["nopie"]), str(N))
     assert r.returncode == 0, r.stderr
     (w,) = json_line(r.stdout)["watches"]
-    assert (w["hits"], w["kernel_hits"], w["lost"]) == (2 * (N // 10), TOTAL, 0)
+    # the kernel keeps one period counter per event instance (a thread on a
+    # CPU): the sample count depends on how the hits fell on instances, by at
+    # most period-1 hits per instance; the kernel's hit count stays exact, and
+    # "accounted" checks the samples against it within that bound
+    assert (w["kernel_hits"], w["lost"]) == (TOTAL, 0)
+    assert 2 * (N // 10) - 2 <= w["hits"] <= TOTAL // 10
     assert "WARNING" not in r.stderr
     assert w["accounted"] is True
