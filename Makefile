@@ -18,7 +18,7 @@ demo/demo: demo/demo.c
 # Count the writes to the demo's global `counter` (2 threads x 50021 writes).
 demo: $(BIN)/perfbp demo/demo
 	@$(BIN)/perfbp check
-	@ADDR=0x$$(nm demo/demo | awk '$$3 == "counter" {print $$1}'); \
+	@ADDR=$$(printf '0x%x' 0x$$(nm demo/demo | awk '$$3 == "counter" {print $$1}')); \
 	echo; echo "\$$ perfbp stat -w mem:$$ADDR/8:w -- demo/demo"; \
 	$(BIN)/perfbp stat -w mem:$$ADDR/8:w -- demo/demo
 
