@@ -234,11 +234,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         elif len(order) == 1:
             w.lost = lost_total
         if hits:
-            w.writers = _writers(sym, pids[mask], ips[mask], top)
-            w.threads = _threads(pids[mask], tids[mask], comms, top)
-            if cols.cpu is not None:
-                c, k = np.unique(cols.cpu[mask], return_counts=True)
-                w.cpus = {int(a): int(b) for a, b in zip(c, k)}
+            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
     report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline)
@@ -282,17 +278,24 @@ def _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort) ->
                         kernel_hits=m.get("seen"), period=period,
                         coverage=float(m.get("coverage", 1.0)), estimate=m.get("estimate"))
         if hits:
-            w.writers = _writers(sym, pids[mask], ips[mask], top)
-            w.threads = _threads(pids[mask], tids[mask], comms, top)
-            if cols.cpu is not None:
-                c, k = np.unique(cols.cpu[mask], return_counts=True)
-                w.cpus = {int(a): int(b) for a, b in zip(c, k)}
+            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
     report = Report(rec.path, n, lost, watches, rec.truncated, "perfbp", rec.cmdline)
     if sort != "watch":
         report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
     return report
+
+
+def _details(w: WatchReport, mask, sym, pids, tids, ips, cpus, comms, top: int) -> None:
+    """Fill a watch's writers, threads and CPUs from its samples (``mask``)."""
+    import numpy as np
+
+    w.writers = _writers(sym, pids[mask], ips[mask], top)
+    w.threads = _threads(pids[mask], tids[mask], comms, top)
+    if cpus is not None:
+        c, k = np.unique(cpus[mask], return_counts=True)
+        w.cpus = {int(a): int(b) for a, b in zip(c, k)}
 
 
 def _online_cpus(rec: Recording) -> int:
