@@ -22,12 +22,14 @@ from .errors import (
     Unsupported,
 )
 from .check import CheckItem, CheckReport, probe_capacity, run_checks
-from .errors import CommandNotFound
+from .errors import CommandNotFound, SymbolNotFound
 from .events import EventOptions, Target
-from .launch import exit_status
+from .launch import exit_status, resolve_command
 from .perfdata import CorruptRecording
 from .planner import Plan, Watch, plan, probe
 from .regions import split_range
+from .resolve import resolve as resolve_watches
+from .resolve import resolve_in_file
 from .slots import SlotModel
 from .recording import RecordResult, record
 from .records import SampleColumns
@@ -54,6 +56,7 @@ __all__ = [
     "NoSuchProcess",
     "Unsupported",
     "CommandNotFound",
+    "SymbolNotFound",
     "WatchSpec",
     "parse_watch",
     "count",
@@ -63,6 +66,8 @@ __all__ = [
     "plan",
     "probe",
     "split_range",
+    "resolve_watches",
+    "resolve_in_file",
     "SlotModel",
     "RecordResult",
     "load_report",
@@ -81,6 +86,7 @@ __all__ = [
     "CheckItem",
     "probe_capacity",
     "exit_status",
+    "resolve_command",
     "online_cpus",
     "possible_cpus",
     "parse_cpu_list",

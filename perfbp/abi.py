@@ -146,6 +146,23 @@ if _syscall6 is not None:  # the same function, without a second frame
     """
 
 
+NR_PTRACE = {"x86_64": 101, "aarch64": 117}.get(MACHINE, -1)
+PTRACE_TRACEME = 0
+PTRACE_DETACH = 17
+
+
+def ptrace(request: int, pid: int = 0, addr: int = 0, data: int = 0) -> int:
+    """``ptrace(2)``, through ``syscall`` (glibc's wrapper is variadic too).
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    if NR_PTRACE < 0:
+        raise OSError(38, f"ptrace has no known syscall number on {MACHINE}")
+    return _check(lib.syscall(_long("long", NR_PTRACE), _long("long", request),
+                              _long("long", pid), _long("long", addr), _long("long", data)))
+
+
 # The argument-less ioctls go through fcntl.ioctl(fd, request), which raises
 # OSError with the errno itself and costs a third of a variadic cffi call.
 # (fcntl.ioctl with an explicit 0 argument is slower: it copies a buffer.)

@@ -85,10 +85,26 @@ def resolve_target(pid: Optional[int], tid: Optional[int], all_cpus: bool,
     return None
 
 
-def _watches(specs: "list[str]") -> "list[perfbp.Watch]":
+def _watches(specs: "list[str]") -> "list":
+    """Watches for the -w options: resolved now when they give addresses, or
+    parsed specs when they name symbols (resolved in the target)."""
     if not specs:
         raise fail("no watch given: add -w SPEC, for example -w mem:0x404040/8:w")
-    return [perfbp.Watch.from_spec(perfbp.parse_watch(text)) for text in specs]
+    parsed = [perfbp.parse_watch(text) for text in specs]
+    if any(p.symbol is not None for p in parsed):
+        return parsed
+    return [perfbp.Watch.from_spec(p) for p in parsed]
+
+
+def result_watches(watches) -> list:
+    """Watches as the banner shows them (specs by their text)."""
+    return [w if isinstance(w, perfbp.Watch) else _SpecView(w) for w in watches]
+
+
+class _SpecView:
+    def __init__(self, spec) -> None:
+        self.spec = spec.text
+        self.pieces = (None,)
 
 
 def _banner(watches, description: str, multiplexed: bool = False) -> None:
@@ -204,14 +220,17 @@ def stat(
 
     if slice_ms < 1:
         raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    plan = perfbp.plan(watches, target)
-    if not plan.fits and not multiplex:
-        raise fail(plan.explanation)
+    fits = True
+    if all(isinstance(w, perfbp.Watch) for w in watches):
+        plan = perfbp.plan(watches, target)
+        fits = plan.fits
+        if not plan.fits and not multiplex:
+            raise fail(plan.explanation)
     sink = _open_output(output)
     result = perfbp.count(
         watches, target=target, command=command or None, duration=duration,
         interval=interval / 1000 if interval else None, on_interval=on_interval,
-        on_start=lambda description: _banner(watches, description, not plan.fits),
+        on_start=lambda description: _banner(result_watches(watches), description, not fits),
         multiplex=slice_ms / 1000 if multiplex else None)
     if as_json:
         out = result.as_dict()
@@ -463,6 +482,13 @@ def slots(
     command = list(command or [])
     target = resolve_target(pid, tid, all_cpus, cpu, command)
     watches = _watches(watch)
+    if not all(isinstance(w, perfbp.Watch) for w in watches):  # symbols: look them up
+        if target is None:
+            watches = perfbp.resolve_in_file(watches, perfbp.resolve_command(command))
+        elif target.kind == "cpus":
+            raise fail("a watch on a symbol needs a process to look it up in: -p PID or -- CMD")
+        else:
+            watches = perfbp.resolve_watches(watches, target.pid)
     plan = perfbp.plan(watches, target)
     if as_json:
         typer.echo(json.dumps(plan.as_dict()))

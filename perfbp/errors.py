@@ -82,7 +82,14 @@ class CommandNotFound(PerfbpError):
     default_errno = _errno.ENOENT
 
 
+class SymbolNotFound(PerfbpError):
+    """A symbol named in a watch does not exist (or is ambiguous) (ENOENT)."""
+
+    default_errno = _errno.ENOENT
+
+
 __all__ = [
+    "SymbolNotFound",
     "CommandNotFound",
     "PerfbpError",
     "NoBreakpointSlots",

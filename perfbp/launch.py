@@ -58,9 +58,13 @@ class Child:
         argv: the command line.
     """
 
-    def __init__(self, argv: "list[str]", path: str, env: "dict[str, str] | None") -> None:
+    def __init__(self, argv: "list[str]", path: str, env: "dict[str, str] | None",
+                 trace: bool = False) -> None:
+        from . import abi
+
         self.argv = list(argv)
         self.path = path
+        self.traced = trace
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
@@ -73,6 +77,8 @@ class Child:
                 if os.read(go_r, 1) != b"g":
                     os._exit(127)
                 os.close(go_r)
+                if trace:  # stop right after exec, for perfbp to resolve symbols
+                    abi.ptrace(abi.PTRACE_TRACEME)
                 os.execve(path, self.argv, os.environ if env is None else env)
             except OSError as exc:
                 try:
@@ -101,6 +107,13 @@ class Child:
         data = os.read(self._err, 64)
         os.close(self._err)
         self._err = -1
+        if not data and self.traced:
+            # the exec succeeded: wait for the stop it causes under ptrace
+            _, status = os.waitpid(self.pid, 0)
+            if not os.WIFSTOPPED(status):
+                self.returncode = os.waitstatus_to_exitcode(status)
+                raise CommandNotFound(f"'{self.argv[0]}' ended before it could be watched",
+                                      errno=E.ECHILD)
         if data:
             code = int(data)
             self.wait()
@@ -108,6 +121,22 @@ class Child:
                 f"cannot run '{self.argv[0]}': {os.strerror(code)} "
                 f"(is it a program for this machine, with its interpreter installed?)",
                 errno=code)
+
+    def resume(self) -> None:
+        """Let a traced child (stopped after exec) run on, untraced."""
+        from . import abi
+
+        if self.traced:
+            abi.ptrace(abi.PTRACE_DETACH, self.pid, 0, 0)
+            self.traced = False
+
+    def kill(self) -> None:
+        """End a started child (stopped or running) and reap it."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait()
 
     def abort(self) -> None:
         """Make the child exit without running the command, and reap it."""
@@ -142,7 +171,8 @@ class Child:
         return self.returncode
 
 
-def prepare(argv: "list[str]", env: "dict[str, str] | None" = None) -> Child:
+def prepare(argv: "list[str]", env: "dict[str, str] | None" = None,
+            trace: bool = False) -> Child:
     """Fork ``argv`` stopped before exec; open events on ``child.pid``, then
     call ``child.start()`` (or ``child.abort()`` if opening failed).
 
@@ -150,7 +180,7 @@ def prepare(argv: "list[str]", env: "dict[str, str] | None" = None) -> Child:
         CommandNotFound: the command does not exist or is not executable.
     """
     path = resolve_command(argv)
-    return Child(argv, path, env)
+    return Child(argv, path, env, trace)
 
 
 def exit_status(returncode: int) -> int:

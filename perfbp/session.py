@@ -161,24 +161,32 @@ def count(watches: "Sequence", *,
     """
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    ws = as_watches(watches)
-    the_plan = plan(ws, target)
-    if not the_plan.fits and multiplex is None:
-        the_plan.require()
-    child = launch.prepare(list(command)) if command is not None else None
+    child, ws = prepare_watches(watches, target, command)
+    traced = child is not None and child.traced
+    try:
+        the_plan = plan(ws, target)
+        if not the_plan.fits and multiplex is None:
+            the_plan.require()
+        if child is None and command is not None:
+            child = launch.prepare(list(command))
+    except BaseException:
+        if child is not None:
+            child.kill()
+        raise
     tgt = Target.process(child.pid, name=" ".join(command)) if child else target
+    # a traced launch is stopped after exec: arm now; otherwise arm at exec
+    at_exec = child is not None and not traced
     counters: "list[list[Counter]]" = []
     mux = None
     try:
         if not the_plan.fits:
             from .multiplex import Multiplexer
-            mux = Multiplexer(ws, tgt, slice_seconds=multiplex,
-                              enable_on_exec=child is not None)
+            mux = Multiplexer(ws, tgt, slice_seconds=multiplex, enable_on_exec=at_exec)
         else:
             for w in ws:
                 group = []
                 counters.append(group)
-                opts = EventOptions(enabled=child is None, enable_on_exec=child is not None,
+                opts = EventOptions(enabled=not at_exec, enable_on_exec=at_exec,
                                     exclude_kernel=w.exclude_kernel)
                 for bp in w.pieces:
                     group.append(Counter(bp, target=tgt, options=opts))
@@ -187,7 +195,7 @@ def count(watches: "Sequence", *,
             for c in group:
                 c.close()
         if child:
-            child.abort()
+            child.kill() if traced else child.abort()
         raise
     description = (" ".join(command) if child else tgt.describe())
     if child:
@@ -204,7 +212,9 @@ def count(watches: "Sequence", *,
         # the counts are then read and printed whatever moment they came at
         with stop:
             start = time.monotonic()
-            if child:
+            if traced:
+                child.resume()  # armed while stopped after exec: let it run
+            elif child:
                 child.start()  # raises CommandNotFound if exec fails: no banner then
             if mux is not None:
                 mux.start()
@@ -226,6 +236,49 @@ def count(watches: "Sequence", *,
         if child and child.returncode is None:
             child.wait()
     return CountResult(description, hits, elapsed, ended_by, exit_code)
+
+
+def prepare_watches(watches: "Sequence", target: "Target | None",
+                    command: "Sequence[str] | None") -> "tuple[launch.Child | None, list[Watch]]":
+    """Resolve watch specs that name symbols, in the target's executable.
+
+    For a launch, the symbols are checked in the program before anything
+    runs, then the program is started under ptrace, stopped right after its
+    exec, and resolved in its new image (so a PIE under ASLR resolves to
+    where it really is): the returned child is that stopped child, to be
+    armed and then :meth:`~perfbp.launch.Child.resume`-d.
+
+    Returns:
+        ``(child or None, watches)``.
+    """
+    from .resolve import check_symbols, needs_symbols, resolve
+    from .spec import WatchSpec
+    from . import system
+
+    items = list(watches)
+    specs = [w for w in items if isinstance(w, WatchSpec)]
+    if not needs_symbols(specs):
+        return None, as_watches([Watch.from_spec(w) if isinstance(w, WatchSpec) else w
+                                 for w in items])
+    if any(not isinstance(w, WatchSpec) for w in items):
+        raise PerfbpError("give every watch as a spec when any of them names a symbol")
+    if command is not None:
+        check_symbols(specs, launch.resolve_command(list(command)))
+        child = launch.prepare(list(command), trace=True)
+        try:
+            child.start()
+            return child, resolve(specs, child.pid)
+        except BaseException:
+            child.kill()
+            raise
+    if target.kind == "cpus":
+        raise PerfbpError("a watch on a symbol needs a process to look the symbol up in: "
+                          "use -p PID or -- CMD (or give the address for -a/-C)")
+    pid = target.pid if target.kind == "process" else (system.thread_group(target.pid)
+                                                       or target.pid)
+    if pid == 0:
+        pid = os.getpid()
+    return None, resolve(specs, pid)
 
 
 def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None,

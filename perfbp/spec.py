@@ -29,6 +29,7 @@ DEFAULT_ACCESS = "w"
 DEFAULT_LENGTH = 8
 
 _NUM = r"(?:0[xX][0-9a-fA-F]+|[0-9]+)"
+_SYMBOL = re.compile(rf"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>{_NUM}))?")
 _SPEC = re.compile(
     rf"^(?:mem:)?(?P<addr>[^/:]+)(?:/(?P<len>[^:]*))?(?::(?P<acc>[^:]*))?(?::(?P<mod>[^:]*))?$")
 
@@ -52,6 +53,18 @@ class WatchSpec:
     access: str
     exclude_kernel: "bool | None" = None
     exact: bool = False
+    symbol: "str | None" = None
+    offset: int = 0
+
+    def resolved(self, address: int, size: int) -> "WatchSpec":
+        """This spec with its symbol resolved to ``address`` (the symbol's
+        start, before ``+OFF``); LEN defaults to the symbol's size."""
+        from dataclasses import replace
+
+        length = self.length
+        if length is None and self.access != "x":
+            length = size - self.offset if size > self.offset else DEFAULT_LENGTH
+        return replace(self, address=address + self.offset, length=length, symbol=None)
 
     @property
     def label(self) -> str:
@@ -65,6 +78,9 @@ class WatchSpec:
             InvalidBreakpoint: the range cannot be watched (execute
                 breakpoints and ``mem:`` specs take exactly one register).
         """
+        if self.symbol is not None:
+            raise InvalidBreakpoint(f"watch '{self.text}': the symbol {self.symbol!r} "
+                                    f"must be resolved in the target first")
         if self.exact or self.access == "x":
             return [self.breakpoint()]
         from .regions import split_range
@@ -137,11 +153,23 @@ def parse(text: str) -> WatchSpec:
             f"watch '{text}' is not of the form [mem:]ADDR[/LEN][:ACCESS], "
             f"for example mem:0x404040/8:w")
     addr_text, len_text, acc_text, mod_text = m.group("addr", "len", "acc", "mod")
-    if not re.fullmatch(_NUM, addr_text):
-        raise InvalidBreakpoint(
-            f"watch '{text}': '{addr_text}' is not an address; give a number "
-            f"such as 0x404040 (find a global's address with `nm PROGRAM`)")
-    address = int(addr_text, 0)
+    symbol = None
+    offset = 0
+    if re.fullmatch(_NUM, addr_text):
+        address = int(addr_text, 0)
+    else:
+        sm = _SYMBOL.fullmatch(addr_text)
+        if not sm:
+            raise InvalidBreakpoint(
+                f"watch '{text}': '{addr_text}' is neither an address (0x404040) nor "
+                f"a symbol name (counter, counter+8)")
+        if spec.startswith("mem:"):
+            raise InvalidBreakpoint(
+                f"watch '{text}': perf's mem: syntax takes an address; drop mem: to "
+                f"watch the symbol {sm.group('sym')!r}")
+        symbol = sm.group("sym")
+        offset = int(sm.group("off"), 0) if sm.group("off") else 0
+        address = 0
     length = None
     if len_text is not None:
         if not re.fullmatch(_NUM, len_text):
@@ -165,4 +193,4 @@ def parse(text: str) -> WatchSpec:
                 f"watch '{text}': modifier '{mod_text}' is not u (user-mode hits "
                 f"only, the default) or k (count kernel-mode hits too)")
     return WatchSpec(spec, address, length, access, exclude_kernel,
-                     exact=spec.startswith("mem:"))
+                     exact=spec.startswith("mem:"), symbol=symbol, offset=offset)

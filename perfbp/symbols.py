@@ -93,6 +93,79 @@ class ElfObject:
         return name, vaddr - start
 
 
+@dataclass(frozen=True)
+class Symbol:
+    """A named symbol of an ELF file (``st_value`` is a link-time address)."""
+
+    name: str
+    value: int
+    size: int
+    kind: str  # "object", "func" or "notype"
+    local: bool
+
+
+@lru_cache(maxsize=64)
+def named_symbols(path: str) -> "dict[str, list[Symbol]]":
+    """Every defined data, function and untyped symbol of ``path`` by name
+    (``.symtab``, else ``.dynsym``).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not ELF.
+    """
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    kinds = {"STT_OBJECT": "object", "STT_FUNC": "func", "STT_NOTYPE": "notype",
+             "STT_TLS": "object", "STT_LOOS": "func"}
+    out: dict[str, list[Symbol]] = {}
+    with open(path, "rb") as f:
+        try:
+            elf = ELFFile(f)
+            for table in (".symtab", ".dynsym"):
+                sec = elf.get_section_by_name(table)
+                if sec is None:
+                    continue
+                for sym in sec.iter_symbols():
+                    kind = kinds.get(sym["st_info"]["type"])
+                    if kind is None or not sym.name or sym["st_shndx"] == "SHN_UNDEF":
+                        continue
+                    entry = Symbol(sym.name, sym["st_value"], sym["st_size"], kind,
+                                   sym["st_info"]["bind"] == "STB_LOCAL")
+                    if entry not in out.setdefault(sym.name, []):
+                        out[sym.name].append(entry)
+                if out and table == ".symtab":
+                    break
+        except ELFError as exc:
+            raise ValueError(f"{path} is not an ELF file: {exc}") from None
+    return out
+
+
+def load_bias(pid: int, path: str) -> int:
+    """Where ``path`` is loaded in process ``pid``: the difference between
+    run-time and link-time addresses (0 for a non-PIE executable).
+
+    Raises:
+        LookupError: ``path`` is not mapped in the process.
+    """
+    real = os.path.realpath(path)
+    segments = ElfObject(real).segments if load_object(real) is None else load_object(real).segments
+    if not segments:
+        raise LookupError(f"{path} has no loadable segments")
+    first_off, _sz, first_vaddr = min(segments, key=lambda sg: sg[2])
+    page = 4096
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or os.path.realpath(parts[5].strip()) != real:
+                continue
+            start = int(parts[0].split("-")[0], 16)
+            pgoff = int(parts[2], 16)
+            if pgoff == first_off & ~(page - 1):
+                return start - (first_vaddr & ~(page - 1))
+    raise LookupError(f"{path} is not mapped in process {pid}")
+
+
 @lru_cache(maxsize=256)
 def load_object(path: str) -> Optional[ElfObject]:
     """The parsed ELF at ``path``, or None when it is missing or not ELF."""

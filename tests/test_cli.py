@@ -657,7 +657,7 @@ def _bad_inputs(demo, odd_files):
         "read-only": (["-w", f"{a}:r", "--", d], r"no read-only .*use rw"),
         "access-q": (["-w", f"{a}:q", "--", d], r"access 'q'"),
         "modifier-z": (["-w", f"{a}/8:w:z", "--", d], r"modifier 'z'"),
-        "symbol-name": (["-w", "counter", "--", d], r"'counter' is not an address"),
+        "symbol-name": (["-w", "countr", "--", d], r"no symbol 'countr'.*closest: counter"),
         "no-such-pid": (["-w", a, "-p", str(free)], rf"process {free} does not exist"),
         "pid-0": (["-w", a, "-p", "0"], r"-p 0 is not a process id"),
         "no-such-tid": (["-w", a, "-t", str(free)], rf"thread {free} does not exist"),

@@ -60,6 +60,7 @@ LAYERS = {
     "perfbp.report": 3,
     "perfbp.recording": 3,
     "perfbp.multiplex": 3,
+    "perfbp.resolve": 3,
     # 4: the public front
     "perfbp": 4,
     # 5: user interfaces
