@@ -148,7 +148,15 @@ if _syscall6 is not None:  # the same function, without a second frame
 
 NR_PTRACE = {"x86_64": 101, "aarch64": 117}.get(MACHINE, -1)
 PTRACE_TRACEME = 0
+PTRACE_PEEKTEXT = 1
+PTRACE_POKETEXT = 4
+PTRACE_CONT = 7
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
+#: x86-64 ``struct user_regs_struct``: 27 u64; rip is the 17th
+USER_REGS_WORDS = 27
+USER_REGS_RIP = 16
 
 
 def ptrace(request: int, pid: int = 0, addr: int = 0, data: int = 0) -> int:
@@ -161,6 +169,26 @@ def ptrace(request: int, pid: int = 0, addr: int = 0, data: int = 0) -> int:
         raise OSError(38, f"ptrace has no known syscall number on {MACHINE}")
     return _check(lib.syscall(_long("long", NR_PTRACE), _long("long", request),
                               _long("long", pid), _long("long", addr), _long("long", data)))
+
+
+def ptrace_peek(pid: int, addr: int) -> int:
+    """PTRACE_PEEKTEXT through the raw syscall: the word is stored at ``data``."""
+    out = ffi.new("uint64_t *")
+    _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_PEEKTEXT),
+                       _long("long", pid), _long("long", addr), out))
+    return int(out[0])
+
+
+def ptrace_regs(pid: int, regs=None):
+    """PTRACE_GETREGS (``regs`` None: returns a new array) or PTRACE_SETREGS."""
+    if regs is None:
+        regs = ffi.new(f"uint64_t[{USER_REGS_WORDS}]")
+        _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_GETREGS),
+                           _long("long", pid), _long("long", 0), regs))
+        return regs
+    _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_SETREGS),
+                       _long("long", pid), _long("long", 0), regs))
+    return regs
 
 
 # The argument-less ioctls go through fcntl.ioctl(fd, request), which raises

@@ -364,13 +364,16 @@ def record(
         raise fail(f"--duration {duration} must be a positive number of seconds")
     if slice_ms < 1:
         raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    plan = perfbp.plan(watches, target)
-    if not plan.fits and not multiplex:
-        raise fail(plan.explanation)
+    fits = True
+    if all(isinstance(w, perfbp.Watch) for w in watches):
+        plan = perfbp.plan(watches, target)
+        fits = plan.fits
+        if not plan.fits and not multiplex:
+            raise fail(plan.explanation)
     result = perfbp.record(watches, output, target=target, command=command or None,
                            duration=duration, period=period, callchain=callchain,
                            ring_pages=ring_pages, cmdline=["perfbp", "record"] + sys.argv[2:],
-                           on_start=lambda d: _banner(watches, d, not plan.fits),
+                           on_start=lambda d: _banner(result_watches(watches), d, not fits),
                            multiplex=slice_ms / 1000 if multiplex else None)
     samples = sum(s.samples for s in result.stats)
     lost = sum(s.lost for s in result.stats)

@@ -391,6 +391,12 @@ def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int
         if cpu >= 0 and cpu not in online:
             reason = (f"CPU {cpu} does not exist or is offline (online CPUs: "
                       f"{','.join(map(str, online))}); choose one of those")
+        elif bp is not None and bp.is_kernel() and bp.access == "x" \
+                and system.kernel_config("CONFIG_KPROBES") == "n":
+            reason = ("this kernel was built without CONFIG_KPROBES, and x86 then "
+                      "refuses every execute breakpoint in kernel code "
+                      "(arch_build_bp_info allows them only where kprobes may go); "
+                      "watch kernel data instead, or use a kernel with kprobes")
         elif bp is not None and bp.is_kernel():
             reason = ("the kernel refused the kernel-space address; kernel "
                       "breakpoints must not exclude kernel mode and must not be "

@@ -122,6 +122,46 @@ class Child:
                 f"(is it a program for this machine, with its interpreter installed?)",
                 errno=code)
 
+    def run_to_entry(self) -> None:
+        """Run a traced child, stopped after exec, to its entry point (AT_ENTRY):
+        the dynamic loader has then mapped every library, and no constructor
+        and no ``main`` has run.  An ``int3`` is planted there and removed.
+
+        Raises:
+            PerfbpError: the machine is not x86-64, or the child did not stop there.
+        """
+        import struct as _struct
+
+        from . import abi
+        from .errors import PerfbpError, Unsupported
+
+        if abi.MACHINE != "x86_64":
+            raise Unsupported("waiting for a program's libraries (SYMBOL@LIB with -- CMD) "
+                              "is implemented for x86-64 only; attach with -p instead")
+        with open(f"/proc/{self.pid}/auxv", "rb") as f:
+            auxv = f.read()
+        entry = None
+        for i in range(0, len(auxv) - 15, 16):
+            key, value = _struct.unpack_from("<QQ", auxv, i)
+            if key == 9:  # AT_ENTRY
+                entry = value
+                break
+        if entry is None:
+            raise PerfbpError(f"cannot find the entry point of {self.argv[0]}")
+        word = abi.ptrace_peek(self.pid, entry)
+        abi.ptrace(abi.PTRACE_POKETEXT, self.pid, entry, (word & ~0xFF) | 0xCC)
+        abi.ptrace(abi.PTRACE_CONT, self.pid, 0, 0)
+        _, status = os.waitpid(self.pid, 0)
+        if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP):
+            if not os.WIFSTOPPED(status):
+                self.returncode = os.waitstatus_to_exitcode(status)
+            raise PerfbpError(f"'{self.argv[0]}' did not reach its entry point "
+                              f"(status {status:#x})")
+        abi.ptrace(abi.PTRACE_POKETEXT, self.pid, entry, word)
+        regs = abi.ptrace_regs(self.pid)
+        regs[abi.USER_REGS_RIP] = entry  # back over the int3
+        abi.ptrace_regs(self.pid, regs)
+
     def resume(self) -> None:
         """Let a traced child (stopped after exec) run on, untraced."""
         from . import abi

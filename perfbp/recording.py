@@ -23,6 +23,7 @@ from .errors import PerfbpError
 from .events import Target
 from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
 from .planner import as_watches, plan
+from .resolve import prepare_watches
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
 from .session import StopRequest, _interrupted_child
@@ -168,14 +169,23 @@ def record(watches: "Sequence", output: str, *,
     """
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    ws = as_watches(watches)
-    the_plan = plan(ws, target)
-    if not the_plan.fits and multiplex is None:
-        the_plan.require()
-    mux_slots = the_plan.free if not the_plan.fits else 0
-    if mux_slots and len({w.exclude_kernel for w in ws}) > 1:
-        raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
-    child = launch.prepare(list(command)) if command is not None else None
+    child, ws = prepare_watches(watches, target, command)
+    traced = child is not None and child.traced
+    try:
+        the_plan = plan(ws, target)
+        if not the_plan.fits and multiplex is None:
+            the_plan.require()
+        mux_slots = the_plan.free if not the_plan.fits else 0
+        if mux_slots and len({w.exclude_kernel for w in ws}) > 1:
+            raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
+        if child is None and command is not None:
+            child = launch.prepare(list(command))
+    except BaseException:
+        if child is not None:
+            child.kill()
+        raise
+    # a traced launch is stopped after its exec: armed now, enabled at once
+    at_exec = child is not None and not traced
     sampler = writer = mux = None
     try:
         tgt = Target.process(child.pid, name=" ".join(command)) if child else target
@@ -199,10 +209,10 @@ def record(watches: "Sequence", output: str, *,
         else:
             pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
         sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
-                          enable_on_exec=child is not None, track=True,
+                          enable_on_exec=at_exec, track=True,
                           exclude_kernel=[p[2] for p in pieces], **kwargs)
         if mux_slots:
-            mux = Multiplexer(ws, tgt, slice_seconds=multiplex, enable_on_exec=child is not None,
+            mux = Multiplexer(ws, tgt, slice_seconds=multiplex, enable_on_exec=at_exec,
                               holders=[sampler.slot(j) for j in range(len(pieces))])
             events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i),
                                 f"perfbp multiplexed slot {i}") for i in range(len(pieces))]
@@ -212,7 +222,9 @@ def record(watches: "Sequence", output: str, *,
             events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
                       for i, (wi, _bp, _ek) in enumerate(pieces)]
         writer = PerfDataWriter(output, events)
-        if child is None:
+        if child is None or traced:
+            # what already runs: COMM and MMAP2 from /proc (a traced launch has
+            # exec'd already: the kernel's own records of it are gone)
             pids = (_all_pids() if tgt.kind == "cpus"
                     else [system.thread_group(tgt.pid) or tgt.pid])
             synth = b"".join(synthesize_process(p, sampler.config) for p in pids)
@@ -223,7 +235,7 @@ def record(watches: "Sequence", output: str, *,
         if writer is not None:
             writer.abandon()
         if child:
-            child.abort()
+            child.kill() if traced else child.abort()
         raise
     description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
                    else tgt.describe())
@@ -237,7 +249,10 @@ def record(watches: "Sequence", output: str, *,
         with stop:
             if child:
                 armed_at = time.monotonic()
-                child.start()  # raises CommandNotFound if exec fails: no banner then
+                if traced:
+                    child.resume()  # armed while stopped after exec: let it run
+                else:
+                    child.start()  # raises CommandNotFound if exec fails: no banner then
                 if mux is not None:  # the first group counts since exec
                     mux.start(armed_since=armed_at)
             by_addr = _AddressCounts(ws) if mux is not None else None

@@ -22,6 +22,7 @@ from .counter import Counter
 from .errors import PerfbpError
 from .events import EventOptions, Target
 from .planner import Watch, as_watches, plan
+from .resolve import prepare_watches
 
 
 @dataclass(frozen=True)
@@ -236,49 +237,6 @@ def count(watches: "Sequence", *,
         if child and child.returncode is None:
             child.wait()
     return CountResult(description, hits, elapsed, ended_by, exit_code)
-
-
-def prepare_watches(watches: "Sequence", target: "Target | None",
-                    command: "Sequence[str] | None") -> "tuple[launch.Child | None, list[Watch]]":
-    """Resolve watch specs that name symbols, in the target's executable.
-
-    For a launch, the symbols are checked in the program before anything
-    runs, then the program is started under ptrace, stopped right after its
-    exec, and resolved in its new image (so a PIE under ASLR resolves to
-    where it really is): the returned child is that stopped child, to be
-    armed and then :meth:`~perfbp.launch.Child.resume`-d.
-
-    Returns:
-        ``(child or None, watches)``.
-    """
-    from .resolve import check_symbols, needs_symbols, resolve
-    from .spec import WatchSpec
-    from . import system
-
-    items = list(watches)
-    specs = [w for w in items if isinstance(w, WatchSpec)]
-    if not needs_symbols(specs):
-        return None, as_watches([Watch.from_spec(w) if isinstance(w, WatchSpec) else w
-                                 for w in items])
-    if any(not isinstance(w, WatchSpec) for w in items):
-        raise PerfbpError("give every watch as a spec when any of them names a symbol")
-    if command is not None:
-        check_symbols(specs, launch.resolve_command(list(command)))
-        child = launch.prepare(list(command), trace=True)
-        try:
-            child.start()
-            return child, resolve(specs, child.pid)
-        except BaseException:
-            child.kill()
-            raise
-    if target.kind == "cpus":
-        raise PerfbpError("a watch on a symbol needs a process to look the symbol up in: "
-                          "use -p PID or -- CMD (or give the address for -a/-C)")
-    pid = target.pid if target.kind == "process" else (system.thread_group(target.pid)
-                                                       or target.pid)
-    if pid == 0:
-        pid = os.getpid()
-    return None, resolve(specs, pid)
 
 
 def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None,

@@ -29,7 +29,8 @@ DEFAULT_ACCESS = "w"
 DEFAULT_LENGTH = 8
 
 _NUM = r"(?:0[xX][0-9a-fA-F]+|[0-9]+)"
-_SYMBOL = re.compile(rf"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:\+(?P<off>{_NUM}))?")
+_SYMBOL = re.compile(
+    rf"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:@(?P<obj>[^+/:@]+))?(?:\+(?P<off>{_NUM}))?")
 _SPEC = re.compile(
     rf"^(?:mem:)?(?P<addr>[^/:]+)(?:/(?P<len>[^:]*))?(?::(?P<acc>[^:]*))?(?::(?P<mod>[^:]*))?$")
 
@@ -55,6 +56,7 @@ class WatchSpec:
     exact: bool = False
     symbol: "str | None" = None
     offset: int = 0
+    object: "str | None" = None
 
     def resolved(self, address: int, size: int) -> "WatchSpec":
         """This spec with its symbol resolved to ``address`` (the symbol's
@@ -64,7 +66,8 @@ class WatchSpec:
         length = self.length
         if length is None and self.access != "x":
             length = size - self.offset if size > self.offset else DEFAULT_LENGTH
-        return replace(self, address=address + self.offset, length=length, symbol=None)
+        return replace(self, address=address + self.offset, length=length, symbol=None,
+                       object=None)
 
     @property
     def label(self) -> str:
@@ -154,6 +157,7 @@ def parse(text: str) -> WatchSpec:
             f"for example mem:0x404040/8:w")
     addr_text, len_text, acc_text, mod_text = m.group("addr", "len", "acc", "mod")
     symbol = None
+    obj = None
     offset = 0
     if re.fullmatch(_NUM, addr_text):
         address = int(addr_text, 0)
@@ -168,6 +172,7 @@ def parse(text: str) -> WatchSpec:
                 f"watch '{text}': perf's mem: syntax takes an address; drop mem: to "
                 f"watch the symbol {sm.group('sym')!r}")
         symbol = sm.group("sym")
+        obj = sm.group("obj")
         offset = int(sm.group("off"), 0) if sm.group("off") else 0
         address = 0
     length = None
@@ -193,4 +198,4 @@ def parse(text: str) -> WatchSpec:
                 f"watch '{text}': modifier '{mod_text}' is not u (user-mode hits "
                 f"only, the default) or k (count kernel-mode hits too)")
     return WatchSpec(spec, address, length, access, exclude_kernel,
-                     exact=spec.startswith("mem:"), symbol=symbol, offset=offset)
+                     exact=spec.startswith("mem:"), symbol=symbol, offset=offset, object=obj)

@@ -293,6 +293,23 @@ class KernelSymbols:
         return None
 
 
+def kernel_symbol_any(name: str, path: str = "/proc/kallsyms") -> "tuple[int, str] | None":
+    """``(address, type letter)`` of a kernel symbol of any type (text, data,
+    bss), or None when /proc/kallsyms does not list it (data symbols appear
+    only with CONFIG_KALLSYMS_ALL) or hides addresses."""
+    import re
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    m = re.search(rb"^([0-9a-fA-F]+) (\w) " + re.escape(name.encode()) + rb"$", data, re.M)
+    if not m:
+        return None
+    return int(m.group(1), 16), m.group(2).decode()
+
+
 @lru_cache(maxsize=1)
 def kernel_symbols() -> KernelSymbols:
     return KernelSymbols()

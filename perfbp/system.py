@@ -137,3 +137,21 @@ def breakpoint_pmu_type() -> int | None:
 
 def kernel_release() -> str:
     return os.uname().release
+
+
+def kernel_config(option: str) -> "str | None":
+    """The value of a kernel build option (``y``, ``m``, a string) from
+    /proc/config.gz, ``"n"`` when the kernel lists it as not set, or None
+    when the configuration is not available."""
+    import gzip
+
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            for line in f:
+                if line.startswith(option + "="):
+                    return line.split("=", 1)[1].strip()
+                if line.startswith(f"# {option} is not set"):
+                    return "n"
+    except OSError:
+        return None
+    return "n"

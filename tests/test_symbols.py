@@ -92,3 +92,62 @@ def test_ambiguous_symbol_lists_candidates(progs):
 def test_symbol_needs_a_process(progs):
     r = perfbp_cli("stat", "-w", "counter", "-a", "-d", "0.1")
     assert r.returncode == 2 and "needs a process" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def libprog(tmp_path_factory):
+    d = tmp_path_factory.mktemp("symlib")
+    exe = d / "sym_lib"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(REPO / "tests" / "workloads" / "sym_lib.c")],
+                   check=True)
+    return exe
+
+
+def test_library_symbol_resolved_before_main(libprog):
+    """`environ@libc.so.6` on a launched PIE: perfbp waits at the entry point
+    for the dynamic loader to map libc, then arms; setenv's one write to
+    environ is counted, and the address lies inside libc's mapping."""
+    r = perfbp_cli("stat", "--json", "-w", "environ@libc.so.6", "--", str(libprog), "1009")
+    assert r.returncode == 0, r.stderr
+    (w,) = json.loads(r.stdout.strip().splitlines()[-1])["watches"]
+    assert (w["watch"], w["hits"], w["length"]) == ("environ@libc.so.6", 1, 8)
+    assert w["address"] > 0x7F0000000000  # a shared library's mapping, not the program's
+
+
+def test_library_not_loaded_is_answered(libprog):
+    r = perfbp_cli("stat", "-w", "foo@libnotthere.so", "-p", str(__import__("os").getpid()),
+                   "-d", "0.1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "libnotthere.so is not loaded in process" in lines[0]
+
+
+def test_library_symbol_in_a_running_process():
+    """-p: the library is already mapped; the symbol is resolved through its
+    load bias (this test process's own libc)."""
+    import ctypes
+    import os
+
+    (w,) = perfbp.resolve_watches([perfbp.parse_watch("environ@libc.so.6")], os.getpid())
+    libc = ctypes.CDLL(None)
+    assert w.address == ctypes.addressof(ctypes.c_void_p.in_dll(libc, "environ"))
+
+
+def test_kernel_symbols():
+    """`NAME@kernel` comes from /proc/kallsyms: code needs :x; data needs
+    CONFIG_KALLSYMS_ALL (this kernel lacks it: a clear refusal); and this
+    kernel (no CONFIG_KPROBES) refuses execute breakpoints in kernel code,
+    which perfbp explains."""
+    import os
+
+    (w,) = perfbp.resolve_watches([perfbp.parse_watch("do_exit@kernel:x")], os.getpid())
+    kallsyms = {ln.split()[2]: int(ln.split()[0], 16) for ln in open("/proc/kallsyms")
+                if len(ln.split()) >= 3 and ln.split()[1] in "tT"}
+    assert w.address == kallsyms["do_exit"] and w.access == "x"
+    r = perfbp_cli("stat", "-w", "do_exit@kernel", "-a", "-d", "0.1")
+    assert r.returncode == 2 and "kernel code" in r.stderr and ":x" in r.stderr
+    r = perfbp_cli("stat", "-w", "jiffies_64@kernel", "-a", "-d", "0.1")
+    assert r.returncode == 2 and "CONFIG_KALLSYMS_ALL" in r.stderr
+    r = perfbp_cli("stat", "-w", "do_exit@kernel:x", "-a", "-d", "0.1")
+    assert r.returncode == 2
+    assert "CONFIG_KPROBES" in r.stderr  # this VM's kernel: no kprobes
