@@ -48,6 +48,8 @@ LAYERS = {
     "perfbp.regions": 2,
     "perfbp.symbols": 2,
     "perfbp.perfdata": 2,
+    "perfbp.dwarf": 2,
+    "perfbp.lines": 2,
     # 3: the API internals
     "perfbp.events": 3,
     "perfbp.counter": 3,
