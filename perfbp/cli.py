@@ -274,8 +274,14 @@ def _render_report(report, top: int) -> None:
         if w.writers:
             typer.echo("  writers (instruction after the access):")
             for wr in w.writers[:top]:
+                where = str(wr.location) + (f" ({wr.source})" if wr.source else "")
                 typer.echo(f"    {wr.samples:>12,} {_pct(wr.samples, w.hits)}  "
-                           f"{str(wr.location):<32} {wr.location.short_dso}")
+                           f"{where:<32} {wr.location.short_dso}")
+        if w.stacks:
+            typer.echo("  call stacks:")
+            for frames, n in w.stacks[:top]:
+                typer.echo(f"    {n:>12,} {_pct(n, w.hits)}  " + " <- ".join(
+                    str(f) for f in frames[:6]) + (" ..." if len(frames) > 6 else ""))
         if w.threads:
             typer.echo("  threads:")
             for t in w.threads[:top]:

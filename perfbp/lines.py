@@ -16,7 +16,13 @@ search.  Addresses are the file's link-time virtual addresses: the ``vaddr``
 
 Agrees with ``addr2line`` (binutils): when several rows share one address the
 last one wins, and line 0 ("no source line", DWARF 6.2.2) answers None, as
-``addr2line`` prints ``file:?``.
+``addr2line`` prints ``file:?``.  It differs in one place, where binutils
+2.40 departs from the standard: the file register starts at 1 in DWARF 5 as
+in DWARF 4 (DWARF 5, Table 6.4), so rows before a sequence's first
+``DW_LNS_set_file`` are in file 1; bfd starts DWARF 5 sequences at file 0
+(the primary source file).  ``readelf --debug-dump=decodedline`` agrees
+with this module.  The two files differ only when a unit's first code
+comes from an ``#include``d file.
 
 Pure Python over files; no kernel.
 """
@@ -110,7 +116,7 @@ class LineTable:
 
     def __init__(self, path: str) -> None:
         import numpy as np
-        from elftools.common.exceptions import ELFError
+        from elftools.common.exceptions import DWARFError, ELFError
         from elftools.elf.elffile import ELFFile
 
         self.path = path
@@ -148,16 +154,17 @@ class LineTable:
                         comp_dir = top.attributes.get("DW_AT_comp_dir")
                         self._run(data, stmt.value, program.header,
                                   _text(comp_dir.value) if comp_dir is not None else None, rows)
-                    except (ELFError, NotImplementedError, IndexError, KeyError,
-                            struct.error, ValueError) as exc:
+                    except (ELFError, DWARFError, NotImplementedError, IndexError,
+                            KeyError, struct.error, ValueError) as exc:
                         self.skipped.append((stmt.value, f"{type(exc).__name__}: {exc}"))
-            except ELFError as exc:
+            except (ELFError, DWARFError) as exc:
                 raise ValueError(f"{path}: not an ELF file or damaged DWARF: {exc}") from None
 
         try:
             table = np.array(rows, dtype=np.uint64).reshape(-1, 4)
-        except OverflowError:  # a negative line from a damaged program: clamp
-            table = np.array([(a, f, max(ln, 0), max(c, 0)) for a, f, ln, c in rows],
+        except OverflowError:  # a damaged program ran a register out of 64 bits
+            top = (1 << 64) - 1
+            table = np.array([[min(max(v, 0), top) for v in row] for row in rows],
                              dtype=np.uint64).reshape(-1, 4)
         addr, fid = table[:, 0], table[:, 1]
         # a row's range ends at the next row; rows that end a sequence are no

@@ -503,6 +503,8 @@ class SampleColumns:
     stream_id: object = None
     cpu: object = None
     period: object = None
+    #: call stacks (a list of tuples of ips), when the samples carry them
+    callchain: object = None
 
     def __len__(self) -> int:
         for name in COLUMNS:
@@ -523,6 +525,8 @@ class SampleColumns:
             cols = [getattr(p, name) for p in parts]
             if all(c is not None for c in cols):
                 setattr(out, name, np.concatenate(cols))
+        if all(p.callchain is not None for p in parts):
+            out.callchain = [c for p in parts for c in p.callchain]
         return out
 
     @classmethod
@@ -536,6 +540,8 @@ class SampleColumns:
             vals = [getattr(s, name) for s in samples]
             if all(v is not None for v in vals):
                 setattr(out, name, np.array(vals, dtype=np.uint64))
+        if any(s.callchain for s in samples):
+            out.callchain = [s.callchain for s in samples]
         return out
 
 

@@ -19,6 +19,7 @@ from .errors import PerfbpError
 from .perfdata import (HEADER_NRCPUS, CorruptRecording, Recording, attr_summary,
                        read_recording)
 from .records import Comm, CorruptRecord, Lost, LostSamples, Mmap, Read, Task, decode_bulk
+from .lines import line_table
 from .symbols import Location, Symbolizer
 
 SORT_KEYS = ("watch", "symbol", "thread", "cpu")
@@ -31,11 +32,13 @@ class Writer:
     location: Location
     pid: int
     samples: int
+    source: "str | None" = None
 
     def as_dict(self) -> dict:
         loc = self.location
         return {"ip": loc.ip, "symbol": loc.symbol, "offset": loc.offset,
-                "dso": loc.dso, "where": str(loc), "samples": self.samples}
+                "dso": loc.dso, "where": str(loc), "source": self.source,
+                "samples": self.samples}
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class WatchReport:
     cpus: "dict[int, int]" = field(default_factory=dict)
     coverage: float = 1.0
     estimate: "int | None" = None
+    stacks: "list[tuple[list[Location], int]]" = field(default_factory=list)
 
     @property
     def estimated(self) -> bool:
@@ -104,7 +108,9 @@ class WatchReport:
                     "estimate": self.estimate} if self.estimated else {}),
                 "writers": [w.as_dict() for w in self.writers],
                 "threads": [t.as_dict() for t in self.threads],
-                "cpus": {str(k): v for k, v in sorted(self.cpus.items())}}
+                "cpus": {str(k): v for k, v in sorted(self.cpus.items())},
+                **({"stacks": [{"samples": n, "frames": [str(f) for f in frames]}
+                               for frames, n in self.stacks]} if self.stacks else {})}
 
 
 @dataclass
@@ -234,7 +240,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         elif len(order) == 1:
             w.lost = lost_total
         if hits:
-            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top)
+            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top, cols.callchain)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
     report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline)
@@ -278,7 +284,7 @@ def _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort) ->
                         kernel_hits=m.get("seen"), period=period,
                         coverage=float(m.get("coverage", 1.0)), estimate=m.get("estimate"))
         if hits:
-            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top)
+            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top, cols.callchain)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
     report = Report(rec.path, n, lost, watches, rec.truncated, "perfbp", rec.cmdline)
@@ -287,15 +293,36 @@ def _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort) ->
     return report
 
 
-def _details(w: WatchReport, mask, sym, pids, tids, ips, cpus, comms, top: int) -> None:
-    """Fill a watch's writers, threads and CPUs from its samples (``mask``)."""
+def _details(w: WatchReport, mask, sym, pids, tids, ips, cpus, comms, top: int,
+             chains=None) -> None:
+    """Fill a watch's writers, threads, CPUs (and call stacks) from its
+    samples (``mask``)."""
     import numpy as np
 
+    if chains is not None:
+        w.stacks = _stacks(sym, pids, chains, mask, top)
     w.writers = _writers(sym, pids[mask], ips[mask], top)
     w.threads = _threads(pids[mask], tids[mask], comms, top)
     if cpus is not None:
         c, k = np.unique(cpus[mask], return_counts=True)
         w.cpus = {int(a): int(b) for a, b in zip(c, k)}
+
+
+PERF_CONTEXT_MAX = (-4095) & 0xFFFFFFFFFFFFFFFF
+
+
+def _stacks(sym, pids, chains, mask, top: int) -> "list[tuple[list[Location], int]]":
+    """The most common call stacks among the masked samples, symbolized
+    (the kernel's context markers, PERF_CONTEXT_*, dropped)."""
+    counts: _Counter = _Counter()
+    for i in mask.nonzero()[0].tolist():
+        chain = chains[i]
+        if chain:
+            counts[(int(pids[i]), tuple(ip for ip in chain if ip < PERF_CONTEXT_MAX))] += 1
+    out = []
+    for (pid, chain), n in counts.most_common(top):
+        out.append(([sym.resolve(pid, ip) for ip in chain], n))
+    return out
 
 
 def _online_cpus(rec: Recording) -> int:
@@ -356,7 +383,21 @@ def _writers(sym: Symbolizer, pids, ips, top: int) -> "list[Writer]":
         key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
         merged[key] += c
         where.setdefault(key, (loc, pid))
-    return [Writer(where[k][0], where[k][1], c) for k, c in merged.most_common(top)]
+    return [Writer(where[k][0], where[k][1], c, _source_of(where[k][0]))
+            for k, c in merged.most_common(top)]
+
+
+def _source_of(loc: Location) -> "str | None":
+    """``file:line`` of the access, from the object's DWARF line table when
+    it has one.  The sample's ip is the instruction *after* the access (x86
+    data breakpoints trap once it is done), so the line is that of ip - 1."""
+    if loc.vaddr is None or not loc.dso.startswith("/"):
+        return None
+    table = line_table(loc.dso)
+    if table is None:
+        return None
+    line = table.lookup_before(loc.vaddr)
+    return f"{line.short}" if line else None
 
 
 def _threads(pids, tids, comms, top: int) -> "list[ThreadHits]":

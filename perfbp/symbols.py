@@ -25,12 +25,14 @@ class Location:
         dso: the object's path (or ``[unknown]``).
         symbol: the function's name, or None.
         offset: ip minus the function's start.
+        vaddr: the ip as a link-time address in ``dso`` (for line lookups).
     """
 
     ip: int
     dso: str
     symbol: Optional[str]
     offset: int = 0
+    vaddr: Optional[int] = None
 
     def __str__(self) -> str:
         if self.symbol is None:
@@ -361,8 +363,8 @@ class Symbolizer:
             return Location(ip, m.path, None)
         fn = obj.function_at(vaddr)
         if fn is None:
-            return Location(ip, m.path, None)
-        return Location(ip, m.path, fn[0], fn[1])
+            return Location(ip, m.path, None, 0, vaddr)
+        return Location(ip, m.path, fn[0], fn[1], vaddr)
 
     def resolve_many(self, pairs: "Iterable[tuple[int, int]]") -> "dict[tuple[int, int], Location]":
         return {(pid, ip): self.resolve(pid, ip) for pid, ip in pairs}
