@@ -151,7 +151,13 @@ class Child:
         word = abi.ptrace_peek(self.pid, entry)
         abi.ptrace(abi.PTRACE_POKETEXT, self.pid, entry, (word & ~0xFF) | 0xCC)
         abi.ptrace(abi.PTRACE_CONT, self.pid, 0, 0)
-        _, status = os.waitpid(self.pid, 0)
+        while True:
+            _, status = os.waitpid(self.pid, 0)
+            if os.WIFSTOPPED(status) and os.WSTOPSIG(status) != signal.SIGTRAP:
+                # another signal on the way to the entry point: deliver it
+                abi.ptrace(abi.PTRACE_CONT, self.pid, 0, os.WSTOPSIG(status))
+                continue
+            break
         if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP):
             if not os.WIFSTOPPED(status):
                 self.returncode = os.waitstatus_to_exitcode(status)

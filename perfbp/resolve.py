@@ -25,6 +25,27 @@ def needs_symbols(specs: "Sequence[WatchSpec]") -> bool:
     return any(s.symbol is not None for s in specs)
 
 
+def lookup(path: str, text: str) -> "tuple[int, int]":
+    """``(link-time address, size)`` of a symbol, or of a member or element
+    of one (``config.flags``, ``table[3].next``) from the DWARF types.
+
+    Raises:
+        SymbolNotFound, InvalidBreakpoint: the name, member or index is wrong.
+    """
+    try:
+        sym = find_symbol(path, text)  # gcc names some statics `name.0`
+        return sym.value, sym.size
+    except SymbolNotFound:
+        if "." not in text and "[" not in text:
+            raise
+    from .dwarf import parse_expr, resolve_member
+
+    name, _parts = parse_expr(text)
+    sym = find_symbol(path, name)
+    member = resolve_member(path, text)
+    return sym.value + member.offset, member.size
+
+
 def find_symbol(path: str, name: str) -> Symbol:
     """The one symbol ``name`` of the ELF file ``path``.
 
@@ -79,7 +100,7 @@ def check_symbols(specs: "Sequence[WatchSpec]", exe: str) -> None:
     """Fail early (before launching anything) on a name ``exe`` lacks."""
     for s in specs:
         if s.symbol is not None and s.object is None:
-            find_symbol(exe, s.symbol)
+            lookup(exe, s.symbol)
         elif s.symbol is not None and s.object == "kernel":
             kernel_address(s)
 
@@ -113,8 +134,8 @@ def resolve(specs: "Sequence[WatchSpec]", pid: int) -> "list[Watch]":
                 except (OSError, LookupError) as exc:
                     raise PerfbpError(f"cannot find where {exe} is loaded in process "
                                       f"{pid}: {exc}") from None
-            sym = find_symbol(exe, s.symbol)
-            s = s.resolved(sym.value + bias, sym.size)
+            value, size = lookup(exe, s.symbol)
+            s = s.resolved(value + bias, size)
         out.append(Watch.from_spec(s))
     return out
 
@@ -142,13 +163,13 @@ def library_address(spec: WatchSpec, pid: int) -> WatchSpec:
               "(see /proc/PID/maps), or start the program under perfbp (-- CMD) so "
               "that perfbp waits for its libraries")
     path = matches[0]
-    sym = find_symbol(path, spec.symbol)
+    value, size = lookup(path, spec.symbol)
     try:
         bias = load_bias(pid, path)
     except (OSError, LookupError) as exc:
         raise SymbolNotFound(f"watch '{spec.text}': cannot find where {path} is loaded: "
                              f"{exc}") from None
-    return spec.resolved(sym.value + bias, sym.size)
+    return spec.resolved(value + bias, size)
 
 
 def mapped_objects(pid: int) -> "list[str]":
@@ -173,8 +194,8 @@ def resolve_in_file(specs: "Sequence[WatchSpec]", path: str) -> "list[Watch]":
     out = []
     for s in specs:
         if s.symbol is not None:
-            sym = find_symbol(path, s.symbol)
-            s = s.resolved(sym.value, sym.size)
+            value, size = lookup(path, s.symbol)
+            s = s.resolved(value, size)
         out.append(Watch.from_spec(s))
     return out
 

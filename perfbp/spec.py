@@ -30,7 +30,8 @@ DEFAULT_LENGTH = 8
 
 _NUM = r"(?:0[xX][0-9a-fA-F]+|[0-9]+)"
 _SYMBOL = re.compile(
-    rf"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*)(?:@(?P<obj>[^+/:@]+))?(?:\+(?P<off>{_NUM}))?")
+    rf"(?P<sym>[A-Za-z_.$][A-Za-z0-9_.$]*(?:\[\s*(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*\]|\.[A-Za-z_$][A-Za-z0-9_$]*)*)"
+    rf"(?:@(?P<obj>[^+/:@]+))?(?:\+(?P<off>{_NUM}))?")
 _SPEC = re.compile(
     rf"^(?:mem:)?(?P<addr>[^/:]+)(?:/(?P<len>[^:]*))?(?::(?P<acc>[^:]*))?(?::(?P<mod>[^:]*))?$")
 

@@ -151,3 +151,27 @@ def test_kernel_symbols():
     r = perfbp_cli("stat", "-w", "do_exit@kernel:x", "-a", "-d", "0.1")
     assert r.returncode == 2
     assert "CONFIG_KPROBES" in r.stderr  # this VM's kernel: no kprobes
+
+
+@pytest.mark.parametrize("kind", ["nopie", "pie"])
+def test_members_and_elements_by_name(progs, kind):
+    """gdb-like `config.flags`, `table[1]`: offsets and sizes from DWARF;
+    the demo writes config.flags once in main and table[i] once per thread."""
+    r = perfbp_cli("stat", "--json", "-w", "config.flags", "-w", "config.limit",
+                   "-w", "table[1]", "-w", "counter", "--", str(progs[kind]))
+    assert r.returncode == 0, r.stderr
+    flags, limit, t1, counter = json.loads(r.stdout.strip().splitlines()[-1])["watches"]
+    assert (flags["length"], flags["hits"]) == (4, 1)
+    assert (limit["length"], limit["hits"], limit["address"] - flags["address"]) == (8, 0, 8)
+    assert (t1["length"], t1["hits"]) == (8, 1)
+    assert counter["hits"] == 2 * WRITES
+
+
+def test_member_errors_are_one_line(progs):
+    for spec, fragment in (("config.flagz", "did you mean 'flags'"),
+                           ("table[9]", "valid indexes are 0..7"),
+                           ("counter.x", "not a struct")):
+        r = perfbp_cli("stat", "-w", spec, "--", str(progs["nopie"]))
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1, (spec, r.stderr)
+        assert fragment in lines[0] and "Traceback" not in r.stderr, (spec, lines[0])
