@@ -159,6 +159,9 @@ def _render_counts(result, sink=None) -> None:
 @app.command(
     context_settings={"allow_interspersed_args": False},
     epilog="\b\nExamples:\n"
+           "  perfbp stat -w counter -- ./demo/demo         # writes to a global, by name\n"
+           "  perfbp stat -w environ@libc.so.6 -- ./prog    # a library's variable\n"
+           "  perfbp stat -w config.flags -p 1234           # a struct member (DWARF)\n"
            "  perfbp stat -w 0x4040a0 -- ./demo/demo        # writes to 8 bytes, launched\n"
            "  perfbp stat -w mem:0x4040a0/8:w -p 1234       # perf's spelling, a process\n"
            "  perfbp stat -w 0x601040/4:rw -t 1235          # reads+writes, one thread\n"
@@ -319,12 +322,12 @@ def _report_csv(report) -> None:
 @app.command(
     context_settings={"allow_interspersed_args": False},
     epilog="\b\nExamples:\n"
-           "  perfbp record -w 0x4040a0 -- ./demo/demo      # every write, into perfbp.data\n"
-           "  perfbp record -w 0x4040a0:rw -p 1234 -d 10    # reads+writes of a process, 10 s\n"
-           "  perfbp record -g -w 0x4040a0 -- ./prog        # with call stacks\n"
-           "  perfbp record --period 100 -w 0x4040a0 -a     # every 100th hit, all CPUs\n"
-           "  perfbp record -o run1.data -w 0x601040/4 -- ./prog  # another file\n"
-           "  perf script -i perfbp.data                     # perf reads the recording\n",
+           "  perfbp record -w counter -- ./demo/demo   # every write, into perfbp.data\n"
+           "  perfbp record -w buf/64:rw -p 1234 -d 10  # a 64-byte buffer, 10 s\n"
+           "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
+           "  perfbp record --period 100 -w 0x4040a0 -a  # every 100th hit, all CPUs\n"
+           "  perfbp record -o run1.data -w table[3] -- ./prog  # another file\n"
+           "  perfbp record --multiplex -w a -w b -w c -w d -w e -- ./prog  # > 4 slots\n",
 )
 def record(
     watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",

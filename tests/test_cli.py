@@ -887,7 +887,8 @@ def test_check_json():
 
 # -- help ------------------------------------------------------------------------------
 
-HELPS = [["--help"], ["stat", "--help"], ["check", "--help"]]
+HELPS = [["--help"], ["stat", "--help"], ["check", "--help"], ["record", "--help"],
+         ["report", "--help"], ["slots", "--help"]]
 
 
 def _help(args: "list[str]") -> str:
@@ -906,7 +907,9 @@ def test_help_ends_with_examples(args):
     assert examples, text
     for line in examples:  # every line to the end: a command, then a comment
         assert re.match(r"^\s+perfbp \S.*\S\s+# \S", line), line
-    usage = [line for line in examples if line.split()[1] in ("stat", "check")]
+    command = args[0] if args[0] != "--help" else None
+    usage = [line for line in examples
+             if line.split()[1] == command or (command is None and line.split()[1] in ("stat", "check"))]
     assert usage
 
 
