@@ -25,6 +25,7 @@ from .check import CheckItem, CheckReport, probe_capacity, run_checks
 from .errors import CommandNotFound, SymbolNotFound
 from .events import EventOptions, Target
 from .launch import exit_status, resolve_command
+from .live import LiveSession, LiveWatch
 from .perfdata import CorruptRecording
 from .planner import Plan, Watch, plan, probe
 from .regions import split_range
@@ -61,6 +62,8 @@ __all__ = [
     "parse_watch",
     "count",
     "record",
+    "LiveSession",
+    "LiveWatch",
     "Watch",
     "Plan",
     "plan",

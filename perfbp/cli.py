@@ -453,6 +453,58 @@ def report(
 @app.command(
     context_settings={"allow_interspersed_args": False},
     epilog="\b\nExamples:\n"
+           "  perfbp top -w counter -- ./demo/demo       # live hits of a global\n"
+           "  perfbp top -w counter -w config.flags -p 1234  # beside a running program\n"
+           "  perfbp top -w 0x4040a0 -a --interval 2     # all CPUs, every 2 s\n"
+           "  perfbp top -w counter -p 1234 | tee log    # plain lines when piped\n",
+)
+def top(
+    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
+                                    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][/LEN][:ACCESS]."),
+    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
+    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
+    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU."),
+    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs."),
+    interval: float = typer.Option(1.0, "--interval", "-i", metavar="SECONDS",
+                                   help="Seconds between screen updates."),
+    top_n: int = typer.Option(5, "--top", help="Writers and threads in the final summary."),
+    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
+) -> None:
+    """A live view of every hit: per watch the hits, hits per second, a
+    sparkline of the last 60 intervals and the top writer, and the busiest
+    threads. q or Ctrl-C quits and prints the same summary as perfbp record.
+    Piped, it prints one line per watch per interval instead.
+    """
+    from . import tui
+
+    command = list(command or [])
+    target = resolve_target(pid, tid, all_cpus, cpu, command)
+    watches = _watches(watch)
+    if interval < 0.05:
+        raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
+    session = perfbp.LiveSession(watches, target=target, command=command or None,
+                                 interval=interval)
+    try:
+        slots = sum(len(w.pieces) for w in session.watches)
+        tui.run(session, interval=interval, slots=slots, capacity=4)
+        session.stop()
+        report = session.summary(top_n)
+    finally:
+        session.close()
+    typer.echo("")
+    _render_report(report, top_n)
+    for f in session.figures:
+        if not f.complete:
+            typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
+                       f"but {f.samples:,} samples + {f.lost:,} lost = {f.samples + f.lost:,}",
+                       err=True)
+    if session.exit_code is not None:
+        raise typer.Exit(perfbp.exit_status(session.exit_code))
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    epilog="\b\nExamples:\n"
            "  perfbp slots -w 0x601040/16 -w 0x601080 -p 1234  # would these fit?\n"
            "  perfbp slots --json -w 0x601001/8 -- ./prog      # 1+2+4+1: 4 slots\n"
            "  perfbp slots --probe                             # measure the slots here\n"

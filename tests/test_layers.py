@@ -63,6 +63,7 @@ LAYERS = {
     "perfbp.recording": 3,
     "perfbp.multiplex": 3,
     "perfbp.resolve": 3,
+    "perfbp.live": 3,
     # 4: the public front
     "perfbp": 4,
     # 5: user interfaces

@@ -1,0 +1,302 @@
+"""A live watch session: sample every hit and keep running figures, for
+``perfbp top``.
+
+:class:`LiveSession` arms watches on a target (launch, attach, CPUs; names
+resolved as everywhere else), samples every hit through the per-CPU rings,
+and after each :meth:`LiveSession.poll` holds per watch: the kernel's hit
+count, samples, lost samples, the hits of every interval (for rates and
+sparklines), the busiest writers (symbolized: function+offset, source line)
+and threads.  :meth:`LiveSession.summary` gives the same
+:class:`~perfbp.report.Report` that ``perfbp record`` prints at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections import Counter as _Counter
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from . import launch, system
+from .errors import PerfbpError
+from .events import Target
+from .planner import plan
+from .report import Report, ThreadHits, WatchReport, Writer, _source_of
+from .resolve import prepare_watches
+from .sampling import Sampler
+from .symbols import Symbolizer
+
+HISTORY = 60  # seconds of rates kept for sparklines
+
+
+@dataclass
+class LiveWatch:
+    """Running figures of one watch.
+
+    Attributes:
+        label: the watch's name.
+        hits: the kernel's count so far.
+        samples: samples decoded so far.
+        lost: samples the kernel could not write.
+        history: hits per interval, newest last (``HISTORY`` of them).
+        rate: hits per second over the last interval.
+    """
+
+    label: str
+    address: int
+    length: int
+    access: str
+    hits: int = 0
+    samples: int = 0
+    lost: int = 0
+    rate: float = 0.0
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
+    writers: _Counter = field(default_factory=_Counter)  # (pid, ip) -> samples
+    threads: _Counter = field(default_factory=_Counter)  # (pid, tid) -> samples
+
+    @property
+    def complete(self) -> bool:
+        return self.samples + self.lost == self.hits
+
+
+class LiveSession:
+    """Sample ``watches`` on a target and keep live figures.
+
+    Args:
+        watches: watch specs or :class:`~perfbp.Watch` objects.
+        target / command: as :func:`perfbp.count`.
+        interval: seconds between figure updates.
+
+    Raises:
+        PerfbpError: as :func:`perfbp.record`; nothing is left open.
+    """
+
+    def __init__(self, watches: "Sequence", *, target: "Target | None" = None,
+                 command: "Sequence[str] | None" = None, interval: float = 1.0,
+                 ring_pages: "int | None" = None) -> None:
+        if (target is None) == (command is None):
+            raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
+        self.interval = interval
+        child, ws = prepare_watches(watches, target, command)
+        traced = child is not None and child.traced
+        try:
+            plan(ws, target).require()
+            if child is None and command is not None:
+                child = launch.prepare(list(command))
+        except BaseException:
+            if child is not None:
+                child.kill()
+            raise
+        self.child = child
+        self.watches = ws
+        at_exec = child is not None and not traced
+        self.target = Target.process(child.pid, name=" ".join(command)) if child else target
+        pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
+        self._piece_watch = [wi for wi, _bp, _ek in pieces]
+        kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
+        try:
+            self.sampler = Sampler([p[1] for p in pieces], self.target, enable_on_exec=at_exec,
+                                   exclude_kernel=[p[2] for p in pieces],
+                                   wakeup_fraction=8, **kwargs)
+        except BaseException:
+            if child is not None:
+                child.kill() if traced else child.abort()
+            raise
+        self.figures = [LiveWatch(w.label, w.address, w.length, w.access) for w in ws]
+        self.comms: dict[int, str] = {}
+        self._last_hits = [0] * len(ws)
+        self.description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
+                            else self.target.describe())
+        self.started = None
+        self.ended_by: "str | None" = None
+        self.exit_code: "int | None" = None
+        self._traced = traced
+        self._pidfd = -1
+        self._next = None
+
+    def start(self) -> None:
+        """Let the target run (a launched command starts now)."""
+        if self.child is not None:
+            if self._traced:
+                self.child.resume()
+            else:
+                self.child.start()
+            self._pidfd = os.pidfd_open(self.child.pid)
+        elif self.target.kind == "process":
+            try:
+                self._pidfd = os.pidfd_open(self.target.pid)
+            except OSError:
+                self._pidfd = -1
+        self.started = time.monotonic()
+        self._next = self.started + self.interval
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
+    def fds(self) -> "list[int]":
+        """Descriptors to poll besides the rings' (the target's pidfd)."""
+        return [self._pidfd] if self._pidfd >= 0 else []
+
+    def poll(self, extra_fds: "Sequence[int]" = ()) -> "list[int]":
+        """Wait until the next interval (draining the rings meanwhile);
+        update the figures.  Returns the ``extra_fds`` that became readable
+        (a keyboard, say).  Sets :attr:`ended_by` when the target ended."""
+        poller = select.poll()
+        for fd in self.sampler.ring_fds:
+            poller.register(fd, select.POLLIN)
+        if self._pidfd >= 0:
+            poller.register(self._pidfd, select.POLLIN)
+        for fd in extra_fds:
+            poller.register(fd, select.POLLIN)
+        ready: list[int] = []
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, self._next - now)
+            events = poller.poll(int(wait * 1000))
+            self._drain()
+            hit = [fd for fd, _ev in events if fd in extra_fds]
+            if hit:
+                ready.extend(hit)
+                return ready
+            if any(fd == self._pidfd for fd, _ev in events) and self._pidfd >= 0:
+                self.ended_by = "exit"
+                if self.child is not None:
+                    self.exit_code = self.child.wait()
+                self._tick(time.monotonic())
+                return ready
+            if self.target.kind == "thread" and self.target.pid > 0 \
+                    and not system.process_exists(self.target.pid):
+                self.ended_by = "exit"
+                self._tick(time.monotonic())
+                return ready
+            if time.monotonic() >= self._next:
+                self._tick(time.monotonic())
+                self._next += self.interval
+                return ready
+
+    def _drain(self) -> None:
+        from .records import Comm
+
+        batch = self.sampler.read()
+        for rec in batch.records:
+            if isinstance(rec, Comm):
+                self.comms[rec.tid] = rec.comm
+        if not len(batch):
+            return
+        cols = batch.samples
+        pieces = batch.watch.tolist()
+        pids = cols.pid.tolist() if cols.pid is not None else [0] * len(pieces)
+        tids = cols.tid.tolist() if cols.tid is not None else [0] * len(pieces)
+        ips = cols.ip.tolist() if cols.ip is not None else [0] * len(pieces)
+        sym = self._symbolizer()
+        for pid in set(pids) - set(sym.spaces):  # read its maps while it lives
+            sym.add_proc_maps(pid)
+        for tid, pid in set(zip(tids, pids)):  # and its threads' names
+            if tid not in self.comms:
+                self._comm(pid, tid)
+        for p, pid, tid, ip in zip(pieces, pids, tids, ips):
+            if p < 0:
+                continue
+            f = self.figures[self._piece_watch[p]]
+            f.samples += 1
+            f.writers[(pid, ip)] += 1
+            f.threads[(pid, tid)] += 1
+
+    def _tick(self, now: float) -> None:
+        stats = self.sampler.stats()
+        hits = [0] * len(self.figures)
+        lost = [0] * len(self.figures)
+        for p, st in enumerate(stats):
+            hits[self._piece_watch[p]] += st.hits
+            lost[self._piece_watch[p]] += st.lost
+        for i, f in enumerate(self.figures):
+            delta = hits[i] - self._last_hits[i]
+            f.history.append(delta)
+            f.rate = delta / self.interval
+            f.hits, f.lost = hits[i], lost[i]
+            self._last_hits[i] = hits[i]
+
+    def stop(self) -> None:
+        """End: stop the events, drain what is left, take the final counts."""
+        self.sampler.disable()
+        self._drain()
+        self._tick(time.monotonic())
+        if self.ended_by is None:
+            self.ended_by = "interrupt"
+            if self.child is not None and self.child.poll() is None:
+                # the user quit: a command perfbp started ends with the view
+                import signal as _signal
+                try:
+                    os.kill(self.child.pid, _signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def close(self) -> None:
+        self.sampler.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self.child is not None and self.child.returncode is None:
+            self.exit_code = self.child.wait()
+
+    def writers(self, watch: int, top: int = 3) -> "list[Writer]":
+        """The busiest writers of a watch so far, symbolized."""
+        sym = self._symbolizer()
+        merged: _Counter = _Counter()
+        first = {}
+        for (pid, ip), n in self.figures[watch].writers.most_common(64):
+            loc = sym.resolve(pid, ip)
+            key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
+            merged[key] += n
+            first.setdefault(key, (loc, pid))
+        return [Writer(first[k][0], first[k][1], n, _source_of(first[k][0]))
+                for k, n in merged.most_common(top)]
+
+    def threads(self, top: int = 5) -> "list[ThreadHits]":
+        """The busiest threads over every watch."""
+        total: _Counter = _Counter()
+        for f in self.figures:
+            total.update(f.threads)
+        return [ThreadHits(pid, tid, self._comm(pid, tid), n)
+                for (pid, tid), n in total.most_common(top)]
+
+    def _comm(self, pid: int, tid: int) -> str:
+        name = self.comms.get(tid) or self.comms.get(pid)
+        if name is None:
+            name = system.comm(tid)
+            if name == "?":
+                name = system.comm(pid)
+            self.comms[tid] = name
+        return name
+
+    def _symbolizer(self) -> Symbolizer:
+        sym = getattr(self, "_sym", None)
+        if sym is None:
+            sym = self._sym = Symbolizer()
+        pids = {pid for f in self.figures for (pid, _ip) in f.writers}
+        for pid in pids - set(sym.spaces):
+            sym.add_proc_maps(pid)
+        return sym
+
+    def summary(self, top: int = 5) -> Report:
+        """The end-of-run summary, as ``perfbp record`` prints it."""
+        watches = []
+        for i, f in enumerate(self.figures):
+            w = WatchReport(i, f.label, f.address, f.length, f.access, f.samples,
+                            lost=f.lost, kernel_hits=f.hits)
+            w.writers = self.writers(i, top)
+            w.threads = [ThreadHits(pid, tid, self._comm(pid, tid), n)
+                         for (pid, tid), n in f.threads.most_common(top)]
+            watches.append(w)
+        return Report("", sum(f.samples for f in self.figures),
+                      sum(f.lost for f in self.figures), watches, producer="perfbp")
+
+    def __enter__(self) -> "LiveSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
