@@ -468,6 +468,11 @@ def top(
     interval: float = typer.Option(1.0, "--interval", "-i", metavar="SECONDS",
                                    help="Seconds between screen updates."),
     top_n: int = typer.Option(5, "--top", help="Writers and threads in the final summary."),
+    multiplex: bool = typer.Option(False, "--multiplex",
+                                   help="More watches than slots: let them take turns; rows "
+                                        "show the coverage and the scaled estimate."),
+    slice_ms: int = typer.Option(10, "--slice-ms", metavar="MS",
+                                 help="With --multiplex: how long each turn lasts."),
     command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
 ) -> None:
     """A live view of every hit: per watch the hits, hits per second, a
@@ -482,10 +487,14 @@ def top(
     watches = _watches(watch)
     if interval < 0.05:
         raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
+    if slice_ms < 1:
+        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
     session = perfbp.LiveSession(watches, target=target, command=command or None,
-                                 interval=interval)
+                                 interval=interval,
+                                 multiplex=slice_ms / 1000 if multiplex else None)
     try:
-        slots = sum(len(w.pieces) for w in session.watches)
+        slots = (session.mux.nslots if session.mux is not None
+                 else sum(len(w.pieces) for w in session.watches))
         tui.run(session, interval=interval, slots=slots, capacity=4)
         session.stop()
         report = session.summary(top_n)

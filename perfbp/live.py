@@ -56,9 +56,12 @@ class LiveWatch:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     writers: _Counter = field(default_factory=_Counter)  # (pid, ip) -> samples
     threads: _Counter = field(default_factory=_Counter)  # (pid, tid) -> samples
+    coverage: float = 1.0  # multiplexed: the fraction of the run watched
+    estimate: "int | None" = None  # multiplexed: hits scaled to the whole run
 
     @property
     def complete(self) -> bool:
+        """samples + lost == hits (hits seen while watched, when multiplexed)."""
         return self.samples + self.lost == self.hits
 
 
@@ -76,14 +79,17 @@ class LiveSession:
 
     def __init__(self, watches: "Sequence", *, target: "Target | None" = None,
                  command: "Sequence[str] | None" = None, interval: float = 1.0,
-                 ring_pages: "int | None" = None) -> None:
+                 ring_pages: "int | None" = None, multiplex: "float | None" = None) -> None:
         if (target is None) == (command is None):
             raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
         self.interval = interval
         child, ws = prepare_watches(watches, target, command)
         traced = child is not None and child.traced
         try:
-            plan(ws, target).require()
+            the_plan = plan(ws, target)
+            if not the_plan.fits and multiplex is None:
+                the_plan.require()
+            mux_slots = the_plan.free if not the_plan.fits else 0
             if child is None and command is not None:
                 child = launch.prepare(list(command))
         except BaseException:
@@ -94,14 +100,32 @@ class LiveSession:
         self.watches = ws
         at_exec = child is not None and not traced
         self.target = Target.process(child.pid, name=" ".join(command)) if child else target
-        pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
+        self.mux = None
+        if mux_slots:
+            from .breakpoint import Breakpoint
+            from .multiplex import Multiplexer
+
+            group = Multiplexer.preview(ws, mux_slots)
+            parked = Breakpoint.execute(ws[0].pieces[0].address)  # armed, never hit
+            pieces = [(-1, bp, ws[0].exclude_kernel) for bp in group] + \
+                [(-1, parked, ws[0].exclude_kernel)] * (mux_slots - len(group))
+        else:
+            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
         self._piece_watch = [wi for wi, _bp, _ek in pieces]
+        # multiplexed samples tell their watch by address
+        self._addr_watch = {p.address: wi for wi, w in enumerate(ws) for p in w.pieces}
         kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
         try:
             self.sampler = Sampler([p[1] for p in pieces], self.target, enable_on_exec=at_exec,
                                    exclude_kernel=[p[2] for p in pieces],
                                    wakeup_fraction=8, **kwargs)
+            if mux_slots:
+                self.mux = Multiplexer(ws, self.target, slice_seconds=multiplex,
+                                       enable_on_exec=at_exec,
+                                       holders=[self.sampler.slot(j) for j in range(len(pieces))])
         except BaseException:
+            if getattr(self, "sampler", None) is not None:
+                self.sampler.close()
             if child is not None:
                 child.kill() if traced else child.abort()
             raise
@@ -119,12 +143,19 @@ class LiveSession:
 
     def start(self) -> None:
         """Let the target run (a launched command starts now)."""
+        armed = time.monotonic()
         if self.child is not None:
             if self._traced:
                 self.child.resume()
             else:
                 self.child.start()
             self._pidfd = os.pidfd_open(self.child.pid)
+            if self.mux is not None:
+                self.mux.start(armed_since=armed)
+        elif self.mux is not None:
+            self.mux.start()
+        if self.child is not None:
+            pass
         elif self.target.kind == "process":
             try:
                 self._pidfd = os.pidfd_open(self.target.pid)
@@ -155,8 +186,10 @@ class LiveSession:
         ready: list[int] = []
         while True:
             now = time.monotonic()
-            wait = max(0.0, self._next - now)
-            events = poller.poll(int(wait * 1000))
+            wake = self._next if self.mux is None else min(self._next, self.mux.next_rotation())
+            events = poller.poll(int(max(0.0, wake - now) * 1000))
+            if self.mux is not None and time.monotonic() >= self.mux.next_rotation():
+                self.mux.rotate()
             self._drain()
             hit = [fd for fd, _ev in events if fd in extra_fds]
             if hit:
@@ -198,21 +231,31 @@ class LiveSession:
         for tid, pid in set(zip(tids, pids)):  # and its threads' names
             if tid not in self.comms:
                 self._comm(pid, tid)
-        for p, pid, tid, ip in zip(pieces, pids, tids, ips):
-            if p < 0:
+        addrs = cols.addr.tolist() if self.mux is not None else None
+        for n, (p, pid, tid, ip) in enumerate(zip(pieces, pids, tids, ips)):
+            if addrs is not None:
+                wi = self._addr_watch.get(addrs[n], -1)
+            else:
+                wi = self._piece_watch[p] if p >= 0 else -1
+            if wi < 0:
                 continue
-            f = self.figures[self._piece_watch[p]]
+            f = self.figures[wi]
             f.samples += 1
             f.writers[(pid, ip)] += 1
             f.threads[(pid, tid)] += 1
 
     def _tick(self, now: float) -> None:
-        stats = self.sampler.stats()
         hits = [0] * len(self.figures)
         lost = [0] * len(self.figures)
-        for p, st in enumerate(stats):
-            hits[self._piece_watch[p]] += st.hits
-            lost[self._piece_watch[p]] += st.lost
+        if self.mux is not None:
+            for i, est in enumerate(self.mux.read(now)):
+                hits[i], lost[i] = est.seen, self.mux.lost[i]
+                self.figures[i].coverage = est.coverage
+                self.figures[i].estimate = est.hits
+        else:
+            for p, st in enumerate(self.sampler.stats()):
+                hits[self._piece_watch[p]] += st.hits
+                lost[self._piece_watch[p]] += st.lost
         for i, f in enumerate(self.figures):
             delta = hits[i] - self._last_hits[i]
             f.history.append(delta)
@@ -222,6 +265,8 @@ class LiveSession:
 
     def stop(self) -> None:
         """End: stop the events, drain what is left, take the final counts."""
+        if self.mux is not None:
+            self.mux.stop()
         self.sampler.disable()
         self._drain()
         self._tick(time.monotonic())
@@ -236,6 +281,8 @@ class LiveSession:
                     pass
 
     def close(self) -> None:
+        if self.mux is not None:
+            self.mux.close()
         self.sampler.close()
         if self._pidfd >= 0:
             os.close(self._pidfd)
@@ -287,7 +334,8 @@ class LiveSession:
         watches = []
         for i, f in enumerate(self.figures):
             w = WatchReport(i, f.label, f.address, f.length, f.access, f.samples,
-                            lost=f.lost, kernel_hits=f.hits)
+                            lost=f.lost, kernel_hits=f.hits, coverage=f.coverage,
+                            estimate=f.estimate)
             w.writers = self.writers(i, top)
             w.threads = [ThreadHits(pid, tid, self._comm(pid, tid), n)
                          for (pid, tid), n in f.threads.most_common(top)]

@@ -65,7 +65,9 @@ def render(session: "perfbp.LiveSession", sort: str, slots: int, capacity: int):
         f = figs[i]
         writers = session.writers(i, 1)
         top = str(writers[0].location) if writers else ""
-        table.add_row(f.label, f"{f.hits:,}", f"{f.rate:,.0f}", sparkline(f.history, 20), top)
+        hits = f"{f.hits:,}" if f.estimate is None else \
+            f"~{f.estimate:,} ({100 * f.coverage:.0f}%)"
+        table.add_row(f.label, hits, f"{f.rate:,.0f}", sparkline(f.history, 20), top)
     threads = Table(box=None, pad_edge=False, title=None)
     threads.add_column("busiest threads", no_wrap=True)
     threads.add_column("samples", justify="right")
@@ -78,8 +80,11 @@ def plain_lines(session: "perfbp.LiveSession") -> "list[str]":
     """One line per watch for this interval (not a terminal)."""
     out = []
     for f in session.figures:
-        out.append(f"{session.elapsed:10.3f} {f.label} hits={f.hits} rate={f.rate:.0f}/s "
-                   f"samples={f.samples} lost={f.lost}")
+        line = (f"{session.elapsed:10.3f} {f.label} hits={f.hits} rate={f.rate:.0f}/s "
+                f"samples={f.samples} lost={f.lost}")
+        if f.estimate is not None:
+            line += f" estimate={f.estimate} coverage={f.coverage:.3f}"
+        out.append(line)
     return out
 
 
