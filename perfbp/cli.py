@@ -8,6 +8,7 @@ traceback.  Nothing here runs through a shell.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import List, Optional
 
@@ -485,6 +486,8 @@ def top(
     command = list(command or [])
     target = resolve_target(pid, tid, all_cpus, cpu, command)
     watches = _watches(watch)
+    if not math.isfinite(interval):
+        raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
         raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
     if slice_ms < 1:
@@ -507,7 +510,9 @@ def top(
             typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
                        f"but {f.samples:,} samples + {f.lost:,} lost = {f.samples + f.lost:,}",
                        err=True)
-    if session.exit_code is not None:
+    # the command's status when it ended by itself; 0 when the user ended the
+    # view (q, Ctrl-C) and perfbp ended the command: that is no failure of it
+    if session.exit_code is not None and session.ended_by == "exit":
         raise typer.Exit(perfbp.exit_status(session.exit_code))
 
 

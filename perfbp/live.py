@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 from collections import Counter as _Counter
 from collections import deque
@@ -30,6 +31,7 @@ from .sampling import Sampler
 from .symbols import Symbolizer
 
 HISTORY = 60  # seconds of rates kept for sparklines
+TERM_GRACE = 2.0  # seconds a command perfbp ends gets between SIGTERM and SIGKILL
 
 
 @dataclass
@@ -118,7 +120,7 @@ class LiveSession:
         try:
             self.sampler = Sampler([p[1] for p in pieces], self.target, enable_on_exec=at_exec,
                                    exclude_kernel=[p[2] for p in pieces],
-                                   wakeup_fraction=8, **kwargs)
+                                   wakeup_fraction=8, track=True, **kwargs)
             if mux_slots:
                 self.mux = Multiplexer(ws, self.target, slice_seconds=multiplex,
                                        enable_on_exec=at_exec,
@@ -140,10 +142,16 @@ class LiveSession:
         self._traced = traced
         self._pidfd = -1
         self._next = None
+        self._last_tick = None
 
     def start(self) -> None:
         """Let the target run (a launched command starts now)."""
         armed = time.monotonic()
+        if self._traced or (self.child is None and self.target.kind == "process"):
+            # mapped before the events opened (a traced launch has exec'd, an
+            # attached process runs): read the maps now, while they exist; the
+            # kernel reports later mappings (MMAP records)
+            self._symbolizer().add_proc_maps(self.target.pid)
         if self.child is not None:
             if self._traced:
                 self.child.resume()
@@ -163,6 +171,7 @@ class LiveSession:
                 self._pidfd = -1
         self.started = time.monotonic()
         self._next = self.started + self.interval
+        self._last_tick = self.started
 
     @property
     def elapsed(self) -> float:
@@ -212,12 +221,19 @@ class LiveSession:
                 return ready
 
     def _drain(self) -> None:
-        from .records import Comm
+        from .records import Comm, Mmap
 
         batch = self.sampler.read()
         for rec in batch.records:
             if isinstance(rec, Comm):
                 self.comms[rec.tid] = rec.comm
+                if rec.exec and rec.pid == rec.tid:
+                    self._symbolizer().exec(rec.pid)  # a new image: its MMAPs follow
+            elif isinstance(rec, Mmap):
+                sym = self._symbolizer()
+                if rec.pid not in sym.spaces:  # what it mapped before we watched
+                    sym.add_proc_maps(rec.pid)
+                sym.add_mmap(rec.pid, rec.addr, rec.len, rec.pgoff, rec.filename)
         if not len(batch):
             return
         cols = batch.samples
@@ -256,10 +272,12 @@ class LiveSession:
             for p, st in enumerate(self.sampler.stats()):
                 hits[self._piece_watch[p]] += st.hits
                 lost[self._piece_watch[p]] += st.lost
+        span = now - self._last_tick if self._last_tick is not None else self.interval
+        self._last_tick = now
         for i, f in enumerate(self.figures):
             delta = hits[i] - self._last_hits[i]
             f.history.append(delta)
-            f.rate = delta / self.interval
+            f.rate = delta / span if span > 0 else 0.0
             f.hits, f.lost = hits[i], lost[i]
             self._last_hits[i] = hits[i]
 
@@ -274,20 +292,32 @@ class LiveSession:
             self.ended_by = "interrupt"
             if self.child is not None and self.child.poll() is None:
                 # the user quit: a command perfbp started ends with the view
-                import signal as _signal
                 try:
-                    os.kill(self.child.pid, _signal.SIGTERM)
+                    os.kill(self.child.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
 
     def close(self) -> None:
+        """Close the events.  A command perfbp started that still runs (the
+        user quit, or an error) gets SIGTERM and ``TERM_GRACE`` seconds, then
+        SIGKILL; it is always reaped, so close never waits for good."""
         if self.mux is not None:
             self.mux.close()
         self.sampler.close()
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
-        if self.child is not None and self.child.returncode is None:
+        if self.child is not None and self.child.poll() is None:
+            try:
+                os.kill(self.child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + TERM_GRACE
+            while self.child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self.child.poll() is None:
+                self.child.kill()  # SIGKILL, and reap
+        if self.child is not None:
             self.exit_code = self.child.wait()
 
     def writers(self, watch: int, top: int = 3) -> "list[Writer]":

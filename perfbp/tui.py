@@ -48,9 +48,9 @@ def render(session: "perfbp.LiveSession", sort: str, slots: int, capacity: int):
     head = Text()
     head.append("perfbp top", style="bold")
     head.append(f"  {session.description}\n")
-    head.append(f"{len(figs)} watches, {slots} of {capacity} slots per thread, "
-                f"{session.elapsed:6.1f} s, lost {lost:,}, sort by {sort} "
-                f"(s: switch, q: quit)")
+    n = len(figs)
+    head.append(f"{n} watch{'es' if n != 1 else ''}, {slots}/{capacity} slots, "
+                f"{session.elapsed:.1f} s, lost {lost:,}, sort by {sort} (s: sort, q: quit)")
     bad = [f.label for f in figs if f.samples + f.lost != f.hits]
     warn = Text()
     if bad and session.ended_by is not None:
