@@ -26,6 +26,7 @@ from .errors import CommandNotFound, SymbolNotFound
 from .events import EventOptions, Target
 from .launch import exit_status, resolve_command
 from .live import LiveSession, LiveWatch
+from .watch import WatchHandle, address_of, watch
 from .perfdata import CorruptRecording
 from .planner import Plan, Watch, plan, probe
 from .regions import split_range
@@ -63,6 +64,9 @@ __all__ = [
     "count",
     "record",
     "LiveSession",
+    "watch",
+    "WatchHandle",
+    "address_of",
     "LiveWatch",
     "Watch",
     "Plan",

@@ -1,0 +1,147 @@
+"""``perfbp.watch()``: watch Python-visible memory in a few lines.
+
+The target is an address (with a length), a ctypes object, or any object
+with the buffer protocol — ``bytearray``, ``memoryview``, ``array.array``, a
+numpy array, an element or a slice of one.  Ranges the debug registers cannot
+take in one piece are split over several (planned, all-or-nothing).  Hits are
+counted exactly by the kernel; with ``sample=True`` every hit is also a
+sample (ip, thread, time, CPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from . import abi
+from .errors import InvalidBreakpoint
+from .events import EventOptions, Target
+from .counter import Counter
+from .planner import Watch, plan
+
+
+def address_of(obj: Any, length: "int | None" = None) -> "tuple[int, int]":
+    """``(address, length)`` of a watch target.
+
+    Raises:
+        InvalidBreakpoint: the object exposes no memory perfbp can find.
+    """
+    if isinstance(obj, int):
+        if length is None:
+            raise InvalidBreakpoint("watching a bare address needs a length: "
+                                    "perfbp.watch(addr, length=8)")
+        return obj, length
+    if isinstance(obj, ctypes._SimpleCData) or isinstance(obj, (ctypes.Array, ctypes.Structure,
+                                                                  ctypes.Union)):
+        return ctypes.addressof(obj), length or ctypes.sizeof(obj)
+    iface = getattr(obj, "__array_interface__", None)
+    if iface is not None:  # numpy arrays, elements and slices (strided: the span)
+        addr = iface["data"][0]
+        nbytes = getattr(obj, "nbytes", None)
+        if nbytes is None or not getattr(obj, "flags", {"C_CONTIGUOUS": True})["C_CONTIGUOUS"]:
+            raise InvalidBreakpoint("perfbp watches contiguous memory: watch a contiguous "
+                                    "slice, or each element")
+        return addr, length or nbytes
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise InvalidBreakpoint(f"cannot watch a {type(obj).__name__}: give an address and a "
+                                f"length, a ctypes object, or an object with the buffer "
+                                f"protocol (bytearray, array.array, numpy array)") from None
+    if not view.contiguous:
+        raise InvalidBreakpoint("perfbp watches contiguous memory: this buffer is strided")
+    ptr = abi.ffi.from_buffer(view)
+    return int(abi.ffi.cast("uintptr_t", ptr)), length or view.nbytes
+
+
+class WatchHandle:
+    """A live watch on Python-visible memory (see :func:`watch`).
+
+    Attributes:
+        watch: the :class:`~perfbp.Watch` (its pieces, one per register).
+        hits: the exact hit count (readable after the watch is closed too).
+    """
+
+    def __init__(self, watch_: Watch, target: Target) -> None:
+        self.watch = watch_
+        self.target = target
+        self._final: "int | None" = None
+        plan([watch_], target).require()
+        self._counters: list[Counter] = []
+        try:
+            opts = EventOptions(exclude_kernel=watch_.exclude_kernel)
+            for bp in watch_.pieces:
+                self._counters.append(Counter(bp, target=target, options=opts))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def hits(self) -> int:
+        if self._final is not None:
+            return self._final
+        return sum(c.read() for c in self._counters)
+
+    def move(self, target: Any, length: "int | None" = None) -> None:
+        """Point the watch at other memory of the same size in place (no slot is
+        given up), e.g. the next element of an array."""
+        addr, n = address_of(target, length or self.watch.length)
+        new = Watch.range(addr, n, self.watch.access, label=self.watch.label)
+        if len(new.pieces) != len(self._counters):
+            raise InvalidBreakpoint(f"cannot move a {len(self._counters)}-register watch onto "
+                                    f"{addr:#x}/{n}, which needs {len(new.pieces)}: close it "
+                                    f"and watch the new range")
+        for c, bp in zip(self._counters, new.pieces):
+            c.retarget(bp)
+        self.watch = new
+
+    def close(self) -> None:
+        """Stop watching; :attr:`hits` keeps the final count."""
+        if self._final is None and self._counters:
+            self._final = sum(c.read() for c in self._counters if not c.closed)
+        for c in self._counters:
+            c.close()
+
+    def __enter__(self) -> "WatchHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._final is not None else "watching"
+        return (f"<perfbp watch {self.watch.label} {self.watch.spec} on "
+                f"{self.target.describe()}: {self.hits:,} hits, {state}>")
+
+
+def watch(target: Any, access: str = "w", length: "int | None" = None, *,
+          pid: "int | None" = None, label: str = "") -> WatchHandle:
+    """Watch memory and count every access, exactly.
+
+    Args:
+        target: an address (give ``length``), a ctypes object, or an object
+            with the buffer protocol (bytearray, memoryview, array.array, a
+            numpy array, an element or contiguous slice of one).
+        access: ``"w"`` (writes), ``"rw"`` (reads and writes), ``"x"``.
+        length: bytes to watch (default: the object's size).
+        pid: another process (an address in it); default: this whole
+            process, every thread.
+        label: how outputs name it.
+
+    Example::
+
+        a = numpy.zeros(16)
+        with perfbp.watch(a[3:4]) as w:
+            a[3] = 1.0
+        print(w.hits)   # 1
+
+    Raises:
+        InvalidBreakpoint, NoBreakpointSlots, PermissionDenied: as for
+        :class:`~perfbp.Counter`; nothing is left open.
+    """
+    import os
+
+    addr, n = address_of(target, length)
+    w = Watch.range(addr, n, access, label=label or f"{addr:#x}/{n}:{access}")
+    tgt = Target.process(pid if pid is not None else os.getpid())
+    return WatchHandle(w, tgt)

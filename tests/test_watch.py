@@ -1,0 +1,87 @@
+"""perfbp.watch() on Python-visible memory (real kernel, exact counts)."""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import threading
+
+import numpy as np
+import pytest
+
+import perfbp
+
+N = 1009
+
+
+def test_numpy_element_writes_counted_exactly():
+    a = np.zeros(64)
+    with perfbp.watch(a[10:11]) as w:
+        for i in range(N):
+            a[10] = i
+        a[11] = 1.0  # the next element: not watched
+        a[9] = 1.0
+    assert w.hits == N
+    assert w.watch.length == 8 and w.watch.address == a[10:11].__array_interface__["data"][0]
+
+
+def test_bytearray_and_array_and_memoryview():
+    b = bytearray(64)
+    with perfbp.watch(b, length=8) as w:
+        for i in range(N):
+            b[3] = i % 256
+        b[8] = 1  # outside the 8 bytes
+    assert w.hits == N
+    arr = array.array("q", [0] * 8)
+    with perfbp.watch(memoryview(arr)[2:3]) as w2:
+        for i in range(N):
+            arr[2] = i
+        arr[3] = 7
+    assert w2.hits == N
+
+
+def test_ctypes_object_and_move_and_hits_after_close():
+    c = (ctypes.c_long * 4)()
+    with perfbp.watch(c, length=8) as w:
+        c[0] = 1
+        c[1] = 1  # outside
+        w.move(ctypes.addressof(c) + 8)
+        c[1] = 2
+        c[0] = 3  # no longer watched
+    assert w.hits == 2
+    assert w.hits == 2  # stays readable after the with block
+    assert "closed" in repr(w) and "2 hits" in repr(w)
+
+
+def test_a_range_split_over_registers_counts_as_one_watch():
+    a = np.zeros(8, dtype=np.int64)
+    with perfbp.watch(a[1:3]) as w:  # 16 bytes: two registers
+        for i in range(N):
+            a[1] = i
+            a[2] = i
+    assert len(w.watch.pieces) == 2 and w.hits == 2 * N
+
+
+def test_every_thread_of_the_process_is_watched():
+    a = np.zeros(8)
+    with perfbp.watch(a[0:1]) as w:
+        def worker():
+            for i in range(N):
+                a[0] = i
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert w.hits == 2 * N
+
+
+def test_bad_targets():
+    with pytest.raises(perfbp.InvalidBreakpoint, match="needs a length"):
+        perfbp.watch(0x1000)
+    with pytest.raises(perfbp.InvalidBreakpoint, match="cannot watch a object"):
+        perfbp.watch(object())
+    with pytest.raises(perfbp.InvalidBreakpoint, match="contiguous"):
+        perfbp.watch(np.zeros((4, 4))[:, 1])
+    with pytest.raises(perfbp.NoBreakpointSlots):
+        perfbp.watch(np.zeros(8))  # 64 bytes: 8 registers
