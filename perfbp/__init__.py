@@ -26,7 +26,7 @@ from .errors import CommandNotFound, SymbolNotFound
 from .events import EventOptions, Target
 from .launch import exit_status, resolve_command
 from .live import LiveSession, LiveWatch
-from .watch import WatchHandle, address_of, watch
+from .watch import HitEvent, WatchHandle, address_of, watch
 from .perfdata import CorruptRecording
 from .planner import Plan, Watch, plan, probe
 from .regions import split_range
@@ -66,6 +66,7 @@ __all__ = [
     "LiveSession",
     "watch",
     "WatchHandle",
+    "HitEvent",
     "address_of",
     "LiveWatch",
     "Watch",

@@ -159,6 +159,7 @@ struct perf_event_mmap_page {
 };
 
 long syscall(long number, ...);
+int sigaction(int signum, const void *act, void *oldact);
 int ioctl(int fd, unsigned long request, ...);
 int close(int fd);
 """

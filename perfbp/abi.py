@@ -191,6 +191,56 @@ def ptrace_regs(pid: int, regs=None):
     return regs
 
 
+# --- synchronous SIGTRAP (attr.sigtrap), for hit callbacks ----------------------------
+#
+# glibc x86-64 `struct sigaction`: the handler at 0, sa_mask (128 bytes) at
+# 8, sa_flags at 136, sa_restorer at 144: 152 bytes.  `siginfo_t` of a
+# TRAP_PERF signal: si_code at 8, si_addr at 16, si_perf_data at 24,
+# si_perf_type at 32 (include/uapi/asm-generic/siginfo.h).
+SIGACTION_SIZE = 152
+SA_SIGINFO = 4
+SA_RESTART = 0x10000000
+SIGTRAP = 5
+TRAP_PERF = 6
+_SIGINFO_CODE, _SIGINFO_ADDR, _SIGINFO_PERF_DATA = 8, 16, 24
+
+
+def install_sigtrap(handler):
+    """Run ``handler(code, addr, perf_data)`` synchronously, inside the
+    SIGTRAP itself, in the thread that took it (a C-level SA_SIGINFO handler
+    calling back into Python).  Returns a token for :func:`restore_sigtrap`.
+
+    Raises:
+        OSError: sigaction failed; NotImplementedError: not x86-64.
+    """
+    if MACHINE != "x86_64":
+        raise NotImplementedError("synchronous hit callbacks are implemented for x86-64")
+
+    def trampoline(sig, info, ctx):
+        try:
+            raw = ffi.cast("char *", info)
+            code = ffi.cast("int *", raw + _SIGINFO_CODE)[0]
+            addr = int(ffi.cast("uint64_t *", raw + _SIGINFO_ADDR)[0])
+            data = int(ffi.cast("uint64_t *", raw + _SIGINFO_PERF_DATA)[0])
+            handler(code, addr, data)
+        except BaseException:  # never unwind through the signal frame
+            pass
+
+    callback = ffi.callback("void(int, void *, void *)", trampoline)
+    act = ffi.new(f"char[{SIGACTION_SIZE}]")
+    old = ffi.new(f"char[{SIGACTION_SIZE}]")
+    ffi.cast("void **", act)[0] = ffi.cast("void *", callback)
+    ffi.cast("int *", act + 136)[0] = SA_SIGINFO | SA_RESTART
+    _check(lib.sigaction(SIGTRAP, act, old))
+    return (callback, old)
+
+
+def restore_sigtrap(token) -> None:
+    """Put back the SIGTRAP disposition :func:`install_sigtrap` replaced."""
+    _callback, old = token
+    _check(lib.sigaction(SIGTRAP, old, ffi.NULL))
+
+
 # The argument-less ioctls go through fcntl.ioctl(fd, request), which raises
 # OSError with the errno itself and costs a third of a variadic cffi call.
 # (fcntl.ioctl with an explicit 0 argument is slower: it copies a buffer.)

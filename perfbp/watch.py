@@ -54,6 +54,81 @@ def address_of(obj: Any, length: "int | None" = None) -> "tuple[int, int]":
     return int(abi.ffi.cast("uintptr_t", ptr)), length or view.nbytes
 
 
+import os as _os
+from dataclasses import dataclass
+
+_PACKAGE_DIR = _os.path.dirname(_os.path.abspath(__file__)) + _os.sep
+
+
+@dataclass(frozen=True)
+class HitEvent:
+    """One hit, as a callback sees it.
+
+    Attributes:
+        watch: the :class:`WatchHandle`.
+        address: the watched address (``bp_addr``: the piece that was hit).
+        tid: the thread that made the access.
+        old, new: the watched bytes before and after (for data watches).
+        filename, line, function: the Python code that made the access:
+            the line executing when the CPU trapped (None when the access
+            was not made under a Python frame of this thread).
+    """
+
+    watch: "WatchHandle"
+    address: int
+    tid: int
+    old: "bytes | None"
+    new: "bytes | None"
+    filename: "str | None"
+    line: "int | None"
+    function: "str | None"
+
+
+class _Callbacks:
+    """The process's SIGTRAP handler while any watch has a callback."""
+
+    handles: "dict[int, WatchHandle]" = {}
+    token = None
+
+    @classmethod
+    def add(cls, handle: "WatchHandle") -> int:
+        if cls.token is None:
+            cls.token = abi.install_sigtrap(cls._on_trap)
+        key = id(handle)
+        cls.handles[key] = handle
+        return key
+
+    @classmethod
+    def remove(cls, key: int) -> None:
+        cls.handles.pop(key, None)
+        if not cls.handles and cls.token is not None:
+            abi.restore_sigtrap(cls.token)
+            cls.token = None
+
+    @staticmethod
+    def _on_trap(code: int, addr: int, data: int) -> None:
+        # Runs inside the SIGTRAP, in the thread that made the access, before
+        # it executes anything else: the calling Python frame is the one whose
+        # current instruction made the access, so its line is exact.
+        import sys
+        import threading
+
+        handle = _Callbacks.handles.get(data)
+        if code != abi.TRAP_PERF or handle is None:
+            return
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            frame = frame.f_back  # perfbp's own trampoline frames
+        new = handle._snapshot()
+        old, handle._last = handle._last, new
+        event = HitEvent(handle, addr, threading.get_native_id(), old, new,
+                         frame.f_code.co_filename if frame else None,
+                         frame.f_lineno if frame else None,
+                         frame.f_code.co_name if frame else None)
+        handle._callback_hits += 1
+        handle._on_hit(event)
+
+
 class WatchHandle:
     """A live watch on Python-visible memory (see :func:`watch`).
 
@@ -62,19 +137,35 @@ class WatchHandle:
         hits: the exact hit count (readable after the watch is closed too).
     """
 
-    def __init__(self, watch_: Watch, target: Target) -> None:
+    def __init__(self, watch_: Watch, target: Target, on_hit=None) -> None:
         self.watch = watch_
         self.target = target
         self._final: "int | None" = None
+        self._on_hit = on_hit
+        self._key = None
+        self._callback_hits = 0
+        self._last = None
         plan([watch_], target).require()
         self._counters: list[Counter] = []
         try:
-            opts = EventOptions(exclude_kernel=watch_.exclude_kernel)
+            if on_hit is not None:
+                self._key = _Callbacks.add(self)
+                self._last = self._snapshot()
+                opts = EventOptions(exclude_kernel=watch_.exclude_kernel, sigtrap=True,
+                                    sig_data=self._key)
+            else:
+                opts = EventOptions(exclude_kernel=watch_.exclude_kernel)
             for bp in watch_.pieces:
                 self._counters.append(Counter(bp, target=target, options=opts))
         except BaseException:
             self.close()
             raise
+
+    def _snapshot(self) -> "bytes | None":
+        """The watched bytes now (data watches in this process only)."""
+        if self.watch.access == "x" or self.target.kind != "thread":
+            return None
+        return ctypes.string_at(self.watch.address, self.watch.length)
 
     @property
     def hits(self) -> int:
@@ -101,6 +192,9 @@ class WatchHandle:
             self._final = sum(c.read() for c in self._counters if not c.closed)
         for c in self._counters:
             c.close()
+        if self._key is not None:
+            _Callbacks.remove(self._key)
+            self._key = None
 
     def __enter__(self) -> "WatchHandle":
         return self
@@ -115,7 +209,7 @@ class WatchHandle:
 
 
 def watch(target: Any, access: str = "w", length: "int | None" = None, *,
-          pid: "int | None" = None, label: str = "") -> WatchHandle:
+          pid: "int | None" = None, label: str = "", on_hit=None) -> WatchHandle:
     """Watch memory and count every access, exactly.
 
     Args:
@@ -127,6 +221,11 @@ def watch(target: Any, access: str = "w", length: "int | None" = None, *,
         pid: another process (an address in it); default: this whole
             process, every thread.
         label: how outputs name it.
+        on_hit: ``fn(event)`` called for every hit, synchronously, in the
+            calling thread, with a :class:`HitEvent` (old and new bytes, and
+            the Python file, line and function that made the access).  Uses
+            ``attr.sigtrap`` (Linux 5.13+): the watch is then on the calling
+            thread only.  See docs/api.md for what is and is not attributable.
 
     Example::
 
@@ -143,5 +242,10 @@ def watch(target: Any, access: str = "w", length: "int | None" = None, *,
 
     addr, n = address_of(target, length)
     w = Watch.range(addr, n, access, label=label or f"{addr:#x}/{n}:{access}")
+    if on_hit is not None:
+        if pid is not None:
+            raise InvalidBreakpoint("hit callbacks run in the thread that made the access: "
+                                    "they watch this thread only, not another process")
+        return WatchHandle(w, Target.this_thread(), on_hit)
     tgt = Target.process(pid if pid is not None else os.getpid())
     return WatchHandle(w, tgt)

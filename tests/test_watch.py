@@ -85,3 +85,63 @@ def test_bad_targets():
         perfbp.watch(np.zeros((4, 4))[:, 1])
     with pytest.raises(perfbp.NoBreakpointSlots):
         perfbp.watch(np.zeros(8))  # 64 bytes: 8 registers
+
+
+def _lines_marked(marker: str) -> "list[int]":
+    import inspect
+
+    src, start = inspect.getsourcelines(__import__(__name__))
+    return [i + 1 for i, line in enumerate(src) if marker in line]
+
+
+def test_callback_gets_the_exact_python_line_and_values():
+    """on_hit runs inside the trap, in this thread: the line is the one that
+    stored (not a later one), and old/new are the bytes around the store."""
+    a = np.zeros(8)
+    events = []
+
+    def mutate():
+        a[1] = 5.0
+        a[2] = 7.0  # STORE-A
+        x = 1  # noqa: F841
+        for i in range(3):
+            a[2] = 10.0 + i  # STORE-B
+        return x
+
+    with perfbp.watch(a[2:3], on_hit=events.append) as w:
+        mutate()
+    store_a, store_b = _lines_marked("# STORE-A")[0], _lines_marked("# STORE-B")[0]
+    assert w.hits == 4 and len(events) == 4
+    assert [e.line for e in events] == [store_a, store_b, store_b, store_b]
+    assert {e.function for e in events} == {"mutate"}
+    assert all(e.filename == __file__ for e in events)
+    olds = [np.frombuffer(e.old)[0] for e in events]
+    news = [np.frombuffer(e.new)[0] for e in events]
+    assert olds == [0.0, 7.0, 10.0, 11.0] and news == [7.0, 10.0, 11.0, 12.0]
+    assert all(e.tid == threading.get_native_id() for e in events)
+
+
+def test_callback_for_a_write_made_by_c_code_names_the_calling_python_line():
+    """A store made inside a C function (ctypes.memmove) is attributed to the
+    Python line that called it: the innermost Python frame at the trap."""
+    c = (ctypes.c_char * 16)()
+    src = ctypes.create_string_buffer(b"x" * 8)
+    events = []
+    with perfbp.watch(c, length=8, on_hit=events.append):
+        ctypes.memmove(c, src, 8)  # C-STORE
+    assert events and {e.line for e in events} == set(_lines_marked("# C-STORE")[:1])
+
+
+def test_callback_watches_the_calling_thread_only():
+    """sigtrap watches are task-bound to the calling thread: another thread's
+    writes are neither counted nor reported (documented)."""
+    a = np.zeros(8)
+    events = []
+    with perfbp.watch(a[0:1], on_hit=events.append) as w:
+        t = threading.Thread(target=lambda: a.__setitem__(0, 3.0))
+        t.start()
+        t.join()
+        a[0] = 4.0
+    assert w.hits == 1 and len(events) == 1 and np.frombuffer(events[0].new)[0] == 4.0
+    with pytest.raises(perfbp.InvalidBreakpoint, match="this thread only"):
+        perfbp.watch(a[0:1], on_hit=print, pid=1)
