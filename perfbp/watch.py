@@ -137,9 +137,11 @@ class WatchHandle:
         hits: the exact hit count (readable after the watch is closed too).
     """
 
-    def __init__(self, watch_: Watch, target: Target, on_hit=None) -> None:
+    def __init__(self, watch_: Watch, target: Target, on_hit=None, sample: bool = False) -> None:
         self.watch = watch_
         self.target = target
+        self._sampler = None
+        self._sampled: list = []
         self._final: "int | None" = None
         self._on_hit = on_hit
         self._key = None
@@ -155,11 +157,30 @@ class WatchHandle:
                                     sig_data=self._key)
             else:
                 opts = EventOptions(exclude_kernel=watch_.exclude_kernel)
-            for bp in watch_.pieces:
-                self._counters.append(Counter(bp, target=target, options=opts))
+            if sample:
+                from .sampling import Sampler
+
+                self._sampler = Sampler(list(watch_.pieces), target,
+                                        exclude_kernel=watch_.exclude_kernel)
+            else:
+                for bp in watch_.pieces:
+                    self._counters.append(Counter(bp, target=target, options=opts))
         except BaseException:
             self.close()
             raise
+
+    def samples(self):
+        """Every hit so far as columns (numpy arrays: ``ip``, ``tid``, ``time``,
+        ``cpu``, ``addr`` ...), for a watch made with ``sample=True``."""
+        from .records import SampleColumns
+
+        if self._sampler is None and not self._sampled:
+            raise InvalidBreakpoint("this watch does not sample: perfbp.watch(..., sample=True)")
+        if self._sampler is not None:
+            batch = self._sampler.read()
+            if len(batch):
+                self._sampled.append(batch.samples)
+        return SampleColumns.concat(self._sampled)
 
     def _snapshot(self) -> "bytes | None":
         """The watched bytes now (data watches in this process only)."""
@@ -171,9 +192,13 @@ class WatchHandle:
     def hits(self) -> int:
         if self._final is not None:
             return self._final
+        if self._sampler is not None:
+            return sum(st.hits for st in self._sampler.stats())
         return sum(c.read() for c in self._counters)
 
     def move(self, target: Any, length: "int | None" = None) -> None:
+        if self._sampler is not None:
+            raise InvalidBreakpoint("a sampling watch cannot move: close it and watch anew")
         """Point the watch at other memory of the same size in place (no slot is
         given up), e.g. the next element of an array."""
         addr, n = address_of(target, length or self.watch.length)
@@ -190,6 +215,12 @@ class WatchHandle:
         """Stop watching; :attr:`hits` keeps the final count."""
         if self._final is None and self._counters:
             self._final = sum(c.read() for c in self._counters if not c.closed)
+        if self._sampler is not None:
+            self._sampler.disable()
+            self.samples()  # keep every sample for after the close
+            self._final = sum(st.hits for st in self._sampler.stats())
+            self._sampler.close()
+            self._sampler = None
         for c in self._counters:
             c.close()
         if self._key is not None:
@@ -209,7 +240,8 @@ class WatchHandle:
 
 
 def watch(target: Any, access: str = "w", length: "int | None" = None, *,
-          pid: "int | None" = None, label: str = "", on_hit=None) -> WatchHandle:
+          pid: "int | None" = None, label: str = "", on_hit=None,
+          sample: bool = False) -> WatchHandle:
     """Watch memory and count every access, exactly.
 
     Args:
@@ -226,6 +258,7 @@ def watch(target: Any, access: str = "w", length: "int | None" = None, *,
             the Python file, line and function that made the access).  Uses
             ``attr.sigtrap`` (Linux 5.13+): the watch is then on the calling
             thread only.  See docs/api.md for what is and is not attributable.
+        sample: also record every hit as a sample (:meth:`WatchHandle.samples`).
 
     Example::
 
@@ -248,4 +281,4 @@ def watch(target: Any, access: str = "w", length: "int | None" = None, *,
                                     "they watch this thread only, not another process")
         return WatchHandle(w, Target.this_thread(), on_hit)
     tgt = Target.process(pid if pid is not None else os.getpid())
-    return WatchHandle(w, tgt)
+    return WatchHandle(w, tgt, sample=sample)

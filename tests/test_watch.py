@@ -145,3 +145,15 @@ def test_callback_watches_the_calling_thread_only():
     assert w.hits == 1 and len(events) == 1 and np.frombuffer(events[0].new)[0] == 4.0
     with pytest.raises(perfbp.InvalidBreakpoint, match="this thread only"):
         perfbp.watch(a[0:1], on_hit=print, pid=1)
+
+
+def test_sampling_watch_gives_every_hit_as_columns():
+    a = np.zeros(8)
+    with perfbp.watch(a[4:5], sample=True) as w:
+        for i in range(N):
+            a[4] = i
+    cols = w.samples()
+    assert w.hits == N and len(cols) == N
+    assert set(cols.tid.tolist()) == {threading.get_native_id()}
+    assert set(cols.addr.tolist()) == {a[4:5].__array_interface__["data"][0]}
+    assert (np.diff(cols.time.astype(np.int64)) >= 0).sum() >= N - 2  # time-ordered per CPU
