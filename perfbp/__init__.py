@@ -25,6 +25,7 @@ from .check import CheckItem, CheckReport, probe_capacity, run_checks
 from .errors import CommandNotFound, SymbolNotFound
 from .events import EventOptions, Target
 from .launch import exit_status, resolve_command
+from .frames import Samples, load_samples
 from .live import LiveSession, LiveWatch
 from .watch import HitEvent, WatchHandle, address_of, watch
 from .perfdata import CorruptRecording
@@ -64,6 +65,8 @@ __all__ = [
     "count",
     "record",
     "LiveSession",
+    "Samples",
+    "load_samples",
     "watch",
     "WatchHandle",
     "HitEvent",

@@ -64,6 +64,7 @@ LAYERS = {
     "perfbp.multiplex": 3,
     "perfbp.resolve": 3,
     "perfbp.live": 3,
+    "perfbp.frames": 3,
     # 4: the public front
     "perfbp": 4,
     # 5: user interfaces

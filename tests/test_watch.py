@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+from pathlib import Path
 import ctypes
 import threading
 
@@ -157,3 +158,24 @@ def test_sampling_watch_gives_every_hit_as_columns():
     assert set(cols.tid.tolist()) == {threading.get_native_id()}
     assert set(cols.addr.tolist()) == {a[4:5].__array_interface__["data"][0]}
     assert (np.diff(cols.time.astype(np.int64)) >= 0).sum() >= N - 2  # time-ordered per CPU
+
+
+def test_recording_back_as_columns_and_frames(tmp_path):
+    import subprocess
+
+    exe = Path(__file__).resolve().parent.parent / "demo" / "demo"
+    if not exe.exists():
+        subprocess.run(["make", "-s", "demo/demo"], cwd=exe.parent.parent, check=True)
+    out = tmp_path / "d.data"
+    res = perfbp.record([perfbp.parse_watch("counter"), perfbp.parse_watch("config.flags")],
+                        str(out), command=[str(exe)])
+    assert [s.hits for s in res.stats] == [100042, 1]
+    samples = perfbp.load_samples(str(out))
+    assert len(samples) == 100043 and samples.watches == ["counter", "config.flags"]
+    assert np.bincount(samples.columns["watch"]).tolist() == [100042, 1]
+    df = samples.to_pandas()
+    assert df["watch"].value_counts().to_dict() == {"counter": 100042, "config.flags": 1}
+    assert df.groupby("tid").size().sort_values().tolist() == [1, 50021, 50021]
+    pl = samples.to_polars()
+    assert pl.height == 100043 and set(pl.columns) >= {"watch", "ip", "tid", "time", "cpu", "addr"}
+    assert "100,043 samples of 2 watches" in repr(samples)
