@@ -165,6 +165,18 @@ class WatchHandle:
             else:
                 for bp in watch_.pieces:
                     self._counters.append(Counter(bp, target=target, options=opts))
+        except InvalidBreakpoint as exc:
+            self.close()
+            if on_hit is not None and exc.errno == 22:
+                import platform
+
+                from .errors import Unsupported
+                raise Unsupported(
+                    f"hit callbacks need attr.sigtrap, which this kernel "
+                    f"({platform.release()}) refuses: it arrived in Linux 5.13. Watch "
+                    f"without on_hit (counts) or with sample=True (every hit, after "
+                    f"the fact)") from None
+            raise
         except BaseException:
             self.close()
             raise

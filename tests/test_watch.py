@@ -179,3 +179,27 @@ def test_recording_back_as_columns_and_frames(tmp_path):
     pl = samples.to_polars()
     assert pl.height == 100043 and set(pl.columns) >= {"watch", "ip", "tid", "time", "cpu", "addr"}
     assert "100,043 samples of 2 watches" in repr(samples)
+
+
+def test_a_kernel_without_sigtrap_gets_unsupported(monkeypatch):
+    """A fake kernel (the real one has sigtrap): a pre-5.13 kernel answers
+    EINVAL to attr.sigtrap; perfbp says Unsupported, with the reason."""
+    import errno
+
+    from perfbp import abi
+
+    real = abi.perf_event_open
+
+    def old_kernel(attr, pid, cpu, group_fd=-1, flags=8):
+        if attr.sigtrap:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(attr, pid, cpu, group_fd, flags)
+
+    monkeypatch.setattr(abi, "perf_event_open", old_kernel)
+    a = np.zeros(2)
+    with pytest.raises(perfbp.Unsupported, match="Linux 5.13") as err:
+        perfbp.watch(a[0:1], on_hit=print)
+    assert err.value.errno == errno.EOPNOTSUPP
+    with perfbp.watch(a[0:1]) as w:  # counting still works
+        a[0] = 1.0
+    assert w.hits == 1
