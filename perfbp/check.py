@@ -16,7 +16,7 @@ from . import arch, system
 from .breakpoint import Breakpoint
 from .counter import Counter
 from .errors import NoBreakpointSlots, PerfbpError
-from .events import EventOptions, Target
+from .events import EventOptions
 
 #: Writes made by the firing check: a prime, so an off-by-some shows.
 CHECK_WRITES = 10007

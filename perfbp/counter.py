@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 
 from . import abi, system
 from .breakpoint import Breakpoint
-from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
+from .errors import InvalidBreakpoint, NoSuchProcess
 from .arch import ACCESS_TYPES
 from .arch import current as _current_arch
 from .events import LEDGER as _LEDGER

@@ -21,12 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import launch, system
-from .errors import PerfbpError
+from . import system
 from .events import Target
-from .planner import plan
 from .report import Report, ThreadHits, WatchReport, Writer, _source_of
-from .resolve import prepare_watches
+from .resolve import prepare_run
 from .sampling import Sampler
 from .symbols import Symbolizer
 
@@ -82,22 +80,9 @@ class LiveSession:
     def __init__(self, watches: "Sequence", *, target: "Target | None" = None,
                  command: "Sequence[str] | None" = None, interval: float = 1.0,
                  ring_pages: "int | None" = None, multiplex: "float | None" = None) -> None:
-        if (target is None) == (command is None):
-            raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
         self.interval = interval
-        child, ws = prepare_watches(watches, target, command)
-        traced = child is not None and child.traced
-        try:
-            the_plan = plan(ws, target)
-            if not the_plan.fits and multiplex is None:
-                the_plan.require()
-            mux_slots = the_plan.free if not the_plan.fits else 0
-            if child is None and command is not None:
-                child = launch.prepare(list(command))
-        except BaseException:
-            if child is not None:
-                child.kill()
-            raise
+        child, ws, the_plan, traced = prepare_run(watches, target, command, multiplex)
+        mux_slots = the_plan.free if not the_plan.fits else 0
         self.child = child
         self.watches = ws
         at_exec = child is not None and not traced

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from . import launch, system
-from .errors import PerfbpError
+from . import system
 from .events import Target
 from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
-from .planner import as_watches, plan
-from .resolve import prepare_watches
+from .resolve import prepare_run
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
 from .session import StopRequest, _interrupted_child
@@ -167,23 +164,8 @@ def record(watches: "Sequence", output: str, *,
     Raises:
         PerfbpError: bad input, privilege, slots, process, output path.
     """
-    if (target is None) == (command is None):
-        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    child, ws = prepare_watches(watches, target, command)
-    traced = child is not None and child.traced
-    try:
-        the_plan = plan(ws, target)
-        if not the_plan.fits and multiplex is None:
-            the_plan.require()
-        mux_slots = the_plan.free if not the_plan.fits else 0
-        if mux_slots and len({w.exclude_kernel for w in ws}) > 1:
-            raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
-        if child is None and command is not None:
-            child = launch.prepare(list(command))
-    except BaseException:
-        if child is not None:
-            child.kill()
-        raise
+    child, ws, the_plan, traced = prepare_run(watches, target, command, multiplex)
+    mux_slots = the_plan.free if not the_plan.fits else 0
     # a traced launch is stopped after its exec: armed now, enabled at once
     at_exec = child is not None and not traced
     sampler = writer = mux = None

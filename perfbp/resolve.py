@@ -201,7 +201,7 @@ def resolve_in_file(specs: "Sequence[WatchSpec]", path: str) -> "list[Watch]":
 
 
 def prepare_watches(watches: "Sequence", target: "Target | None",
-                    command: "Sequence[str] | None") -> "tuple[launch.Child | None, list[Watch]]":
+                    command: "Sequence[str] | None") -> "tuple[object, list[Watch]]":
     """Resolve watch specs that name symbols, in the target's executable.
 
     For a launch, the symbols are checked in the program before anything
@@ -247,3 +247,38 @@ def prepare_watches(watches: "Sequence", target: "Target | None",
     if pid == 0:
         pid = os.getpid()
     return None, resolve(specs, pid)
+
+
+def prepare_run(watches: "Sequence", target: "Target | None",
+                command: "Sequence[str] | None", multiplex: "float | None"):
+    """Everything before arming, shared by count, record and top: resolve
+    the names, plan the watches (refusing what does not fit unless
+    ``multiplex`` lets them take turns), and fork the command (stopped
+    before exec, or after exec under ptrace when names needed resolving).
+
+    Returns:
+        ``(child or None, watches, plan, traced)``.
+
+    Raises:
+        PerfbpError: nothing is left running.
+    """
+    from . import launch
+    from .planner import plan
+
+    if (target is None) == (command is None):
+        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
+    child, ws = prepare_watches(watches, target, command)
+    traced = child is not None and child.traced
+    try:
+        the_plan = plan(ws, target)
+        if not the_plan.fits and multiplex is None:
+            the_plan.require()
+        if not the_plan.fits and len({w.exclude_kernel for w in ws}) > 1:
+            raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
+        if child is None and command is not None:
+            child = launch.prepare(list(command))
+    except BaseException:
+        if child is not None:
+            child.kill()
+        raise
+    return child, ws, the_plan, traced

@@ -11,18 +11,15 @@ from __future__ import annotations
 import os
 import select
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from . import launch
 from .breakpoint import Breakpoint
 from .counter import Counter
-from .errors import PerfbpError
 from .events import EventOptions, Target
-from .planner import Watch, as_watches, plan
-from .resolve import prepare_watches
+from .planner import Watch
+from .resolve import prepare_run
 
 
 @dataclass(frozen=True)
@@ -160,20 +157,7 @@ def count(watches: "Sequence", *,
         PerfbpError: bad input, missing privilege, no free slot, no such
             process, command not found.  Nothing is left open.
     """
-    if (target is None) == (command is None):
-        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    child, ws = prepare_watches(watches, target, command)
-    traced = child is not None and child.traced
-    try:
-        the_plan = plan(ws, target)
-        if not the_plan.fits and multiplex is None:
-            the_plan.require()
-        if child is None and command is not None:
-            child = launch.prepare(list(command))
-    except BaseException:
-        if child is not None:
-            child.kill()
-        raise
+    child, ws, the_plan, traced = prepare_run(watches, target, command, multiplex)
     tgt = Target.process(child.pid, name=" ".join(command)) if child else target
     # a traced launch is stopped after exec: arm now; otherwise arm at exec
     at_exec = child is not None and not traced
