@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from . import arch, system
 from .breakpoint import Breakpoint
 from .counter import Counter
-from .errors import NoBreakpointSlots, PerfbpError
+from .errors import PerfbpError
 from .events import EventOptions
 
 #: Writes made by the firing check: a prime, so an off-by-some shows.
@@ -163,34 +163,16 @@ def _sigtrap() -> CheckItem:
 
 def probe_capacity(limit: int = 64) -> "tuple[int, bool | None]":
     """How many breakpoints this thread can hold, and whether data and
-    execute breakpoints share the slots (like perf's tests/bp_account.c).
+    execute breakpoints share the slots (:func:`perfbp.planner.probe`).
 
     Returns:
         ``(task_slots, shared_data_execute)``; the second is None when no
         breakpoint could be opened at all.
     """
-    cells = (ctypes.c_long * limit)()
-    base = ctypes.addressof(cells)
-    held: list[Counter] = []
-    try:
-        while len(held) < limit:
-            try:
-                held.append(Counter(Breakpoint.write(base + 8 * len(held), 8), enabled=False))
-            except NoBreakpointSlots:
-                break
-        data_slots = len(held)
-        if not data_slots:
-            return 0, None
-        fn = ctypes.cast(ctypes.CDLL(None).labs, ctypes.c_void_p).value
-        try:
-            held.append(Counter(Breakpoint.execute(fn), enabled=False))
-            shared = False
-        except NoBreakpointSlots:
-            shared = True
-        return data_slots, shared
-    finally:
-        for c in held:
-            c.close()
+    from .planner import probe
+
+    found = probe(limit)
+    return found["task_slots"], found["shared_data_execute"]
 
 
 def _capacity() -> CheckItem:

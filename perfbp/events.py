@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno as E
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import abi, system
 from ._uapi import PERF_TYPE_BREAKPOINT
@@ -54,6 +54,12 @@ class Target:
     cpus: tuple[int, ...] = ()
     inherit: bool = False
     name: str = ""
+
+    def __post_init__(self) -> None:
+        # the classmethod Target.cpus() shadows the field's default of ():
+        # a Target built without cpus= must still get an empty tuple
+        if not isinstance(self.cpus, tuple):
+            object.__setattr__(self, "cpus", tuple(self.cpus) if isinstance(self.cpus, list) else ())
 
     @classmethod
     def this_thread(cls, *, inherit: bool = False) -> "Target":
@@ -129,9 +135,10 @@ class SlotLedger:
     a refusal can be explained: either perfbp's own watches hold the slots
     (named), or — when the model says the breakpoint fits and the kernel
     still says ENOSPC — something outside perfbp does (gdb, another perf, a
-    system-wide watch).  Entries are cheap tuples (opening and closing are
-    hot paths); the :class:`~perfbp.slots.SlotModel` is built from them only
-    when a plan or an explanation asks (:meth:`snapshot`).
+    system-wide watch).  Entries are cheap tuples, written by
+    :func:`open_event_fd` and removed by :func:`close_event` (opening and
+    closing are hot paths); the :class:`~perfbp.slots.SlotModel` is built from
+    them only when a plan or an explanation asks (:meth:`snapshot`).
     """
 
     def __init__(self) -> None:
@@ -142,14 +149,6 @@ class SlotLedger:
         if pid == 0:
             return _native_id()
         return None if pid < 0 else pid
-
-    def add(self, fd: int, bp: Breakpoint, pid: int, cpu: int,
-            target: "Target | None" = None) -> None:
-        self._by_fd[fd] = (bp, _native_id() if pid == 0 else (None if pid < 0 else pid),
-                           cpu, pid, target)
-
-    def drop(self, fd: int) -> None:
-        self._by_fd.pop(fd, None)
 
     def snapshot(self):
         """A :class:`~perfbp.slots.SlotModel` holding every open event, and
@@ -331,18 +330,6 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
     _LEDGER_FDS[fd] = (bp, _current_thread().native_id if pid == 0 else (None if pid < 0 else pid),
                        cpu, pid, target)
     return fd
-
-
-def open_event(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
-               opts: EventOptions = DEFAULT_OPTIONS, target: "Target | None" = None):
-    """Open one breakpoint event; return ``(fd, attr)`` (the attr kept for
-    MODIFY_ATTRIBUTES).
-
-    Raises:
-        PerfbpError: as :func:`open_event_fd`.
-    """
-    fd = open_event_fd(bp, pid, cpu, inherit, opts, target)
-    return fd, make_attr(bp, inherit, opts)
 
 
 def _where(pid: int, cpu: int, target: "Target | None") -> str:

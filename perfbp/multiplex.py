@@ -123,20 +123,11 @@ class Multiplexer:
             out.extend(w.pieces)
         return out
 
-    def first_group(self) -> "list":
-        """The pieces the first group will hold, in slot order (without
-        touching any event): a caller that opens its own holders can open
-        them on these already."""
-        saved = self._next
-        group = self._group()
-        self._next = saved
-        return [p for w in group for p in self.watches[w].pieces]
-
     def start(self, *, armed_since: "float | None" = None) -> None:
         """Arm the first group (at exec, for a launch) and start the clock.
 
         Args:
-            armed_since: the holders were opened on :meth:`first_group`'s
+            armed_since: the holders were opened on :meth:`preview`'s
                 pieces and have counted since this time (a launch's exec):
                 keep their counts instead of re-pointing them.
         """

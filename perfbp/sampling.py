@@ -36,7 +36,7 @@ from ._uapi import (
 )
 from .breakpoint import Breakpoint
 from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
-from .events import EventOptions, Target, close_event, error_from_oserror, make_attr, open_event
+from .events import EventOptions, Target, close_event, error_from_oserror, make_attr, open_event_fd
 from .records import Lost, ParseConfig, Record, SampleColumns, Task, decode_bulk
 from .ring import Ring
 
@@ -166,6 +166,7 @@ class Sampler:
         self._id_watch: dict[int, int] = {}
         self._attr_of: dict[int, bytes] = {}
         self._opts_of: dict[int, EventOptions] = {}
+        self._id_table = None  # sorted (ids, watches), for decoding
         self._samples = [0] * len(self.watches)
         self._lost_records = 0
         self._forks = 0
@@ -190,8 +191,8 @@ class Sampler:
         if tracking:
             from dataclasses import replace
             opts = replace(opts, mmap=True, comm=True, task=True)
-        fd, attr = open_event(bp, pid, cpu, self.target.inherit or self.target.kind == "process",
-                              opts, self.target)
+        fd = open_event_fd(bp, pid, cpu, self.target.inherit or self.target.kind == "process",
+                           opts, self.target)
         self._events.append((fd, widx, cpu, pid))
         self._opts_of[fd] = opts  # what MODIFY_ATTRIBUTES must reproduce
         if widx not in self._attr_of:
@@ -306,8 +307,11 @@ class Sampler:
     def _watch_of(self, ids):
         import numpy as np
 
-        keys = np.array(sorted(self._id_watch), dtype=np.uint64)
-        vals = np.array([self._id_watch[int(k)] for k in keys], dtype=np.int64)
+        if self._id_table is None:  # the events are all open: build it once
+            keys = np.array(sorted(self._id_watch), dtype=np.uint64)
+            vals = np.array([self._id_watch[int(k)] for k in keys], dtype=np.int64)
+            self._id_table = (keys, vals)
+        keys, vals = self._id_table
         pos = np.searchsorted(keys, ids)
         pos = np.minimum(pos, len(keys) - 1)
         found = keys[pos] == ids

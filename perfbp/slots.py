@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno as E
 import itertools
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Optional, Union
+from typing import Hashable, Iterable, Optional
 
 from ._uapi import (
     HW_BREAKPOINT_EMPTY,
