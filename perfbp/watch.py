@@ -11,10 +11,11 @@ sample (ip, thread, time, CPU).
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Any
 
 from . import abi
-from .errors import InvalidBreakpoint
+from .errors import InvalidBreakpoint, NoBreakpointSlots, Unsupported
 from .events import EventOptions, Target
 from .counter import Counter
 from .planner import Watch, plan
@@ -88,12 +89,16 @@ class _Callbacks:
     """The process's SIGTRAP handler while any watch has a callback."""
 
     handles: "dict[int, WatchHandle]" = {}
-    token = None
 
     @classmethod
     def add(cls, handle: "WatchHandle") -> int:
-        if cls.token is None:
-            cls.token = abi.install_sigtrap(cls._on_trap)
+        from .events import TrapGuard
+
+        TrapGuard.ensure()
+        if TrapGuard._token is None:
+            raise Unsupported("hit callbacks need perfbp's SIGTRAP handler, and this "
+                              "program has a SIGTRAP handler of its own")
+        TrapGuard.dispatch = cls._on_trap
         key = id(handle)
         cls.handles[key] = handle
         return key
@@ -101,9 +106,6 @@ class _Callbacks:
     @classmethod
     def remove(cls, key: int) -> None:
         cls.handles.pop(key, None)
-        if not cls.handles and cls.token is not None:
-            abi.restore_sigtrap(cls.token)
-            cls.token = None
 
     @staticmethod
     def _on_trap(code: int, addr: int, data: int) -> None:
@@ -111,7 +113,6 @@ class _Callbacks:
         # it executes anything else: the calling Python frame is the one whose
         # current instruction made the access, so its line is exact.
         import sys
-        import threading
 
         handle = _Callbacks.handles.get(data)
         if code != abi.TRAP_PERF or handle is None:
@@ -133,8 +134,10 @@ class WatchHandle:
     """A live watch on Python-visible memory (see :func:`watch`).
 
     Attributes:
-        watch: the :class:`~perfbp.Watch` (its pieces, one per register).
-        hits: the exact hit count (readable after the watch is closed too).
+        watch: the :class:`~perfbp.Watch` (its pieces, one per register):
+            what is watched now (:meth:`move` keeps it current).
+        hits: the exact hit count, on every range the watch has watched
+            (readable after the watch is closed too).
     """
 
     def __init__(self, watch_: Watch, target: Target, on_hit=None, sample: bool = False) -> None:
@@ -147,6 +150,10 @@ class WatchHandle:
         self._key = None
         self._callback_hits = 0
         self._last = None
+        self._carried = 0  # hits of counters a move closed
+        self._tid = threading.get_native_id()  # the thread a callback watch watches
+        # a label of the watch's own address is the default one: it follows a move
+        self._auto_label = watch_.label.startswith(f"{watch_.address:#x}/")
         plan([watch_], target).require()
         self._counters: list[Counter] = []
         try:
@@ -157,6 +164,7 @@ class WatchHandle:
                                     sig_data=self._key)
             else:
                 opts = EventOptions(exclude_kernel=watch_.exclude_kernel)
+            self._options = opts
             if sample:
                 from .sampling import Sampler
 
@@ -170,7 +178,6 @@ class WatchHandle:
             if on_hit is not None and exc.errno == 22:
                 import platform
 
-                from .errors import Unsupported
                 raise Unsupported(
                     f"hit callbacks need attr.sigtrap, which this kernel "
                     f"({platform.release()}) refuses: it arrived in Linux 5.13. Watch "
@@ -206,27 +213,108 @@ class WatchHandle:
             return self._final
         if self._sampler is not None:
             return sum(st.hits for st in self._sampler.stats())
-        return sum(c.read() for c in self._counters)
+        return self._carried + sum(c.read() for c in self._counters)
 
     def move(self, target: Any, length: "int | None" = None) -> None:
+        """Point the watch at other memory: the next element of an array, or
+        a wider or narrower range (``w.move(a[10:12])``).
+
+        The new range is ``length`` bytes when given, else ``target``'s own
+        size (a bare address keeps the watch's current length).  It is split
+        over registers as :func:`watch` splits, and the watch's counters are
+        re-planned: as many as the new range needs are kept and re-pointed in
+        place (``PERF_EVENT_IOC_MODIFY_ATTRIBUTES``: their slots stay
+        reserved), any more are planned with the slots this watch already
+        holds counted as its own, then opened; any left over are closed.
+
+        All-or-nothing: when it raises, the watch still watches exactly the
+        old range, with the same counters.  :attr:`hits` keeps accumulating
+        across moves (the watch's hits on every range it has watched; read it
+        before a move for a per-range figure).  A label given to
+        :func:`watch` stays; the default one (the address) follows the move.
+        A callback watch moves too (its ``old`` bytes restart from the new
+        range); a sampling watch does not.
+
+        Raises:
+            NoBreakpointSlots: the new range needs more registers than are
+                free; nothing changed.
+            InvalidBreakpoint: the target is not watchable memory, breaks an
+                architecture rule, or the watch is closed; nothing changed.
+            Unsupported: a sampling watch (``sample=True``).
+        """
         if self._sampler is not None:
-            raise InvalidBreakpoint("a sampling watch cannot move: close it and watch anew")
-        """Point the watch at other memory of the same size in place (no slot is
-        given up), e.g. the next element of an array."""
-        addr, n = address_of(target, length or self.watch.length)
-        new = Watch.range(addr, n, self.watch.access, label=self.watch.label)
-        if len(new.pieces) != len(self._counters):
-            raise InvalidBreakpoint(f"cannot move a {len(self._counters)}-register watch onto "
-                                    f"{addr:#x}/{n}, which needs {len(new.pieces)}: close it "
-                                    f"and watch the new range")
-        for c, bp in zip(self._counters, new.pieces):
-            c.retarget(bp)
+            raise Unsupported("a sampling watch cannot move: its samples belong to the "
+                              "range it was opened on. Close it (.samples() stays "
+                              "readable) and watch the new range")
+        if self._final is not None:
+            raise InvalidBreakpoint(f"this watch ({self.watch.label}) is closed: watch the "
+                                    f"new memory with perfbp.watch()")
+        old = self.watch
+        if length is None and isinstance(target, int):
+            length = old.length
+        addr, n = address_of(target, length)
+        new = Watch.range(addr, n, old.access, label="" if self._auto_label else old.label,
+                          exclude_kernel=old.exclude_kernel)
+        kept = self._counters[:len(new.pieces)]
+        surplus = self._counters[len(new.pieces):]
+        extra = self._open_extra(old, new)
+        done = 0
+        try:
+            for c, bp in zip(kept, new.pieces):
+                c.retarget(bp)
+                done += 1
+        except BaseException:
+            # back to the old breakpoints, which the kernel took before
+            for c, bp in zip(kept[:done], old.pieces):
+                c.retarget(bp)
+            for c in extra:
+                c.close()
+            raise
+        for c in surplus:  # their hits stay in the watch's count
+            self._carried += c.read()
+            c.close()
+        self._counters = kept + extra
         self.watch = new
+        if self._key is not None:
+            self._last = self._snapshot()
+
+    def _open_extra(self, old: Watch, new: Watch) -> "list[Counter]":
+        """The counters for the pieces of ``new`` beyond the ones the watch
+        has: planned (the slots it holds stay its own), then opened
+        all-or-nothing."""
+        have = len(self._counters)
+        if len(new.pieces) <= have:
+            return []
+        more = Watch(new.label, new.pieces[have:], new.exclude_kernel)
+        target = self.target
+        if target.kind == "thread" and target.pid == 0:
+            target = Target.thread(self._tid)  # the watched thread, whoever moves it
+        fit = plan([more], target)
+        if not fit.fits:
+            held = f" (perfbp's own watches hold {fit.capacity - fit.free}: " \
+                   f"{'; '.join(fit.held_by_perfbp)})" if fit.held_by_perfbp else ""
+            raise NoBreakpointSlots(
+                f"cannot move {old.label} onto {new.spec}: it needs {len(new.pieces)} "
+                f"debug registers ({'+'.join(str(p.length) for p in new.pieces)} bytes), "
+                f"{len(more.pieces)} more than "
+                f"the {have} it holds, and {fit.free} {'is' if fit.free == 1 else 'are'} "
+                f"free in {fit.target}{held}. The watch still watches {old.spec}. Close "
+                f"another watch, or move onto a shorter or better aligned range")
+        extra: "list[Counter]" = []
+        try:
+            for bp in more.pieces:
+                extra.append(Counter(bp, target=target, options=self._options))
+        except BaseException:
+            for c in extra:
+                c.close()
+            raise
+        return extra
 
     def close(self) -> None:
         """Stop watching; :attr:`hits` keeps the final count."""
         if self._final is None and self._counters:
-            self._final = sum(c.read() for c in self._counters if not c.closed)
+            self._final = self._carried + sum(c.read() for c in self._counters
+                                              if not c.closed)
         if self._sampler is not None:
             self._sampler.disable()
             self.samples()  # keep every sample for after the close

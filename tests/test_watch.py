@@ -203,3 +203,101 @@ def test_a_kernel_without_sigtrap_gets_unsupported(monkeypatch):
     with perfbp.watch(a[0:1]) as w:  # counting still works
         a[0] = 1.0
     assert w.hits == 1
+
+
+def _addr(view) -> int:
+    return view.__array_interface__["data"][0]
+
+
+def test_move_onto_a_wider_range_replans_onto_two_registers():
+    """move() to a range that needs more registers opens them (and one that
+    needs fewer closes the rest); hits accumulate over every range watched."""
+    a = np.zeros(32, dtype=np.int64)
+    with perfbp.watch(a[10:11]) as w:
+        for i in range(101):
+            a[10] = i
+        w.move(a[10:12])  # 16 bytes: 2 registers
+        assert w.watch.address == _addr(a[10:12]) and w.watch.length == 16
+        assert [(p.address, p.length) for p in w.watch.pieces] == \
+            [(_addr(a[10:11]), 8), (_addr(a[11:12]), 8)]
+        assert f"{_addr(a[10:12]):#x}/16:w" in repr(w)
+        for i in range(211):
+            a[10] = i
+        for i in range(307):
+            a[11] = i
+        a[12] = 1  # outside
+        assert w.hits == 101 + 211 + 307
+        w.move(a[20:22], length=8)  # an explicit length wins over the target's size
+        assert len(w.watch.pieces) == 1 and w.watch.length == 8
+        assert f"{_addr(a[20:21]):#x}/8:w" in repr(w) and f"{_addr(a[10:12]):#x}" not in repr(w)
+        for i in range(13):
+            a[20] = i
+        a[21] = 1  # outside the 8 bytes
+        a[11] = 1  # no longer watched
+        # the surplus counter is closed: its slot is free again
+        with perfbp.watch(a[0:3]) as three:  # 3 registers + this watch's 1
+            a[1] = 1
+        assert three.hits == 1
+    assert w.hits == 101 + 211 + 307 + 13
+    with pytest.raises(perfbp.InvalidBreakpoint, match="closed"):
+        w.move(a[0:1])
+
+
+def test_move_that_does_not_fit_raises_and_keeps_the_old_watch():
+    a = np.zeros(8, dtype=np.int64)
+    b = np.zeros(8, dtype=np.int64)
+    with perfbp.watch(b[0:2]) as other, perfbp.watch(a[0:1]) as w:  # 2 + 1 of 4 slots
+        w.move(a[0:2])  # one more register: fits, the watch's own slot counted as its own
+        before, pieces = repr(w), w.watch.pieces
+        with pytest.raises(perfbp.NoBreakpointSlots, match="1 more than the 2 it holds") as err:
+            w.move(a[0:3])  # 3 registers: 1 more, none free
+        assert "still watches" in str(err.value)
+        assert repr(w) == before and w.watch.pieces == pieces
+        for i in range(103):
+            a[0] = i
+        for i in range(107):
+            a[1] = i
+        for i in range(109):
+            a[2] = i  # not watched: the failed move added nothing
+        for i in range(17):
+            b[1] = i
+        assert w.hits == 103 + 107 and other.hits == 17
+
+
+def test_move_that_the_kernel_refuses_rolls_back():
+    """The extra register opens, then re-pointing the kept one fails (a user
+    watch cannot move into kernel space): the extra one is closed again and
+    the watch still counts its old range."""
+    a = np.zeros(8, dtype=np.int64)
+    with perfbp.watch(a[0:1]) as w:
+        before = repr(w)
+        with pytest.raises(perfbp.InvalidBreakpoint, match="kernel space"):
+            w.move(perfbp.arch.current().task_size_max + (1 << 20), length=16)
+        assert repr(w) == before and len(w.watch.pieces) == 1
+        for i in range(29):
+            a[0] = i
+        a[1] = 1
+        with perfbp.watch(a[4:7]):  # 3 registers: the extra one was given back
+            pass
+    assert w.hits == 29
+
+
+def test_move_of_callback_and_sampling_watches():
+    a = np.zeros(8)
+    events = []
+    with perfbp.watch(a[0:1], on_hit=events.append) as w:
+        a[0] = 1.0
+        w.move(a[2:4])  # 2 registers, on this thread, with the callback
+        a[2] = 2.0
+        a[3] = 3.0
+        a[3] = 5.0
+        a[0] = 7.0  # no longer watched
+    assert w.hits == 4 and len(events) == 4
+    assert [e.address for e in events[1:]] == [_addr(a[2:3]), _addr(a[3:4]), _addr(a[3:4])]
+    assert np.frombuffer(events[1].old).tolist() == [0.0, 0.0]  # the new range at the move
+    assert np.frombuffer(events[3].new).tolist() == [2.0, 5.0]
+    with perfbp.watch(a[4:5], sample=True) as s:
+        with pytest.raises(perfbp.Unsupported, match="sampling watch cannot move"):
+            s.move(a[5:6])
+        a[4] = 1.0
+    assert s.hits == 1 and len(s.samples()) == 1
