@@ -176,6 +176,8 @@ def record(watches: "Sequence", output: str, *,
             # the slots take turns: each sampling slot starts on the first
             # piece and is re-pointed by the multiplexer; samples tell their
             # watch by address
+            import numpy  # noqa: F401  (attributes them: imported now, its ~0.1 s
+            # does not stretch the first time slice of the run)
             from .multiplex import Multiplexer
 
             from .breakpoint import Breakpoint
