@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl as _fcntl
 import os
 import platform
+import struct
 
 from cffi import FFI
 
@@ -154,9 +155,29 @@ PTRACE_CONT = 7
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+PTRACE_O_TRACESYSGOOD = 0x1
+PTRACE_O_TRACEFORK = 0x2
+PTRACE_O_TRACEVFORK = 0x4
+PTRACE_O_TRACECLONE = 0x8
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_STOP = 128
 #: x86-64 ``struct user_regs_struct``: 27 u64; rip is the 17th
 USER_REGS_WORDS = 27
 USER_REGS_RIP = 16
+#: the other words of ``struct user_regs_struct`` that perfbp reads
+USER_REGS_R9, USER_REGS_R8, USER_REGS_RAX, USER_REGS_ORIG_RAX = 8, 9, 10, 15
+USER_REGS_RSP = 19
 
 
 def ptrace(request: int, pid: int = 0, addr: int = 0, data: int = 0) -> int:
@@ -176,6 +197,30 @@ def ptrace_peek(pid: int, addr: int) -> int:
     out = ffi.new("uint64_t *")
     _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_PEEKTEXT),
                        _long("long", pid), _long("long", addr), out))
+    return int(out[0])
+
+
+def ptrace_siginfo(pid: int) -> "tuple[int, int, int]":
+    """PTRACE_GETSIGINFO: ``(si_signo, si_code, si_addr)`` of the signal a
+    tracee is stopped for (``siginfo_t``: signo at 0, code at 8, addr at 16).
+
+    Raises:
+        OSError: EINVAL for a group-stop, ESRCH when the tracee is gone.
+    """
+    buf = ffi.new("uint8_t[128]")
+    _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_GETSIGINFO),
+                       _long("long", pid), _long("long", 0), buf))
+    raw = bytes(ffi.buffer(buf, 24))
+    signo, _errno, code = struct.unpack_from("<iii", raw, 0)
+    return signo, code, struct.unpack_from("<Q", raw, 16)[0]
+
+
+def ptrace_eventmsg(pid: int) -> int:
+    """PTRACE_GETEVENTMSG: the new task of a fork/clone stop, the former
+    thread id of an exec stop."""
+    out = ffi.new("unsigned long *")
+    _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_GETEVENTMSG),
+                       _long("long", pid), _long("long", 0), out))
     return int(out[0])
 
 

@@ -105,14 +105,18 @@ def result_watches(watches) -> list:
 class _SpecView:
     def __init__(self, spec) -> None:
         self.spec = spec.text
-        self.pieces = (None,)
 
 
-def _banner(watches, description: str, multiplexed: bool = False) -> None:
+def _banner(watches, description: str, plan: "perfbp.Plan",
+            target: "perfbp.Target | None") -> None:
+    """The start line: the watches as given, and the slots the run's plan
+    (names resolved, ranges split) takes in each thread, or on each CPU for
+    a CPU target."""
     n = len(watches)
-    slots = sum(len(w.pieces) for w in watches)
-    how = (f"{slots} debug-register slot{'s' if slots > 1 else ''} per thread"
-           if not multiplexed else "taking turns on the free slots (--multiplex)")
+    slots = plan.slots_needed
+    per = "per CPU" if target is not None and target.kind == "cpus" else "per thread"
+    how = (f"{slots} debug-register slot{'s' if slots != 1 else ''} {per}"
+           if plan.fits else "taking turns on the free slots (--multiplex)")
     typer.echo(f"perfbp: watching {n} location{'s' if n > 1 else ''} "
                f"({', '.join(w.spec for w in watches)}) in {description}; "
                f"{how}. Ctrl-C to end.", err=True)
@@ -155,6 +159,47 @@ def _render_counts(result, sink=None) -> None:
         status = (f", exit status {result.exit_code}" if result.exit_code >= 0
                   else f", killed by signal {-result.exit_code}")
     out(f" {result.elapsed:.3f} seconds ({end}{status})")
+    for line in _follow_lines(result):
+        out(f" {line}")
+
+
+def _follow_lines(result) -> "list[str]":
+    """What happened to named watches on the way (a copy relocation, an exec
+    that moved or disarmed one), and hits the machine lost."""
+    lines = []
+    for w in getattr(result, "watches", ()):
+        for b in getattr(w, "bindings", ()):
+            if b.resolution.copied is not None:
+                lines.append(f"note: {b.resolution.describe()}")
+    for b in getattr(result, "bindings", ()):
+        for x in b:
+            if x.resolution.copied is not None:
+                lines.append(f"note: {x.resolution.describe()}")
+    lines += [f"note: {n}" for n in result.notes]
+    for w in getattr(result, "watches", ()):
+        if getattr(w, "recovered", 0):
+            lines.append(f"note: {w.label}: {w.recovered:,} of its hits reached perfbp as "
+                         f"debug exceptions without their status (DR6 empty: a fault of this "
+                         f"machine's hypervisor) and are counted here; the kernel missed them")
+    for label, n in zip(getattr(result, "labels", ()), getattr(result, "recovered", ())):
+        if n:
+            lines.append(f"WARNING: {label}: {n:,} more hits reached perfbp as debug "
+                         f"exceptions without their status (DR6 empty: a fault of this "
+                         f"machine's hypervisor): the kernel missed them, no sample exists")
+    if result.unattributed:
+        lines.append(f"WARNING: {result.unattributed:,} debug exception"
+                     f"{'s' if result.unattributed != 1 else ''} arrived without saying which "
+                     f"watch fired (DR6 empty: a fault of this machine's hypervisor); the "
+                     f"kernel could not count those hits, so counts may be short by as many")
+    return list(dict.fromkeys(lines))
+
+
+def _unresolved(result) -> None:
+    """A name no program of the run defined: exit 2 (after the counts)."""
+    if result.unresolved:
+        for err in result.unresolved[1:]:
+            typer.echo(f"perfbp: error: {err}", err=True)
+        raise fail(str(result.unresolved[0]))
 
 
 @app.command(
@@ -224,17 +269,16 @@ def stat(
 
     if slice_ms < 1:
         raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    fits = True
     if all(isinstance(w, perfbp.Watch) for w in watches):
         plan = perfbp.plan(watches, target)
-        fits = plan.fits
         if not plan.fits and not multiplex:
             raise fail(plan.explanation)
     sink = _open_output(output)
     result = perfbp.count(
         watches, target=target, command=command or None, duration=duration,
         interval=interval / 1000 if interval else None, on_interval=on_interval,
-        on_start=lambda description: _banner(result_watches(watches), description, not fits),
+        on_start=lambda description, run_plan: _banner(result_watches(watches), description,
+                                                       run_plan, target),
         multiplex=slice_ms / 1000 if multiplex else None)
     if as_json:
         out = result.as_dict()
@@ -245,6 +289,7 @@ def stat(
         _render_counts(result, sink)
     if sink is not None:
         sink.close()
+    _unresolved(result)
     if result.exit_code is not None:
         raise typer.Exit(perfbp.exit_status(result.exit_code))
 
@@ -374,16 +419,15 @@ def record(
         raise fail(f"--duration {duration} must be a positive number of seconds")
     if slice_ms < 1:
         raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    fits = True
     if all(isinstance(w, perfbp.Watch) for w in watches):
         plan = perfbp.plan(watches, target)
-        fits = plan.fits
         if not plan.fits and not multiplex:
             raise fail(plan.explanation)
     result = perfbp.record(watches, output, target=target, command=command or None,
                            duration=duration, period=period, callchain=callchain,
                            ring_pages=ring_pages, cmdline=["perfbp", "record"] + sys.argv[2:],
-                           on_start=lambda d: _banner(result_watches(watches), d, not fits),
+                           on_start=lambda d, run_plan: _banner(result_watches(watches), d,
+                                                                run_plan, target),
                            multiplex=slice_ms / 1000 if multiplex else None)
     samples = sum(s.samples for s in result.stats)
     lost = sum(s.lost for s in result.stats)
@@ -397,15 +441,22 @@ def record(
         elif s.lost:
             typer.echo(f"perfbp: watch {label}: {s.lost:,} samples lost (ring full); use "
                        f"--ring-pages or --period to keep up", err=True)
+    for line in _follow_lines(result):
+        typer.echo(f"perfbp: {line}", err=True)
     report = perfbp.load_report(result.path, top=top)
     if as_json:
         out = report.as_dict()
         out.update({"target": result.target, "elapsed_seconds": round(result.elapsed, 6),
                     "ended_by": result.ended_by, "exit_code": result.exit_code})
+        if result.notes:
+            out["notes"] = list(result.notes)
+        if result.unattributed:
+            out["unattributed_traps"] = result.unattributed
         typer.echo(json.dumps(out))
     else:
         typer.echo("")
         _render_report(report, top)
+    _unresolved(result)
     if result.exit_code is not None:
         raise typer.Exit(perfbp.exit_status(result.exit_code))
 

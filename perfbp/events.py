@@ -299,6 +299,69 @@ def _scratch_attr(inherit: bool, opts: EventOptions, exclude_kernel: bool):
     return entry
 
 
+class TrapGuard:
+    """This process's guard against debug exceptions that arrive without
+    their status.
+
+    Some hypervisors now and then deliver a breakpoint's debug exception with
+    DR6 empty: the kernel cannot tell which breakpoint fired, does not count
+    the hit, and sends the thread a SIGTRAP (``si_code`` TRAP_BRKPT), whose
+    default action kills the process.  Once perfbp watches its own process
+    (a thread or process target that is this one, or CPUs, which include
+    it), it handles SIGTRAP itself (only where SIGTRAP still has its default
+    disposition): such a trap is counted in :attr:`taken` and the thread
+    goes on; a hit callback's trap (TRAP_PERF) goes to :attr:`dispatch`;
+    any other SIGTRAP does what the default would (the process ends).
+
+    Attributes:
+        taken: debug exceptions without status this process survived (hits
+            the kernel did not count).
+        dispatch: ``dispatch(code, addr, perf_data)`` for TRAP_PERF traps.
+    """
+
+    taken = 0
+    dispatch = None
+    _token = None
+
+    @classmethod
+    def ensure(cls) -> None:
+        if cls._token is not None or abi.MACHINE != "x86_64":
+            return
+        import signal
+
+        if signal.getsignal(signal.SIGTRAP) is not signal.SIG_DFL:
+            return  # the program handles SIGTRAP itself
+        cls._token = abi.install_sigtrap(cls._on_trap)
+
+    @staticmethod
+    def _on_trap(code: int, addr: int, data: int) -> None:
+        # runs inside the SIGTRAP, in the thread that took it
+        if code == abi.TRAP_PERF:
+            if TrapGuard.dispatch is not None:
+                TrapGuard.dispatch(code, addr, data)
+            return
+        if code == TRAP_BRKPT:
+            TrapGuard.taken += 1
+            return
+        import os
+        import signal
+
+        abi.restore_sigtrap(TrapGuard._token)  # the default: the process ends
+        TrapGuard._token = None
+        os.kill(os.getpid(), signal.SIGTRAP)
+
+
+TRAP_BRKPT = 1
+_SELF = [0, -1]  # pids that are this process: 0, its pid (filled lazily), CPUs (-1)
+
+
+def _watches_self(pid: int) -> bool:
+    if _SELF[1] < 0:
+        import os
+        _SELF[1] = os.getpid()
+    return pid <= 0 or pid == _SELF[1]
+
+
 def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
                   opts: EventOptions = DEFAULT_OPTIONS, target: "Target | None" = None) -> int:
     """Open one breakpoint event; return its file descriptor.
@@ -321,6 +384,8 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
         entry = _scratch_attr(inherit, opts, exclude_kernel)
     _opts, attr, view = entry
     _BP_FIELDS.pack_into(view, _BP_FIELDS_AT, ACCESS_TYPES[bp[2]], bp[0], bp[1])
+    if TrapGuard._token is None and _watches_self(pid):
+        TrapGuard.ensure()
     try:
         fd = abi.perf_event_open(attr, pid, cpu)
     except OSError as exc:

@@ -1,12 +1,11 @@
 """Starting a command with its watches armed before its first instruction.
 
-:func:`prepare` forks a child that waits, before ``execve``, until perfbp has
-opened its events on it; the events are opened disabled with
+:func:`fork_before_exec` forks a child that waits, before ``execve``, until
+perfbp has opened its events on it; the events are opened disabled with
 ``enable_on_exec`` and ``inherit``, so the kernel switches them on inside
 ``execve`` itself: the command's very first user-space instruction is already
 watched, and (with kernel-mode hits excluded) the ELF loader's clearing of
-``.bss`` is not counted.  :meth:`Child.start` lets it exec, and reports a
-command that could not be executed as a perfbp error.
+``.bss`` is not counted.  :mod:`perfbp.follow` traces the child from there.
 
 The command is run directly with ``execve``, never through a shell.
 """
@@ -50,183 +49,50 @@ def resolve_command(argv: "list[str]") -> str:
     return path
 
 
-class Child:
-    """A forked child stopped before ``execve``.
+def fork_before_exec(path: str, argv: "list[str]", env: "dict[str, str] | None"
+                     ) -> "tuple[int, int, int]":
+    """Fork a child that waits, before ``execve``, for perfbp to open its
+    events on it.
 
-    Attributes:
-        pid: its process id (events can be opened on it now).
-        argv: the command line.
+    Returns:
+        ``(pid, go, err)``: write ``b"g"`` to ``go`` (and close it) to let the
+        child exec, anything else to make it exit 127; ``err`` then reads
+        the errno of a failed exec (nothing, and end of file, when the exec
+        succeeded: the pipe is close-on-exec).
     """
-
-    def __init__(self, argv: "list[str]", path: str, env: "dict[str, str] | None",
-                 trace: bool = False) -> None:
-        from . import abi
-
-        self.argv = list(argv)
-        self.path = path
-        self.traced = trace
-        go_r, go_w = os.pipe()
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the child: no imports, no locks, only system calls
-            try:
-                os.close(go_w)
-                os.close(err_r)
-                for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-                    signal.signal(sig, signal.SIG_DFL)
-                if os.read(go_r, 1) != b"g":
-                    os._exit(127)
-                os.close(go_r)
-                if trace:  # stop right after exec, for perfbp to resolve symbols
-                    abi.ptrace(abi.PTRACE_TRACEME)
-                os.execve(path, self.argv, os.environ if env is None else env)
-            except OSError as exc:
-                try:
-                    os.write(err_w, str(exc.errno).encode())
-                finally:
-                    os._exit(127)
-            except BaseException:
-                os._exit(127)
-            os._exit(127)
-        os.close(go_r)
-        os.close(err_w)
-        self.pid = pid
-        self._go = go_w
-        self._err = err_r
-        self.returncode: "int | None" = None
-
-    def start(self) -> None:
-        """Let the child exec the command.
-
-        Raises:
-            CommandNotFound: the exec failed (the reason from its errno).
-        """
-        os.write(self._go, b"g")
-        os.close(self._go)
-        self._go = -1
-        data = os.read(self._err, 64)
-        os.close(self._err)
-        self._err = -1
-        if not data and self.traced:
-            # the exec succeeded: wait for the stop it causes under ptrace
-            _, status = os.waitpid(self.pid, 0)
-            if not os.WIFSTOPPED(status):
-                self.returncode = os.waitstatus_to_exitcode(status)
-                raise CommandNotFound(f"'{self.argv[0]}' ended before it could be watched",
-                                      errno=E.ECHILD)
-        if data:
-            code = int(data)
-            self.wait()
-            raise CommandNotFound(
-                f"cannot run '{self.argv[0]}': {os.strerror(code)} "
-                f"(is it a program for this machine, with its interpreter installed?)",
-                errno=code)
-
-    def run_to_entry(self) -> None:
-        """Run a traced child, stopped after exec, to its entry point (AT_ENTRY):
-        the dynamic loader has then mapped every library, and no constructor
-        and no ``main`` has run.  An ``int3`` is planted there and removed.
-
-        Raises:
-            PerfbpError: the machine is not x86-64, or the child did not stop there.
-        """
-        import struct as _struct
-
-        from . import abi
-        from .errors import PerfbpError, Unsupported
-
-        if abi.MACHINE != "x86_64":
-            raise Unsupported("waiting for a program's libraries (SYMBOL@LIB with -- CMD) "
-                              "is implemented for x86-64 only; attach with -p instead")
-        with open(f"/proc/{self.pid}/auxv", "rb") as f:
-            auxv = f.read()
-        entry = None
-        for i in range(0, len(auxv) - 15, 16):
-            key, value = _struct.unpack_from("<QQ", auxv, i)
-            if key == 9:  # AT_ENTRY
-                entry = value
-                break
-        if entry is None:
-            raise PerfbpError(f"cannot find the entry point of {self.argv[0]}")
-        word = abi.ptrace_peek(self.pid, entry)
-        abi.ptrace(abi.PTRACE_POKETEXT, self.pid, entry, (word & ~0xFF) | 0xCC)
-        abi.ptrace(abi.PTRACE_CONT, self.pid, 0, 0)
-        while True:
-            _, status = os.waitpid(self.pid, 0)
-            if os.WIFSTOPPED(status) and os.WSTOPSIG(status) != signal.SIGTRAP:
-                # another signal on the way to the entry point: deliver it
-                abi.ptrace(abi.PTRACE_CONT, self.pid, 0, os.WSTOPSIG(status))
-                continue
-            break
-        if not (os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP):
-            if not os.WIFSTOPPED(status):
-                self.returncode = os.waitstatus_to_exitcode(status)
-            raise PerfbpError(f"'{self.argv[0]}' did not reach its entry point "
-                              f"(status {status:#x})")
-        abi.ptrace(abi.PTRACE_POKETEXT, self.pid, entry, word)
-        regs = abi.ptrace_regs(self.pid)
-        regs[abi.USER_REGS_RIP] = entry  # back over the int3
-        abi.ptrace_regs(self.pid, regs)
-
-    def resume(self) -> None:
-        """Let a traced child (stopped after exec) run on, untraced."""
-        from . import abi
-
-        if self.traced:
-            abi.ptrace(abi.PTRACE_DETACH, self.pid, 0, 0)
-            self.traced = False
-
-    def kill(self) -> None:
-        """End a started child (stopped or running) and reap it."""
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    environ = os.environ if env is None else env
+    pid = os.fork()
+    if pid == 0:  # the child: no imports, no locks, only system calls
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.wait()
-
-    def abort(self) -> None:
-        """Make the child exit without running the command, and reap it."""
-        if self._go >= 0:
-            os.close(self._go)
-            self._go = -1
-        if self._err >= 0:
-            os.close(self._err)
-            self._err = -1
-        self.wait()
-
-    def poll(self) -> "int | None":
-        """The exit status if the child has ended (see :meth:`wait`), else None."""
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self) -> int:
-        """Wait for the child; return its exit code, or ``-SIGNAL`` when killed
-        (the convention of :mod:`subprocess`)."""
-        while self.returncode is None:
+            os.close(go_w)
+            os.close(err_r)
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            if os.read(go_r, 1) != b"g":
+                os._exit(127)
+            os.close(go_r)
+            os.execve(path, argv, environ)
+        except OSError as exc:
             try:
-                _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                self.returncode = 0
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries
-                continue
-            self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+                os.write(err_w, str(exc.errno).encode())
+            finally:
+                os._exit(127)
+        except BaseException:
+            os._exit(127)
+        os._exit(127)
+    os.close(go_r)
+    os.close(err_w)
+    return pid, go_w, err_r
 
 
-def prepare(argv: "list[str]", env: "dict[str, str] | None" = None,
-            trace: bool = False) -> Child:
-    """Fork ``argv`` stopped before exec; open events on ``child.pid``, then
-    call ``child.start()`` (or ``child.abort()`` if opening failed).
-
-    Raises:
-        CommandNotFound: the command does not exist or is not executable.
-    """
-    path = resolve_command(argv)
-    return Child(argv, path, env, trace)
+def exec_failed(argv: "list[str]", data: bytes) -> CommandNotFound:
+    """The error for a child whose exec failed with the errno in ``data``."""
+    code = int(data)
+    return CommandNotFound(f"cannot run '{argv[0]}': {os.strerror(code)} "
+                           f"(is it a program for this machine, with its interpreter "
+                           f"installed?)", errno=code)
 
 
 def exit_status(returncode: int) -> int:

@@ -24,7 +24,7 @@ from typing import Sequence
 from . import system
 from .events import Target
 from .report import Report, ThreadHits, WatchReport, Writer, _source_of
-from .resolve import prepare_run
+from .follow import HolderArmer, MuxArmer, opening_watches, prepare_run
 from .sampling import Sampler
 from .symbols import Symbolizer
 
@@ -81,23 +81,27 @@ class LiveSession:
                  command: "Sequence[str] | None" = None, interval: float = 1.0,
                  ring_pages: "int | None" = None, multiplex: "float | None" = None) -> None:
         self.interval = interval
-        child, ws, the_plan, traced = prepare_run(watches, target, command, multiplex)
+        child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
         mux_slots = the_plan.free if not the_plan.fits else 0
         self.child = child
         self.watches = ws
-        at_exec = child is not None and not traced
+        # a launched command is armed inside its execve; names whose address
+        # is not known yet start parked, and the tracer moves them
+        at_exec = child is not None
+        opened = opening_watches(ws, arming)
         self.target = Target.process(child.pid, name=" ".join(command)) if child else target
         self.mux = None
         if mux_slots:
             from .breakpoint import Breakpoint
             from .multiplex import Multiplexer
 
-            group = Multiplexer.preview(ws, mux_slots)
+            group = Multiplexer.preview(opened, mux_slots)
             parked = Breakpoint.execute(ws[0].pieces[0].address)  # armed, never hit
             pieces = [(-1, bp, ws[0].exclude_kernel) for bp in group] + \
                 [(-1, parked, ws[0].exclude_kernel)] * (mux_slots - len(group))
         else:
-            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
+            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
+                      for bp in w.pieces]
         self._piece_watch = [wi for wi, _bp, _ek in pieces]
         # multiplexed samples tell their watch by address
         self._addr_watch = {p.address: wi for wi, w in enumerate(ws) for p in w.pieces}
@@ -107,14 +111,18 @@ class LiveSession:
                                    exclude_kernel=[p[2] for p in pieces],
                                    wakeup_fraction=8, track=True, **kwargs)
             if mux_slots:
-                self.mux = Multiplexer(ws, self.target, slice_seconds=multiplex,
+                self.mux = Multiplexer(opened, self.target, slice_seconds=multiplex,
                                        enable_on_exec=at_exec,
                                        holders=[self.sampler.slot(j) for j in range(len(pieces))])
+            if child is not None:
+                child.arm(MuxArmer(self.mux) if self.mux is not None else HolderArmer(
+                    [[self.sampler.slot(k) for k, p in enumerate(pieces) if p[0] == wi]
+                     for wi in range(len(ws))]), ws)
         except BaseException:
             if getattr(self, "sampler", None) is not None:
                 self.sampler.close()
             if child is not None:
-                child.kill() if traced else child.abort()
+                child.abort()
             raise
         self.figures = [LiveWatch(w.label, w.address, w.length, w.access) for w in ws]
         self.comms: dict[int, str] = {}
@@ -124,7 +132,6 @@ class LiveSession:
         self.started = None
         self.ended_by: "str | None" = None
         self.exit_code: "int | None" = None
-        self._traced = traced
         self._pidfd = -1
         self._next = None
         self._last_tick = None
@@ -132,17 +139,14 @@ class LiveSession:
     def start(self) -> None:
         """Let the target run (a launched command starts now)."""
         armed = time.monotonic()
-        if self._traced or (self.child is None and self.target.kind == "process"):
-            # mapped before the events opened (a traced launch has exec'd, an
-            # attached process runs): read the maps now, while they exist; the
-            # kernel reports later mappings (MMAP records)
+        if self.child is None and self.target.kind == "process":
+            # mapped before the events opened (an attached process runs): read
+            # the maps now, while they exist; the kernel reports later
+            # mappings (MMAP records)
             self._symbolizer().add_proc_maps(self.target.pid)
         if self.child is not None:
-            if self._traced:
-                self.child.resume()
-            else:
-                self.child.start()
-            self._pidfd = os.pidfd_open(self.child.pid)
+            self.child.start()
+            self._pidfd = self.child.pidfd_open()
             if self.mux is not None:
                 self.mux.start(armed_since=armed)
         elif self.mux is not None:
@@ -232,7 +236,11 @@ class LiveSession:
         for tid, pid in set(zip(tids, pids)):  # and its threads' names
             if tid not in self.comms:
                 self._comm(pid, tid)
-        addrs = cols.addr.tolist() if self.mux is not None else None
+        addrs = None
+        if self.mux is not None:  # the watches' addresses now (a name may have moved)
+            addrs = cols.addr.tolist()
+            self._addr_watch = {p.address: wi for wi, w in enumerate(self.mux.watches)
+                                for p in w.pieces}
         for n, (p, pid, tid, ip) in enumerate(zip(pieces, pids, tids, ips)):
             if addrs is not None:
                 wi = self._addr_watch.get(addrs[n], -1)

@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 
 from . import system
 from .events import Target
+from .planner import Plan
 from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
-from .resolve import prepare_run
+from .follow import HolderArmer, MuxArmer, opening_watches, prepare_run
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
 from .session import StopRequest, _interrupted_child
@@ -44,6 +45,11 @@ class RecordResult:
         ended_by: ``exit``, ``duration`` or ``interrupt``.
         exit_code: the launched command's return code, or None.
         bytes_written: size of the data section.
+        notes, unresolved, unattributed: as :class:`~perfbp.CountResult`.
+        recovered: per watch, hits the kernel missed (a debug exception
+            without its status) that could only be that watch's: they have
+            no sample, and are not in ``stats``.
+        bindings: per watch, where a named watch was armed (launches).
     """
 
     path: str
@@ -55,6 +61,11 @@ class RecordResult:
     exit_code: "int | None" = None
     bytes_written: int = 0
     estimates: "list | None" = None
+    notes: "tuple[str, ...]" = ()
+    unresolved: "tuple" = ()
+    unattributed: int = 0
+    bindings: "tuple" = ()
+    recovered: "tuple[int, ...]" = ()
 
     @property
     def complete(self) -> bool:
@@ -136,7 +147,7 @@ def record(watches: "Sequence", output: str, *,
            target: "Target | None" = None, command: "Sequence[str] | None" = None,
            duration: "float | None" = None, period: int = 1, callchain: bool = False,
            ring_pages: "int | None" = None,
-           on_start: "Callable[[str], None] | None" = None,
+           on_start: "Callable[[str, Plan], None] | None" = None,
            on_batch: "Callable[[object, Sampler], None] | None" = None,
            cmdline: "list[str] | None" = None,
            multiplex: "float | None" = None) -> RecordResult:
@@ -148,7 +159,7 @@ def record(watches: "Sequence", output: str, *,
             over several registers is one watch in every output.
         output: the perf.data path (created 0600; an existing file becomes
             ``.old``; a symlink is refused).
-        target / command: as :func:`perfbp.count`.
+        target / command, on_start: as :func:`perfbp.count`.
         period: sample every Nth hit (hits stay exact).
         callchain: record user call stacks.
         on_batch: called with each decoded :class:`~perfbp.sampling.Batch`.
@@ -164,10 +175,12 @@ def record(watches: "Sequence", output: str, *,
     Raises:
         PerfbpError: bad input, privilege, slots, process, output path.
     """
-    child, ws, the_plan, traced = prepare_run(watches, target, command, multiplex)
+    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
     mux_slots = the_plan.free if not the_plan.fits else 0
-    # a traced launch is stopped after its exec: armed now, enabled at once
-    at_exec = child is not None and not traced
+    # a launched command is armed inside its execve; names whose address is
+    # not known yet start parked, and the tracer moves them
+    at_exec = child is not None
+    opened = opening_watches(ws, arming)
     sampler = writer = mux = None
     try:
         tgt = Target.process(child.pid, name=" ".join(command)) if child else target
@@ -183,7 +196,7 @@ def record(watches: "Sequence", output: str, *,
             from .breakpoint import Breakpoint
 
             ek = ws[0].exclude_kernel
-            group = Multiplexer.preview(ws, mux_slots)
+            group = Multiplexer.preview(opened, mux_slots)
             # slots the first group leaves free are parked as execute
             # breakpoints on a data address: armed, in the same pool (x86),
             # and never hit until the multiplexer gives them a piece
@@ -191,13 +204,16 @@ def record(watches: "Sequence", output: str, *,
             pieces = [(-1, bp, ek) for bp in group] + \
                 [(-1, parked, ek)] * (mux_slots - len(group))
         else:
-            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(ws) for bp in w.pieces]
+            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
+                      for bp in w.pieces]
         sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
                           enable_on_exec=at_exec, track=True,
                           exclude_kernel=[p[2] for p in pieces], **kwargs)
         if mux_slots:
-            mux = Multiplexer(ws, tgt, slice_seconds=multiplex, enable_on_exec=at_exec,
+            mux = Multiplexer(opened, tgt, slice_seconds=multiplex, enable_on_exec=at_exec,
                               holders=[sampler.slot(j) for j in range(len(pieces))])
+            if child is not None:
+                child.arm(MuxArmer(mux), ws)
             events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i),
                                 f"perfbp multiplexed slot {i}") for i in range(len(pieces))]
         else:
@@ -205,10 +221,13 @@ def record(watches: "Sequence", output: str, *,
             # the watch's name, and perfbp report merges the pieces back into one
             events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
                       for i, (wi, _bp, _ek) in enumerate(pieces)]
+            if child is not None:
+                child.arm(HolderArmer([[sampler.slot(k) for k, p in enumerate(pieces)
+                                        if p[0] == wi] for wi in range(len(ws))]), ws)
         writer = PerfDataWriter(output, events)
-        if child is None or traced:
-            # what already runs: COMM and MMAP2 from /proc (a traced launch has
-            # exec'd already: the kernel's own records of it are gone)
+        if child is None:
+            # what already runs: COMM and MMAP2 from /proc (a launched command
+            # gets the kernel's own, from its exec on)
             pids = (_all_pids() if tgt.kind == "cpus"
                     else [system.thread_group(tgt.pid) or tgt.pid])
             synth = b"".join(synthesize_process(p, sampler.config) for p in pids)
@@ -219,7 +238,7 @@ def record(watches: "Sequence", output: str, *,
         if writer is not None:
             writer.abandon()
         if child:
-            child.kill() if traced else child.abort()
+            child.abort()
         raise
     description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
                    else tgt.describe())
@@ -233,13 +252,10 @@ def record(watches: "Sequence", output: str, *,
         with stop:
             if child:
                 armed_at = time.monotonic()
-                if traced:
-                    child.resume()  # armed while stopped after exec: let it run
-                else:
-                    child.start()  # raises CommandNotFound if exec fails: no banner then
+                child.start()  # raises CommandNotFound if exec fails: no banner then
                 if mux is not None:  # the first group counts since exec
                     mux.start(armed_since=armed_at)
-            by_addr = _AddressCounts(ws) if mux is not None else None
+            by_addr = _AddressCounts(mux) if mux is not None else None
             batch_hook = on_batch
             if by_addr is not None:
                 def batch_hook(batch, smp, _user=on_batch):
@@ -249,7 +265,7 @@ def record(watches: "Sequence", output: str, *,
                 if child is None:
                     mux.start()
             if on_start:
-                on_start(description)
+                on_start(description, the_plan)
             ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration,
                                         batch_hook, stop, mux)
             # stop the events first: a hit after this is neither counted nor
@@ -258,6 +274,9 @@ def record(watches: "Sequence", output: str, *,
             sampler.disable()
             _flush(sampler, writer, batch_hook)
             piece_stats = sampler.stats()
+            if child is not None:
+                child.finish()
+                ws = [b[-1].resolution.watch if b else w for w, b in zip(ws, child.bindings)]
             writer.write(read_records(sampler, piece_stats))
             meta = {"watches": [{"label": w.label, "access": w.access,
                                  "pieces": [[p.address, p.length] for p in w.pieces]}
@@ -280,9 +299,15 @@ def record(watches: "Sequence", output: str, *,
         writer.abandon()
         if child and child.returncode is None:
             child.wait()
+    extra = {}
+    if child is not None:
+        extra = {"notes": tuple(child.notes), "unattributed": child.unattributed,
+                 "recovered": tuple(child.recovered),
+                 "unresolved": tuple(child.unresolved_error(i) for i in child.unresolved()),
+                 "bindings": tuple(tuple(b) for b in child.bindings)}
     return RecordResult(output, description, [w.label for w in ws], stats,
                         time.monotonic() - start, ended_by, exit_code, writer.data_size,
-                        estimates)
+                        estimates, **extra)
 
 
 class _AddressCounts:
@@ -290,17 +315,27 @@ class _AddressCounts:
     the piece the slot held when it hit): how multiplexed samples are
     attributed."""
 
-    def __init__(self, ws) -> None:
+    def __init__(self, mux) -> None:
+        self.mux = mux
+        self._key = None
+        self.counts = [0] * len(mux.watches)
+
+    def _table(self) -> None:
+        """The address table of the watches now (a name may have moved)."""
         import numpy as np
 
-        pairs = sorted((p.address, i) for i, w in enumerate(ws) for p in w.pieces)
-        self._addrs = np.array([a for a, _ in pairs], dtype=np.uint64)
-        self._watch = np.array([i for _, i in pairs], dtype=np.int64)
-        self.counts = [0] * len(ws)
+        key = tuple(w.pieces for w in self.mux.watches)
+        if key != self._key:
+            pairs = sorted((p.address, i) for i, w in enumerate(self.mux.watches)
+                           for p in w.pieces)
+            self._addrs = np.array([a for a, _ in pairs], dtype=np.uint64)
+            self._watch = np.array([i for _, i in pairs], dtype=np.int64)
+            self._key = key
 
     def add(self, batch) -> None:
         import numpy as np
 
+        self._table()
         addr = batch.samples.addr
         if addr is None or not len(addr):
             return
@@ -336,7 +371,7 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
 def _loop(sampler, writer, child, target, start, duration, on_batch, stop, mux=None):
     pidfd = -1
     if child is not None:
-        pidfd = os.pidfd_open(child.pid)
+        pidfd = child.pidfd_open()
     elif target.kind == "process" and target.pid > 0:
         try:
             pidfd = os.pidfd_open(target.pid)

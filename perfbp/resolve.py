@@ -1,40 +1,89 @@
-"""Turning watch specs that name symbols into addresses in a target.
+"""Turning watch specs that name symbols into the addresses really accessed.
 
-A symbol is looked up in the target's executable (``.symtab``, then
-``.dynsym``, with pyelftools) and moved by the executable's load bias, read
-from ``/proc/PID/maps``: PIE executables under ASLR resolve to where they
-really are.  An unknown name gets the closest names in the message; an
-ambiguous one (a ``static`` variable defined in several files) lists the
-candidates.
+One set of rules, used by every command (``stat``, ``record``, ``top``,
+``slots``) and by the Python API, whether the names are resolved in a
+running process, in a program perfbp launches (see :mod:`perfbp.follow`),
+or in the files alone (planning):
+
+- A bare ``NAME`` is looked up as ld.so looks up a symbol: the executable
+  first, then its libraries in load order; ``NAME@OBJECT`` in that object.
+- **The live object wins.**  When the executable holds a copy of a library's
+  object (an ``R_X86_64_COPY`` relocation, under the same name or an alias
+  at the same address), every access goes to the copy and the library's
+  original is dead: the watch is put on the copy, and says so.
+- A thread-local (``STT_TLS``) name has one copy per thread and no single
+  address: it is refused with how to watch one thread's copy.
+- An unknown name gets the closest names; an ambiguous one (a ``static``
+  defined in several files) lists the candidates.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
-from .errors import NoSuchProcess, PerfbpError, SymbolNotFound
-from .events import Target
+from . import images
+from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError, SymbolNotFound
 from .planner import Watch
 from .spec import WatchSpec
 from .symbols import Symbol, load_bias, named_symbols
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where a named watch resolved.
+
+    Attributes:
+        watch: the watch at its run-time address.
+        obj: the object whose bytes are watched (the executable, for a copy).
+        defined_in: the object whose symbol was named.
+        copied: the name under which the executable copied the object (an
+            ``R_*_COPY`` relocation moved the watch), or None.
+    """
+
+    watch: Watch
+    obj: str
+    defined_in: str
+    copied: "str | None" = None
+
+    def describe(self) -> str:
+        """Plain words: where the watch is, and why there."""
+        w = self.watch
+        where = f"{w.address:#x}/{w.length}"
+        if self.copied is not None:
+            return (f"{w.label} -> {where}, the copy in {self.obj} of "
+                    f"{os.path.basename(self.defined_in)}'s {self.copied} "
+                    f"(a copy relocation: the library's original is unused)")
+        return f"{w.label} -> {where} in {self.obj}"
 
 
 def needs_symbols(specs: "Sequence[WatchSpec]") -> bool:
     return any(s.symbol is not None for s in specs)
 
 
-def lookup(path: str, text: str) -> "tuple[int, int]":
-    """``(link-time address, size)`` of a symbol, or of a member or element
-    of one (``config.flags``, ``table[3].next``) from the DWARF types.
+def _base_name(text: str) -> str:
+    for i, ch in enumerate(text):
+        if ch in ".[":
+            return text[:i]
+    return text
+
+
+def lookup_symbol(path: str, text: str, spec: "WatchSpec | None" = None
+                  ) -> "tuple[Symbol, int, int]":
+    """``(symbol, offset inside it, size)`` of ``text``: a symbol, or a
+    member or element of one (``config.flags``, ``table[3].next``) from the
+    DWARF types.
 
     Raises:
-        SymbolNotFound, InvalidBreakpoint: the name, member or index is wrong.
+        SymbolNotFound, InvalidBreakpoint: the name, member or index is
+            wrong, or the symbol is thread-local.
     """
     try:
         sym = find_symbol(path, text)  # gcc names some statics `name.0`
-        return sym.value, sym.size
+        _refuse_tls(sym, path, spec)
+        return sym, 0, sym.size
     except SymbolNotFound:
         if "." not in text and "[" not in text:
             raise
@@ -42,8 +91,35 @@ def lookup(path: str, text: str) -> "tuple[int, int]":
 
     name, _parts = parse_expr(text)
     sym = find_symbol(path, name)
+    _refuse_tls(sym, path, spec)
     member = resolve_member(path, text)
-    return sym.value + member.offset, member.size
+    return sym, member.offset, member.size
+
+
+def lookup(path: str, text: str) -> "tuple[int, int]":
+    """``(link-time address, size)`` of ``text`` in the ELF file ``path``."""
+    sym, offset, size = lookup_symbol(path, text)
+    return sym.value + offset, size
+
+
+def _refuse_tls(sym: Symbol, path: str, spec: "WatchSpec | None") -> None:
+    if sym.kind != "tls":
+        return
+    what = spec.text if spec is not None else sym.name
+    raise InvalidBreakpoint(
+        f"watch {what!r}: {sym.name} is thread-local (STT_TLS in "
+        f"{os.path.basename(path)}): every thread has its own copy, at the thread "
+        f"pointer plus the module's TLS offset, so no one address is it. Watch one "
+        f"thread's copy by address: find it in that thread (gdb: `p &{sym.name}`), "
+        f"then `-t TID -w ADDR/{sym.size or 8}`")
+
+
+def defines(path: str, text: str) -> bool:
+    """Whether the ELF file ``path`` defines the variable of ``text``."""
+    try:
+        return bool(named_symbols(path).get(_base_name(text)))
+    except (OSError, ValueError):
+        return False
 
 
 def find_symbol(path: str, name: str) -> Symbol:
@@ -96,80 +172,188 @@ def kernel_address(spec: WatchSpec) -> WatchSpec:
     return spec.resolved(address, 8)
 
 
-def check_symbols(specs: "Sequence[WatchSpec]", exe: str) -> None:
-    """Fail early (before launching anything) on a name ``exe`` lacks."""
-    for s in specs:
-        if s.symbol is not None and s.object is None:
-            lookup(exe, s.symbol)
-        elif s.symbol is not None and s.object == "kernel":
-            kernel_address(s)
+class Scope:
+    """The objects a name is looked up in, in ld.so's order (the executable
+    first), each with its load bias (0 for link-time addresses).
+
+    Args:
+        objects: ``(path, bias)`` pairs, the executable first; a bias may be
+            a callable that computes it when first needed.
+    """
+
+    def __init__(self, objects: "Sequence[tuple[str, object]]") -> None:
+        self.objects = list(objects)
+
+    @property
+    def exe(self) -> str:
+        return self.objects[0][0]
+
+    def bias(self, i: int) -> int:
+        path, b = self.objects[i]
+        if callable(b):
+            b = b()
+            self.objects[i] = (path, b)
+        return b  # type: ignore[return-value]
+
+    def find(self, spec: WatchSpec) -> "int | None":
+        """Index of the object that defines ``spec``'s name (or that its
+        ``@OBJECT`` names), or None when none of them does."""
+        for i, (path, _b) in enumerate(self.objects):
+            if spec.object is not None:
+                if images.matches(spec.object, path):
+                    return i
+            elif defines(path, spec.symbol):
+                return i
+        return None
+
+    def resolve(self, spec: WatchSpec) -> "Resolution | None":
+        """Where ``spec`` resolves in this scope, or None when no object of
+        it defines the name (yet).
+
+        Raises:
+            SymbolNotFound, InvalidBreakpoint: the named object lacks the
+                symbol, the member is wrong, or the name is thread-local.
+        """
+        i = self.find(spec)
+        if i is None:
+            return None
+        path = self.objects[i][0]
+        sym, offset, size = lookup_symbol(path, spec.symbol, spec)
+        copied = None
+        obj, value, bias = path, sym.value + offset, None
+        if i > 0 and sym.kind == "object":
+            try:
+                exe = images.image(self.exe)
+            except (OSError, ValueError):
+                exe = None
+            found = exe and images.copy_target(exe, images.aliases(path, sym.value))
+            if found:
+                copied, copy_addr, _copy_size = found
+                obj, value, bias = self.exe, copy_addr + offset, self.bias(0)
+        if bias is None:
+            bias = self.bias(i)
+        watch = Watch.from_spec(spec.resolved(value + bias, size))
+        return Resolution(watch, obj, path, copied)
+
+
+def _not_found(spec: WatchSpec, searched: "Sequence[str]",
+               process: "int | None" = None) -> SymbolNotFound:
+    if spec.object is not None:
+        names = sorted({os.path.basename(p) for p in searched})
+        close = difflib.get_close_matches(spec.object, names, n=4, cutoff=0.4)
+        where = (f"is not loaded in process {process}" if process is not None else
+                 f"is not among the objects {searched[0]} loads at start")
+        return SymbolNotFound(
+            f"watch '{spec.text}': {spec.object} {where}"
+            + (f" (loaded: {', '.join(close)})" if close else "")
+            + "; give the library's soname or path as the program loads it "
+              "(`ldd PROGRAM`, /proc/PID/maps)"
+            + ("" if process is not None else
+               ", or attach with -p once a library it opens later is loaded"))
+    pool: list[str] = []
+    for p in searched:
+        try:
+            pool += list(named_symbols(p))
+        except (OSError, ValueError):
+            pass
+    close = difflib.get_close_matches(_base_name(spec.symbol), pool, n=5, cutoff=0.6)
+    shown = ", ".join(searched[:4]) + (f" and {len(searched) - 4} more" if len(searched) > 4 else "")
+    return SymbolNotFound(
+        f"watch '{spec.text}': no symbol {_base_name(spec.symbol)!r} in {shown}"
+        + (f"; closest: {', '.join(close)}" if close else
+           "; list them with `nm -D` (a stripped program has none: use an address)"))
+
+
+def static_scope(exe: str, env: "dict[str, str] | None" = None) -> Scope:
+    """The program ``exe`` and the libraries it loads at start, at their
+    link-time addresses, and ld.so last (its symbols are found by
+    ``NAME@ld-linux...``)."""
+    objects: list[tuple[str, object]] = [(p, 0) for p in images.library_closure(exe, env)]
+    try:
+        interp = images.image(exe).interp
+    except (OSError, ValueError):
+        interp = None
+    if interp and os.path.exists(interp):
+        objects.append((interp, 0))
+    return Scope(objects)
+
+
+def process_scope(pid: int) -> Scope:
+    """The objects mapped in process ``pid``, in ld.so's load order as far as
+    the files tell it (the executable, its start-up libraries, ld.so, then
+    what was loaded later), each moved by its load bias.
+
+    Raises:
+        NoSuchProcess: the process does not exist.
+    """
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        raise NoSuchProcess(f"cannot read the executable of process {pid}: it does not "
+                            f"exist or has exited", pid=pid) from None
+    mapped = mapped_objects(pid)
+    real = {os.path.realpath(p): p for p in mapped}
+    order: list[str] = []
+    for p in static_scope(exe).objects:
+        r = os.path.realpath(p[0])
+        if r in real and real[r] not in order:
+            order.append(real[r])
+    if not order or os.path.realpath(order[0]) != os.path.realpath(exe):
+        order.insert(0, exe)
+    order += [p for p in mapped if p not in order]
+
+    def bias_of(path: str):
+        def compute() -> int:
+            try:
+                return load_bias(pid, path)
+            except (OSError, LookupError) as exc:
+                raise PerfbpError(f"cannot find where {path} is loaded in process "
+                                  f"{pid}: {exc}") from None
+        return compute
+
+    return Scope([(p, bias_of(p)) for p in order])
+
+
+def resolve_one(spec: WatchSpec, scope: Scope, where: str,
+                process: "int | None" = None) -> Resolution:
+    """Resolve ``spec`` in ``scope``, or fail naming what was searched.
+
+    Raises:
+        SymbolNotFound, InvalidBreakpoint.
+    """
+    found = scope.resolve(spec)
+    if found is None:
+        raise _not_found(spec, [p for p, _b in scope.objects] or [where], process)
+    return found
 
 
 def resolve(specs: "Sequence[WatchSpec]", pid: int) -> "list[Watch]":
-    """Watches for ``specs`` in process ``pid``: symbols looked up in its
-    executable and moved by its load bias.
+    """Watches for ``specs`` in the running process ``pid``.
 
     Raises:
         SymbolNotFound, NoSuchProcess, InvalidBreakpoint.
     """
-    out = []
-    exe = None
-    bias = None
+    return [r.watch if isinstance(r, Resolution) else r for r in resolve_all(specs, pid)]
+
+
+def resolve_all(specs: "Sequence[WatchSpec]", pid: int) -> "list[Resolution | Watch]":
+    """As :func:`resolve`, keeping where each name resolved."""
+    return _resolve_specs(specs, lambda: process_scope(pid), f"process {pid}", pid)
+
+
+def _resolve_specs(specs, make_scope, where: str, process: "int | None" = None) -> list:
+    out: list = []
+    scope = None
     for s in specs:
-        if s.symbol is not None and s.object == "kernel":
+        if s.symbol is None:
+            out.append(Watch.from_spec(s))
+        elif s.object == "kernel":
             out.append(Watch.from_spec(kernel_address(s)))
-            continue
-        if s.symbol is not None and s.object is not None:
-            out.append(Watch.from_spec(library_address(s, pid)))
-            continue
-        if s.symbol is not None:
-            if exe is None:
-                try:
-                    exe = os.readlink(f"/proc/{pid}/exe")
-                except OSError:
-                    raise NoSuchProcess(f"cannot read the executable of process {pid}: it "
-                                        f"does not exist or has exited", pid=pid) from None
-                try:
-                    bias = load_bias(pid, exe)
-                except (OSError, LookupError) as exc:
-                    raise PerfbpError(f"cannot find where {exe} is loaded in process "
-                                      f"{pid}: {exc}") from None
-            value, size = lookup(exe, s.symbol)
-            s = s.resolved(value + bias, size)
-        out.append(Watch.from_spec(s))
+        else:
+            if scope is None:
+                scope = make_scope()
+            out.append(resolve_one(s, scope, where, process))
     return out
-
-
-def library_address(spec: WatchSpec, pid: int) -> WatchSpec:
-    """``SYMBOL@OBJECT``: the symbol in a shared object mapped in ``pid``,
-    matched by file name or soname (``environ@libc.so.6``), moved by that
-    object's load bias.
-
-    Raises:
-        SymbolNotFound: the object is not loaded in the process (yet), or
-            lacks the symbol.
-    """
-    objects = mapped_objects(pid)
-    want = spec.object
-    matches = [p for p in objects if os.path.basename(p) == want or p == want
-               or os.path.basename(p).startswith(want + ".")]
-    if not matches:
-        names = sorted({os.path.basename(p) for p in objects})
-        close = difflib.get_close_matches(want, names, n=4, cutoff=0.4)
-        raise SymbolNotFound(
-            f"watch '{spec.text}': {want} is not loaded in process {pid}"
-            + (f" (loaded: {', '.join(close)})" if close else "")
-            + "; give the library's soname or path as the process maps it "
-              "(see /proc/PID/maps), or start the program under perfbp (-- CMD) so "
-              "that perfbp waits for its libraries")
-    path = matches[0]
-    value, size = lookup(path, spec.symbol)
-    try:
-        bias = load_bias(pid, path)
-    except (OSError, LookupError) as exc:
-        raise SymbolNotFound(f"watch '{spec.text}': cannot find where {path} is loaded: "
-                             f"{exc}") from None
-    return spec.resolved(value + bias, size)
 
 
 def mapped_objects(pid: int) -> "list[str]":
@@ -181,6 +365,8 @@ def mapped_objects(pid: int) -> "list[str]":
                 parts = line.split(None, 5)
                 if len(parts) == 6 and parts[5].startswith("/"):
                     path = parts[5].strip()
+                    if path.endswith(" (deleted)"):
+                        continue
                     if path not in out:
                         out.append(path)
     except OSError:
@@ -189,96 +375,20 @@ def mapped_objects(pid: int) -> "list[str]":
 
 
 def resolve_in_file(specs: "Sequence[WatchSpec]", path: str) -> "list[Watch]":
-    """Watches for ``specs`` at the link-time addresses of ``path``: enough to
-    plan them (a load bias moves whole pages, so the pieces are the same)."""
-    out = []
-    for s in specs:
-        if s.symbol is not None:
-            value, size = lookup(path, s.symbol)
-            s = s.resolved(value, size)
-        out.append(Watch.from_spec(s))
-    return out
-
-
-def prepare_watches(watches: "Sequence", target: "Target | None",
-                    command: "Sequence[str] | None") -> "tuple[object, list[Watch]]":
-    """Resolve watch specs that name symbols, in the target's executable.
-
-    For a launch, the symbols are checked in the program before anything
-    runs, then the program is started under ptrace, stopped right after its
-    exec, and resolved in its new image (so a PIE under ASLR resolves to
-    where it really is): the returned child is that stopped child, to be
-    armed and then :meth:`~perfbp.launch.Child.resume`-d.
-
-    Returns:
-        ``(child or None, watches)``.
-    """
-    from . import launch, system
-    from .planner import as_watches
-
-    items = list(watches)
-    specs = [w for w in items if isinstance(w, WatchSpec)]
-    if not needs_symbols(specs):
-        return None, as_watches([Watch.from_spec(w) if isinstance(w, WatchSpec) else w
-                                 for w in items])
-    if any(not isinstance(w, WatchSpec) for w in items):
-        raise PerfbpError("give every watch as a spec when any of them names a symbol")
-    if command is not None:
-        check_symbols(specs, launch.resolve_command(list(command)))
-        child = launch.prepare(list(command), trace=True)
-        try:
-            child.start()
-            if any(s.object not in (None, "kernel") for s in specs if s.symbol):
-                # library symbols: let the dynamic loader map the libraries
-                # first (the program stops again at its entry point, before
-                # any constructor and before main)
-                child.run_to_entry()
-            return child, resolve(specs, child.pid)
-        except BaseException:
-            child.kill()
-            raise
-    if target.kind == "cpus" and all(s.object == "kernel" for s in specs if s.symbol):
-        return None, resolve(specs, 0)
-    if target.kind == "cpus":
-        raise PerfbpError("a watch on a symbol needs a process to look the symbol up in: "
-                          "use -p PID or -- CMD (or give the address for -a/-C)")
-    pid = target.pid if target.kind == "process" else (system.thread_group(target.pid)
-                                                       or target.pid)
-    if pid == 0:
-        pid = os.getpid()
-    return None, resolve(specs, pid)
-
-
-def prepare_run(watches: "Sequence", target: "Target | None",
-                command: "Sequence[str] | None", multiplex: "float | None"):
-    """Everything before arming, shared by count, record and top: resolve
-    the names, plan the watches (refusing what does not fit unless
-    ``multiplex`` lets them take turns), and fork the command (stopped
-    before exec, or after exec under ptrace when names needed resolving).
-
-    Returns:
-        ``(child or None, watches, plan, traced)``.
+    """Watches for ``specs`` at the link-time addresses of the program
+    ``path`` and its libraries: what planning needs (a load bias moves whole
+    pages, so the pieces are the same).  The same rules as at run time:
+    ``NAME@LIB`` and bare names are found in the libraries too, and a copy
+    relocation moves the watch to the executable's copy.
 
     Raises:
-        PerfbpError: nothing is left running.
+        SymbolNotFound, InvalidBreakpoint.
     """
-    from . import launch
-    from .planner import plan
+    return [r.watch if isinstance(r, Resolution) else r
+            for r in resolve_statically(specs, path)]
 
-    if (target is None) == (command is None):
-        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    child, ws = prepare_watches(watches, target, command)
-    traced = child is not None and child.traced
-    try:
-        the_plan = plan(ws, target)
-        if not the_plan.fits and multiplex is None:
-            the_plan.require()
-        if not the_plan.fits and len({w.exclude_kernel for w in ws}) > 1:
-            raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
-        if child is None and command is not None:
-            child = launch.prepare(list(command))
-    except BaseException:
-        if child is not None:
-            child.kill()
-        raise
-    return child, ws, the_plan, traced
+
+def resolve_statically(specs: "Sequence[WatchSpec]", path: str,
+                       env: "dict[str, str] | None" = None) -> "list[Resolution | Watch]":
+    """As :func:`resolve_in_file`, keeping where each name resolved."""
+    return _resolve_specs(specs, lambda: static_scope(path, env), path)

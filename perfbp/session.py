@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 from .breakpoint import Breakpoint
 from .counter import Counter
 from .events import EventOptions, Target
-from .planner import Watch
-from .resolve import prepare_run
+from .planner import Plan, Watch
+from .follow import HolderArmer, MuxArmer, opening_watches, prepare_run
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class WatchHits:
             split over several registers counts an access once per piece it
             touches: exact per access for accesses no wider than a piece.
         seen: hits counted while the watch held a slot.
+        bindings: where a named watch was armed, in a launched command.
+        recovered: hits included in ``hits`` that the kernel could not count
+            (the machine delivered the debug exception without its status)
+            and that could only be this watch's.
         coverage: fraction of the run the watch held a slot (1.0 unless
             multiplexed).
     """
@@ -41,6 +45,8 @@ class WatchHits:
     hits: int
     seen: "int | None" = None
     coverage: float = 1.0
+    bindings: "tuple" = ()
+    recovered: int = 0
 
     @property
     def label(self) -> str:
@@ -63,6 +69,10 @@ class WatchHits:
         if self.estimated:
             out.update({"estimated": True, "seen": self.seen,
                         "coverage": round(self.coverage, 6)})
+        if self.bindings:
+            out["bindings"] = [b.as_dict() for b in self.bindings]
+        if self.recovered:
+            out["recovered"] = self.recovered
         return out
 
 
@@ -78,6 +88,12 @@ class CountResult:
             ``"interrupt"`` (Ctrl-C / SIGTERM).
         exit_code: the launched command's return code (``-N`` when killed by
             signal N), or None when perfbp did not launch it.
+        notes: what happened to named watches on the way (moved to the
+            program an exec started, disarmed, not defined).
+        unresolved: named watches no program of the run defined, as
+            :class:`~perfbp.SymbolNotFound` errors naming the programs.
+        unattributed: debug exceptions the machine delivered without saying
+            which breakpoint fired: hits the kernel could not count.
     """
 
     target: str
@@ -85,11 +101,21 @@ class CountResult:
     elapsed: float
     ended_by: str
     exit_code: "int | None" = None
+    notes: "tuple[str, ...]" = ()
+    unresolved: "tuple" = ()
+    unattributed: int = 0
 
     def as_dict(self) -> dict:
-        return {"target": self.target, "elapsed_seconds": round(self.elapsed, 6),
-                "ended_by": self.ended_by, "exit_code": self.exit_code,
-                "watches": [w.as_dict() for w in self.watches]}
+        out = {"target": self.target, "elapsed_seconds": round(self.elapsed, 6),
+               "ended_by": self.ended_by, "exit_code": self.exit_code,
+               "watches": [w.as_dict() for w in self.watches]}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.unresolved:
+            out["unresolved"] = [str(e) for e in self.unresolved]
+        if self.unattributed:
+            out["unattributed_traps"] = self.unattributed
+        return out
 
 
 class StopRequest:
@@ -131,7 +157,7 @@ def count(watches: "Sequence", *,
           target: "Target | None" = None, command: "Sequence[str] | None" = None,
           duration: "float | None" = None, interval: "float | None" = None,
           on_interval: "Callable[[float, list[WatchHits]], None] | None" = None,
-          on_start: "Callable[[str], None] | None" = None,
+          on_start: "Callable[[str, Plan], None] | None" = None,
           multiplex: "float | None" = None) -> CountResult:
     """Count hits of ``watches`` on a target until it ends.
 
@@ -144,8 +170,10 @@ def count(watches: "Sequence", *,
         duration: stop after this many seconds.
         interval: call ``on_interval(elapsed, hits_in_this_interval)`` every
             ``interval`` seconds.
-        on_start: called with the target's description once everything is
-            armed and a launched command has started.
+        on_start: called with the target's description and the
+            :class:`~perfbp.Plan` of the watches, names resolved (their
+            pieces, the slots they take, whether they take turns), once
+            everything is armed and a launched command has started.
         multiplex: when the watches need more slots than there are, rotate
             them through the slots in time slices of this many seconds and
             report scaled estimates (None: refuse with the plan's explanation).
@@ -157,30 +185,36 @@ def count(watches: "Sequence", *,
         PerfbpError: bad input, missing privilege, no free slot, no such
             process, command not found.  Nothing is left open.
     """
-    child, ws, the_plan, traced = prepare_run(watches, target, command, multiplex)
+    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
     tgt = Target.process(child.pid, name=" ".join(command)) if child else target
-    # a traced launch is stopped after exec: arm now; otherwise arm at exec
-    at_exec = child is not None and not traced
+    # a launched command is armed inside its execve (enable_on_exec); names
+    # whose address is not known yet start parked, and the tracer moves them
+    at_exec = child is not None
     counters: "list[list[Counter]]" = []
     mux = None
     try:
         if not the_plan.fits:
             from .multiplex import Multiplexer
-            mux = Multiplexer(ws, tgt, slice_seconds=multiplex, enable_on_exec=at_exec)
+            mux = Multiplexer(opening_watches(ws, arming), tgt, slice_seconds=multiplex,
+                              enable_on_exec=at_exec)
+            if child:
+                child.arm(MuxArmer(mux), ws)
         else:
-            for w in ws:
+            for w in opening_watches(ws, arming):
                 group = []
                 counters.append(group)
                 opts = EventOptions(enabled=not at_exec, enable_on_exec=at_exec,
                                     exclude_kernel=w.exclude_kernel)
                 for bp in w.pieces:
                     group.append(Counter(bp, target=tgt, options=opts))
+            if child:
+                child.arm(HolderArmer(counters), ws)
     except BaseException:
         for group in counters:
             for c in group:
                 c.close()
         if child:
-            child.kill() if traced else child.abort()
+            child.abort()
         raise
     description = (" ".join(command) if child else tgt.describe())
     if child:
@@ -197,14 +231,12 @@ def count(watches: "Sequence", *,
         # the counts are then read and printed whatever moment they came at
         with stop:
             start = time.monotonic()
-            if traced:
-                child.resume()  # armed while stopped after exec: let it run
-            elif child:
+            if child:
                 child.start()  # raises CommandNotFound if exec fails: no banner then
             if mux is not None:
                 mux.start()
             if on_start:
-                on_start(description)
+                on_start(description, the_plan)
             ended_by, exit_code = _wait(child, tgt, read_all, ws, start, duration,
                                         interval, on_interval, mux, stop)
             elapsed = time.monotonic() - start
@@ -212,6 +244,12 @@ def count(watches: "Sequence", *,
                 hits = mux.stop()
             else:
                 hits = [WatchHits(w, n) for w, n in zip(ws, read_all())]
+            if child is not None:
+                child.finish()
+                # a named watch is shown where it was armed last
+                hits = [WatchHits(b[-1].resolution.watch if b else h.watch, h.hits + r,
+                                  h.seen, h.coverage, tuple(b), r)
+                        for h, b, r in zip(hits, child.bindings, child.recovered)]
     finally:
         if mux is not None:
             mux.close()
@@ -220,7 +258,11 @@ def count(watches: "Sequence", *,
                 c.close()
         if child and child.returncode is None:
             child.wait()
-    return CountResult(description, hits, elapsed, ended_by, exit_code)
+    if child is None:
+        return CountResult(description, hits, elapsed, ended_by, exit_code)
+    return CountResult(description, hits, elapsed, ended_by, exit_code, tuple(child.notes),
+                       tuple(child.unresolved_error(i) for i in child.unresolved()),
+                       child.unattributed)
 
 
 def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None,
@@ -228,7 +270,7 @@ def _wait(child, target, read_all, watches, start, duration, interval, on_interv
     """Wait for the end; return ``(ended_by, exit_code)``."""
     pidfd = -1
     if child is not None:
-        pidfd = os.pidfd_open(child.pid)
+        pidfd = child.pidfd_open()
     elif target.kind in ("process", "thread") and target.pid > 0:
         try:
             pidfd = os.pidfd_open(target.pid)

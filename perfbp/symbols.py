@@ -102,7 +102,7 @@ class Symbol:
     name: str
     value: int
     size: int
-    kind: str  # "object", "func" or "notype"
+    kind: str  # "object", "func", "notype" or "tls" (thread-local)
     local: bool
 
 
@@ -119,7 +119,7 @@ def named_symbols(path: str) -> "dict[str, list[Symbol]]":
     from elftools.elf.elffile import ELFFile
 
     kinds = {"STT_OBJECT": "object", "STT_FUNC": "func", "STT_NOTYPE": "notype",
-             "STT_TLS": "object", "STT_LOOS": "func"}
+             "STT_TLS": "tls", "STT_LOOS": "func"}
     out: dict[str, list[Symbol]] = {}
     with open(path, "rb") as f:
         try:

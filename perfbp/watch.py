@@ -89,12 +89,16 @@ class _Callbacks:
     """The process's SIGTRAP handler while any watch has a callback."""
 
     handles: "dict[int, WatchHandle]" = {}
-    token = None
 
     @classmethod
     def add(cls, handle: "WatchHandle") -> int:
-        if cls.token is None:
-            cls.token = abi.install_sigtrap(cls._on_trap)
+        from .events import TrapGuard
+
+        TrapGuard.ensure()
+        if TrapGuard._token is None:
+            raise Unsupported("hit callbacks need perfbp's SIGTRAP handler, and this "
+                              "program has a SIGTRAP handler of its own")
+        TrapGuard.dispatch = cls._on_trap
         key = id(handle)
         cls.handles[key] = handle
         return key
@@ -102,9 +106,6 @@ class _Callbacks:
     @classmethod
     def remove(cls, key: int) -> None:
         cls.handles.pop(key, None)
-        if not cls.handles and cls.token is not None:
-            abi.restore_sigtrap(cls.token)
-            cls.token = None
 
     @staticmethod
     def _on_trap(code: int, addr: int, data: int) -> None:

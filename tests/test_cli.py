@@ -918,3 +918,46 @@ def test_help_fits_80_columns(args):
     """STYLE.md: output fits 80 columns."""
     wide = [line for line in _help(args).splitlines() if len(line) > 80]
     assert not wide, wide
+
+
+# -- the banner: the slots the watches really take, per thread or per CPU --------------
+
+def test_banner_counts_the_slots_of_a_struct_watched_by_name(demo):
+    """``config`` is a 16-byte struct (2 registers) whose size is known only
+    once its name is resolved; with ``table[1]`` the run takes 3 slots.  (Not
+    ``counter``: its 100,042 hits are more than this test needs.)"""
+    r = run_perfbp("stat", "--json", "-w", "config", "-w", "table[1]", "--", demo.path)
+    assert r.returncode == 0, r.stderr
+    err = lines(r.stderr)
+    assert len(err) == 1, r.stderr
+    assert err[0].startswith("perfbp: watching 2 locations (config, table[1]) "), err[0]
+    assert "; 3 debug-register slots per thread. Ctrl-C to end." in err[0], err[0]
+    res = one_json(r.stdout)
+    # main sets config.flags once; worker 1 sets table[1] once
+    assert [w["hits"] for w in res["watches"]] == [1, 1]
+
+
+def test_banner_says_per_cpu_for_cpus_and_per_thread_for_a_process(run):
+    """A CPU-wide watch takes its slots on every CPU (and counts against every
+    thread there: toggle_bp_slot), so the -p watch comes after the -a and -C
+    ones end."""
+    lp = run.loop(cpu=0)
+    lp.write(BEFORE)
+    rng = f"{lp.address:#x}/16"  # counter and the 8 bytes after it: 2 registers
+    on_cpus, cpus_banner = run.perfbp("stat", "--json", "-w", rng, "-a")
+    on_cpu0, cpu0_banner = run.perfbp("stat", "--json", "-w", f"{lp.address:#x}", "-C", "0")
+    assert "; 2 debug-register slots per CPU. Ctrl-C to end." in cpus_banner, cpus_banner
+    assert "; 1 debug-register slot per CPU. Ctrl-C to end." in cpu0_banner, cpu0_banner
+    lp.write(1009)
+    hits = []
+    for pb in (on_cpus, on_cpu0):
+        rc, out, err = pb.finish(signal.SIGINT)
+        assert rc == 0, err
+        hits.append(one_json(out)["watches"][0]["hits"])
+    on_pid, pid_banner = run.perfbp("stat", "--json", "-w", rng, "-p", str(lp.pid))
+    assert "; 2 debug-register slots per thread. Ctrl-C to end." in pid_banner, pid_banner
+    lp.write(1013)
+    rc, out, err = on_pid.finish(signal.SIGINT)
+    assert rc == 0, err
+    hits.append(one_json(out)["watches"][0]["hits"])
+    assert hits == [1009, 1009, 1013]

@@ -47,6 +47,7 @@ LAYERS = {
     "perfbp.slots": 2,
     "perfbp.regions": 2,
     "perfbp.symbols": 2,
+    "perfbp.images": 2,
     "perfbp.perfdata": 2,
     "perfbp.dwarf": 2,
     "perfbp.lines": 2,
@@ -63,6 +64,7 @@ LAYERS = {
     "perfbp.recording": 3,
     "perfbp.multiplex": 3,
     "perfbp.resolve": 3,
+    "perfbp.follow": 3,
     "perfbp.live": 3,
     "perfbp.frames": 3,
     # 4: the public front

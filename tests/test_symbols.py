@@ -104,13 +104,14 @@ def libprog(tmp_path_factory):
 
 
 def test_library_symbol_resolved_before_main(libprog):
-    """`environ@libc.so.6` on a launched PIE: perfbp waits at the entry point
-    for the dynamic loader to map libc, then arms; setenv's one write to
-    environ is counted, and the address lies inside libc's mapping."""
+    """`environ@libc.so.6` on a launched PIE: perfbp arms it the moment ld.so
+    maps libc, before any initializer: libc's own `_init_first` write to
+    environ is counted, then setenv's (2, as perf counts at that address),
+    and the address lies inside libc's mapping."""
     r = perfbp_cli("stat", "--json", "-w", "environ@libc.so.6", "--", str(libprog), "1009")
     assert r.returncode == 0, r.stderr
     (w,) = json.loads(r.stdout.strip().splitlines()[-1])["watches"]
-    assert (w["watch"], w["hits"], w["length"]) == ("environ@libc.so.6", 1, 8)
+    assert (w["watch"], w["hits"], w["length"]) == ("environ@libc.so.6", 2, 8)
     assert w["address"] > 0x7F0000000000  # a shared library's mapping, not the program's
 
 

@@ -1,0 +1,832 @@
+"""Launching a command and following it — its threads, its children and
+every program it execs — so that each watch is armed at the earliest moment
+its address is known, and a named watch follows the program that defines
+the name.
+
+perfbp traces the command it launches (``PTRACE_SEIZE`` with fork, clone
+and exec events) from a thread of its own, the tracer.  Every watch's events
+are opened on the command before it execs, with ``enable_on_exec`` and
+``inherit``, so one set of debug-register slots is reserved up front (the
+plan is checked before anything runs) and the kernel itself starts them
+inside ``execve``.  A named watch whose address is not known yet starts
+*parked* (a write breakpoint on page 0, which no write ever completes) and
+is moved onto its address in place (``PERF_EVENT_IOC_MODIFY_ATTRIBUTES``)
+while the program is stopped, at the moment that address becomes known:
+
+========================================  ======================================
+watch                                     armed
+========================================  ======================================
+an address (``0x404040``, ``mem:...``)    inside the first ``execve``, in every
+                                          thread and child, whatever the command
+                                          execs later (perf's semantics)
+a name in a non-PIE executable            inside the first ``execve`` too
+a name in a PIE executable, or a          at the exec stop: ``execve`` has mapped
+library object the executable copies      the program, its first instruction has
+(copy relocation)                         not run
+a name in a library                       when ld.so's ``mmap`` of that library
+                                          returns: before ld.so zero-fills its
+                                          ``.bss``, relocates it (the copy
+                                          relocations included) or runs any
+                                          initializer
+========================================  ======================================
+
+At every exec of a followed process its names are resolved again in the new
+program: a watch whose name the new program defines moves there (the newest
+program wins when several define it), one it does not define is parked, and
+:attr:`Follower.notes` says which.  A name defined by no program of the run
+is reported with the programs searched.
+
+The tracer also keeps the command alive on machines whose hypervisor
+sometimes delivers a debug exception without its status (DR6 empty): the
+kernel cannot tell which breakpoint fired, does not count the hit and sends
+the program a SIGTRAP that would kill it.  The tracer drops such a SIGTRAP
+(``si_code`` TRAP_BRKPT, not after an ``int1`` instruction).  When one watch
+alone is armed the hit can only be that watch's: it is counted in
+:attr:`Follower.recovered`; otherwise in :attr:`Follower.unattributed`, and
+the output says the counts may be short by that many.
+
+Tracing is x86-64 only for the library stage (syscall registers, ``int3``);
+elsewhere names in libraries are refused with ``-p`` as the way out.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import signal
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from . import abi, images
+from .breakpoint import Breakpoint
+from .errors import PerfbpError, SymbolNotFound
+from .launch import exec_failed, fork_before_exec
+from .planner import Watch
+from .resolve import Resolution, Scope, kernel_address, static_scope
+from .spec import WatchSpec
+
+#: Where a watch waits for its address: a 1-byte write breakpoint on page 0,
+#: which is never mapped (vm.mmap_min_addr), so no write there completes.
+PARKED = Breakpoint(0, 1, "w")
+
+_WALL = 0x40000000
+_SI_KERNEL = 0x80
+_TRAP_BRKPT = 1
+_SYS_MMAP = 9
+_ENOSYS = (1 << 64) - E.ENOSYS
+_AT_BASE, _AT_ENTRY = 7, 9
+_PAGE = 4096
+_OPTIONS = (abi.PTRACE_O_TRACESYSGOOD | abi.PTRACE_O_TRACEFORK | abi.PTRACE_O_TRACEVFORK
+            | abi.PTRACE_O_TRACECLONE | abi.PTRACE_O_TRACEEXEC)
+_JOB_CONTROL = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+@dataclass
+class Binding:
+    """Where a named watch was armed, in which process and program.
+
+    Attributes:
+        pid: the process.
+        program: its executable at the time.
+        resolution: where the name resolved (``watch``, object, copy).
+        hits: hits counted while armed there (filled in when it ends).
+        active: still armed there.
+    """
+
+    pid: int
+    program: str
+    resolution: Resolution
+    start: int = 0
+    hits: int = 0
+    active: bool = True
+
+    def as_dict(self) -> dict:
+        r = self.resolution
+        out = {"pid": self.pid, "program": self.program, "object": r.obj,
+               "address": r.watch.address, "length": r.watch.length, "hits": self.hits}
+        if r.copied is not None:
+            out["copy_of"] = {"object": r.defined_in, "symbol": r.copied}
+        return out
+
+
+class HolderArmer:
+    """Moves the events of each watch: one holder per piece (a
+    :class:`~perfbp.Counter` or a sampler slot), with ``retarget``,
+    ``enable`` and ``read``."""
+
+    def __init__(self, holders: "Sequence[Sequence]") -> None:
+        self.holders = [list(h) for h in holders]
+
+    def pieces(self, i: int) -> int:
+        return len(self.holders[i])
+
+    def started(self) -> None:
+        """The first exec enabled every event (enable_on_exec): say so to
+        the holders, so that moving one keeps it enabled."""
+        for group in self.holders:
+            for h in group:
+                h.enable()
+
+    def bind(self, i: int, watch: Watch) -> None:
+        for h, bp in zip(self.holders[i], watch.pieces):
+            h.retarget(bp)
+
+    def park(self, i: int) -> None:
+        for h in self.holders[i]:
+            h.retarget(PARKED)
+
+    def hits(self, i: int) -> int:
+        return sum(h.read() for h in self.holders[i])
+
+
+class MuxArmer:
+    """Moves multiplexed watches: the multiplexer re-points its slots at a
+    watch's pieces when the watch's turn comes, so binding replaces the
+    watch's pieces and takes effect at the next rotation (one time slice
+    at most)."""
+
+    def __init__(self, mux) -> None:
+        self.mux = mux
+
+    def pieces(self, i: int) -> int:
+        return len(self.mux.watches[i].pieces)
+
+    def started(self) -> None:
+        pass
+
+    def bind(self, i: int, watch: Watch) -> None:
+        self.mux.watches[i] = watch
+
+    def park(self, i: int) -> None:
+        self.mux.watches[i] = parked_like(self.mux.watches[i])
+
+    def hits(self, i: int) -> int:
+        return self.mux.seen[i]
+
+
+def parked_like(watch: Watch) -> Watch:
+    """``watch`` with every piece parked: what its events open at."""
+    return Watch(watch.label, tuple(PARKED for _ in watch.pieces), watch.exclude_kernel)
+
+
+def shifted(res: Resolution, bias: int) -> Resolution:
+    """A link-time resolution moved by a load bias."""
+    w = res.watch
+    pieces = tuple(Breakpoint(p.address + bias, p.length, p.access) for p in w.pieces)
+    return replace(res, watch=Watch(w.label, pieces, w.exclude_kernel))
+
+
+@dataclass
+class _Loading:
+    """A process between its exec and its entry point: ld.so maps its
+    libraries; pending names are resolved as each one is mapped."""
+
+    exe: str
+    entry: int
+    word: int
+    pending: "list[int]"
+    objects: "list[tuple[str, int]]"
+    seen: "set[str]" = field(default_factory=set)
+
+
+class Follower:
+    """A command launched stopped before ``execve`` and followed through its
+    threads, children and execs (see the module documentation).
+
+    Open the events on :attr:`pid`, hand them over with :meth:`arm`, then
+    :meth:`start`; :meth:`poll`, :meth:`wait`, :meth:`kill` and
+    :meth:`abort` as for a :mod:`subprocess` child.
+
+    Args:
+        argv, path, env: the command.
+        specs: per watch, the spec of a named watch (None for the others).
+        initial: per watch, its static resolution in the first program (a
+            :class:`~perfbp.resolve.Resolution`), or None.
+        arming: per watch, ``"exec"`` (armed at its address inside execve)
+            or ``"bind"`` (parked until the tracer binds it).
+
+    Attributes:
+        bindings: per watch, where it was armed, in order.
+        notes: what happened to the named watches (moves, disarms).
+        programs: every program the command and its children exec'd.
+        recovered: per watch, hits the kernel could not count (a debug
+            exception without its status) that can only be that watch's.
+        unattributed: such hits while several watches were armed.
+    """
+
+    traced = True
+
+    def __init__(self, argv: "list[str]", path: str, env: "dict[str, str] | None",
+                 specs: "Sequence[WatchSpec | None]", initial: "Sequence[Resolution | None]",
+                 arming: "Sequence[str]") -> None:
+        self.argv = list(argv)
+        self.path = path
+        self.specs = list(specs)
+        self.initial = list(initial)
+        self.arming = list(arming)
+        self.returncode: "int | None" = None
+        self.bindings: list[list[Binding]] = [[] for _ in self.specs]
+        self.notes: list[str] = []
+        self.programs: list[str] = []
+        self.unattributed = 0
+        self.recovered = [0] * len(self.specs)
+        self.error: "BaseException | None" = None
+        self._armer = None
+        self._static: list[Watch] = []
+        self._lock = threading.Lock()
+        self._loading: dict[int, _Loading] = {}
+        self._displaced: dict[int, str] = {}  # watch -> the program it was armed in
+        self._exe: dict[int, str] = {}  # process -> its program
+        self._threads: set[int] = set()
+        self._started_events = False
+        self._first_exec = threading.Event()
+        self._exited = threading.Event()
+        self._ready = threading.Event()
+        self._go = threading.Event()
+        self._abort = False
+        self._pidfd = -1
+        self._env = env
+        self._err = -1
+        self.pid = -1
+        self._thread = threading.Thread(target=self._run, name="perfbp-tracer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    # -- the Child verbs (main thread) --------------------------------------------------
+    def arm(self, armer, watches: "Sequence[Watch]" = ()) -> None:
+        """Hand over the events (an object with ``pieces``, ``bind``,
+        ``park``, ``hits`` and ``started``, such as :class:`HolderArmer`) and
+        the watches as planned."""
+        self._armer = armer
+        self._static = list(watches)
+        for i, mode in enumerate(self.arming):
+            if mode == "exec" and self.initial[i] is not None:
+                self.bindings[i].append(Binding(self.pid, self.path, self.initial[i]))
+
+    def start(self) -> None:
+        """Let the command exec; return once its first program is mapped and
+        the names it defines are armed.
+
+        Raises:
+            CommandNotFound: the exec failed (the reason from its errno).
+        """
+        self._go.set()
+        data = os.read(self._err, 64)
+        os.close(self._err)
+        self._err = -1
+        if data:
+            self.wait()
+            raise exec_failed(self.argv, data)
+        while not self._first_exec.wait(0.05):
+            if self._exited.is_set():
+                break
+
+    def resume(self) -> None:
+        """Nothing to do: the tracer lets the command run once it is armed."""
+
+    def pidfd_open(self) -> int:
+        """A new pidfd of the command (readable once it has ended)."""
+        return os.dup(self._pidfd)
+
+    def abort(self) -> None:
+        """Make the command exit without running, and reap it."""
+        self._abort = True
+        self._go.set()
+        self.wait()
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait()
+
+    def poll(self) -> "int | None":
+        return self.returncode
+
+    def wait(self) -> int:
+        while not self._exited.wait(0.1):
+            pass
+        return self.returncode  # type: ignore[return-value]
+
+    def finish(self) -> None:
+        """Close the bindings' accounting (call once the events are read
+        for the last time, before they are closed)."""
+        with self._lock:
+            for i, group in enumerate(self.bindings):
+                for b in group:
+                    if b.active:
+                        b.hits = self._armer.hits(i) - b.start if self._armer else 0
+                        b.active = False
+            self._armer = None
+
+    def unresolved(self) -> "list[int]":
+        """Named watches that no program of the run defined."""
+        return [i for i, s in enumerate(self.specs) if s is not None and not self.bindings[i]]
+
+    def unresolved_error(self, i: int) -> SymbolNotFound:
+        spec = self.specs[i]
+        progs = list(dict.fromkeys(self.programs)) or [self.path]
+        from .resolve import _not_found
+        objects: list[str] = []
+        for p in progs:
+            objects += [o for o, _b in static_scope(p).objects if o not in objects]
+        err = _not_found(spec, objects)
+        return SymbolNotFound(f"{err.message} (the programs of this run: "
+                              f"{', '.join(progs)})")
+
+    # -- the tracer thread --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            pid, go_w, err_r = fork_before_exec(self.path, self.argv, self._env)
+            self.pid = pid
+            self._err = err_r
+            self._pidfd = os.pidfd_open(pid)
+            abi.ptrace(abi.PTRACE_SEIZE, pid, 0, _OPTIONS)
+            self._threads.add(pid)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.error = PerfbpError(f"cannot start '{self.argv[0]}' under perfbp's tracer: "
+                                     f"{exc}")
+            self._ready.set()
+            self._exited.set()
+            return
+        self._ready.set()
+        self._go.wait()
+        try:
+            os.write(go_w, b"x" if self._abort else b"g")
+        except OSError:
+            pass
+        os.close(go_w)
+        try:
+            self._loop()
+        finally:
+            self._first_exec.set()
+            self._exited.set()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                tid, status = os.waitpid(-1, _WALL)
+            except ChildProcessError:
+                return
+            try:
+                self._handle(tid, status)
+            except ProcessLookupError:
+                pass  # the task died under us: its exit is reported next
+            except OSError as exc:
+                if exc.errno != E.ESRCH:
+                    self._note(f"perfbp's tracer: {exc}")
+            if self.returncode is not None and not self._threads:
+                return
+
+    def _handle(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._threads.discard(tid)
+            self._loading.pop(tid, None)
+            if tid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                self._exited.set()
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        self._threads.add(tid)
+        if event == abi.PTRACE_EVENT_EXEC:
+            former = abi.ptrace_eventmsg(tid)
+            if former != tid:
+                self._threads.discard(former)
+            self._on_exec(tid)
+            self._resume(tid, 0)
+        elif event in (abi.PTRACE_EVENT_FORK, abi.PTRACE_EVENT_VFORK, abi.PTRACE_EVENT_CLONE):
+            new = abi.ptrace_eventmsg(tid)
+            self._threads.add(new)
+            if event != abi.PTRACE_EVENT_CLONE and tid in self._exe:
+                self._exe[new] = self._exe[tid]
+            self._resume(tid, 0)
+        elif event == abi.PTRACE_EVENT_STOP:
+            if sig in _JOB_CONTROL:
+                abi.ptrace(abi.PTRACE_LISTEN, tid, 0, 0)  # a group-stop: stay stopped
+            else:
+                self._resume(tid, 0)
+        elif sig == signal.SIGTRAP | 0x80:
+            self._on_syscall(tid)
+            self._resume(tid, 0)
+        elif sig == signal.SIGTRAP:
+            self._resume(tid, self._on_sigtrap(tid))
+        else:
+            self._resume(tid, sig)
+
+    def _resume(self, tid: int, sig: int) -> None:
+        request = abi.PTRACE_SYSCALL if tid in self._loading else abi.PTRACE_CONT
+        abi.ptrace(request, tid, 0, sig)
+
+    def _on_sigtrap(self, tid: int) -> int:
+        """The signal to deliver for a SIGTRAP stop (0: none)."""
+        _signo, code, _addr = abi.ptrace_siginfo(tid)
+        load = self._loading.get(tid)
+        regs = abi.ptrace_regs(tid)
+        rip = int(regs[abi.USER_REGS_RIP])
+        if load is not None and code == _SI_KERNEL and rip - 1 == load.entry:
+            # our int3 at the entry point: ld.so is done, no constructor has run
+            abi.ptrace(abi.PTRACE_POKETEXT, tid, load.entry, load.word)
+            regs[abi.USER_REGS_RIP] = load.entry
+            abi.ptrace_regs(tid, regs)
+            self._loaded(tid, load)
+            return 0
+        if code == _TRAP_BRKPT:
+            try:
+                before = abi.ptrace_peek(tid, rip - 1) & 0xFF
+            except OSError:
+                before = None
+            if before != 0xF1:  # not an int1 instruction: a lost debug status
+                armed = self._armed()
+                if len(armed) > 1:
+                    armed = self._accessed(tid, rip, armed)
+                if len(armed) == 1:
+                    self.recovered[armed[0]] += 1
+                else:
+                    self.unattributed += 1
+                return 0
+        return signal.SIGTRAP
+
+    def _armed(self) -> "list[int]":
+        """The watches armed now: every address watch, and the named ones
+        bound somewhere."""
+        return [i for i, s in enumerate(self.specs)
+                if (s is None and self.arming[i] != "bind")
+                or (self.bindings[i] and self.bindings[i][-1].active)]
+
+    def _watch_now(self, i: int) -> Watch:
+        b = self.bindings[i]
+        if b and b[-1].active:
+            return b[-1].resolution.watch
+        return self._static[i]
+
+    def _accessed(self, tid: int, rip: int, armed: "list[int]") -> "list[int]":
+        """The armed watches the instruction that ends at ``rip`` may have
+        accessed.  Globals are reached RIP-relative (ModRM mod=00 rm=101): the
+        operand is ``rip + disp32``, the disp32 right before any immediate at
+        the end of the instruction.  Every immediate size is tried; the
+        watches such an address falls in are the answer (all of ``armed``
+        when none does: the access went through a register)."""
+        import struct
+
+        try:
+            raw = b"".join(struct.pack("<Q", abi.ptrace_peek(tid, rip - 16 + 8 * k))
+                           for k in range(2))
+        except OSError:
+            return armed
+        hit = []
+        for imm in (0, 1, 2, 4):
+            end = 16 - imm  # where the disp32 ends, in raw
+            if (raw[end - 5] & 0xC7) != 0x05:
+                continue
+            ea = (rip + struct.unpack_from("<i", raw, end - 4)[0]) & ((1 << 64) - 1)
+            for i in armed:
+                if any(p.address - 8 < ea < p.address + p.length
+                       for p in self._watch_now(i).pieces) and i not in hit:
+                    hit.append(i)
+        return hit or armed
+
+    # -- names ------------------------------------------------------------------------
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def _bind(self, i: int, pid: int, program: str, res: Resolution) -> None:
+        armer = self._armer
+        if armer is None:
+            return
+        with self._lock:
+            if self._armer is None:
+                return
+            cur = self.bindings[i][-1] if self.bindings[i] else None
+            if cur is not None and cur.active and cur.pid == pid \
+                    and cur.resolution.watch.pieces == res.watch.pieces:
+                cur.program = program  # armed there since execve
+                return
+            if len(res.watch.pieces) != armer.pieces(i):
+                self._note(f"watch '{self.specs[i].text}': in {program} (pid {pid}) it needs "
+                           f"{len(res.watch.pieces)} debug registers and perfbp reserved "
+                           f"{armer.pieces(i)} when it planned the run: not watched there; "
+                           f"give its length (/LEN) or run that program directly")
+                return
+            now = armer.hits(i)
+            if cur is not None and cur.active:
+                cur.hits = now - cur.start
+                cur.active = False
+                self._note(f"watch '{self.specs[i].text}': moved from {cur.program} "
+                           f"(pid {cur.pid}) to {program} (pid {pid}), which defines it too")
+            elif i in self._displaced:
+                self._note(f"watch '{self.specs[i].text}': re-resolved in {program} (pid "
+                           f"{pid}), which replaced {self._displaced.pop(i)}")
+            armer.bind(i, res.watch)
+            self.bindings[i].append(Binding(pid, program, res, start=now))
+
+    def _park(self, i: int, pid: int, why: "str | None") -> None:
+        """Disarm watch ``i`` if it is armed in ``pid``; ``why`` None: only
+        for now (the new program's libraries may define it)."""
+        armer = self._armer
+        with self._lock:
+            cur = self.bindings[i][-1] if self.bindings[i] else None
+            if armer is None or cur is None or not cur.active or cur.pid != pid:
+                return
+            cur.hits = armer.hits(i) - cur.start
+            cur.active = False
+            armer.park(i)
+            if why is None:
+                self._displaced[i] = cur.program
+            else:
+                self._note(f"watch '{self.specs[i].text}': disarmed in pid {pid}: {why} "
+                           f"(it was watched in {cur.program})")
+
+    def _on_exec(self, pid: int) -> None:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        first = not self._started_events
+        if first and self._armer is not None:
+            self._armer.started()
+        self._started_events = True
+        self._exe[pid] = exe
+        self.programs.append(exe)
+        self._loading.pop(pid, None)
+        named = [i for i, s in enumerate(self.specs) if s is not None]
+        if not named:
+            self._first_exec.set()
+            return
+        try:
+            env = _environ(pid)
+            auxv = _auxv(pid)
+            info = images.image(exe)
+            from .symbols import load_bias
+            bias = load_bias(pid, exe)
+        except (OSError, ValueError, LookupError) as exc:
+            for i in named:
+                self._park(i, pid, f"cannot read the new program {exe}: {exc}")
+            self._note(f"cannot resolve names in {exe} (pid {pid}): {exc}")
+            self._first_exec.set()
+            return
+        statics = static_scope(exe, env)
+        ldso = info.interp
+        pending = []
+        for i in named:
+            spec = self.specs[i]
+            try:
+                res = statics.resolve(spec)
+            except (SymbolNotFound, PerfbpError) as exc:
+                res = None
+                if spec.object is not None and statics.find(spec) is not None:
+                    self._note(f"watch '{spec.text}' in {exe}: {exc}")
+            if res is not None and res.obj == exe:
+                self._bind(i, pid, exe, shifted(res, bias))
+            elif res is not None and ldso and res.obj == ldso and auxv.get(_AT_BASE):
+                self._bind(i, pid, exe, shifted(res, auxv[_AT_BASE]))
+            elif info.interp:
+                pending.append(i)
+                self._park(i, pid, None)
+            else:
+                self._park(i, pid, f"{exe} does not define it")
+        if pending:
+            if abi.MACHINE != "x86_64":
+                for i in pending:
+                    self._note(f"watch '{self.specs[i].text}': waiting for a program's "
+                               f"libraries is implemented for x86-64 only; attach with -p")
+            else:
+                entry = auxv.get(_AT_ENTRY)
+                word = abi.ptrace_peek(pid, entry)
+                abi.ptrace(abi.PTRACE_POKETEXT, pid, entry, (word & ~0xFF) | 0xCC)
+                self._loading[pid] = _Loading(exe, entry, word, pending, [(exe, bias)])
+        self._first_exec.set()
+
+    def _on_syscall(self, tid: int) -> None:
+        load = self._loading.get(tid)
+        if load is None:
+            return
+        regs = abi.ptrace_regs(tid)
+        if int(regs[abi.USER_REGS_ORIG_RAX]) != _SYS_MMAP:
+            return
+        ret = int(regs[abi.USER_REGS_RAX])
+        fd = int(regs[abi.USER_REGS_R8]) & 0xFFFFFFFF
+        if ret == _ENOSYS or ret >= (1 << 64) - 4096 or fd == 0xFFFFFFFF:
+            return  # the entry stop, a failed or an anonymous mmap
+        try:
+            path = os.readlink(f"/proc/{tid}/fd/{fd}")
+            if not path.startswith("/") or path in load.seen:
+                return
+            info = images.image(path)
+        except (OSError, ValueError):
+            return
+        load.seen.add(path)
+        offset, vaddr = info.first_load
+        if int(regs[abi.USER_REGS_R9]) != offset & ~(_PAGE - 1):
+            return
+        load.objects.append((path, ret - (vaddr & ~(_PAGE - 1))))
+        scope = Scope(list(load.objects))
+        for i in list(load.pending):
+            spec = self.specs[i]
+            try:
+                res = scope.resolve(spec)
+            except (SymbolNotFound, PerfbpError) as exc:
+                load.pending.remove(i)
+                self._note(f"watch '{spec.text}' in {load.exe}: {exc}")
+                continue
+            if res is not None:
+                load.pending.remove(i)
+                self._bind(i, tid, load.exe, res)
+
+    def _loaded(self, pid: int, load: _Loading) -> None:
+        del self._loading[pid]
+        for i in load.pending:
+            old = self._displaced.pop(i, None)
+            if old is not None:
+                self._note(f"watch '{self.specs[i].text}': disarmed in pid {pid}: "
+                           f"{load.exe} replaced {old} and neither it nor its libraries "
+                           f"define the name")
+
+
+def _auxv(pid: int) -> "dict[int, int]":
+    import struct
+
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        raw = f.read()
+    out = {}
+    for i in range(0, len(raw) - 15, 16):
+        key, value = struct.unpack_from("<QQ", raw, i)
+        if key == 0:
+            break
+        out[key] = value
+    return out
+
+
+def _environ(pid: int) -> "dict[str, str]":
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        raw = f.read()
+    out = {}
+    for item in raw.split(b"\0"):
+        if b"=" in item:
+            k, v = item.split(b"=", 1)
+            out[k.decode(errors="replace")] = v.decode(errors="replace")
+    return out
+
+
+# -- preparing a run -------------------------------------------------------------------
+def _candidates(argv: "Sequence[str]", exe: str) -> "list[str]":
+    """Programs the command may exec, named on its command line: ``env X=1
+    ./prog``, ``sh -c 'exec ./prog'``, ``timeout 5 prog``."""
+    import shlex
+    import shutil
+
+    out = [exe]
+    words: list[str] = []
+    for a in argv[1:]:
+        try:  # `sh -c './prog; true'`: the words of a shell command line too
+            lex = shlex.shlex(a, posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            words += list(lex) if " " in a or ";" in a else [a]
+        except ValueError:
+            words.append(a)
+    for w in words:
+        if "=" in w and not w.startswith(("/", ".")):
+            continue
+        path = w if "/" in w else shutil.which(w)
+        if path and os.path.isfile(path) and os.access(path, os.X_OK) and path not in out:
+            try:
+                images.image(path)
+            except (OSError, ValueError):
+                continue
+            out.append(path)
+    return out
+
+
+def plan_names(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe: str,
+               env: "dict[str, str] | None" = None
+               ) -> "tuple[list[Watch], list[Resolution | None], list[str]]":
+    """Before launching: each watch as planned (its pieces), its static
+    resolution in the first program (or None), and how it is armed
+    (``"exec"`` or ``"bind"``).  A name is searched in the program, its
+    libraries, and the programs its command line names (``env X=1 ./prog``);
+    one found nowhere is refused now, with the closest names.
+
+    Raises:
+        SymbolNotFound, InvalidBreakpoint: a name no candidate defines, a
+            thread-local name, a wrong member.
+    """
+    try:
+        first_is_elf = bool(images.image(exe))
+    except (OSError, ValueError):
+        first_is_elf = False
+    programs = _candidates(argv, exe)
+    scopes = {}
+    ws: list[Watch] = []
+    initial: list[Resolution | None] = []
+    arming: list[str] = []
+    for s in specs:
+        if s.symbol is None:
+            ws.append(Watch.from_spec(s))
+            initial.append(None)
+            arming.append("exec")
+            continue
+        if s.object == "kernel":
+            ws.append(Watch.from_spec(kernel_address(s)))
+            initial.append(None)
+            arming.append("exec")
+            continue
+        found = None
+        for k, prog in enumerate(programs):
+            if prog not in scopes:
+                scopes[prog] = static_scope(prog, env)
+            res = scopes[prog].resolve(s)
+            if res is not None:
+                found = (k, prog, res)
+                break
+        if found is None:
+            if not first_is_elf:
+                # a script: what it runs is not on its command line; follow it
+                ws.append(Watch.from_spec(s.resolved(0, 8)))
+                initial.append(None)
+                arming.append("bind")
+                continue
+            from .resolve import _not_found
+            searched: list[str] = []
+            for prog in programs:
+                if prog not in scopes:
+                    scopes[prog] = static_scope(prog, env)
+                searched += [o for o, _b in scopes[prog].objects if o not in searched]
+            raise _not_found(s, searched)
+        k, prog, res = found
+        ws.append(res.watch)
+        fixed = (k == 0 and first_is_elf and res.obj == exe
+                 and not images.image(exe).shared)
+        initial.append(res if k == 0 and first_is_elf else None)
+        arming.append("exec" if fixed else "bind")
+    return ws, initial, arming
+
+
+def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
+                multiplex: "float | None"):
+    """Everything before arming, shared by count, record and top: resolve
+    the names (statically, for a command: it is then followed), plan the
+    watches (refusing what does not fit unless ``multiplex`` lets them take
+    turns), and fork the command, stopped before exec.
+
+    Returns:
+        ``(child or None, watches, plan, arming)``: ``arming[i]`` is
+        ``"now"`` (a running target: arm at once), ``"exec"`` (inside the
+        command's execve, at the watch's address) or ``"bind"`` (parked
+        until the tracer binds it).
+
+    Raises:
+        PerfbpError: nothing is left running.
+    """
+    from . import launch, system
+    from .planner import as_watches, plan
+    from .resolve import resolve
+
+    if (target is None) == (command is None):
+        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
+    items = list(watches)
+    specs = [w for w in items if isinstance(w, WatchSpec)]
+    named = any(s.symbol is not None for s in specs)
+    if named and any(not isinstance(w, WatchSpec) for w in items):
+        raise PerfbpError("give every watch as a spec when any of them names a symbol")
+    child = None
+    if command is not None:
+        path = launch.resolve_command(list(command))
+        if named:
+            ws, initial, arming = plan_names(specs, list(command), path)
+            wspecs = [s if s.symbol is not None and s.object != "kernel" else None
+                      for s in specs]
+        else:
+            ws = as_watches([Watch.from_spec(w) if isinstance(w, WatchSpec) else w
+                             for w in items])
+            initial, arming, wspecs = [None] * len(ws), ["exec"] * len(ws), [None] * len(ws)
+    else:
+        if not named:
+            ws = as_watches([Watch.from_spec(w) if isinstance(w, WatchSpec) else w
+                             for w in items])
+        elif target.kind == "cpus" and all(s.object == "kernel" for s in specs if s.symbol):
+            ws = resolve(specs, 0)
+        elif target.kind == "cpus":
+            raise PerfbpError("a watch on a symbol needs a process to look the symbol up "
+                              "in: use -p PID or -- CMD (or give the address for -a/-C)")
+        else:
+            pid = target.pid if target.kind == "process" else (
+                system.thread_group(target.pid) or target.pid)
+            ws = resolve(specs, os.getpid() if pid == 0 else pid)
+        arming = ["now"] * len(ws)
+    the_plan = plan(ws, target)
+    if not the_plan.fits and multiplex is None:
+        the_plan.require()
+    if not the_plan.fits and len({w.exclude_kernel for w in ws}) > 1:
+        raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
+    if command is not None:
+        child = Follower(list(command), path, None, wspecs, initial, arming)
+    return child, ws, the_plan, arming
+
+
+def opening_watches(ws: "Sequence[Watch]", arming: "Sequence[str]") -> "list[Watch]":
+    """What each watch's events open at: its address, or parked."""
+    return [parked_like(w) if a == "bind" else w for w, a in zip(ws, arming)]
+
