@@ -613,7 +613,7 @@ def slots(
     watches = _watches(watch)
     if not all(isinstance(w, perfbp.Watch) for w in watches):  # symbols: look them up
         if target is None:
-            watches = perfbp.resolve_in_file(watches, perfbp.resolve_command(command))
+            watches = perfbp.resolve_in_file(watches, command)
         elif target.kind == "cpus":
             raise fail("a watch on a symbol needs a process to look it up in: -p PID or -- CMD")
         else:
@@ -627,7 +627,8 @@ def slots(
         typer.echo(f"{w.label}: {w.describe_pieces()}: {pieces}")
     typer.echo("")
     typer.echo(f"{'fits' if plan.fits else 'does NOT fit'}: needs {plan.slots_needed} "
-               f"slots, {plan.free} free (capacity {plan.capacity})")
+               f"slot{'s' if plan.slots_needed != 1 else ''}, {plan.free} free "
+               f"(capacity {plan.capacity})")
     typer.echo(plan.explanation)
 
 

@@ -104,6 +104,9 @@ class EventOptions:
         sample_type, wakeup_events, sample_id_all, mmap, comm, task: sampling
             options for the ring buffer (see :mod:`perfbp.sampling`).
         sigtrap, sig_data: synchronous SIGTRAP in the thread that hit.
+        remove_on_exec: the kernel removes the event from a task that execs
+            (Linux 5.13+): a watch on a name of one program never watches
+            that address in the next.
     """
 
     enabled: bool = True
@@ -122,6 +125,7 @@ class EventOptions:
     sample_max_stack: int = 0
     read_format: int = 0
     exclude_callchain_kernel: bool = False
+    remove_on_exec: bool = False
 
 
 DEFAULT_OPTIONS = EventOptions()
@@ -231,6 +235,8 @@ def _build_template(inherit: bool, opts: EventOptions) -> bytes:
     attr.task = opts.task
     attr.read_format = opts.read_format
     attr.exclude_callchain_kernel = opts.exclude_callchain_kernel
+    if opts.remove_on_exec:
+        attr.remove_on_exec = 1
     if opts.sigtrap:
         attr.sigtrap = 1
         attr.remove_on_exec = 1

@@ -63,7 +63,7 @@ from .breakpoint import Breakpoint
 from .errors import PerfbpError, SymbolNotFound
 from .launch import exec_failed, fork_before_exec
 from .planner import Watch
-from .resolve import Resolution, Scope, kernel_address, static_scope
+from .resolve import Resolution, Scope, resolve_for_command, static_scope
 from .spec import WatchSpec
 
 #: Where a watch waits for its address: a 1-byte write breakpoint on page 0,
@@ -672,95 +672,39 @@ def _environ(pid: int) -> "dict[str, str]":
 
 
 # -- preparing a run -------------------------------------------------------------------
-def _candidates(argv: "Sequence[str]", exe: str) -> "list[str]":
-    """Programs the command may exec, named on its command line: ``env X=1
-    ./prog``, ``sh -c 'exec ./prog'``, ``timeout 5 prog``."""
-    import shlex
-    import shutil
-
-    out = [exe]
-    words: list[str] = []
-    for a in argv[1:]:
-        try:  # `sh -c './prog; true'`: the words of a shell command line too
-            lex = shlex.shlex(a, posix=True, punctuation_chars=True)
-            lex.whitespace_split = True
-            words += list(lex) if " " in a or ";" in a else [a]
-        except ValueError:
-            words.append(a)
-    for w in words:
-        if "=" in w and not w.startswith(("/", ".")):
-            continue
-        path = w if "/" in w else shutil.which(w)
-        if path and os.path.isfile(path) and os.access(path, os.X_OK) and path not in out:
-            try:
-                images.image(path)
-            except (OSError, ValueError):
-                continue
-            out.append(path)
-    return out
-
-
 def plan_names(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe: str,
                env: "dict[str, str] | None" = None
                ) -> "tuple[list[Watch], list[Resolution | None], list[str]]":
     """Before launching: each watch as planned (its pieces), its static
     resolution in the first program (or None), and how it is armed
-    (``"exec"`` or ``"bind"``).  A name is searched in the program, its
-    libraries, and the programs its command line names (``env X=1 ./prog``);
-    one found nowhere is refused now, with the closest names.
+    (``"exec"`` or ``"bind"``); see :func:`perfbp.resolve.resolve_for_command`.
 
     Raises:
         SymbolNotFound, InvalidBreakpoint: a name no candidate defines, a
             thread-local name, a wrong member.
     """
     try:
-        first_is_elf = bool(images.image(exe))
+        first = images.image(exe)
     except (OSError, ValueError):
-        first_is_elf = False
-    programs = _candidates(argv, exe)
-    scopes = {}
+        first = None
     ws: list[Watch] = []
     initial: list[Resolution | None] = []
     arming: list[str] = []
-    for s in specs:
-        if s.symbol is None:
-            ws.append(Watch.from_spec(s))
+    for s, (res, k) in zip(specs, resolve_for_command(specs, argv, exe, env)):
+        if isinstance(res, Watch):  # an address, or a kernel symbol
+            ws.append(res)
             initial.append(None)
             arming.append("exec")
-            continue
-        if s.object == "kernel":
-            ws.append(Watch.from_spec(kernel_address(s)))
+        elif res is None:  # a script: what it runs is not on its command line
+            ws.append(Watch.from_spec(s.resolved(0, 8)))
             initial.append(None)
-            arming.append("exec")
-            continue
-        found = None
-        for k, prog in enumerate(programs):
-            if prog not in scopes:
-                scopes[prog] = static_scope(prog, env)
-            res = scopes[prog].resolve(s)
-            if res is not None:
-                found = (k, prog, res)
-                break
-        if found is None:
-            if not first_is_elf:
-                # a script: what it runs is not on its command line; follow it
-                ws.append(Watch.from_spec(s.resolved(0, 8)))
-                initial.append(None)
-                arming.append("bind")
-                continue
-            from .resolve import _not_found
-            searched: list[str] = []
-            for prog in programs:
-                if prog not in scopes:
-                    scopes[prog] = static_scope(prog, env)
-                searched += [o for o, _b in scopes[prog].objects if o not in searched]
-            raise _not_found(s, searched)
-        k, prog, res = found
-        ws.append(res.watch)
-        fixed = (k == 0 and first_is_elf and res.obj == exe
-                 and not images.image(exe).shared)
-        initial.append(res if k == 0 and first_is_elf else None)
-        arming.append("exec" if fixed else "bind")
+            arming.append("bind")
+        else:
+            ws.append(res.watch)
+            mine = k == 0 and first is not None
+            initial.append(res if mine else None)
+            # a non-PIE program's own address is known before it runs
+            arming.append("exec" if mine and res.obj == exe and not first.shared else "bind")
     return ws, initial, arming
 
 
@@ -773,9 +717,10 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
 
     Returns:
         ``(child or None, watches, plan, arming)``: ``arming[i]`` is
-        ``"now"`` (a running target: arm at once), ``"exec"`` (inside the
-        command's execve, at the watch's address) or ``"bind"`` (parked
-        until the tracer binds it).
+        ``"now"`` (a running target: arm at once), ``"image"`` (a name in a
+        running process: arm at once, removed when the process execs),
+        ``"exec"`` (inside the command's execve, at the watch's address) or
+        ``"bind"`` (parked until the tracer binds it).
 
     Raises:
         PerfbpError: nothing is left running.
@@ -815,7 +760,9 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
             pid = target.pid if target.kind == "process" else (
                 system.thread_group(target.pid) or target.pid)
             ws = resolve(specs, os.getpid() if pid == 0 else pid)
-        arming = ["now"] * len(ws)
+        # a running process's names hold for its program: removed at exec
+        arming = ["image" if isinstance(w, WatchSpec) and w.symbol is not None
+                  and w.object != "kernel" else "now" for w in items]
     the_plan = plan(ws, target)
     if not the_plan.fits and multiplex is None:
         the_plan.require()
@@ -824,6 +771,31 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     if command is not None:
         child = Follower(list(command), path, None, wspecs, initial, arming)
     return child, ws, the_plan, arming
+
+
+class ExecCheck:
+    """Whether a running process execs while its names are watched (their
+    events are then removed by the kernel: ``remove_on_exec``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = self._identity()
+
+    def _identity(self):
+        try:
+            st = os.stat(f"/proc/{self.pid}/exe")
+            return st.st_dev, st.st_ino, os.readlink(f"/proc/{self.pid}/exe")
+        except OSError:
+            return None
+
+    def note(self) -> "str | None":
+        """A note when the process now runs another program."""
+        now = self._identity()
+        if self.before is None or now is None or now[:2] == self.before[:2]:
+            return None
+        return (f"process {self.pid} exec'd {now[2]} (was {self.before[2]}): its watches on "
+                f"names stopped counting then (the names belonged to the old program; "
+                f"launch it with -- CMD to follow execs)")
 
 
 def opening_watches(ws: "Sequence[Watch]", arming: "Sequence[str]") -> "list[Watch]":

@@ -21,7 +21,7 @@ from . import system
 from .events import Target
 from .planner import Plan
 from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
-from .follow import HolderArmer, MuxArmer, opening_watches, prepare_run
+from .follow import ExecCheck, HolderArmer, MuxArmer, opening_watches, prepare_run
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
 from .session import StopRequest, _interrupted_child
@@ -181,6 +181,7 @@ def record(watches: "Sequence", output: str, *,
     # not known yet start parked, and the tracer moves them
     at_exec = child is not None
     opened = opening_watches(ws, arming)
+    execs = ExecCheck(target.pid) if "image" in arming else None
     sampler = writer = mux = None
     try:
         tgt = Target.process(child.pid, name=" ".join(command)) if child else target
@@ -206,6 +207,7 @@ def record(watches: "Sequence", output: str, *,
         else:
             pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
                       for bp in w.pieces]
+            kwargs["remove_on_exec"] = [arming[wi] == "image" for wi, _bp, _ek in pieces]
         sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
                           enable_on_exec=at_exec, track=True,
                           exclude_kernel=[p[2] for p in pieces], **kwargs)
@@ -300,6 +302,9 @@ def record(watches: "Sequence", output: str, *,
         if child and child.returncode is None:
             child.wait()
     extra = {}
+    note = execs.note() if execs is not None else None
+    if note:
+        extra = {"notes": (note,)}
     if child is not None:
         extra = {"notes": tuple(child.notes), "unattributed": child.unattributed,
                  "recovered": tuple(child.recovered),

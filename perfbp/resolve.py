@@ -374,16 +374,28 @@ def mapped_objects(pid: int) -> "list[str]":
     return out
 
 
-def resolve_in_file(specs: "Sequence[WatchSpec]", path: str) -> "list[Watch]":
+def resolve_in_file(specs: "Sequence[WatchSpec]", path: "str | Sequence[str]"
+                    ) -> "list[Watch]":
     """Watches for ``specs`` at the link-time addresses of the program
     ``path`` and its libraries: what planning needs (a load bias moves whole
     pages, so the pieces are the same).  The same rules as at run time:
     ``NAME@LIB`` and bare names are found in the libraries too, and a copy
-    relocation moves the watch to the executable's copy.
+    relocation moves the watch to the executable's copy.  Given a command
+    line (a list) instead of a path, the programs it names are searched
+    too, as for a launch (:func:`resolve_for_command`).
 
     Raises:
-        SymbolNotFound, InvalidBreakpoint.
+        SymbolNotFound, InvalidBreakpoint: a name found nowhere, a
+            thread-local name, a wrong member.
     """
+    if not isinstance(path, str):
+        from .launch import resolve_command
+
+        argv = list(path)
+        found = resolve_for_command(specs, argv, resolve_command(argv))
+        return [r.watch if isinstance(r, Resolution) else
+                r if r is not None else Watch.from_spec(s.resolved(0, 8))
+                for s, (r, _k) in zip(specs, found)]
     return [r.watch if isinstance(r, Resolution) else r
             for r in resolve_statically(specs, path)]
 
@@ -392,3 +404,79 @@ def resolve_statically(specs: "Sequence[WatchSpec]", path: str,
                        env: "dict[str, str] | None" = None) -> "list[Resolution | Watch]":
     """As :func:`resolve_in_file`, keeping where each name resolved."""
     return _resolve_specs(specs, lambda: static_scope(path, env), path)
+
+
+def command_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
+    """``exe``, then the programs its command line names, which it may exec:
+    ``env X=1 ./prog``, ``sh -c './prog; true'``, ``timeout 5 prog``."""
+    import shlex
+    import shutil
+
+    out = [exe]
+    words: list[str] = []
+    for a in argv[1:]:
+        try:  # the words of a shell command line too
+            lex = shlex.shlex(a, posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            words += list(lex) if " " in a or ";" in a else [a]
+        except ValueError:
+            words.append(a)
+    for w in words:
+        if "=" in w and not w.startswith(("/", ".")):
+            continue  # an environment assignment
+        path = w if "/" in w else shutil.which(w)
+        if path and os.path.isfile(path) and os.access(path, os.X_OK) and path not in out:
+            try:
+                images.image(path)
+            except (OSError, ValueError):
+                continue
+            out.append(path)
+    return out
+
+
+def resolve_for_command(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe: str,
+                        env: "dict[str, str] | None" = None
+                        ) -> "list[tuple[Resolution | Watch | None, int]]":
+    """Where each spec would resolve before ``argv`` runs: ``(resolution,
+    index in command_programs)`` for a name, ``(Watch, -1)`` for an address
+    or a kernel symbol.  A name is searched in the program and its
+    libraries, then in the programs the command line names; ``None`` when
+    the program is a script (what it runs cannot be known: it is followed).
+
+    Raises:
+        SymbolNotFound: a name no candidate defines (with the closest names
+            and every object searched).
+        InvalidBreakpoint: a thread-local name, a wrong member.
+    """
+    try:
+        images.image(exe)
+        is_elf = True
+    except (OSError, ValueError):
+        is_elf = False
+    programs = command_programs(argv, exe)
+    scopes: dict[str, Scope] = {}
+
+    def scope(prog: str) -> Scope:
+        if prog not in scopes:
+            scopes[prog] = static_scope(prog, env)
+        return scopes[prog]
+
+    out: list = []
+    for s in specs:
+        if s.symbol is None or s.object == "kernel":
+            out.append((_resolve_specs([s], lambda: None, exe)[0], -1))
+            continue
+        for k, prog in enumerate(programs):
+            res = scope(prog).resolve(s)
+            if res is not None:
+                out.append((res, k))
+                break
+        else:
+            if not is_elf:
+                out.append((None, -1))
+                continue
+            searched: list[str] = []
+            for prog in programs:
+                searched += [o for o, _b in scope(prog).objects if o not in searched]
+            raise _not_found(s, searched)
+    return out

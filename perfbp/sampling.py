@@ -125,6 +125,8 @@ class Sampler:
             :class:`~perfbp.Counter`.
         track: also ask the kernel for COMM, MMAP2, FORK and EXIT records (what
             perf needs to name threads and symbolize ips).
+        remove_on_exec: per watch (or for all), have the kernel remove its
+            events from a task that execs (a watch on a name of the program).
 
     Raises:
         PerfbpError: as :class:`~perfbp.Counter`; nothing is left open.
@@ -134,7 +136,8 @@ class Sampler:
                  callchain: bool = False, ring_pages: int = DEFAULT_RING_PAGES,
                  enabled: bool = True, enable_on_exec: bool = False,
                  exclude_kernel: "bool | None | Sequence[bool | None]" = None,
-                 track: bool = False, wakeup_fraction: int = 4) -> None:
+                 track: bool = False, wakeup_fraction: int = 4,
+                 remove_on_exec: "bool | Sequence[bool]" = False) -> None:
         if period < 1:
             raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
         self.watches = list(watches)
@@ -153,13 +156,16 @@ class Sampler:
         watermark = max(page, ring_pages * page // wakeup_fraction)
         if not isinstance(exclude_kernel, (list, tuple)):
             exclude_kernel = [exclude_kernel] * len(self.watches)
+        if not isinstance(remove_on_exec, (list, tuple)):
+            remove_on_exec = [remove_on_exec] * len(self.watches)
         self._opts = [EventOptions(enabled=enabled and not enable_on_exec,
                                    enable_on_exec=enable_on_exec, exclude_kernel=ek,
                                    sample_period=period, sample_type=self.sample_type,
                                    watermark=watermark, sample_id_all=True,
                                    read_format=PERF_FORMAT_LOST,
-                                   exclude_callchain_kernel=callchain and not bp.is_kernel())
-                      for ek, bp in zip(exclude_kernel, self.watches)]
+                                   exclude_callchain_kernel=callchain and not bp.is_kernel(),
+                                   remove_on_exec=roe)
+                      for ek, roe, bp in zip(exclude_kernel, remove_on_exec, self.watches)]
         self._track = track
         self._events: list[tuple[int, int, int, int]] = []  # (fd, watch, cpu, tid)
         self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}

@@ -19,7 +19,7 @@ from .breakpoint import Breakpoint
 from .counter import Counter
 from .events import EventOptions, Target
 from .planner import Plan, Watch
-from .follow import HolderArmer, MuxArmer, opening_watches, prepare_run
+from .follow import ExecCheck, HolderArmer, MuxArmer, opening_watches, prepare_run
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,7 @@ def count(watches: "Sequence", *,
     """
     child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
     tgt = Target.process(child.pid, name=" ".join(command)) if child else target
+    execs = ExecCheck(tgt.pid) if "image" in arming else None
     # a launched command is armed inside its execve (enable_on_exec); names
     # whose address is not known yet start parked, and the tracer moves them
     at_exec = child is not None
@@ -200,11 +201,12 @@ def count(watches: "Sequence", *,
             if child:
                 child.arm(MuxArmer(mux), ws)
         else:
-            for w in opening_watches(ws, arming):
+            for w, mode in zip(opening_watches(ws, arming), arming):
                 group = []
                 counters.append(group)
                 opts = EventOptions(enabled=not at_exec, enable_on_exec=at_exec,
-                                    exclude_kernel=w.exclude_kernel)
+                                    exclude_kernel=w.exclude_kernel,
+                                    remove_on_exec=mode == "image")
                 for bp in w.pieces:
                     group.append(Counter(bp, target=tgt, options=opts))
             if child:
@@ -259,7 +261,9 @@ def count(watches: "Sequence", *,
         if child and child.returncode is None:
             child.wait()
     if child is None:
-        return CountResult(description, hits, elapsed, ended_by, exit_code)
+        note = execs.note() if execs is not None else None
+        return CountResult(description, hits, elapsed, ended_by, exit_code,
+                           (note,) if note else ())
     return CountResult(description, hits, elapsed, ended_by, exit_code, tuple(child.notes),
                        tuple(child.unresolved_error(i) for i in child.unresolved()),
                        child.unattributed)
