@@ -452,6 +452,10 @@ def record(
             out["notes"] = list(result.notes)
         if result.unattributed:
             out["unattributed_traps"] = result.unattributed
+        recovered = dict(zip(result.labels, result.recovered))
+        for w in out.get("watches", ()):
+            if recovered.get(w.get("name")):
+                w["recovered"] = recovered[w["name"]]  # hits with no sample: see docs
         typer.echo(json.dumps(out))
     else:
         typer.echo("")

@@ -330,13 +330,11 @@ class Follower:
     def unresolved_error(self, i: int) -> SymbolNotFound:
         spec = self.specs[i]
         progs = list(dict.fromkeys(self.programs)) or [self.path]
-        from .resolve import _not_found
+        from .resolve import not_found
         objects: list[str] = []
         for p in progs:
             objects += [o for o, _b in static_scope(p).objects if o not in objects]
-        err = _not_found(spec, objects)
-        return SymbolNotFound(f"{err.message} (the programs of this run: "
-                              f"{', '.join(progs)})")
+        return not_found(spec, objects, programs=progs)
 
     # -- the tracer thread --------------------------------------------------------------
     def _run(self) -> None:
@@ -780,6 +778,7 @@ class ExecCheck:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.before = self._identity()
+        self.after = None
 
     def _identity(self):
         try:
@@ -788,14 +787,22 @@ class ExecCheck:
         except OSError:
             return None
 
-    def note(self) -> "str | None":
-        """A note when the process now runs another program."""
+    def poll(self) -> None:
+        """Look again (call it now and then while the process runs: a zombie
+        has no program to compare)."""
         now = self._identity()
-        if self.before is None or now is None or now[:2] == self.before[:2]:
+        if self.after is None and now is not None and self.before is not None \
+                and now[:2] != self.before[:2]:
+            self.after = now
+
+    def note(self) -> "str | None":
+        """A note when the process ran another program."""
+        self.poll()
+        if self.after is None:
             return None
-        return (f"process {self.pid} exec'd {now[2]} (was {self.before[2]}): its watches on "
-                f"names stopped counting then (the names belonged to the old program; "
-                f"launch it with -- CMD to follow execs)")
+        return (f"process {self.pid} exec'd {self.after[2]} (was {self.before[2]}): its "
+                f"watches on names stopped counting then (the names belonged to the old "
+                f"program; launch it with -- CMD to follow execs)")
 
 
 def opening_watches(ws: "Sequence[Watch]", arming: "Sequence[str]") -> "list[Watch]":

@@ -56,6 +56,7 @@ class LiveWatch:
     history: deque = field(default_factory=lambda: deque(maxlen=HISTORY))
     writers: _Counter = field(default_factory=_Counter)  # (pid, ip) -> samples
     threads: _Counter = field(default_factory=_Counter)  # (pid, tid) -> samples
+    recovered: int = 0  # in hits: hits the kernel missed (no sample), see perfbp.follow
     coverage: float = 1.0  # multiplexed: the fraction of the run watched
     estimate: "int | None" = None  # multiplexed: hits scaled to the whole run
 
@@ -265,6 +266,10 @@ class LiveSession:
             for p, st in enumerate(self.sampler.stats()):
                 hits[self._piece_watch[p]] += st.hits
                 lost[self._piece_watch[p]] += st.lost
+        if self.child is not None:  # hits the kernel missed, known to be this watch's
+            for i, n in enumerate(self.child.recovered):
+                hits[i] += n
+                self.figures[i].recovered = n
         span = now - self._last_tick if self._last_tick is not None else self.interval
         self._last_tick = now
         for i, f in enumerate(self.figures):

@@ -236,8 +236,11 @@ class Scope:
         return Resolution(watch, obj, path, copied)
 
 
-def _not_found(spec: WatchSpec, searched: "Sequence[str]",
-               process: "int | None" = None) -> SymbolNotFound:
+def not_found(spec: WatchSpec, searched: "Sequence[str]",
+               process: "int | None" = None,
+               programs: "Sequence[str] | None" = None) -> SymbolNotFound:
+    """The error for a name no object of ``searched`` defines (``programs``:
+    the programs those objects belong to, named in the message)."""
     if spec.object is not None:
         names = sorted({os.path.basename(p) for p in searched})
         close = difflib.get_close_matches(spec.object, names, n=4, cutoff=0.4)
@@ -257,7 +260,15 @@ def _not_found(spec: WatchSpec, searched: "Sequence[str]",
         except (OSError, ValueError):
             pass
     close = difflib.get_close_matches(_base_name(spec.symbol), pool, n=5, cutoff=0.6)
-    shown = ", ".join(searched[:4]) + (f" and {len(searched) - 4} more" if len(searched) > 4 else "")
+    if programs:
+        libs = [os.path.basename(p) for p in searched if p not in programs]
+        shown = (", ".join(programs[:-1]) + " or " if len(programs) > 1 else "") + programs[-1]
+        if libs:
+            shown += (f" or {'its' if len(programs) == 1 else 'their'} libraries ("
+                      + ", ".join(libs[:6]) + (", ..." if len(libs) > 6 else "") + ")")
+    else:
+        shown = ", ".join(searched[:4]) + (f" and {len(searched) - 4} more"
+                                           if len(searched) > 4 else "")
     return SymbolNotFound(
         f"watch '{spec.text}': no symbol {_base_name(spec.symbol)!r} in {shown}"
         + (f"; closest: {', '.join(close)}" if close else
@@ -323,7 +334,8 @@ def resolve_one(spec: WatchSpec, scope: Scope, where: str,
     """
     found = scope.resolve(spec)
     if found is None:
-        raise _not_found(spec, [p for p, _b in scope.objects] or [where], process)
+        objects = [p for p, _b in scope.objects] or [where]
+        raise not_found(spec, objects, process, None if process else objects[:1])
     return found
 
 
@@ -478,5 +490,5 @@ def resolve_for_command(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe
             searched: list[str] = []
             for prog in programs:
                 searched += [o for o, _b in scope(prog).objects if o not in searched]
-            raise _not_found(s, searched)
+            raise not_found(s, searched, programs=programs)
     return out

@@ -240,7 +240,8 @@ def count(watches: "Sequence", *,
             if on_start:
                 on_start(description, the_plan)
             ended_by, exit_code = _wait(child, tgt, read_all, ws, start, duration,
-                                        interval, on_interval, mux, stop)
+                                        interval, on_interval, mux, stop,
+                                        execs.poll if execs is not None else None)
             elapsed = time.monotonic() - start
             if mux is not None:
                 hits = mux.stop()
@@ -270,7 +271,7 @@ def count(watches: "Sequence", *,
 
 
 def _wait(child, target, read_all, watches, start, duration, interval, on_interval, mux=None,
-          stop: "StopRequest | None" = None):
+          stop: "StopRequest | None" = None, on_wake=None):
     """Wait for the end; return ``(ended_by, exit_code)``."""
     pidfd = -1
     if child is not None:
@@ -298,8 +299,11 @@ def _wait(child, target, read_all, watches, start, duration, interval, on_interv
                     return _interrupted_child(child, stop.signum)
                 return "interrupt", None
             now = time.monotonic()
-            wake = min(t for t in (next_tick, deadline, next_slice, now + 0.5) if t is not None)
+            soon = now + (0.05 if on_wake is not None else 0.5)
+            wake = min(t for t in (next_tick, deadline, next_slice, soon) if t is not None)
             events = poller.poll(max(0, int((wake - now) * 1000)))
+            if on_wake is not None:
+                on_wake()
             if any(fd == pidfd for fd, _ev in events) or _gone(child, target, pidfd):
                 if child is not None:
                     return "exit", child.wait()

@@ -21,9 +21,9 @@ then counts nothing and the program gets a SIGTRAP, which kills a workload
 that does not handle it (perf's programs too).  At the start of the session
 ``tests/workloads/dr6_probe.c`` measures this machine (200,003 hits on
 itself); the header says what it found.  On a machine that lost any, a test
-that fails is run again, up to twice: the assertions stay exact, and a run
-the machine did not disturb must pass them.  On a sound machine nothing is
-ever run again.
+that fails is run again, up to twice, with its fixtures made anew: the
+assertions stay exact, and a run the machine did not disturb must pass them.
+On a sound machine nothing is ever run again.
 """
 
 from __future__ import annotations
@@ -281,6 +281,9 @@ def pytest_runtest_protocol(item, nextitem):
             item.add_report_section("call", "machine",
                                     f"attempt {attempt + 1} failed on a machine that loses "
                                     f"debug exceptions; running it again")
+            # fixtures of every scope are made again: a module's shared run
+            # (a recording, a terminal session) may be what the machine spoiled
+            item.session._setupstate.teardown_exact(None)
     if attempt:
         _MACHINE.setdefault("again", []).append(
             (item.nodeid, attempt + 1, not any(r.failed for r in reports)))
@@ -288,6 +291,25 @@ def pytest_runtest_protocol(item, nextitem):
         item.ihook.pytest_runtest_logreport(report=report)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def machine_disturbed(doc: dict) -> bool:
+    """Whether perfbp's JSON output says the machine lost hits in that run
+    (``recovered`` on a watch, ``unattributed_traps``): a run to do again
+    where a test needs every hit sampled."""
+    return bool(doc.get("unattributed_traps")) or any(
+        w.get("recovered") for w in doc.get("watches", ()))
+
+
+@pytest.fixture
+def machine_lost():
+    """A callable: the hits on this process's own watches that the machine
+    delivered without their status since the test began (perfbp's SIGTRAP
+    guard counted them; no event did).  0 on a sound machine."""
+    from perfbp.events import TrapGuard
+
+    start = TrapGuard.taken
+    return lambda: TrapGuard.taken - start
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -7,7 +7,10 @@
  * Prints one line, "ADDRESS TID": the address of the global `counter` and
  * the thread id of the thread that writes it.  Then, for every line read from
  * stdin (a number N), that thread stores to `counter` exactly N times and
- * prints "done".  It exits 0 at end of input.
+ * prints "done LOST": LOST is how many of those stores reached it as a
+ * SIGTRAP with si_code TRAP_BRKPT, a debug exception whose status (DR6) the
+ * machine lost, which no watch counted (a machine fault; 0 on a sound one).
+ * It exits 0 at end of input.
  *
  * Nothing else in the program writes `counter` (stdin is read into a buffer
  * on the stack), so a watch on it sees exactly the N of each round.  Build it
@@ -16,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +27,15 @@
 #include <unistd.h>
 
 volatile long counter;
+static volatile long lost;
+
+static void on_trap(int sig, siginfo_t *si, void *ctx)
+{
+    (void)sig;
+    (void)ctx;
+    if (si->si_code == TRAP_BRKPT)
+        lost++;
+}
 
 __attribute__((noinline)) static void store_n(long n)
 {
@@ -38,8 +51,9 @@ static void *loop(void *arg)
     printf("%p %ld\n", (void *)&counter, (long)syscall(SYS_gettid));
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {
+        long before = lost;
         store_n(atol(line));
-        printf("done\n");
+        printf("done %ld\n", lost - before);
         fflush(stdout);
     }
     return NULL;
@@ -48,7 +62,12 @@ static void *loop(void *arg)
 int main(int argc, char **argv)
 {
     pthread_t t;
+    struct sigaction sa;
 
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGTRAP, &sa, NULL);
     if (argc > 1 && strcmp(argv[1], "thread") == 0) {
         if (pthread_create(&t, NULL, loop, NULL))
             return 3;

@@ -1,0 +1,222 @@
+"""Named watches on launched commands: each armed the moment its address is
+known, on the object really accessed, and followed through exec (real
+kernel, programs built here; tests/conformance compares real programs with
+perf).
+
+Workloads: tests/workloads/ctor_lib.c (a library whose constructor writes
+its ``lib_counter`` and the program's ``prog_flag`` once before main; bump(n)
+writes lib_counter n times), ctor_prog.c (main writes prog_flag once, calls
+bump(argv[1]), may exec argv[2]), copy_prog.c (non-PIE: lib_counter reached
+through a copy relocation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import perfbp
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = REPO / "tests" / "workloads"
+N1, N2 = 1009, 211
+
+
+def perfbp_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "perfbp", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def stat_json(*args: str, cwd=None) -> dict:
+    r = perfbp_cli("stat", "--json", *args, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def progs(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("follow")
+
+    def cc(*args: str) -> None:
+        subprocess.run(["cc", "-O2", *args], check=True, cwd=d)
+
+    cc("-shared", "-fPIC", "-o", "libctor.so", str(WORKLOADS / "ctor_lib.c"))
+    rpath = "-Wl,-rpath,$ORIGIN"
+    cc("-no-pie", "-rdynamic", "-o", "ctor_prog", str(WORKLOADS / "ctor_prog.c"),
+       "-L.", "-lctor", rpath)
+    cc("-fPIE", "-pie", "-rdynamic", "-o", "ctor_pie", str(WORKLOADS / "ctor_prog.c"),
+       "-L.", "-lctor", rpath)
+    cc("-no-pie", "-o", "copy_prog", str(WORKLOADS / "copy_prog.c"), "-L.", "-lctor", rpath)
+    return d
+
+
+def address_of(exe: Path, name: str) -> int:
+    out = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True).stdout
+    return next(int(line.split()[0], 16) for line in out.splitlines()
+                if line.split()[-1] == name)
+
+
+def test_library_name_counts_the_constructors_write(progs):
+    """Armed when ld.so maps the library, before any initializer: the
+    constructor's write and bump's N1, by soname and by bare name (the
+    program does not define it: its library does)."""
+    doc = stat_json("-w", "lib_counter@libctor.so", "-w", "lib_counter", "--",
+                    str(progs / "ctor_pie"), str(N1))
+    assert [w["hits"] for w in doc["watches"]] == [1 + N1, 1 + N1]
+    for w in doc["watches"]:
+        (b,) = w["bindings"]
+        assert b["object"] == str(progs / "libctor.so") and b["address"] == w["address"]
+        assert "copy_of" not in b
+
+
+def test_arming_point_does_not_depend_on_the_other_watches(progs):
+    """An address is armed inside execve whatever else is watched: the
+    library constructor's write to the program's prog_flag counts with and
+    without a library name beside it."""
+    flag = address_of(progs / "ctor_prog", "prog_flag")
+    alone = stat_json("-w", f"mem:{flag:#x}/8:w", "--", str(progs / "ctor_prog"), "3")
+    both = stat_json("-w", f"mem:{flag:#x}/8:w", "-w", "lib_counter@libctor.so", "--",
+                     str(progs / "ctor_prog"), "3")
+    named = stat_json("-w", "prog_flag", "--", str(progs / "ctor_prog"), "3")
+    assert alone["watches"][0]["hits"] == both["watches"][0]["hits"] == 2
+    assert named["watches"][0]["hits"] == 2 and named["watches"][0]["address"] == flag
+
+
+def test_copy_relocation_watches_the_programs_copy(progs):
+    """copy_prog holds lib_counter's copy (R_X86_64_COPY): the name, with
+    @LIB or bare, watches the copy at the address readelf gives, counting
+    exactly what the address form counts: ld.so's copy of the initial
+    value, the constructor's write, bump's N2 and main's N1 (all go to the
+    copy); the output says a copy relocation moved the watch."""
+    rel = subprocess.run(["readelf", "-rW", str(progs / "copy_prog")], capture_output=True,
+                         text=True, check=True).stdout
+    copy = next(int(line.split()[0], 16) for line in rel.splitlines()
+                if "R_X86_64_COPY" in line and line.split()[-3] == "lib_counter")
+    args = ("--", str(progs / "copy_prog"), str(N1), str(N2))
+    doc = stat_json("-w", "lib_counter@libctor.so", "-w", "lib_counter",
+                    "-w", f"mem:{copy:#x}/8:w", *args)
+    named, bare, by_address = doc["watches"]
+    assert named["address"] == bare["address"] == copy
+    assert named["hits"] == bare["hits"] == by_address["hits"]
+    assert named["hits"] - (1 + N1 + N2) in (1, 2)  # memcpy's stores of the copy
+    assert named["bindings"][0]["copy_of"] == {"object": str(progs / "libctor.so"),
+                                               "symbol": "lib_counter"}
+    r = perfbp_cli("stat", "-w", "lib_counter@libctor.so", *args)
+    assert r.returncode == 0, r.stderr
+    assert (f"note: lib_counter@libctor.so -> {copy:#x}/8, the copy in "
+            f"{progs / 'copy_prog'} of libctor.so's lib_counter") in r.stdout
+
+
+def test_slots_plans_a_library_name_and_a_copy(progs):
+    r = perfbp_cli("slots", "--json", "-w", "lib_counter@libctor.so", "-w", "errno",
+                   "--", str(progs / "copy_prog"))
+    assert r.returncode == 2 and "thread-local" in r.stderr
+    r = perfbp_cli("slots", "--json", "-w", "lib_counter@libctor.so", "-w", "prog_flag/16",
+                   "--", str(progs / "copy_prog"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["fits"], doc["slots_needed"]) == (True, 3)
+
+
+def test_name_defined_after_exec_through_env(progs):
+    """env does not define lib_counter; the program it execs does."""
+    doc = stat_json("-w", "lib_counter", "--", "env", "X=1", str(progs / "ctor_pie"), str(N2))
+    (w,) = doc["watches"]
+    assert w["hits"] == 1 + N2
+    assert [b["program"] for b in w["bindings"]] == [str(progs / "ctor_pie")]
+
+
+def test_exec_moves_the_watch_to_the_new_program(progs):
+    """sh runs ctor_prog in a child, then execs ctor_pie: the watch is
+    armed in each in turn, each binding with its own hits, and a note says
+    it moved."""
+    doc = stat_json("-w", "lib_counter@libctor.so", "--", "sh", "-c",
+                    f"{progs / 'ctor_prog'} {N2}; exec {progs / 'ctor_pie'} {N1}")
+    (w,) = doc["watches"]
+    assert [(b["program"], b["hits"]) for b in w["bindings"]] == [
+        (str(progs / "ctor_prog"), 1 + N2), (str(progs / "ctor_pie"), 1 + N1)]
+    assert w["hits"] == 2 + N1 + N2
+    assert any("moved from" in n and "ctor_pie" in n for n in doc["notes"])
+
+
+def test_exec_into_a_program_without_the_name_disarms_it(progs):
+    """ctor_prog execs /bin/true, whose libraries lack lib_counter: the
+    watch is disarmed there (a note says so) and keeps its N2 + 1 hits."""
+    doc = stat_json("-w", "lib_counter@libctor.so", "--", str(progs / "ctor_prog"), str(N2),
+                    "/bin/true")
+    (w,) = doc["watches"]
+    assert w["hits"] == 1 + N2
+    assert any("disarmed" in n and "true" in n for n in doc["notes"]), doc
+
+
+def test_unknown_name_is_refused_before_anything_runs(progs, tmp_path):
+    marker = tmp_path / "ran"
+    r = perfbp_cli("stat", "-w", "lib_countr", "--", "sh", "-c",
+                   f"touch {marker}; exec {progs / 'ctor_prog'} 1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no symbol 'lib_countr'" in r.stderr and "closest: lib_counter" in r.stderr
+    assert str(progs / "ctor_prog") in r.stderr and not marker.exists()
+
+
+def test_name_no_program_of_a_script_defines_is_an_error_after_the_run(progs, tmp_path):
+    """What a script runs is not on its command line: perfbp follows it,
+    then names every program of the run."""
+    script = tmp_path / "wrapper.sh"
+    script.write_text(f"#!/bin/sh\nexec {progs / 'ctor_prog'} {N2}\n")
+    script.chmod(0o755)
+    r = perfbp_cli("stat", "-w", "no_such_name", "-w", "lib_counter", "--", str(script))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("perfbp: error:")]
+    assert len(err) == 1 and "no symbol 'no_such_name'" in err[0]
+    assert str(progs / "ctor_prog") in err[0]
+    assert f"{1 + N2:,}  lib_counter" in r.stdout  # the counts come first
+
+
+def test_thread_local_name_is_refused(progs):
+    for spec in ("tls_counter", "errno@libc.so.6"):
+        r = perfbp_cli("stat", "-w", spec, "--", str(progs / "ctor_prog"), "1")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        (line,) = r.stderr.splitlines()
+        assert "thread-local (STT_TLS" in line and "-t TID -w ADDR/" in line
+
+
+def test_pid_names_stop_at_exec(progs, tmp_path):
+    """-p resolves names once: when the process execs, the kernel removes
+    their events (remove_on_exec), and a note says so."""
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(["sh", "-c", f"read x < {fifo}; "
+                             f"exec {progs / 'ctor_prog'} {N2} /bin/sleep 1"])
+    try:
+        time.sleep(0.2)
+        r = subprocess.Popen([sys.executable, "-m", "perfbp", "stat", "--json", "-w",
+                              "environ@libc.so.6", "-p", str(proc.pid)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        with open(fifo, "w") as f:
+            f.write("go\n")
+        out, err = r.communicate(timeout=60)
+    finally:
+        proc.wait(timeout=30)
+    assert r.returncode == 0, err
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert doc["watches"][0]["hits"] == 0  # nothing after the exec
+    assert any(f"process {proc.pid} exec'd " in n and "stopped counting" in n
+               for n in doc["notes"]), doc
+
+
+def test_api_count_reports_the_binding(progs):
+    spec = perfbp.parse_watch("lib_counter@libctor.so")
+    res = perfbp.count([spec], command=[str(progs / "copy_prog"), "7", "11"])
+    (w,) = res.watches
+    (b,) = w.bindings
+    assert b.resolution.copied == "lib_counter" and b.resolution.obj.endswith("copy_prog")
+    assert w.hits == b.hits and w.hits - 19 in (1, 2)
