@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import List, Optional
 
@@ -159,8 +160,10 @@ def _render_counts(result, sink=None) -> None:
         status = (f", exit status {result.exit_code}" if result.exit_code >= 0
                   else f", killed by signal {-result.exit_code}")
     out(f" {result.elapsed:.3f} seconds ({end}{status})")
+    import textwrap
+
     for line in _follow_lines(result):
-        out(f" {line}")
+        out(textwrap.fill(line, 79, initial_indent=" ", subsequent_indent="   "))
 
 
 def _follow_lines(result) -> "list[str]":
@@ -304,6 +307,17 @@ def _render_report(report, top: int) -> None:
         spec = f"mem:{w.address:#x}/{w.length}:{w.access}"
         title = w.name if w.name == spec else f"{w.name}  ({spec})"
         typer.echo(title)
+        for b in w.bindings:
+            if "copy_of" in b:
+                typer.echo(f"  copy relocation: watched in {os.path.basename(b['object'])}'s "
+                           f"copy; {os.path.basename(b['copy_of']['object'])}'s is unused")
+        if len(w.bindings) > 1:
+            typer.echo("  armed in: " + ", ".join(
+                f"{os.path.basename(b['program'])}/{b['pid']} ({b['hits']:,} hits)"
+                for b in w.bindings))
+        if w.recovered:
+            typer.echo(f"  {w.recovered:,} more hits reached perfbp without their status "
+                       f"(DR6): the kernel missed them, no sample")
         sampled = f", 1 sample every {w.period} hits" if w.period > 1 else ""
         line = f"  samples {w.hits:,}"
         if w.lost is not None:
@@ -336,6 +350,10 @@ def _render_report(report, top: int) -> None:
             for t in w.threads[:top]:
                 typer.echo(f"    {t.samples:>12,} {_pct(t.samples, w.hits)}  {t.comm}/{t.tid}")
         typer.echo("")
+    import textwrap
+
+    for note in report.notes:
+        typer.echo(textwrap.fill(f"note: {note}", 79, subsequent_indent="  "))
     if report.groups:
         typer.echo(f"{'samples':>14}  {'':6}  key")
         for g in report.groups:

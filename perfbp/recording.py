@@ -283,6 +283,14 @@ def record(watches: "Sequence", output: str, *,
             meta = {"watches": [{"label": w.label, "access": w.access,
                                  "pieces": [[p.address, p.length] for p in w.pieces]}
                                 for w in ws]}
+            if child is not None:  # where named watches were armed, what happened
+                for d, b, r in zip(meta["watches"], child.bindings, child.recovered):
+                    if b:
+                        d["bindings"] = [x.as_dict() for x in b]
+                    if r:
+                        d["recovered"] = r
+                if child.notes:
+                    meta["notes"] = list(child.notes)
             if mux is not None:
                 stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i],
                                     period, 1) for i, w in enumerate(ws)]

@@ -81,6 +81,8 @@ class WatchReport:
     coverage: float = 1.0
     estimate: "int | None" = None
     stacks: "list[tuple[list[Location], int]]" = field(default_factory=list)
+    bindings: "list[dict]" = field(default_factory=list)
+    recovered: int = 0
 
     @property
     def estimated(self) -> bool:
@@ -110,7 +112,9 @@ class WatchReport:
                 "threads": [t.as_dict() for t in self.threads],
                 "cpus": {str(k): v for k, v in sorted(self.cpus.items())},
                 **({"stacks": [{"samples": n, "frames": [str(f) for f in frames]}
-                               for frames, n in self.stacks]} if self.stacks else {})}
+                               for frames, n in self.stacks]} if self.stacks else {}),
+                **({"bindings": self.bindings} if self.bindings else {}),
+                **({"recovered": self.recovered} if self.recovered else {})}
 
 
 @dataclass
@@ -133,12 +137,13 @@ class Report:
     producer: str = "perf"
     cmdline: "list[str]" = field(default_factory=list)
     groups: "list[dict]" = field(default_factory=list)
+    notes: "list[str]" = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"path": self.path, "producer": self.producer, "samples": self.samples,
                 "lost": self.lost, "truncated": self.truncated,
                 "watches": [w.as_dict() for w in self.watches],
-                "groups": self.groups}
+                "groups": self.groups, **({"notes": self.notes} if self.notes else {})}
 
 
 def _watch_meta(rec: Recording, i: int) -> "tuple[str, int, int, str]":
@@ -235,6 +240,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         contexts = sum(len(rec.events[e].ids) for e in members) \
             + forks * _online_cpus(rec) * len(members)
         w = WatchReport(i, name, addr, length, access, hits, period=period, contexts=contexts)
+        _named(w, rec.meta)
         if i in kernel:
             w.kernel_hits, w.lost = kernel[i]
         elif len(order) == 1:
@@ -243,10 +249,25 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
             _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top, cols.callchain)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
-    report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline)
+    report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline,
+                    notes=list(rec.meta.get("notes", [])))
     if sort != "watch":
         report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
     return report
+
+
+def _named(w: WatchReport, meta: dict) -> None:
+    """A perfbp recording's own account of a watch: where a name was armed
+    (its events' attrs may still hold the parked address), and hits the
+    kernel missed."""
+    for d in meta.get("watches", []):
+        if d.get("label") == w.name and d.get("pieces"):
+            pieces = [(int(a), int(n)) for a, n in d["pieces"]]
+            w.address = min(a for a, _n in pieces)
+            w.length = max(a + n for a, n in pieces) - w.address
+            w.bindings = list(d.get("bindings", []))
+            w.recovered = int(d.get("recovered", 0))
+            return
 
 
 def _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort) -> Report:

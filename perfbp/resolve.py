@@ -53,9 +53,9 @@ class Resolution:
         w = self.watch
         where = f"{w.address:#x}/{w.length}"
         if self.copied is not None:
-            return (f"{w.label} -> {where}, the copy in {self.obj} of "
-                    f"{os.path.basename(self.defined_in)}'s {self.copied} "
-                    f"(a copy relocation: the library's original is unused)")
+            return (f"{w.label} is watched in {os.path.basename(self.obj)}'s copy at "
+                    f"{where} (a copy relocation: {os.path.basename(self.defined_in)}'s own "
+                    f"{self.copied} is unused)")
         return f"{w.label} -> {where} in {self.obj}"
 
 

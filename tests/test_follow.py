@@ -111,8 +111,12 @@ def test_copy_relocation_watches_the_programs_copy(progs):
                                                "symbol": "lib_counter"}
     r = perfbp_cli("stat", "-w", "lib_counter@libctor.so", *args)
     assert r.returncode == 0, r.stderr
-    assert (f"note: lib_counter@libctor.so -> {copy:#x}/8, the copy in "
-            f"{progs / 'copy_prog'} of libctor.so's lib_counter") in r.stdout
+    note = " ".join(r.stdout.split("note: ", 1)[1].split())
+    assert note.startswith(f"lib_counter@libctor.so is watched in copy_prog's copy at "
+                           f"{copy:#x}/8 (a copy relocation: libctor.so's own lib_counter "
+                           f"is unused)"), r.stdout
+    notes = r.stdout[r.stdout.index(" note: "):].splitlines()
+    assert all(len(line) <= 80 for line in notes), notes
 
 
 def test_slots_plans_a_library_name_and_a_copy(progs):
@@ -220,3 +224,27 @@ def test_api_count_reports_the_binding(progs):
     (b,) = w.bindings
     assert b.resolution.copied == "lib_counter" and b.resolution.obj.endswith("copy_prog")
     assert w.hits == b.hits and w.hits - 19 in (1, 2)
+
+
+def test_record_keeps_where_a_name_was_armed(progs, tmp_path):
+    """The recording carries each name's bindings: `perfbp report` shows
+    the copy relocation and both programs, and perf reads every sample."""
+    out = tmp_path / "follow.data"
+    r = perfbp_cli("record", "--json", "-w", "lib_counter@libctor.so", "-o", str(out), "--",
+                   "sh", "-c", f"{progs / 'ctor_prog'} {N2}; exec {progs / 'copy_prog'} 5 7")
+    assert r.returncode == 0, r.stderr
+    r = perfbp_cli("report", "-i", str(out), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (w,) = json.loads(r.stdout)["watches"]
+    first, second = w["bindings"]
+    assert (first["program"], first["hits"]) == (str(progs / "ctor_prog"), 1 + N2)
+    assert second["program"] == str(progs / "copy_prog") and "copy_of" in second
+    assert w["address"] == second["address"]  # not the parked address the events opened at
+    assert w["hits"] == w["kernel_hits"] == first["hits"] + second["hits"]
+    table = perfbp_cli("report", "-i", str(out)).stdout
+    assert "copy relocation: watched in copy_prog's copy; libctor.so's is unused" in table
+    assert f"armed in: ctor_prog/{first['pid']} ({1 + N2:,} hits)" in table
+    perf = subprocess.run(["perf", "script", "-i", str(out), "-F", "ip"], capture_output=True,
+                          text=True)
+    assert perf.returncode == 0, perf.stderr
+    assert len(perf.stdout.splitlines()) == w["hits"]
