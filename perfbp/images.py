@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -92,8 +92,13 @@ def image(path: str) -> Image:
         OSError: the file cannot be read.
         ValueError: it is not an ELF file.
     """
-    st = os.stat(path)
-    return _image(path, st.st_ino, st.st_mtime_ns, st.st_size)
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return _with_path(_image(real, st.st_ino, st.st_mtime_ns, st.st_size), path)
+
+
+def _with_path(img: Image, path: str) -> Image:
+    return img if img.path == path else replace(img, path=path)
 
 
 @lru_cache(maxsize=128)

@@ -106,15 +106,23 @@ class Symbol:
     local: bool
 
 
-@lru_cache(maxsize=64)
 def named_symbols(path: str) -> "dict[str, list[Symbol]]":
     """Every defined data, function and untyped symbol of ``path`` by name
-    (``.symtab``, else ``.dynsym``).
+    (``.symtab``, else ``.dynsym``); read once per file (whatever path names
+    it: /lib and /usr/lib are one on merged-/usr systems) while unchanged.
 
     Raises:
         OSError: the file cannot be read.
         ValueError: it is not ELF.
     """
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return _named_symbols(real, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=64)
+def _named_symbols(path: str, _ino: int, _mtime: int, _size: int
+                   ) -> "dict[str, list[Symbol]]":
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
