@@ -360,16 +360,21 @@ class LiveSession:
     def summary(self, top: int = 5) -> Report:
         """The end-of-run summary, as ``perfbp record`` prints it."""
         watches = []
-        for i, f in enumerate(self.figures):
-            w = WatchReport(i, f.label, f.address, f.length, f.access, f.samples,
-                            lost=f.lost, kernel_hits=f.hits, coverage=f.coverage,
-                            estimate=f.estimate)
+        bindings = self.child.bindings if self.child is not None else [[]] * len(self.figures)
+        for i, (f, bound) in enumerate(zip(self.figures, bindings)):
+            where = bound[-1].resolution.watch if bound else None
+            w = WatchReport(i, f.label, where.address if where else f.address,
+                            where.length if where else f.length, f.access, f.samples,
+                            lost=f.lost, kernel_hits=f.hits - f.recovered,
+                            coverage=f.coverage, estimate=f.estimate,
+                            bindings=[b.as_dict() for b in bound], recovered=f.recovered)
             w.writers = self.writers(i, top)
             w.threads = [ThreadHits(pid, tid, self._comm(pid, tid), n)
                          for (pid, tid), n in f.threads.most_common(top)]
             watches.append(w)
         return Report("", sum(f.samples for f in self.figures),
-                      sum(f.lost for f in self.figures), watches, producer="perfbp")
+                      sum(f.lost for f in self.figures), watches, producer="perfbp",
+                      notes=list(self.child.notes) if self.child is not None else [])
 
     def __enter__(self) -> "LiveSession":
         return self
