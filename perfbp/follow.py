@@ -27,14 +27,19 @@ a name in a library                       when ld.so's ``mmap`` of that library
                                           returns: before ld.so zero-fills its
                                           ``.bss``, relocates it (the copy
                                           relocations included) or runs any
-                                          initializer
+                                          initializer (the tracer stops the
+                                          process at its system calls until one
+                                          comes from outside ld.so: loading is
+                                          over then; no breakpoint is planted)
 ========================================  ======================================
 
 At every exec of a followed process its names are resolved again in the new
-program: a watch whose name the new program defines moves there (the newest
-program wins when several define it), one it does not define is parked, and
-:attr:`Follower.notes` says which.  A name defined by no program of the run
-is reported with the programs searched.
+program: a watch whose name the new program defines moves there, one it does
+not define is parked, and :attr:`Follower.notes` says which.  The events are
+shared by the whole process tree, so when several live programs define a
+name the newest is watched (a note says the other is not, meanwhile); when
+it exits the watch goes back to the one before.  A name defined by no
+program of the run is reported with the programs searched.
 
 The tracer also keeps the command alive on machines whose hypervisor
 sometimes delivers a debug exception without its status (DR6 empty): the
@@ -71,11 +76,11 @@ from .spec import WatchSpec
 PARKED = Breakpoint(0, 1, "w")
 
 _WALL = 0x40000000
-_SI_KERNEL = 0x80
 _TRAP_BRKPT = 1
 _SYS_MMAP = 9
 _ENOSYS = (1 << 64) - E.ENOSYS
-_AT_BASE, _AT_ENTRY = 7, 9
+_AT_BASE = 7
+NOTES_PER_WATCH = 5  # then one line that says how many more
 _PAGE = 4096
 _OPTIONS = (abi.PTRACE_O_TRACESYSGOOD | abi.PTRACE_O_TRACEFORK | abi.PTRACE_O_TRACEVFORK
             | abi.PTRACE_O_TRACECLONE | abi.PTRACE_O_TRACEEXEC)
@@ -179,12 +184,12 @@ def shifted(res: Resolution, bias: int) -> Resolution:
 
 @dataclass
 class _Loading:
-    """A process between its exec and its entry point: ld.so maps its
-    libraries; pending names are resolved as each one is mapped."""
+    """A process between its exec and the end of ld.so's loading (its first
+    system call from outside ld.so): pending names are resolved as each
+    library is mapped."""
 
     exe: str
-    entry: int
-    word: int
+    ldso: "tuple[int, int]"  # ld.so's mapped range: its system calls are loading
     pending: "list[int]"
     objects: "list[tuple[str, int]]"
     seen: "set[str]" = field(default_factory=set)
@@ -237,6 +242,8 @@ class Follower:
         self._lock = threading.Lock()
         self._loading: dict[int, _Loading] = {}
         self._displaced: dict[int, str] = {}  # watch -> the program it was armed in
+        self._noted: dict[int, int] = {}  # watch -> notes about it
+        self._why: dict[int, str] = {}  # watch -> why no program could have it
         self._exe: dict[int, str] = {}  # process -> its program
         self._threads: set[int] = set()
         self._started_events = False
@@ -315,6 +322,10 @@ class Follower:
     def finish(self) -> None:
         """Close the bindings' accounting (call once the events are read
         for the last time, before they are closed)."""
+        for i, n in sorted(self._noted.items()):
+            if n > NOTES_PER_WATCH:
+                self.notes.append(f"watch '{self.specs[i].text}': {n - NOTES_PER_WATCH} more "
+                                  f"notes like these (JSON lists every binding)")
         with self._lock:
             for i, group in enumerate(self.bindings):
                 for b in group:
@@ -328,6 +339,8 @@ class Follower:
         return [i for i, s in enumerate(self.specs) if s is not None and not self.bindings[i]]
 
     def unresolved_error(self, i: int) -> SymbolNotFound:
+        if i in self._why:
+            return SymbolNotFound(self._why[i])
         spec = self.specs[i]
         progs = list(dict.fromkeys(self.programs)) or [self.path]
         from .resolve import not_found
@@ -374,9 +387,15 @@ class Follower:
                 self._handle(tid, status)
             except ProcessLookupError:
                 pass  # the task died under us: its exit is reported next
-            except OSError as exc:
-                if exc.errno != E.ESRCH:
-                    self._note(f"perfbp's tracer: {exc}")
+            except Exception as exc:  # noqa: BLE001 - never leave a task stopped
+                if not (isinstance(exc, OSError) and exc.errno == E.ESRCH):
+                    self._note(f"perfbp's tracer: {type(exc).__name__}: {exc}")
+                self._loading.pop(tid, None)
+                if os.WIFSTOPPED(status):
+                    try:
+                        abi.ptrace(abi.PTRACE_CONT, tid, 0, 0)
+                    except OSError:
+                        pass
             if self.returncode is not None and not self._threads:
                 return
 
@@ -384,6 +403,9 @@ class Follower:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._threads.discard(tid)
             self._loading.pop(tid, None)
+            if tid in self._exe:
+                del self._exe[tid]
+                self._process_gone(tid)
             if tid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self._exited.set()
@@ -402,8 +424,6 @@ class Follower:
         elif event in (abi.PTRACE_EVENT_FORK, abi.PTRACE_EVENT_VFORK, abi.PTRACE_EVENT_CLONE):
             new = abi.ptrace_eventmsg(tid)
             self._threads.add(new)
-            if event != abi.PTRACE_EVENT_CLONE and tid in self._exe:
-                self._exe[new] = self._exe[tid]
             self._resume(tid, 0)
         elif event == abi.PTRACE_EVENT_STOP:
             if sig in _JOB_CONTROL:
@@ -425,16 +445,8 @@ class Follower:
     def _on_sigtrap(self, tid: int) -> int:
         """The signal to deliver for a SIGTRAP stop (0: none)."""
         _signo, code, _addr = abi.ptrace_siginfo(tid)
-        load = self._loading.get(tid)
         regs = abi.ptrace_regs(tid)
         rip = int(regs[abi.USER_REGS_RIP])
-        if load is not None and code == _SI_KERNEL and rip - 1 == load.entry:
-            # our int3 at the entry point: ld.so is done, no constructor has run
-            abi.ptrace(abi.PTRACE_POKETEXT, tid, load.entry, load.word)
-            regs[abi.USER_REGS_RIP] = load.entry
-            abi.ptrace_regs(tid, regs)
-            self._loaded(tid, load)
-            return 0
         if code == _TRAP_BRKPT:
             try:
                 before = abi.ptrace_peek(tid, rip - 1) & 0xFF
@@ -491,7 +503,11 @@ class Follower:
         return hit or armed
 
     # -- names ------------------------------------------------------------------------
-    def _note(self, text: str) -> None:
+    def _note(self, text: str, watch: "int | None" = None) -> None:
+        if watch is not None:
+            n = self._noted[watch] = self._noted.get(watch, 0) + 1
+            if n > NOTES_PER_WATCH:
+                return
         self.notes.append(text)
 
     def _bind(self, i: int, pid: int, program: str, res: Resolution) -> None:
@@ -517,10 +533,12 @@ class Follower:
                 cur.hits = now - cur.start
                 cur.active = False
                 self._note(f"watch '{self.specs[i].text}': moved from {cur.program} "
-                           f"(pid {cur.pid}) to {program} (pid {pid}), which defines it too")
+                           f"(pid {cur.pid}) to {program} (pid {pid}), which defines it too; "
+                           f"the events are shared by the process tree, so pid {cur.pid}'s "
+                           f"accesses are not counted until pid {pid} ends", i)
             elif i in self._displaced:
                 self._note(f"watch '{self.specs[i].text}': re-resolved in {program} (pid "
-                           f"{pid}), which replaced {self._displaced.pop(i)}")
+                           f"{pid}), which replaced {self._displaced.pop(i)}", i)
             armer.bind(i, res.watch)
             self.bindings[i].append(Binding(pid, program, res, start=now))
 
@@ -539,7 +557,30 @@ class Follower:
                 self._displaced[i] = cur.program
             else:
                 self._note(f"watch '{self.specs[i].text}': disarmed in pid {pid}: {why} "
-                           f"(it was watched in {cur.program})")
+                           f"(it was watched in {cur.program})", i)
+
+    def _process_gone(self, pid: int) -> None:
+        """A process ended: its watches go back to the latest earlier place
+        that still runs the same program (the parent that started it), or
+        are parked (no other process may count at that address)."""
+        armer = self._armer
+        for i, group in enumerate(self.bindings):
+            cur = group[-1] if group else None
+            if armer is None or cur is None or not cur.active or cur.pid != pid:
+                continue
+            back = next((b for b in reversed(group[:-1])
+                         if self._exe.get(b.pid) == b.program), None)
+            with self._lock:
+                now = armer.hits(i)
+                cur.hits = now - cur.start
+                cur.active = False
+                if back is None:
+                    armer.park(i)
+                    continue
+                armer.bind(i, back.resolution.watch)
+                group.append(Binding(back.pid, back.program, back.resolution, start=now))
+            self._note(f"watch '{self.specs[i].text}': back in {back.program} (pid "
+                       f"{back.pid}) after pid {pid} ended", i)
 
     def _on_exec(self, pid: int) -> None:
         exe = os.readlink(f"/proc/{pid}/exe")
@@ -554,6 +595,9 @@ class Follower:
         if not named:
             self._first_exec.set()
             return
+        if not first:  # the program it ran is gone: what was armed there goes
+            for i in named:
+                self._park(i, pid, None)
         try:
             env = _environ(pid)
             auxv = _auxv(pid)
@@ -564,6 +608,14 @@ class Follower:
             for i in named:
                 self._park(i, pid, f"cannot read the new program {exe}: {exc}")
             self._note(f"cannot resolve names in {exe} (pid {pid}): {exc}")
+            self._first_exec.set()
+            return
+        if info.elfclass != 64 or (abi.MACHINE == "x86_64" and info.machine != "EM_X86_64"):
+            for i in named:
+                self._park(i, pid, f"{exe} is a {info.elfclass}-bit {info.machine} program")
+                self._why[i] = (f"watch '{self.specs[i].text}': names are resolved in "
+                                f"64-bit programs of this machine only, and {exe} is "
+                                f"{info.elfclass}-bit: watch its address instead")
             self._first_exec.set()
             return
         statics = static_scope(exe, env)
@@ -586,16 +638,19 @@ class Follower:
                 self._park(i, pid, None)
             else:
                 self._park(i, pid, f"{exe} does not define it")
+                old = self._displaced.pop(i, None)
+                if old is not None:
+                    self._note(f"watch '{spec.text}': disarmed in pid {pid}: {exe} "
+                               f"replaced {old} and does not define the name", i)
         if pending:
-            if abi.MACHINE != "x86_64":
+            if abi.MACHINE != "x86_64" or info.machine != "EM_X86_64":
                 for i in pending:
-                    self._note(f"watch '{self.specs[i].text}': waiting for a program's "
-                               f"libraries is implemented for x86-64 only; attach with -p")
+                    self._note(f"watch '{self.specs[i].text}': waiting for the libraries "
+                               f"of {exe} is implemented for x86-64 programs only; attach "
+                               f"with -p once they are loaded")
             else:
-                entry = auxv.get(_AT_ENTRY)
-                word = abi.ptrace_peek(pid, entry)
-                abi.ptrace(abi.PTRACE_POKETEXT, pid, entry, (word & ~0xFF) | 0xCC)
-                self._loading[pid] = _Loading(exe, entry, word, pending, [(exe, bias)])
+                self._loading[pid] = _Loading(exe, _mapped_range(pid, ldso), pending,
+                                              [(exe, bias)])
         self._first_exec.set()
 
     def _on_syscall(self, tid: int) -> None:
@@ -603,6 +658,12 @@ class Follower:
         if load is None:
             return
         regs = abi.ptrace_regs(tid)
+        rip = int(regs[abi.USER_REGS_RIP])
+        if not load.ldso[0] <= rip < load.ldso[1]:
+            # a system call from the program or its libraries: ld.so has mapped
+            # everything it loads at start (initializers may run now)
+            self._loaded(tid, load)
+            return
         if int(regs[abi.USER_REGS_ORIG_RAX]) != _SYS_MMAP:
             return
         ret = int(regs[abi.USER_REGS_RAX])
@@ -641,7 +702,24 @@ class Follower:
             if old is not None:
                 self._note(f"watch '{self.specs[i].text}': disarmed in pid {pid}: "
                            f"{load.exe} replaced {old} and neither it nor its libraries "
-                           f"define the name")
+                           f"define the name", i)
+
+
+def _mapped_range(pid: int, path: "str | None") -> "tuple[int, int]":
+    """The lowest and highest address of ``path``'s mappings in ``pid``
+    ((0, 0) when it is not mapped)."""
+    if not path:
+        return 0, 0
+    real = os.path.realpath(path)
+    lo, hi = None, 0
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and os.path.realpath(parts[5].strip()) == real:
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                lo = start if lo is None else min(lo, start)
+                hi = max(hi, end)
+    return (lo or 0), hi
 
 
 def _auxv(pid: int) -> "dict[int, int]":

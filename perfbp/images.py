@@ -254,6 +254,12 @@ def library_closure(exe: str, env: "dict[str, str] | None" = None) -> "list[str]
         return [exe]
     order = [exe]
     seen = {os.path.realpath(exe)}
+    interp_soname = None
+    if top.interp:  # the program's own loader, whatever path names it, is ld.so
+        try:
+            interp_soname = image(top.interp).soname
+        except (OSError, ValueError):
+            pass
     queue = [top]
     while queue:
         cur = queue.pop(0)
@@ -266,6 +272,8 @@ def library_closure(exe: str, env: "dict[str, str] | None" = None) -> "list[str]
                 continue
             seen.add(real)
             if top.interp and os.path.realpath(top.interp) == real:
+                continue
+            if interp_soname is not None and name == interp_soname:
                 continue
             order.append(path)
             try:

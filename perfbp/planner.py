@@ -82,8 +82,9 @@ class Watch:
     def describe_pieces(self) -> str:
         if len(self.pieces) == 1:
             return "1 slot"
-        sizes = "+".join(str(p.length) for p in self.pieces)
-        return f"{len(self.pieces)} slots ({sizes} bytes)"
+        sizes = "+".join(str(p.length) for p in self.pieces[:8])
+        more = "+..." if len(self.pieces) > 8 else ""
+        return f"{len(self.pieces)} slots ({sizes}{more} bytes)"
 
 
 def as_watches(items: "Iterable") -> "list[Watch]":

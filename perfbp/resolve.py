@@ -143,7 +143,8 @@ def find_symbol(path: str, name: str) -> Symbol:
         where = ", ".join(f"{s.value:#x} ({s.size} bytes, {'local' if s.local else 'global'})"
                           for s in found)
         raise SymbolNotFound(f"symbol {name!r} is ambiguous in {path}: {len(found)} "
-                             f"definitions at {where}; watch one by address "
+                             f"definitions at {where} (link-time addresses: add the load "
+                             f"bias of a PIE or a library); watch one by address "
                              f"(-w ADDR/LEN)", errno=22)
     return globals_[0] if len(found) > 1 else found[0]
 
@@ -418,23 +419,51 @@ def resolve_statically(specs: "Sequence[WatchSpec]", path: str,
     return _resolve_specs(specs, lambda: static_scope(path, env), path)
 
 
-def command_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
-    """``exe``, then the programs its command line names, which it may exec:
-    ``env X=1 ./prog``, ``sh -c './prog; true'``, ``timeout 5 prog``."""
+def _command_words(argv: "Sequence[str]") -> "list[str]":
+    """The words of ``argv[1:]``, shell command lines split too
+    (``sh -c './prog; true'``)."""
     import shlex
-    import shutil
 
-    out = [exe]
     words: list[str] = []
     for a in argv[1:]:
-        try:  # the words of a shell command line too
+        try:
             lex = shlex.shlex(a, posix=True, punctuation_chars=True)
             lex.whitespace_split = True
             words += list(lex) if " " in a or ";" in a else [a]
         except ValueError:
             words.append(a)
-    for w in words:
-        if "=" in w and not w.startswith(("/", ".")):
+    return words
+
+
+def _assignment(word: str) -> "tuple[str, str] | None":
+    name, eq, value = word.partition("=")
+    if eq and name and (name[0].isalpha() or name[0] == "_") \
+            and all(c.isalnum() or c == "_" for c in name):
+        return name, value
+    return None
+
+
+def command_env(argv: "Sequence[str]", env: "dict[str, str] | None" = None
+                ) -> "dict[str, str]":
+    """The environment the programs a command line starts will see: ours,
+    with its ``NAME=value`` words applied (``env LD_LIBRARY_PATH=lib ./prog``,
+    ``sh -c 'LD_LIBRARY_PATH=lib ./prog'``)."""
+    out = dict(os.environ if env is None else env)
+    for w in _command_words(argv):
+        pair = _assignment(w)
+        if pair is not None:
+            out[pair[0]] = pair[1]
+    return out
+
+
+def command_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
+    """``exe``, then the programs its command line names, which it may exec:
+    ``env X=1 ./prog``, ``sh -c './prog; true'``, ``timeout 5 prog``."""
+    import shutil
+
+    out = [exe]
+    for w in _command_words(argv):
+        if _assignment(w) is not None:
             continue  # an environment assignment
         path = w if "/" in w else shutil.which(w)
         if path and os.path.isfile(path) and os.access(path, os.X_OK) and path not in out:
@@ -466,11 +495,12 @@ def resolve_for_command(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe
     except (OSError, ValueError):
         is_elf = False
     programs = command_programs(argv, exe)
+    later_env = command_env(argv, env)  # what the programs it starts will see
     scopes: dict[str, Scope] = {}
 
     def scope(prog: str) -> Scope:
         if prog not in scopes:
-            scopes[prog] = static_scope(prog, env)
+            scopes[prog] = static_scope(prog, env if prog == exe else later_env)
         return scopes[prog]
 
     out: list = []
