@@ -238,6 +238,10 @@ def stat(
     output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FILE",
                                          help="Write the counts to FILE, not stdout (keeps "
                                               "them apart from the command's output)."),
+    no_ptrace: bool = typer.Option(False, "--no-ptrace",
+                                   help="Do not follow the command with ptrace (for one "
+                                        "that uses ptrace itself: strace, gdb); addresses "
+                                        "only."),
     multiplex: bool = typer.Option(False, "--multiplex",
                                    help="More watches than slots: let them take turns and "
                                         "report scaled estimates."),
@@ -282,7 +286,7 @@ def stat(
         interval=interval / 1000 if interval else None, on_interval=on_interval,
         on_start=lambda description, run_plan: _banner(result_watches(watches), description,
                                                        run_plan, target),
-        multiplex=slice_ms / 1000 if multiplex else None)
+        multiplex=slice_ms / 1000 if multiplex else None, trace=not no_ptrace)
     if as_json:
         out = result.as_dict()
         if interval:
@@ -411,6 +415,10 @@ def record(
                                              help="Ring buffer pages per CPU (power of two; default 512)."),
     top: int = typer.Option(5, "--top", help="Writers and threads listed per watch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    no_ptrace: bool = typer.Option(False, "--no-ptrace",
+                                   help="Do not follow the command with ptrace (for one "
+                                        "that uses ptrace itself: strace, gdb); addresses "
+                                        "only."),
     multiplex: bool = typer.Option(False, "--multiplex",
                                    help="More watches than slots: let them take turns and "
                                         "report scaled estimates."),
@@ -446,7 +454,8 @@ def record(
                            ring_pages=ring_pages, cmdline=["perfbp", "record"] + sys.argv[2:],
                            on_start=lambda d, run_plan: _banner(result_watches(watches), d,
                                                                 run_plan, target),
-                           multiplex=slice_ms / 1000 if multiplex else None)
+                           multiplex=slice_ms / 1000 if multiplex else None,
+                           trace=not no_ptrace)
     samples = sum(s.samples for s in result.stats)
     lost = sum(s.lost for s in result.stats)
     typer.echo(f"[ perfbp record: wrote {result.bytes_written / 1e6:.3f} MB to {result.path}: "
@@ -542,6 +551,10 @@ def top(
     interval: float = typer.Option(1.0, "--interval", "-i", metavar="SECONDS",
                                    help="Seconds between screen updates."),
     top_n: int = typer.Option(5, "--top", help="Writers and threads in the final summary."),
+    no_ptrace: bool = typer.Option(False, "--no-ptrace",
+                                   help="Do not follow the command with ptrace (for one "
+                                        "that uses ptrace itself: strace, gdb); addresses "
+                                        "only."),
     multiplex: bool = typer.Option(False, "--multiplex",
                                    help="More watches than slots: let them take turns; rows "
                                         "show the coverage and the scaled estimate."),
@@ -566,7 +579,7 @@ def top(
     if slice_ms < 1:
         raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
     session = perfbp.LiveSession(watches, target=target, command=command or None,
-                                 interval=interval,
+                                 interval=interval, trace=not no_ptrace,
                                  multiplex=slice_ms / 1000 if multiplex else None)
     try:
         slots = (session.mux.nslots if session.mux is not None

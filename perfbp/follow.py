@@ -65,7 +65,7 @@ from typing import Sequence
 
 from . import abi, images
 from .breakpoint import Breakpoint
-from .errors import PerfbpError, SymbolNotFound
+from .errors import InvalidBreakpoint, PerfbpError, SymbolNotFound
 from .launch import exec_failed, fork_before_exec
 from .planner import Watch
 from .resolve import Resolution, Scope, resolve_for_command, static_scope
@@ -210,6 +210,8 @@ class Follower:
             :class:`~perfbp.resolve.Resolution`), or None.
         arming: per watch, ``"exec"`` (armed at its address inside execve)
             or ``"bind"`` (parked until the tracer binds it).
+        trace: follow the command (ptrace); False: launch it and wait for it,
+            for a program that uses ptrace itself (names are then refused).
 
     Attributes:
         bindings: per watch, where it was armed, in order.
@@ -224,9 +226,10 @@ class Follower:
 
     def __init__(self, argv: "list[str]", path: str, env: "dict[str, str] | None",
                  specs: "Sequence[WatchSpec | None]", initial: "Sequence[Resolution | None]",
-                 arming: "Sequence[str]") -> None:
+                 arming: "Sequence[str]", trace: bool = True) -> None:
         self.argv = list(argv)
         self.path = path
+        self.trace = trace
         self.specs = list(specs)
         self.initial = list(initial)
         self.arming = list(arming)
@@ -356,7 +359,8 @@ class Follower:
             self.pid = pid
             self._err = err_r
             self._pidfd = os.pidfd_open(pid)
-            abi.ptrace(abi.PTRACE_SEIZE, pid, 0, _OPTIONS)
+            if self.trace:
+                abi.ptrace(abi.PTRACE_SEIZE, pid, 0, _OPTIONS)
             self._threads.add(pid)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             self.error = PerfbpError(f"cannot start '{self.argv[0]}' under perfbp's tracer: "
@@ -372,7 +376,11 @@ class Follower:
             pass
         os.close(go_w)
         try:
-            self._loop()
+            if self.trace:
+                self._loop()
+            else:  # not followed: only its end
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
         finally:
             self._first_exec.set()
             self._exited.set()
@@ -785,7 +793,7 @@ def plan_names(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe: str,
 
 
 def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
-                multiplex: "float | None"):
+                multiplex: "float | None", trace: bool = True):
     """Everything before arming, shared by count, record and top: resolve
     the names (statically, for a command: it is then followed), plan the
     watches (refusing what does not fit unless ``multiplex`` lets them take
@@ -812,6 +820,10 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     named = any(s.symbol is not None for s in specs)
     if named and any(not isinstance(w, WatchSpec) for w in items):
         raise PerfbpError("give every watch as a spec when any of them names a symbol")
+    if command is not None and not trace and any(
+            s.symbol is not None and s.object != "kernel" for s in specs):
+        raise InvalidBreakpoint("watches on names need perfbp to follow the command "
+                                "(ptrace): without it (--no-ptrace) give addresses")
     child = None
     if command is not None:
         path = launch.resolve_command(list(command))
@@ -845,7 +857,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     if not the_plan.fits and len({w.exclude_kernel for w in ws}) > 1:
         raise PerfbpError("multiplexed watches must all count kernel-mode hits or all not")
     if command is not None:
-        child = Follower(list(command), path, None, wspecs, initial, arming)
+        child = Follower(list(command), path, None, wspecs, initial, arming, trace)
     return child, ws, the_plan, arming
 
 

@@ -80,9 +80,11 @@ class LiveSession:
 
     def __init__(self, watches: "Sequence", *, target: "Target | None" = None,
                  command: "Sequence[str] | None" = None, interval: float = 1.0,
-                 ring_pages: "int | None" = None, multiplex: "float | None" = None) -> None:
+                 ring_pages: "int | None" = None, multiplex: "float | None" = None,
+                 trace: bool = True) -> None:
         self.interval = interval
-        child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
+        child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex,
+                                                  trace)
         mux_slots = the_plan.free if not the_plan.fits else 0
         self.child = child
         self.watches = ws

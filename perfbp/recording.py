@@ -150,7 +150,7 @@ def record(watches: "Sequence", output: str, *,
            on_start: "Callable[[str, Plan], None] | None" = None,
            on_batch: "Callable[[object, Sampler], None] | None" = None,
            cmdline: "list[str] | None" = None,
-           multiplex: "float | None" = None) -> RecordResult:
+           multiplex: "float | None" = None, trace: bool = True) -> RecordResult:
     """Sample every hit of ``watches`` on a target into a perf.data file.
 
     Args:
@@ -175,7 +175,7 @@ def record(watches: "Sequence", output: str, *,
     Raises:
         PerfbpError: bad input, privilege, slots, process, output path.
     """
-    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
+    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex, trace)
     mux_slots = the_plan.free if not the_plan.fits else 0
     # a launched command is armed inside its execve; names whose address is
     # not known yet start parked, and the tracer moves them

@@ -158,7 +158,7 @@ def count(watches: "Sequence", *,
           duration: "float | None" = None, interval: "float | None" = None,
           on_interval: "Callable[[float, list[WatchHits]], None] | None" = None,
           on_start: "Callable[[str, Plan], None] | None" = None,
-          multiplex: "float | None" = None) -> CountResult:
+          multiplex: "float | None" = None, trace: bool = True) -> CountResult:
     """Count hits of ``watches`` on a target until it ends.
 
     Args:
@@ -177,6 +177,9 @@ def count(watches: "Sequence", *,
         multiplex: when the watches need more slots than there are, rotate
             them through the slots in time slices of this many seconds and
             report scaled estimates (None: refuse with the plan's explanation).
+        trace: follow ``command`` with ptrace (names need it; see
+            :mod:`perfbp.follow`).  False for a program that uses ptrace
+            itself (strace, gdb): addresses only.
 
     Returns:
         The exact hit counts (estimates when multiplexed).
@@ -185,7 +188,7 @@ def count(watches: "Sequence", *,
         PerfbpError: bad input, missing privilege, no free slot, no such
             process, command not found.  Nothing is left open.
     """
-    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex)
+    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex, trace)
     tgt = Target.process(child.pid, name=" ".join(command)) if child else target
     execs = ExecCheck(tgt.pid) if "image" in arming else None
     # a launched command is armed inside its execve (enable_on_exec); names

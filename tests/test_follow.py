@@ -329,3 +329,16 @@ def test_script_without_interpreter_line_runs_under_sh(tmp_path):
     r = perfbp_cli("stat", "-w", "0x10000", "--", str(script))
     assert r.returncode == 0, r.stderr
     assert "ran under sh" in r.stdout
+
+
+def test_no_ptrace_leaves_ptrace_to_the_command(progs, tmp_path):
+    """A followed command cannot be traced by anyone else (strace, gdb);
+    --no-ptrace launches it untraced: addresses only."""
+    exe = tmp_path / "traceme"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(WORKLOADS / "traceme.c")], check=True)
+    followed = perfbp_cli("stat", "-w", "0x10000", "--", str(exe))
+    assert followed.returncode == 0 and "traceme: Operation not permitted" in followed.stdout
+    alone = perfbp_cli("stat", "--no-ptrace", "-w", "0x10000", "--", str(exe))
+    assert alone.returncode == 0 and "traceme ok" in alone.stdout, alone.stderr
+    named = perfbp_cli("stat", "--no-ptrace", "-w", "prog_flag", "--", str(progs / "ctor_prog"))
+    assert named.returncode == 2 and "--no-ptrace" in named.stderr
