@@ -73,12 +73,7 @@ def fork_before_exec(path: str, argv: "list[str]", env: "dict[str, str] | None"
             if os.read(go_r, 1) != b"g":
                 os._exit(127)
             os.close(go_r)
-            try:
-                os.execve(path, argv, environ)
-            except OSError as exc:
-                if exc.errno != 8:  # ENOEXEC: a script without #!, as a shell runs it
-                    raise
-                os.execve("/bin/sh", ["sh", path, *argv[1:]], environ)
+            os.execve(path, argv, environ)
         except OSError as exc:
             try:
                 os.write(err_w, str(exc.errno).encode())

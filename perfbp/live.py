@@ -272,6 +272,9 @@ class LiveSession:
             for i, n in enumerate(self.child.recovered):
                 hits[i] += n
                 self.figures[i].recovered = n
+            for f, bound in zip(self.figures, self.child.bindings):
+                if bound:  # where a name is armed now (or was last)
+                    f.address = bound[-1].resolution.watch.address
         span = now - self._last_tick if self._last_tick is not None else self.interval
         self._last_tick = now
         for i, f in enumerate(self.figures):

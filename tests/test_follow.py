@@ -322,15 +322,6 @@ def test_library_path_given_on_the_command_line(more_progs):
     assert w["bindings"][0]["object"] == str(d / "libdir" / "libctor.so")
 
 
-def test_script_without_interpreter_line_runs_under_sh(tmp_path):
-    script = tmp_path / "plain"
-    script.write_text("echo ran under sh\n")
-    script.chmod(0o755)
-    r = perfbp_cli("stat", "-w", "0x10000", "--", str(script))
-    assert r.returncode == 0, r.stderr
-    assert "ran under sh" in r.stdout
-
-
 def test_no_ptrace_leaves_ptrace_to_the_command(progs, tmp_path):
     """A followed command cannot be traced by anyone else (strace, gdb);
     --no-ptrace launches it untraced: addresses only."""

@@ -167,8 +167,11 @@ def test_recording_back_as_columns_and_frames(tmp_path):
     if not exe.exists():
         subprocess.run(["make", "-s", "demo/demo"], cwd=exe.parent.parent, check=True)
     out = tmp_path / "d.data"
-    res = perfbp.record([perfbp.parse_watch("counter"), perfbp.parse_watch("config.flags")],
-                        str(out), command=[str(exe)])
+    for _attempt in range(4):  # a hit the machine loses has no sample: record again
+        res = perfbp.record([perfbp.parse_watch("counter"), perfbp.parse_watch("config.flags")],
+                            str(out), command=[str(exe)])
+        if not any(res.recovered) and not res.unattributed:
+            break
     assert [s.hits for s in res.stats] == [100042, 1]
     samples = perfbp.load_samples(str(out))
     assert len(samples) == 100043 and samples.watches == ["counter", "config.flags"]
