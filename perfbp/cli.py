@@ -43,17 +43,36 @@ def fail(message: str, code: int = BAD_INPUT) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """User text as a message quotes it: repr-style (control characters
+    escaped, so an error stays one line) and cut to ``limit`` characters."""
+    if len(text) > limit:
+        return repr(text[:limit])[:-1] + f"...' ({len(text):,} characters)"
+    return repr(text)
+
+
 def _parse_cpus(text: str) -> "list[int]":
+    online = perfbp.online_cpus()
     try:
         cpus = perfbp.parse_cpu_list(text)
     except ValueError:
-        raise fail(f"-C '{text}' is not a CPU list: write it like 0 or 0,1 or 0-3")
-    online = perfbp.online_cpus()
+        raise fail(f"-C {shown(text)} is not a CPU list of this machine: write it like 0 "
+                   f"or 0,1 or 0-3 (online CPUs: {','.join(map(str, online))})")
     bad = [c for c in cpus if c not in online]
     if bad or not cpus:
-        raise fail(f"-C '{text}': CPU {','.join(map(str, bad)) or text} is not online "
+        listed = ",".join(map(str, bad[:8])) + (",..." if len(bad) > 8 else "")
+        raise fail(f"-C {shown(text)}: CPU {listed or shown(text)} is not online "
                    f"(online CPUs: {','.join(map(str, online))})")
     return cpus
+
+
+MAX_RING_PAGES = 1 << 18  # the kernel allocates the ring's page table with kmalloc
+MAX_PERIOD = (1 << 63) - 1
+
+
+def _seconds(option: str, value: "float | None") -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise fail(f"{option} {value} must be a positive number of seconds")
 
 
 def resolve_target(pid: Optional[int], tid: Optional[int], all_cpus: bool,
@@ -260,8 +279,7 @@ def stat(
     command = list(command or [])
     target = resolve_target(pid, tid, all_cpus, cpu, command)
     watches = _watches(watch)
-    if duration is not None and duration <= 0:
-        raise fail(f"--duration {duration} must be a positive number of seconds")
+    _seconds("--duration", duration)
     if interval is not None and interval < 10:
         raise fail(f"-I {interval} is too short: give at least 10 milliseconds")
     intervals: list = []
@@ -413,7 +431,7 @@ def record(
     callchain: bool = typer.Option(False, "-g", "--callchain", help="Record user call stacks."),
     ring_pages: Optional[int] = typer.Option(None, "--ring-pages", metavar="PAGES",
                                              help="Ring buffer pages per CPU (power of two; default 512)."),
-    top: int = typer.Option(5, "--top", help="Writers and threads listed per watch."),
+    top: int = typer.Option(5, "--top", min=1, help="Writers and threads listed per watch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     no_ptrace: bool = typer.Option(False, "--no-ptrace",
                                    help="Do not follow the command with ptrace (for one "
@@ -437,12 +455,13 @@ def record(
     command = list(command or [])
     target = resolve_target(pid, tid, all_cpus, cpu, command)
     watches = _watches(watch)
-    if period < 1:
-        raise fail(f"--period {period} must be 1 or more")
-    if ring_pages is not None and (ring_pages < 1 or ring_pages & (ring_pages - 1)):
-        raise fail(f"--ring-pages {ring_pages} must be a power of two (1, 2, 4, ... 512)")
-    if duration is not None and duration <= 0:
-        raise fail(f"--duration {duration} must be a positive number of seconds")
+    if not 1 <= period <= MAX_PERIOD:
+        raise fail(f"--period {shown(str(period))} must be from 1 to {MAX_PERIOD} (2^63-1)")
+    if ring_pages is not None and (ring_pages < 1 or ring_pages & (ring_pages - 1)
+                                   or ring_pages > MAX_RING_PAGES):
+        raise fail(f"--ring-pages {shown(str(ring_pages))} must be a power of two from 1 "
+                   f"to {MAX_RING_PAGES} (1 GiB a CPU: the most the kernel maps)")
+    _seconds("--duration", duration)
     if slice_ms < 1:
         raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
     if all(isinstance(w, perfbp.Watch) for w in watches):
@@ -508,7 +527,7 @@ def report(
                             help="table, json or csv."),
     sort: str = typer.Option("watch", "--sort", "-s", metavar="KEY",
                              help="watch (default), symbol, thread or cpu."),
-    top: int = typer.Option(10, "--top", help="Writers and threads listed per watch."),
+    top: int = typer.Option(10, "--top", min=1, help="Writers and threads listed per watch."),
 ) -> None:
     """Who touched the watched memory: per watch, the samples, lost
     samples, writers (function+offset) and threads, from a recording made by
@@ -550,7 +569,7 @@ def top(
     cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs."),
     interval: float = typer.Option(1.0, "--interval", "-i", metavar="SECONDS",
                                    help="Seconds between screen updates."),
-    top_n: int = typer.Option(5, "--top", help="Writers and threads in the final summary."),
+    top_n: int = typer.Option(5, "--top", min=1, help="Writers and threads in the final summary."),
     no_ptrace: bool = typer.Option(False, "--no-ptrace",
                                    help="Do not follow the command with ptrace (for one "
                                         "that uses ptrace itself: strace, gdb); addresses "

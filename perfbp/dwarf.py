@@ -43,6 +43,7 @@ from io import BytesIO
 from typing import Iterator, NamedTuple, Optional, Union
 
 from .errors import InvalidBreakpoint, SymbolNotFound
+from .system import open_regular
 
 __all__ = ["Member", "parse_expr", "resolve_member"]
 
@@ -513,7 +514,7 @@ def _load_cached(key: "tuple[str, int, int, int]") -> _Debug:
     from elftools.elf.elffile import ELFFile
 
     path = key[0]
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         data = f.read()
     elf = ELFFile(BytesIO(data))
     debug_path = path
@@ -523,7 +524,7 @@ def _load_cached(key: "tuple[str, int, int, int]") -> _Debug:
             raise SymbolNotFound(
                 f"{path} has no DWARF debug information: rebuild with -g, or "
                 f"watch by address", path=path)
-        with open(debug_path, "rb") as f:
+        with open_regular(debug_path) as f:
             elf = ELFFile(BytesIO(f.read()))
     # the DWARF sections are copied out of the file: nothing is kept open
     debug = _Debug(path, debug_path, elf.get_dwarf_info())
@@ -573,7 +574,7 @@ def _separate_debug_file(path: str, elf) -> Optional[str]:
         if os.path.realpath(cand) == path or not os.path.isfile(cand):
             continue
         try:
-            with open(cand, "rb") as f:
+            with open_regular(cand) as f:
                 data = f.read()
             if crc is not None and zlib.crc32(data) != crc:
                 continue
@@ -948,7 +949,7 @@ def _symbol_kind(path: str, name: str) -> Optional[str]:
     from elftools.elf.elffile import ELFFile
 
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             elf = ELFFile(f)
             for table in (".symtab", ".dynsym"):
                 sec = elf.get_section_by_name(table)

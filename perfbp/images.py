@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
+from .system import open_regular
+
 #: ``R_<arch>_COPY`` by ELF machine: the relocation that copies a library's
 #: object into the executable.
 COPY_RELOCATION = {"EM_X86_64": 5, "EM_386": 5, "EM_AARCH64": 1024, "EM_ARM": 20,
@@ -109,7 +111,7 @@ def _image(path: str, _ino: int, _mtime: int, _size: int) -> Image:
     from elftools.elf.relocation import RelocationSection
 
     origin = os.path.dirname(os.path.realpath(path))
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         try:
             elf = ELFFile(f)
             machine = elf["e_machine"]

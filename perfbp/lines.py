@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
+from .system import open_regular
+
 __all__ = ["SourceLine", "LineTable", "line_table"]
 
 # Standard opcodes (DWARF 5, 6.2.5.2) and extended opcodes (6.2.5.3).
@@ -124,7 +126,7 @@ class LineTable:
         self.skipped: list[tuple[int, str]] = []
         self._file_ids: dict[str, int] = {}
         rows: list[tuple[int, int, int, int]] = []
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             try:
                 elf = ELFFile(f)
                 if not (elf.has_section(".debug_line") or elf.has_section(".zdebug_line")):

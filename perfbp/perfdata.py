@@ -347,8 +347,10 @@ def read_recording(path: str) -> Recording:
         CorruptRecording: not perf.data, or damaged beyond the header.
         PerfbpError: the file cannot be opened.
     """
+    from .system import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             blob = f.read()
     except OSError as exc:
         raise PerfbpError(f"cannot read {path}: {exc.strerror}; give the recording "

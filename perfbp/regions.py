@@ -14,6 +14,9 @@ from __future__ import annotations
 from .errors import InvalidBreakpoint
 
 SIZES = (8, 4, 2, 1)
+#: the longest range split at all: 64 registers' worth, far more than any
+#: machine has (x86: 4), so the answer to a longer one needs no expansion
+MAX_RANGE = 512
 
 
 def split_range(addr: int, length: int, sizes: "tuple[int, ...]" = SIZES) -> "list[tuple[int, int]]":
@@ -27,10 +30,16 @@ def split_range(addr: int, length: int, sizes: "tuple[int, ...]" = SIZES) -> "li
         split_range(0x1000, 3)  == [(0x1000, 2), (0x1002, 1)]
 
     Raises:
-        InvalidBreakpoint: a length below 1, or an address outside 64 bits.
+        InvalidBreakpoint: a length below 1 or above :data:`MAX_RANGE`, or an
+            address outside 64 bits.
     """
     if length < 1:
         raise InvalidBreakpoint(f"cannot watch {length} bytes: the length must be 1 or more")
+    if length > MAX_RANGE:
+        raise InvalidBreakpoint(
+            f"cannot watch {length:,} bytes: that takes at least {-(-length // max(sizes)):,} "
+            f"debug registers (one per {max(sizes)} bytes at most) and a thread has a few "
+            f"(x86: 4); watch up to {MAX_RANGE} bytes, or the words that matter")
     if addr < 0 or addr + length > 1 << 64:
         raise InvalidBreakpoint(f"range {addr:#x}/{length} is not inside the 64-bit address space")
     pieces = []

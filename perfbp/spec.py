@@ -144,12 +144,22 @@ def _parse_access(text: str, spec: str) -> str:
     return letters
 
 
+#: the longest spec accepted (no address, name or range needs more)
+MAX_SPEC = 256
+
+
 def parse(text: str) -> WatchSpec:
     """Parse one watch spec.
 
     Raises:
         InvalidBreakpoint: naming the part that is wrong and a correct example.
     """
+    if len(text) > MAX_SPEC or any(ord(c) < 32 or c == "\x7f" for c in text):
+        what = (f"is {len(text):,} characters long" if len(text) > MAX_SPEC else
+                "contains control characters")
+        raise InvalidBreakpoint(f"watch {text[:40]!r}{'...' if len(text) > 40 else ''} "
+                                f"{what}: a spec is [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN]"
+                                f"[:ACCESS][:u|k], at most {MAX_SPEC} characters")
     spec = text.strip()
     m = _SPEC.match(spec)
     if not m:

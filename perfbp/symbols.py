@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Optional
 
+from .system import open_regular
+
 
 @dataclass(frozen=True)
 class Location:
@@ -53,7 +55,7 @@ class ElfObject:
         self.path = path
         self.segments: list[tuple[int, int, int]] = []  # (p_offset, p_filesz, p_vaddr)
         starts: dict[int, tuple[str, int]] = {}
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             elf = ELFFile(f)
             self.pie_or_shared = elf["e_type"] == "ET_DYN"
             for seg in elf.iter_segments():
@@ -129,7 +131,7 @@ def _named_symbols(path: str, _ino: int, _mtime: int, _size: int
     kinds = {"STT_OBJECT": "object", "STT_FUNC": "func", "STT_NOTYPE": "notype",
              "STT_TLS": "tls", "STT_LOOS": "func"}
     out: dict[str, list[Symbol]] = {}
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         try:
             elf = ELFFile(f)
             for table in (".symtab", ".dynsym"):

@@ -20,11 +20,43 @@ CAP_NAMES = {CAP_KILL: "CAP_KILL", CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
              CAP_SYS_ADMIN: "CAP_SYS_ADMIN", CAP_PERFMON: "CAP_PERFMON"}
 
 
+def open_regular(path: str):
+    """Open ``path`` for reading in binary, only if it is a regular file:
+    a FIFO, a device or a directory is refused at once (it is opened
+    non-blocking, so a FIFO with no writer cannot hang the caller).
+
+    Raises:
+        OSError: it cannot be opened, or (EINVAL) it is not a regular file.
+    """
+    import errno as _errno
+    import stat as _stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not _stat.S_ISREG(mode):
+            kind = ("a FIFO" if _stat.S_ISFIFO(mode) else "a directory" if _stat.S_ISDIR(mode)
+                    else "a device" if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode)
+                    else "a socket" if _stat.S_ISSOCK(mode) else "not a regular file")
+            raise OSError(_errno.EINVAL, f"{kind}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+#: more CPUs than any kernel supports (NR_CPUS is at most 8192): a list
+#: that names one is refused before it is expanded
+MAX_CPU = 1 << 16
+
+
 def parse_cpu_list(text: str) -> list[int]:
     """Parse the kernel's CPU-list format (``0-3,8,10-11``) into numbers.
 
     Raises:
-        ValueError: on anything that is not a CPU list.
+        ValueError: on anything that is not a CPU list, or names a CPU
+            number no kernel has (checked before any range is expanded).
     """
     cpus: list[int] = []
     for part in text.strip().split(","):
@@ -33,13 +65,17 @@ def parse_cpu_list(text: str) -> list[int]:
             continue
         if "-" in part:
             lo, hi = part.split("-", 1)
+            if len(lo) > 6 or len(hi) > 6:
+                raise ValueError(f"bad CPU range {part[:20]!r}")
             a, b = int(lo), int(hi)
-            if a > b or a < 0:
+            if a > b or a < 0 or b >= MAX_CPU:
                 raise ValueError(f"bad CPU range {part!r}")
             cpus.extend(range(a, b + 1))
         else:
+            if len(part) > 6:
+                raise ValueError(f"bad CPU number {part[:20]!r}")
             n = int(part)
-            if n < 0:
+            if n < 0 or n >= MAX_CPU:
                 raise ValueError(f"bad CPU number {part!r}")
             cpus.append(n)
     return sorted(set(cpus))

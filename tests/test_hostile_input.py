@@ -1,0 +1,82 @@
+"""Hostile input: every bad value gets one short line and exit 2, at once —
+never a traceback, a hang, or memory that grows with the number typed."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfbp.system import open_regular
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = 20  # seconds: each case is refused long before this
+
+
+def perfbp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "perfbp", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=FAST,
+                          stdin=subprocess.DEVNULL)
+
+
+def one_line(r: subprocess.CompletedProcess, *words: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("perfbp: error: "), r.stderr[-500:]
+    assert len(lines[0]) < 400, lines[0][:500]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("what", ["/dev/zero", "fifo", "dir"])
+def test_report_reads_only_regular_files(what, fifo, tmp_path):
+    path = {"/dev/zero": "/dev/zero", "fifo": str(fifo), "dir": str(tmp_path)}[what]
+    kind = {"/dev/zero": "a device", "fifo": "a FIFO", "dir": "a directory"}[what]
+    one_line(perfbp("report", "-i", path), f"{kind}, not a regular file")
+
+
+def test_open_regular_never_blocks_on_a_fifo(fifo):
+    with pytest.raises(OSError) as info:
+        open_regular(str(fifo))
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("spec", ["0x404058/100000000", "0x0/4294967296"])
+def test_huge_ranges_are_refused_without_expanding_them(spec):
+    one_line(perfbp("slots", "-w", spec, "-p", str(os.getpid())), "debug registers",
+             "watch up to 512 bytes")
+
+
+def test_huge_cpu_lists_are_refused_without_expanding_them():
+    for cpus in ("0-999999999", "0-99999999999", "4294967296"):
+        one_line(perfbp("stat", "-C", cpus, "-w", "0x10000", "-d", "0.1"),
+                 "is not a CPU list of this machine")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["stat", "-w", "0x1" + "0" * 4400, "--", "true"], ["4,403 characters long"]),
+    (["stat", "-w", "0x1\nperfbp: error: forged", "--", "true"],
+     ["contains control characters", r"\n"]),
+    (["stat", "-w", "0x1\x1b[31m", "--", "true"], ["contains control characters"]),
+    (["record", "--period", str(1 << 64), "-w", "0x10000", "--", "true"], ["2^63-1"]),
+    (["record", "--ring-pages", str(1 << 40), "-w", "0x10000", "--", "true"], ["262144"]),
+    (["stat", "-d", "nan", "-w", "0x10000", "--", "true"], ["positive number"]),
+    (["stat", "-d", "inf", "-w", "0x10000", "--", "true"], ["positive number"]),
+    (["stat", "-d", "-1", "-w", "0x10000", "--", "true"], ["positive number"]),
+    (["report", "--top", "-1", "-i", "/dev/null"], ["--top"]),
+])
+def test_bad_values_get_one_short_line(args, words):
+    one_line(perfbp(*args), *words)
