@@ -315,7 +315,7 @@ def stat(
     if sink is not None:
         sink.close()
     _unresolved(result)
-    if result.exit_code is not None:
+    if result.exit_code is not None and result.ended_by != "duration":
         raise typer.Exit(perfbp.exit_status(result.exit_code))
 
 
@@ -507,7 +507,7 @@ def record(
         typer.echo("")
         _render_report(report, top)
     _unresolved(result)
-    if result.exit_code is not None:
+    if result.exit_code is not None and result.ended_by != "duration":
         raise typer.Exit(perfbp.exit_status(result.exit_code))
 
 

@@ -19,6 +19,8 @@ import signal
 
 from .errors import CommandNotFound
 
+PR_SET_PDEATHSIG = 1
+
 
 def resolve_command(argv: "list[str]") -> str:
     """The path ``argv[0]`` would execute, looked up in ``$PATH`` like a shell.
@@ -60,12 +62,21 @@ def fork_before_exec(path: str, argv: "list[str]", env: "dict[str, str] | None"
         the errno of a failed exec (nothing, and end of file, when the exec
         succeeded: the pipe is close-on-exec).
     """
+    import ctypes
+
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     environ = os.environ if env is None else env
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: no imports, no locks, only system calls
         try:
+            # the command must not outlive perfbp: killed when the thread that
+            # forked it ends (and if that happened already, before this call)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(127)
             os.close(go_w)
             os.close(err_r)
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):

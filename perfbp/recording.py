@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import struct
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
 from .follow import ExecCheck, HolderArmer, MuxArmer, opening_watches, prepare_run
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
-from .session import StopRequest, _interrupted_child
+from .session import CommandEnd, StopRequest
 
 FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
 PERF_RECORD_MISC_USER = 2
@@ -397,14 +398,21 @@ def _loop(sampler, writer, child, target, start, duration, on_batch, stop, mux=N
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
     poller.register(stop.fd, select.POLLIN)
+    ending = None  # a CommandEnd: the rings are drained until the command is gone
     try:
         while True:
-            if stop.signum is not None:
-                if child is not None:
-                    return _interrupted_child(child, stop.signum)
-                return "interrupt", None
+            if stop.signum is not None and ending is None:
+                if child is None:
+                    return "interrupt", None
+                ending = CommandEnd(child, stop.signum, "interrupt")
+                poller.unregister(stop.fd)
+            if ending is not None and ending.step():
+                _flush(sampler, writer, on_batch)
+                return ending.ended_by, child.wait()
             now = time.monotonic()
-            wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - now))
+            wait = 0.25 if deadline is None or ending else max(0.0, min(0.25, deadline - now))
+            if ending is not None:
+                wait = min(wait, 0.02)
             if mux is not None:
                 wait = max(0.0, min(wait, mux.next_rotation() - now))
             events = poller.poll(int(wait * 1000))
@@ -413,16 +421,20 @@ def _loop(sampler, writer, child, target, start, duration, on_batch, stop, mux=N
             _flush(sampler, writer, on_batch)
             if any(fd == pidfd for fd, _ev in events):
                 if child is not None:
-                    return "exit", child.wait()
+                    return (ending.ended_by if ending else "exit"), child.wait()
                 return "exit", None
             if target is not None and target.kind == "thread" and target.pid > 0 \
                     and not os.path.exists(f"/proc/{target.pid}"):
                 return "exit", None
-            if deadline is not None and time.monotonic() >= deadline:
-                if child is not None:
-                    child.poll()
-                    return "duration", child.returncode
-                return "duration", None
+            if deadline is not None and time.monotonic() >= deadline and ending is None:
+                if child is None:
+                    return "duration", None
+                ending = CommandEnd(child, signal.SIGTERM, "duration")
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what was drained
+        if child is None:
+            raise
+        CommandEnd.kill(child)
+        return "interrupt", child.wait()
     finally:
         if pidfd >= 0:
             os.close(pidfd)

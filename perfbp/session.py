@@ -295,21 +295,25 @@ def _wait(child, target, read_all, watches, start, duration, interval, on_interv
         poller.register(pidfd, select.POLLIN)
     if stop is not None:
         poller.register(stop.fd, select.POLLIN)
+    ending = None  # a CommandEnd, once Ctrl-C, SIGTERM or the deadline came
     try:
         while True:
-            if stop is not None and stop.signum is not None:
-                if child is not None:
-                    return _interrupted_child(child, stop.signum)
-                return "interrupt", None
+            if stop is not None and stop.signum is not None and ending is None:
+                if child is None:
+                    return "interrupt", None
+                ending = CommandEnd(child, stop.signum, "interrupt")
+                poller.unregister(stop.fd)  # stays readable: the loop goes on counting
+            if ending is not None and ending.step():
+                return ending.ended_by, child.wait()
             now = time.monotonic()
-            soon = now + (0.05 if on_wake is not None else 0.5)
+            soon = now + (0.02 if ending is not None else 0.05 if on_wake is not None else 0.5)
             wake = min(t for t in (next_tick, deadline, next_slice, soon) if t is not None)
             events = poller.poll(max(0, int((wake - now) * 1000)))
             if on_wake is not None:
                 on_wake()
             if any(fd == pidfd for fd, _ev in events) or _gone(child, target, pidfd):
                 if child is not None:
-                    return "exit", child.wait()
+                    return (ending.ended_by if ending else "exit"), child.wait()
                 return "exit", None
             now = time.monotonic()
             if mux is not None and now >= next_slice:
@@ -322,10 +326,15 @@ def _wait(child, target, read_all, watches, start, duration, interval, on_interv
                                               in zip(watches, cur, last)])
                 last = cur
                 next_tick += interval
-            if deadline is not None and now >= deadline:
-                if child is not None:
-                    child.poll()
-                return "duration", child.returncode if child else None
+            if deadline is not None and now >= deadline and ending is None:
+                if child is None:
+                    return "duration", None
+                ending = CommandEnd(child, signal.SIGTERM, "duration")
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, with what was counted
+        if child is None:
+            raise
+        CommandEnd.kill(child)
+        return "interrupt", child.wait()
     finally:
         if pidfd >= 0:
             os.close(pidfd)
@@ -339,24 +348,56 @@ def _gone(child, target, pidfd) -> bool:
     return False
 
 
-def _interrupted_child(child, sig) -> "tuple[str, int | None]":
-    """The user stopped perfbp while the command runs.
+#: seconds a command perfbp ends gets between the signal and SIGKILL
+TERM_GRACE = 2.0
+
+
+class CommandEnd:
+    """Ending a launched command while the session keeps counting (and
+    draining rings) until it is gone, so the counts include everything it
+    did.
 
     Ctrl-C from a terminal reaches the command too (same process group), so
-    perfbp gives it a second to end on its own; a signal sent to perfbp alone
-    (``kill -INT``, SIGTERM) is passed on.  Then perfbp waits for it, so the
-    counts include everything the command did.
+    it gets a second to end on its own; a signal sent to perfbp alone
+    (``kill -INT``, SIGTERM) and a deadline are passed on at once.  A command
+    still running ``TERM_GRACE`` seconds after the signal gets SIGKILL: one
+    that ignores signals never keeps perfbp waiting.
+
+    Args:
+        child: the command.
+        sig: the signal to pass on.
+        ended_by: what the session reports (``interrupt``, ``duration``).
     """
-    deadline = time.monotonic() + (1.0 if sig == signal.SIGINT else 0.0)
-    while child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if child.poll() is None:
+
+    def __init__(self, child, sig: int, ended_by: str) -> None:
+        self.child = child
+        self.sig = sig
+        self.ended_by = ended_by
+        self._signal_at = time.monotonic() + (1.0 if sig == signal.SIGINT else 0.0)
+        self._kill_at = None
+
+    def step(self) -> bool:
+        """Move on (never blocks); whether the command has ended."""
+        if self.child.poll() is not None:
+            return True
+        now = time.monotonic()
+        if self._kill_at is None and now >= self._signal_at:
+            self._send(self.sig)
+            self._kill_at = now + TERM_GRACE
+        elif self._kill_at is not None and now >= self._kill_at:
+            self.kill(self.child)
+            self._kill_at = float("inf")
+        return False
+
+    def _send(self, sig: int) -> None:
         try:
-            os.kill(child.pid, sig)
+            os.kill(self.child.pid, sig)
         except ProcessLookupError:
             pass
-    while True:
+
+    @staticmethod
+    def kill(child) -> None:
         try:
-            return "interrupt", child.wait()
-        except KeyboardInterrupt:
-            continue
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,105 @@
+"""How a run ends with a command perfbp launched: the deadline (-d) and
+Ctrl-C end the command and keep every hit it made; one that ignores them is
+killed; perfbp's own death takes the command with it (real kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = REPO / "tests" / "workloads"
+PERFBP = [sys.executable, "-m", "perfbp"]
+
+
+@pytest.fixture(scope="module")
+def writer(tmp_path_factory) -> Path:
+    exe = tmp_path_factory.mktemp("ending") / "busy_writer"
+    subprocess.run(["cc", "-O1", "-o", str(exe), str(WORKLOADS / "busy_writer.c")], check=True)
+    return exe
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def test_deadline_ends_the_command_and_keeps_its_hits(writer):
+    start = time.monotonic()
+    r = subprocess.run([*PERFBP, "stat", "--json", "-d", "0.4", "-w", "counter", "--",
+                        str(writer)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - start
+    assert r.returncode == 0, r.stderr  # perfbp ended it, as asked
+    doc = last_json(r.stdout)
+    assert (doc["ended_by"], doc["exit_code"]) == ("duration", -signal.SIGTERM)
+    assert doc["watches"][0]["hits"] > 0
+    assert took < 10
+
+
+def test_deadline_kills_a_command_that_ignores_sigterm(writer):
+    start = time.monotonic()
+    r = subprocess.run([*PERFBP, "stat", "--json", "-d", "0.3", "-w", "0x10000", "--",
+                        str(writer), "ignore"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = last_json(r.stdout)
+    assert (doc["ended_by"], doc["exit_code"]) == ("duration", -signal.SIGKILL)
+    assert time.monotonic() - start < 10  # 0.3 s, then 2 s of grace
+
+
+@pytest.mark.parametrize("how", ["deadline", "sigint"])
+def test_record_ended_early_accounts_for_every_hit(writer, tmp_path, how):
+    """The rings are drained until the command is gone: samples + lost
+    equals the kernel's hits, whether the deadline or Ctrl-C ended it."""
+    out = tmp_path / "end.data"
+    args = [*PERFBP, "record", "--json", "-w", "counter", "-o", str(out)]
+    if how == "deadline":
+        args += ["-d", "0.5"]
+    proc = subprocess.Popen([*args, "--", str(writer)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if how == "sigint":
+        assert proc.stdout.readline() == "writing\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # perfbp alone: it passes it on
+    out_text, err = proc.communicate(timeout=60)
+    doc = last_json(out_text)
+    assert doc["ended_by"] == ("duration" if how == "deadline" else "interrupt"), err
+    (w,) = doc["watches"]
+    assert w["kernel_hits"] > 1000
+    assert w["hits"] + w["lost"] == w["kernel_hits"] and w["accounted"], w
+    assert "unaccounted for" not in err  # the machine's own losses are said apart
+
+
+def test_the_command_dies_with_perfbp(writer):
+    proc = subprocess.Popen([*PERFBP, "stat", "-w", "counter", "--", str(writer)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "writing\n"
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+    assert len(children) == 1
+    proc.kill()
+    proc.wait(30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(children[0], writer):
+        time.sleep(0.05)
+    assert not _alive(children[0], writer)
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _alive(pid: int, exe: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == str(exe)
+    except OSError:
+        return False
