@@ -142,17 +142,66 @@ def _banner(watches, description: str, plan: "perfbp.Plan",
                f"{how}. Ctrl-C to end.", err=True)
 
 
-def _open_output(path: "str | None"):
-    """A text file for ``-o`` (created 0600, never through a symlink), or None."""
-    if path is None:
-        return None
-    import os
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-    except OSError as exc:
-        raise fail(f"cannot write {path}: {exc.strerror}; choose another path with -o")
-    return os.fdopen(fd, "w")
+class _Output:
+    """``-o FILE``: the text is kept, then written to a new file (0600)
+    beside FILE and renamed over it, so FILE is either the whole result or
+    what it was before; when it cannot be written the text goes to the
+    terminal and one line says so."""
+
+    def __init__(self, path: str) -> None:
+        import io
+        import stat as st
+        import tempfile
+
+        self.path = path
+        if os.path.islink(path):
+            raise fail(f"-o {shown(path, 200)} is a symbolic link: perfbp does not write through "
+                       f"links; give the file's own path")
+        if os.path.exists(path) and not st.S_ISREG(os.stat(path).st_mode):
+            raise fail(f"-o {shown(path, 200)} is not a regular file: give a file path")
+        try:
+            self.fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                                 dir=os.path.dirname(path) or ".")
+        except OSError as exc:
+            raise fail(f"cannot write {shown(path, 200)}: {exc.strerror}; choose another path "
+                       f"with -o")
+        self.buffer = io.StringIO()
+
+    def write(self, text: str) -> int:
+        return self.buffer.write(text)
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        data = self.buffer.getvalue().encode()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.rename(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            sys.stdout.write(self.buffer.getvalue())
+            raise fail(f"cannot write {shown(self.path, 200)}: {exc.strerror}; the counts are "
+                       f"printed above instead")
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
+def _open_output(path: "str | None") -> "_Output | None":
+    """Where ``-o`` puts the result (see :class:`_Output`), or None."""
+    return None if path is None else _Output(path)
 
 
 def _render_counts(result, sink=None) -> None:
@@ -299,12 +348,17 @@ def stat(
         if not plan.fits and not multiplex:
             raise fail(plan.explanation)
     sink = _open_output(output)
-    result = perfbp.count(
-        watches, target=target, command=command or None, duration=duration,
-        interval=interval / 1000 if interval else None, on_interval=on_interval,
-        on_start=lambda description, run_plan: _banner(result_watches(watches), description,
-                                                       run_plan, target),
-        multiplex=slice_ms / 1000 if multiplex else None, trace=not no_ptrace)
+    try:
+        result = perfbp.count(
+            watches, target=target, command=command or None, duration=duration,
+            interval=interval / 1000 if interval else None, on_interval=on_interval,
+            on_start=lambda description, run_plan: _banner(result_watches(watches),
+                                                           description, run_plan, target),
+            multiplex=slice_ms / 1000 if multiplex else None, trace=not no_ptrace)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
     if as_json:
         out = result.as_dict()
         if interval:
@@ -313,7 +367,7 @@ def stat(
     else:
         _render_counts(result, sink)
     if sink is not None:
-        sink.close()
+        sink.commit()
     _unresolved(result)
     if result.exit_code is not None and result.ended_by != "duration":
         raise typer.Exit(perfbp.exit_status(result.exit_code))

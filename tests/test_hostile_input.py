@@ -80,3 +80,38 @@ def test_huge_cpu_lists_are_refused_without_expanding_them():
 ])
 def test_bad_values_get_one_short_line(args, words):
     one_line(perfbp(*args), *words)
+
+
+def test_output_to_a_device_is_refused_before_the_run():
+    one_line(perfbp("stat", "-o", "/dev/full", "-w", "0x10000", "--", "true"),
+             "not a regular file")
+
+
+def test_output_on_a_full_disk_prints_the_counts_and_says_so(tmp_path):
+    """-o is written beside FILE and renamed over it: on a full file system
+    the counts go to the terminal, one line says so, nothing is left
+    behind."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "fill").write_bytes(b"\0" * 4096)
+        r = perfbp("stat", "-o", str(mnt / "out.txt"), "-w", "0x10000", "--", "true")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfbp: error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0]
+        assert "printed above" in errors[0] and str(mnt / "out.txt") in errors[0]
+        assert "0  0x10000" in r.stdout  # the counts, on the terminal
+        assert sorted(p.name for p in mnt.iterdir()) == ["fill"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_output_replaces_the_file_whole(tmp_path):
+    out = tmp_path / "n.json"
+    out.write_text("an earlier result\n")
+    r = perfbp("stat", "--json", "-o", str(out), "-w", "0x10000", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().startswith('{"target": "command ' + "'true'")
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.json"]
