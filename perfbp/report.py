@@ -146,6 +146,21 @@ class Report:
                 "groups": self.groups, **({"notes": self.notes} if self.notes else {})}
 
 
+def _is_breakpoint(attr: bytes) -> bool:
+    from ._uapi import PERF_TYPE_BREAKPOINT
+
+    return attr_summary(attr)["type"] == PERF_TYPE_BREAKPOINT
+
+
+def _event_kind(ev) -> str:
+    """An event's name for a message (perf's own, else its type)."""
+    if ev.name:
+        return ev.name
+    kind = attr_summary(ev.attr)["type"]
+    return {0: "a hardware event", 1: "a software event", 2: "a tracepoint",
+            3: "a cache event", 4: "a raw event"}.get(kind, f"an event of type {kind}")
+
+
 def _watch_meta(rec: Recording, i: int) -> "tuple[str, int, int, str]":
     s = attr_summary(rec.events[i].attr)
     access = TYPE_NAMES.get(s["bp_type"], str(s["bp_type"]))
@@ -175,9 +190,18 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         raise CorruptRecording(f"{path}: {exc.message}") from None
     # events with one name are one watch (perfbp writes a watch split over
     # several registers as one event per piece, all named after the watch)
-    names = [_watch_meta(rec, i)[0] for i in range(len(rec.events))]
-    order = list(dict.fromkeys(names))
-    event_watch = [order.index(nm) for nm in names]
+    # only breakpoint events are watches (perf records others beside them:
+    # cycles, page faults, its dummy tracking event)
+    names = [_watch_meta(rec, i)[0] if _is_breakpoint(rec.events[i].attr) else None
+             for i in range(len(rec.events))]
+    if all(nm is None for nm in names):
+        raise PerfbpError(
+            f"{path} holds no watchpoint events (it records "
+            f"{', '.join(sorted({_event_kind(e) for e in rec.events}))}): perfbp report "
+            f"summarizes breakpoint recordings (perfbp record, perf record -e mem:ADDR); "
+            f"read this one with perf report", errno=22)
+    order = list(dict.fromkeys(nm for nm in names if nm is not None))
+    event_watch = [order.index(nm) if nm is not None else -1 for nm in names]
     id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
     n = len(cols)
     if n and cols.id is not None and id_map:

@@ -4,6 +4,7 @@ never a traceback, a hang, or memory that grows with the number typed."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,22 @@ def test_output_replaces_the_file_whole(tmp_path):
     assert out.read_text().startswith('{"target": "command ' + "'true'")
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.json"]
+
+
+def test_a_recording_without_watchpoints_is_refused(tmp_path):
+    data = tmp_path / "faults.data"
+    subprocess.run(["perf", "record", "-q", "-o", str(data), "-e", "page-faults", "-c", "1",
+                    "--", "true"], check=True, capture_output=True, timeout=60)
+    one_line(perfbp("report", "-i", str(data)), "holds no watchpoint events",
+             "page-faults", "perf report")
+
+
+def test_other_events_beside_a_watch_are_not_shown_as_watches(tmp_path):
+    data = tmp_path / "mixed.data"
+    subprocess.run(["perf", "record", "-q", "-o", str(data), "-e", "mem:0x10000/8:w",
+                    "-e", "page-faults", "-c", "1", "--", "true"], check=True,
+                   capture_output=True, timeout=60)
+    r = perfbp("report", "-i", str(data), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    (w,) = json.loads(r.stdout)["watches"]  # perf names the event mem:0x10000
+    assert (w["name"], w["address"], w["length"]) == ("mem:0x10000", 0x10000, 8)
