@@ -322,8 +322,14 @@ def test_s_sorts_by_hits(terminal, fifo, steady):
     term = terminal()
     _, pid = start_armed(term, "-w", "counter", "-w", "busier", "--interval", "0.5", "--",
                          str(steady), str(N_QUIET), str(N_BUSY), "0", str(fifo))
-    before = term.wait_for(lambda s: thread_samples(s, "top_steady", pid) == N_QUIET + N_BUSY,
-                           "both watches' final counts")
+    def final(screen: str) -> bool:  # hits, not samples: a hit the machine
+        try:                           # delivers without status has no sample
+            return (watch_row(screen, "counter")[1], watch_row(screen, "busier")[1]) == (
+                N_QUIET, N_BUSY)
+        except AssertionError:
+            return False
+
+    before = term.wait_for(final, "both watches' final counts")
     assert "sort by watch" in before
     assert re.search(r"\b2 watches, 2/4 slots\b", before), before
     quiet, busy = watch_row(before, "counter"), watch_row(before, "busier")
