@@ -81,6 +81,8 @@ def plain_lines(session: "perfbp.LiveSession") -> "list[str]":
     for f in session.figures:
         line = (f"{session.elapsed:10.3f} {f.label} hits={f.hits} rate={f.rate:.0f}/s "
                 f"samples={f.samples} lost={f.lost}")
+        if f.recovered:  # hits without a sample: the machine lost their status
+            line += f" recovered={f.recovered}"
         if f.estimate is not None:
             line += f" estimate={f.estimate} coverage={f.coverage:.3f}"
         out.append(line)
