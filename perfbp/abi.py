@@ -148,19 +148,13 @@ if _syscall6 is not None:  # the same function, without a second frame
 
 
 NR_PTRACE = {"x86_64": 101, "aarch64": 117}.get(MACHINE, -1)
-PTRACE_TRACEME = 0
 PTRACE_PEEKTEXT = 1
-PTRACE_POKETEXT = 4
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
-PTRACE_SETREGS = 13
-PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
-PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_SEIZE = 0x4206
-PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 PTRACE_O_TRACESYSGOOD = 0x1
 PTRACE_O_TRACEFORK = 0x2
@@ -177,7 +171,6 @@ USER_REGS_WORDS = 27
 USER_REGS_RIP = 16
 #: the other words of ``struct user_regs_struct`` that perfbp reads
 USER_REGS_R9, USER_REGS_R8, USER_REGS_RAX, USER_REGS_ORIG_RAX = 8, 9, 10, 15
-USER_REGS_RSP = 19
 
 
 def ptrace(request: int, pid: int = 0, addr: int = 0, data: int = 0) -> int:
@@ -224,14 +217,10 @@ def ptrace_eventmsg(pid: int) -> int:
     return int(out[0])
 
 
-def ptrace_regs(pid: int, regs=None):
-    """PTRACE_GETREGS (``regs`` None: returns a new array) or PTRACE_SETREGS."""
-    if regs is None:
-        regs = ffi.new(f"uint64_t[{USER_REGS_WORDS}]")
-        _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_GETREGS),
-                           _long("long", pid), _long("long", 0), regs))
-        return regs
-    _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_SETREGS),
+def ptrace_regs(pid: int):
+    """PTRACE_GETREGS: a stopped tracee's ``struct user_regs_struct``."""
+    regs = ffi.new(f"uint64_t[{USER_REGS_WORDS}]")
+    _check(lib.syscall(_long("long", NR_PTRACE), _long("long", PTRACE_GETREGS),
                        _long("long", pid), _long("long", 0), regs))
     return regs
 

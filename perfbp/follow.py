@@ -294,9 +294,6 @@ class Follower:
             if self._exited.is_set():
                 break
 
-    def resume(self) -> None:
-        """Nothing to do: the tracer lets the command run once it is armed."""
-
     def pidfd_open(self) -> int:
         """A new pidfd of the command (readable once it has ended)."""
         return os.dup(self._pidfd)

@@ -107,7 +107,8 @@ class LiveSession:
                       for bp in w.pieces]
         self._piece_watch = [wi for wi, _bp, _ek in pieces]
         # multiplexed samples tell their watch by address
-        self._addr_watch = {p.address: wi for wi, w in enumerate(ws) for p in w.pieces}
+        self._addr_watch: dict = {}
+        self._addr_key = None  # the multiplexer's pieces _addr_watch was made from
         kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
         try:
             self.sampler = Sampler([p[1] for p in pieces], self.target, enable_on_exec=at_exec,
@@ -240,10 +241,13 @@ class LiveSession:
             if tid not in self.comms:
                 self._comm(pid, tid)
         addrs = None
-        if self.mux is not None:  # the watches' addresses now (a name may have moved)
+        if self.mux is not None:
             addrs = cols.addr.tolist()
-            self._addr_watch = {p.address: wi for wi, w in enumerate(self.mux.watches)
-                                for p in w.pieces}
+            now = tuple(w.pieces for w in self.mux.watches)
+            if now != self._addr_key:  # a name moved: the watches' addresses now
+                self._addr_key = now
+                self._addr_watch = {p.address: wi for wi, w in enumerate(self.mux.watches)
+                                    for p in w.pieces}
         for n, (p, pid, tid, ip) in enumerate(zip(pieces, pids, tids, ips)):
             if addrs is not None:
                 wi = self._addr_watch.get(addrs[n], -1)

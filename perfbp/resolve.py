@@ -96,12 +96,6 @@ def lookup_symbol(path: str, text: str, spec: "WatchSpec | None" = None
     return sym, member.offset, member.size
 
 
-def lookup(path: str, text: str) -> "tuple[int, int]":
-    """``(link-time address, size)`` of ``text`` in the ELF file ``path``."""
-    sym, offset, size = lookup_symbol(path, text)
-    return sym.value + offset, size
-
-
 def _refuse_tls(sym: Symbol, path: str, spec: "WatchSpec | None") -> None:
     if sym.kind != "tls":
         return
