@@ -158,7 +158,12 @@ class Sampler:
             exclude_kernel = [exclude_kernel] * len(self.watches)
         if not isinstance(remove_on_exec, (list, tuple)):
             remove_on_exec = [remove_on_exec] * len(self.watches)
-        self._opts = [EventOptions(enabled=enabled and not enable_on_exec,
+        # every event opens disabled and is enabled once all the rings are
+        # mapped: an enabled event counts a hit that comes before its ring
+        # exists (or before its output is redirected to one), and the kernel
+        # drops that hit's sample without counting it lost (perf_output_begin
+        # finds no rb), so samples + lost would fall short of the hits
+        self._opts = [EventOptions(enabled=False,
                                    enable_on_exec=enable_on_exec, exclude_kernel=ek,
                                    sample_period=period, sample_type=self.sample_type,
                                    watermark=watermark, sample_id_all=True,
@@ -177,7 +182,7 @@ class Sampler:
         self._lost_records = 0
         self._forks = 0
         self._closed = False
-        self._enabled = enabled and not enable_on_exec
+        self._enabled = False
         self.cpus = (list(target.cpus) if target.kind == "cpus"
                      else (list(target.cpus) or system.online_cpus()))
         try:
@@ -188,6 +193,8 @@ class Sampler:
         self._poll = select.poll()
         for fd, _ring, _map in self._rings.values():
             self._poll.register(fd, select.POLLIN)
+        if enabled and not enable_on_exec:
+            self.enable()
 
     # -- opening ---------------------------------------------------------------------
     def _open(self, widx: int, pid: int, cpu: int) -> None:

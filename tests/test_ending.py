@@ -103,3 +103,30 @@ def _alive(pid: int, exe: Path) -> bool:
         return os.readlink(f"/proc/{pid}/exe") == str(exe)
     except OSError:
         return False
+
+
+def test_record_attached_to_a_busy_writer_accounts_for_every_hit(writer, tmp_path):
+    """Attaching to a process that is writing: the events open disabled and
+    are enabled only once their rings are mapped, so no hit is counted
+    before there is a ring for its sample (the kernel would drop that sample
+    without counting it lost).  Two watches, so that the second event of a
+    CPU, whose output is redirected into the first one's ring, is covered
+    too; eight attaches to the same running writer."""
+    proc = None
+    try:
+        for run in range(8):
+            if proc is None or proc.poll() is not None:  # the machine may kill it
+                proc = subprocess.Popen([str(writer)], stdout=subprocess.PIPE, text=True)
+                assert proc.stdout.readline() == "writing\n"
+            out = tmp_path / f"attach{run}.data"
+            r = subprocess.run([*PERFBP, "record", "--json", "-w", "counter", "-w",
+                                "counter:rw", "-p", str(proc.pid), "-d", "0.3", "-o", str(out)],
+                               cwd=REPO, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            for w in last_json(r.stdout)["watches"]:
+                assert w["hits"] + w["lost"] == w["kernel_hits"] and w["accounted"], (run, w)
+            assert "unaccounted for" not in r.stderr
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
