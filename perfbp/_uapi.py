@@ -172,6 +172,8 @@ PERF_TYPE_HW_CACHE = 3
 PERF_TYPE_RAW = 4
 PERF_TYPE_BREAKPOINT = 5
 
+PERF_COUNT_SW_DUMMY = 9  # enum perf_sw_ids: counts nothing; carries side-band records
+
 # --- attr.size versions -------------------------------------------------------
 PERF_ATTR_SIZE_VER0 = 64
 PERF_ATTR_SIZE_VER1 = 72

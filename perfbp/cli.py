@@ -541,6 +541,10 @@ def record(
         elif s.lost:
             typer.echo(f"perfbp: watch {label}: {s.lost:,} samples lost (ring full); use "
                        f"--ring-pages or --period to keep up", err=True)
+    if result.sideband_lost:
+        typer.echo(f"perfbp: {result.sideband_lost:,} thread and mapping records lost (ring "
+                   f"full): some threads or code may show as [unknown]; use --ring-pages",
+                   err=True)
     for line in _follow_lines(result):
         typer.echo(f"perfbp: {line}", err=True)
     report = perfbp.load_report(result.path, top=top)

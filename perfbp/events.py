@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from . import abi, system
-from ._uapi import PERF_TYPE_BREAKPOINT
+from ._uapi import PERF_COUNT_SW_DUMMY, PERF_TYPE_BREAKPOINT, PERF_TYPE_SOFTWARE
 from .arch import ACCESS_TYPES, current as _current_arch
 from .breakpoint import Breakpoint
 from .errors import (
@@ -403,6 +403,40 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
     return fd
 
 
+def tracking_attr(inherit: bool, opts: EventOptions):
+    """The attr of a tracking event: a software ``dummy`` event (it counts
+    nothing and holds no debug register) that asks for the side-band records
+    (COMM, MMAP2, FORK, EXIT) with the same sample layout as the breakpoints
+    it shares a ring with, as perf's ``dummy:u`` does.
+
+    Why not ask the breakpoint events themselves: the kernel counts every
+    record an event fails to write in that event's ``lost_samples``, side-band
+    records included, so a breakpoint that tracked would report more samples
+    lost than hits it missed when the ring fills."""
+    from dataclasses import replace
+
+    attr = abi.attr_from_bytes(_template(inherit, replace(
+        opts, mmap=True, comm=True, task=True, remove_on_exec=False, sigtrap=False)))
+    attr.type = PERF_TYPE_SOFTWARE
+    attr.config = PERF_COUNT_SW_DUMMY
+    attr.exclude_kernel = 1  # side-band records do not depend on it; paranoid 2 needs it
+    return attr
+
+
+def open_tracking_fd(pid: int, cpu: int, inherit: bool, opts: EventOptions,
+                     target: "Target | None" = None) -> int:
+    """Open the tracking event of :func:`tracking_attr` on ``pid``/``cpu``.
+
+    Raises:
+        PerfbpError: as :func:`open_event_fd`.
+    """
+    try:
+        return abi.perf_event_open(tracking_attr(inherit, opts), pid, cpu)
+    except OSError as exc:
+        raise error_from_oserror(exc, pid=pid, cpu=cpu, target=target,
+                                 what="tracking event (thread names, mappings)") from None
+
+
 def _where(pid: int, cpu: int, target: "Target | None") -> str:
     if target is not None:
         return target.describe()
@@ -414,7 +448,7 @@ def _where(pid: int, cpu: int, target: "Target | None") -> str:
 
 def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int = 0,
                        cpu: int = -1, target: "Target | None" = None,
-                       action: str = "open") -> PerfbpError:
+                       action: str = "open", what: str = "breakpoint") -> PerfbpError:
     """Turn an OSError from a perf call into perfbp's exception for it.
 
     The one place where errno becomes meaning: the message says what was
@@ -423,7 +457,7 @@ def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int
     if isinstance(exc, PerfbpError):
         return exc
     code = exc.errno or E.EIO
-    what = bp.describe() if bp is not None else "breakpoint"
+    what = bp.describe() if bp is not None else what
     where = _where(pid, cpu, target)
     asked = f"cannot {action} the {what} on {where}"
     ctx = dict(pid=pid, cpu=cpu, address=bp.address if bp else None)

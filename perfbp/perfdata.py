@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ._version import __version__ as version
+from ._uapi import PERF_FORMAT_LOST
 from .errors import PerfbpError
 from .records import HEADER, ParseConfig, whole_records_end
 
@@ -294,6 +295,18 @@ class Recording:
         except ValueError:
             return {}
         return value if isinstance(value, dict) else {}
+
+    @property
+    def producer(self) -> str:
+        """Who wrote the file, ``perfbp`` or ``perf``: from its HEADER_VERSION
+        feature when the recording finished, else (a recording cut short has
+        no features) from its events: perfbp reads ``PERF_FORMAT_LOST`` alone,
+        perf always adds ``PERF_FORMAT_ID``."""
+        raw = self.features.get(HEADER_VERSION)
+        if raw and len(raw) > 4:
+            return "perfbp" if raw[4:].startswith(b"perfbp") else "perf"
+        formats = {attr_summary(ev.attr)["read_format"] for ev in self.events}
+        return "perfbp" if formats == {PERF_FORMAT_LOST} else "perf"
 
     @property
     def cmdline(self) -> "list[str]":

@@ -51,6 +51,8 @@ class RecordResult:
             without its status) that could only be that watch's: they have
             no sample, and are not in ``stats``.
         bindings: per watch, where a named watch was armed (launches).
+        sideband_lost: COMM, MMAP2, FORK and EXIT records the kernel could
+            not write (ring full): threads or code a report cannot name.
     """
 
     path: str
@@ -67,6 +69,7 @@ class RecordResult:
     unattributed: int = 0
     bindings: "tuple" = ()
     recovered: "tuple[int, ...]" = ()
+    sideband_lost: int = 0
 
     @property
     def complete(self) -> bool:
@@ -81,17 +84,21 @@ def _sample_id_trailer(config: ParseConfig, pid: int, tid: int) -> bytes:
 def read_records(sampler: Sampler, stats: "list[WatchStats]") -> bytes:
     """One PERF_RECORD_READ per watch with the kernel's final hit and lost
     counts (read_format = PERF_FORMAT_LOST), tagged with the watch's first
-    event id: how a recording carries its own "nothing lost" proof."""
-    from ._uapi import PERF_RECORD_READ
+    event id: how a recording carries its own "nothing lost" proof.  Where
+    samples were lost, also a PERF_RECORD_LOST_SAMPLES, as perf record
+    writes at its end: what perf report's "Total Lost Samples" reads."""
+    from ._uapi import PERF_RECORD_LOST_SAMPLES, PERF_RECORD_READ
 
     out = bytearray()
     for i, st in enumerate(stats):
         ids = sampler.event_ids(i)
         if not ids:
             continue
+        trailer = sample_id_bytes(sampler.config, pid=-1, tid=-1, id=ids[0])
         body = struct.pack("<IIQQ", 0xFFFFFFFF, 0xFFFFFFFF, st.hits, st.lost)
-        out += _record(PERF_RECORD_READ, 0,
-                       body + sample_id_bytes(sampler.config, pid=-1, tid=-1, id=ids[0]))
+        out += _record(PERF_RECORD_READ, 0, body + trailer)
+        if st.lost:
+            out += _record(PERF_RECORD_LOST_SAMPLES, 0, struct.pack("<Q", st.lost) + trailer)
     return bytes(out)
 
 
@@ -227,6 +234,8 @@ def record(watches: "Sequence", output: str, *,
             if child is not None:
                 child.arm(HolderArmer([[sampler.slot(k) for k, p in enumerate(pieces)
                                         if p[0] == wi] for wi in range(len(ws))]), ws)
+        if sampler.tracking is not None:  # after the watches: event i is watch i
+            events.append(FileEvent(*sampler.tracking, "dummy:u"))
         writer = PerfDataWriter(output, events)
         if child is None:
             # what already runs: COMM and MMAP2 from /proc (a launched command
@@ -281,6 +290,7 @@ def record(watches: "Sequence", output: str, *,
                 child.finish()
                 ws = [b[-1].resolution.watch if b else w for w, b in zip(ws, child.bindings)]
             writer.write(read_records(sampler, piece_stats))
+            sideband_lost = sampler.tracking_lost
             meta = {"watches": [{"label": w.label, "access": w.access,
                                  "pieces": [[p.address, p.length] for p in w.pieces]}
                                 for w in ws]}
@@ -292,6 +302,8 @@ def record(watches: "Sequence", output: str, *,
                         d["recovered"] = r
                 if child.notes:
                     meta["notes"] = list(child.notes)
+            if sideband_lost:
+                meta["sideband_lost"] = sideband_lost
             if mux is not None:
                 stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i],
                                     period, 1) for i, w in enumerate(ws)]
@@ -310,15 +322,15 @@ def record(watches: "Sequence", output: str, *,
         writer.abandon()
         if child and child.returncode is None:
             child.wait()
-    extra = {}
+    extra = {"sideband_lost": sideband_lost}
     note = execs.note() if execs is not None else None
     if note:
-        extra = {"notes": (note,)}
+        extra["notes"] = (note,)
     if child is not None:
-        extra = {"notes": tuple(child.notes), "unattributed": child.unattributed,
+        extra.update({"notes": tuple(child.notes), "unattributed": child.unattributed,
                  "recovered": tuple(child.recovered),
                  "unresolved": tuple(child.unresolved_error(i) for i in child.unresolved()),
-                 "bindings": tuple(tuple(b) for b in child.bindings)}
+                 "bindings": tuple(tuple(b) for b in child.bindings)})
     return RecordResult(output, description, [w.label for w in ws], stats,
                         time.monotonic() - start, ended_by, exit_code, writer.data_size,
                         estimates, **extra)

@@ -243,7 +243,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
             if len(vals) >= 2:
                 h, lo = kernel.get(id_map[r.sample_id.id], (0, 0))
                 kernel[id_map[r.sample_id.id]] = (h + vals[0], lo + vals[-1])
-    producer = "perfbp" if kernel else "perf"
+    producer = rec.producer
     period = max(1, _sample_period(rec.events[0].attr))
 
     watches: list[WatchReport] = []
@@ -273,8 +273,12 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
             _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top, cols.callchain)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
+    notes = list(rec.meta.get("notes", []))
+    if rec.meta.get("sideband_lost"):
+        notes.append(f"{rec.meta['sideband_lost']:,} thread and mapping records were lost "
+                     f"(ring full): some threads or code may show as [unknown]")
     report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline,
-                    notes=list(rec.meta.get("notes", [])))
+                    notes=notes)
     if sort != "watch":
         report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
     return report

@@ -36,7 +36,8 @@ from ._uapi import (
 )
 from .breakpoint import Breakpoint
 from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
-from .events import EventOptions, Target, close_event, error_from_oserror, make_attr, open_event_fd
+from .events import (EventOptions, Target, close_event, error_from_oserror, make_attr,
+                     open_event_fd, open_tracking_fd, tracking_attr)
 from .records import Lost, ParseConfig, Record, SampleColumns, Task, decode_bulk
 from .ring import Ring
 
@@ -173,6 +174,9 @@ class Sampler:
                       for ek, roe, bp in zip(exclude_kernel, remove_on_exec, self.watches)]
         self._track = track
         self._events: list[tuple[int, int, int, int]] = []  # (fd, watch, cpu, tid)
+        self._trackers: list[int] = []  # the dummy events that carry side-band records
+        self._tracking_ids: list[int] = []
+        self._tracking_attr: "bytes | None" = None
         self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}
         self._id_watch: dict[int, int] = {}
         self._attr_of: dict[int, bytes] = {}
@@ -200,34 +204,40 @@ class Sampler:
     def _open(self, widx: int, pid: int, cpu: int) -> None:
         bp = self.watches[widx]
         opts = self._opts[widx]
-        tracking = self._track and cpu not in self._rings
-        if tracking:
-            from dataclasses import replace
-            opts = replace(opts, mmap=True, comm=True, task=True)
-        fd = open_event_fd(bp, pid, cpu, self.target.inherit or self.target.kind == "process",
-                           opts, self.target)
+        inherit = self.target.inherit or self.target.kind == "process"
+        if self._track and cpu not in self._rings:
+            # side-band records come from a dummy event of their own, which
+            # then owns the CPU's ring (see events.tracking_attr)
+            tfd = open_tracking_fd(pid, cpu, inherit, opts, self.target)
+            self._trackers.append(tfd)
+            if self._tracking_attr is None:
+                self._tracking_attr = abi.attr_bytes(tracking_attr(inherit, opts))
+            self._tracking_ids.append(abi.event_id(tfd))
+            self._map_ring(tfd, cpu)
+        fd = open_event_fd(bp, pid, cpu, inherit, opts, self.target)
         self._events.append((fd, widx, cpu, pid))
         self._opts_of[fd] = opts  # what MODIFY_ATTRIBUTES must reproduce
         if widx not in self._attr_of:
-            plain = make_attr(bp, self.target.inherit or self.target.kind == "process",
-                              self._opts[widx])
-            self._attr_of[widx] = abi.attr_bytes(plain)
+            self._attr_of[widx] = abi.attr_bytes(make_attr(bp, inherit, opts))
         self._id_watch[abi.event_id(fd)] = widx
         if cpu not in self._rings:
-            try:
-                mapping = abi.RingMapping(fd, self.ring_pages)
-            except OSError as exc:
-                raise PerfbpError(f"cannot map the ring buffer of CPU {cpu} "
-                                  f"({self.ring_pages} pages): {exc.strerror}; try fewer "
-                                  f"pages, or raise kernel.perf_event_mlock_kb",
-                                  errno=exc.errno) from None
-            self._rings[cpu] = (fd, Ring(mapping), mapping)
+            self._map_ring(fd, cpu)
         else:
             try:
                 abi.set_output(fd, self._rings[cpu][0])
             except OSError as exc:
                 raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=self.target,
                                          action="share a ring for") from None
+
+    def _map_ring(self, fd: int, cpu: int) -> None:
+        try:
+            mapping = abi.RingMapping(fd, self.ring_pages)
+        except OSError as exc:
+            raise PerfbpError(f"cannot map the ring buffer of CPU {cpu} "
+                              f"({self.ring_pages} pages): {exc.strerror}; try fewer "
+                              f"pages, or raise kernel.perf_event_mlock_kb",
+                              errno=exc.errno) from None
+        self._rings[cpu] = (fd, Ring(mapping), mapping)
 
     def _open_all(self) -> None:
         t = self.target
@@ -330,6 +340,20 @@ class Sampler:
         found = keys[pos] == ids
         return np.where(found, vals[pos], -1)
 
+    @property
+    def tracking(self) -> "tuple[bytes, tuple[int, ...]] | None":
+        """The tracking events' attr and ids (what a perf.data file lists as
+        one more event), or None without ``track``."""
+        if self._tracking_attr is None:
+            return None
+        return self._tracking_attr, tuple(self._tracking_ids)
+
+    @property
+    def tracking_lost(self) -> int:
+        """Side-band records (COMM, MMAP2, FORK, EXIT) the kernel could not
+        write: threads or mappings a reader will not be able to name."""
+        return sum(abi.read_u64s(fd, 2)[1] for fd in self._trackers)
+
     def watch_of_id(self, event_id: int) -> int:
         """Index of the watch an event id (a sample's ``id``) belongs to, or -1."""
         return self._id_watch.get(event_id, -1)
@@ -360,12 +384,16 @@ class Sampler:
 
     # -- control ---------------------------------------------------------------------
     def enable(self) -> None:
+        for fd in self._trackers:
+            abi.enable(fd)
         for fd, *_ in self._events:
             abi.enable(fd)
         self._enabled = True
 
     def disable(self) -> None:
         for fd, *_ in self._events:
+            abi.disable(fd)
+        for fd in self._trackers:
             abi.disable(fd)
         self._enabled = False
 
@@ -389,6 +417,9 @@ class Sampler:
         for fd, *_ in self._events:
             close_event(fd)
         self._events.clear()
+        for fd in self._trackers:
+            close_event(fd)
+        self._trackers.clear()
 
     def __del__(self) -> None:
         try:

@@ -732,3 +732,38 @@ def test_record_period_many_threads(progs, tmp_path):
     assert 2 * (N // 10) - 2 <= w["hits"] <= TOTAL // 10
     assert "WARNING" not in r.stderr
     assert w["accounted"] is True
+
+
+STORM_N = 1009  # stores per storm thread (a prime)
+
+
+@pytest.fixture(scope="module")
+def storm(tmp_path_factory) -> Path:
+    exe = tmp_path_factory.mktemp("storm") / "storm"
+    _gcc("-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(exe),
+         str(WORKLOADS / "storm.c"))
+    return exe
+
+
+@pytest.mark.parametrize("threads", [1, 8, 64])
+@pytest.mark.parametrize("pages", [1, 2])
+def test_record_small_ring_counts_lost_samples_exactly(storm, tmp_path, threads, pages):
+    """A ring too small for the storm: most samples are lost, and so are
+    thread records (FORK, COMM, EXIT), which the kernel counts as lost on the
+    event that writes them.  They come from a tracking event of their own,
+    so a watch's lost count is its lost samples alone: samples + lost is the
+    kernel's hit count exactly, never more."""
+    path = tmp_path / "storm.data"
+    r = run_perfbp("record", "--json", "--ring-pages", str(pages), "-w", "counter", "-o",
+                   str(path), "--", str(storm), str(threads), str(STORM_N))
+    assert r.returncode == 0, r.stderr
+    (w,) = json_line(r.stdout)["watches"]
+    assert w["hits"] + w["lost"] == w["kernel_hits"] and w["accounted"], w
+    # every store is a hit the kernel counted, or one the machine lost the
+    # status of (the tracer saw its SIGTRAP; 0 on a sound machine)
+    assert w["kernel_hits"] + w.get("recovered", 0) == threads * STORM_N
+    assert w["lost"] > 0 and "WARNING" not in r.stderr
+    # perf reads the same figure from the PERF_RECORD_LOST_SAMPLES perfbp wrote
+    p = subprocess.run(["perf", "report", "--stdio", "-i", str(path)],
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert f"# Total Lost Samples: {w['lost']}\n" in p.stdout, p.stdout
