@@ -29,6 +29,7 @@ import os
 import queue
 import re
 import shutil
+import struct
 import signal
 import stat
 import subprocess
@@ -580,6 +581,25 @@ def test_cut_recording_is_reported_truncated(cut_recording):
     out = json.loads(r.stdout)
     assert out["truncated"] is True
     assert "cut short" in r.stderr
+    # no version header in a cut recording: the producer is read from its events
+    assert out["producer"] == "perfbp"
+
+
+def test_perf_recording_cut_short_is_labelled_perf(perf, progs, tmp_path):
+    """A perf recording as a SIGKILL leaves it (the feature sections, its
+    version header among them, never written) is still perf's."""
+    addr = counter_address(progs, "nopie")
+    path = tmp_path / "perf.data"
+    perf_records_a_whole_run(perf, "record", "-N", "-e", f"mem:{addr:#x}/8:w:u",
+                             "-c", "1", "-o", str(path), "--", str(progs["nopie"]), "101")
+    blob = bytearray(path.read_bytes())
+    data_off, data_size = struct.unpack_from("<QQ", blob, 40)
+    blob[72:104] = bytes(32)  # no features
+    path.write_bytes(bytes(blob[:data_off + data_size]))
+    r = run_perfbp("report", "-i", str(path), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["producer"], out["truncated"], out["samples"]) == ("perf", True, 2 * 101 + 1)
 
 
 # -- 6. the output file --------------------------------------------------------------
