@@ -395,7 +395,8 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
     try:
         fd = abi.perf_event_open(attr, pid, cpu)
     except OSError as exc:
-        raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target) from None
+        raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target,
+                                 kernel_mode=not exclude_kernel) from None
     # pid 0 is the calling thread: the ledger needs its id (the Thread
     # object caches it; gettid(2) would cost a syscall)
     _LEDGER_FDS[fd] = (bp, _current_thread().native_id if pid == 0 else (None if pid < 0 else pid),
@@ -448,7 +449,8 @@ def _where(pid: int, cpu: int, target: "Target | None") -> str:
 
 def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int = 0,
                        cpu: int = -1, target: "Target | None" = None,
-                       action: str = "open", what: str = "breakpoint") -> PerfbpError:
+                       action: str = "open", what: str = "breakpoint",
+                       kernel_mode: bool = False) -> PerfbpError:
     """Turn an OSError from a perf call into perfbp's exception for it.
 
     The one place where errno becomes meaning: the message says what was
@@ -471,7 +473,7 @@ def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int
             f"thread and per CPU, shared by data and execute breakpoints.",
             errno=code, **ctx)
     if code in (E.EACCES, E.EPERM):
-        return PermissionDenied(f"{asked}: {permission_advice(bp, pid, code)}",
+        return PermissionDenied(f"{asked}: {permission_advice(bp, pid, code, kernel_mode)}",
                                 errno=code, **ctx)
     if code == E.ESRCH:
         who = f"process or thread {pid}" if pid > 0 else where
@@ -518,8 +520,15 @@ def os_strerror(code: int) -> str:
     return f"{E.errorcode.get(code, code)}: {os.strerror(code)}"
 
 
-def permission_advice(bp: "Breakpoint | None", pid: int, code: int) -> str:
-    """Why the kernel said EACCES/EPERM here, and what would allow it."""
+def permission_advice(bp: "Breakpoint | None", pid: int, code: int,
+                      kernel_mode: bool = False) -> str:
+    """Why the kernel said EACCES/EPERM here, and what would allow it.
+
+    The checks are the kernel's, in its order (perf_event_open): kernel
+    breakpoints need CAP_SYS_ADMIN; counting in kernel mode (``exclude_kernel``
+    off, perfbp's ``:k``) needs perf_event_paranoid <= 1 or CAP_PERFMON; a
+    whole CPU needs perf_event_paranoid <= 0; another task needs ptrace-read
+    access to it (same user and dumpable, or CAP_SYS_PTRACE)."""
     paranoid = system.perf_event_paranoid()
     p = "unknown" if paranoid is None else str(paranoid)
     if bp is not None and bp.is_kernel():
@@ -527,16 +536,17 @@ def permission_advice(bp: "Breakpoint | None", pid: int, code: int) -> str:
                 f"refuses kernel breakpoints to anyone else), and counting in "
                 f"kernel mode needs perf_event_paranoid <= 1 or CAP_PERFMON "
                 f"(perf_event_paranoid is {p} here). Run as root.")
+    if kernel_mode and (paranoid is None or paranoid > 1):
+        return (f"counting hits taken in kernel mode (:k) needs perf_event_paranoid "
+                f"<= 1 or CAP_PERFMON, and perf_event_paranoid is {p} here. Drop :k "
+                f"(user-mode hits only, perf's :u), run as root, or `sysctl "
+                f"kernel.perf_event_paranoid=1`.")
     if pid == -1:
         return (f"perf_event_paranoid is {p}, and watching a whole CPU needs "
                 f"perf_event_paranoid <= 0 or CAP_PERFMON (or CAP_SYS_ADMIN). Run "
                 f"as root, grant CAP_PERFMON, or `sysctl kernel.perf_event_paranoid=0`.")
     if pid > 0:
-        return (f"perfbp may not watch another user's process: it needs ptrace "
-                f"rights over it (same user and kernel.yama.ptrace_scope allowing "
-                f"it, or CAP_SYS_PTRACE), and perf_event_paranoid is {p} (<= 2 "
-                f"allows user-space watches without CAP_PERFMON). Run as that "
-                f"user or as root.")
+        return f"{system.why_not_yours(pid)}. Run as that user or as root."
     return (f"perf_event_paranoid is {p}: above 2 no unprivileged perf events "
             f"are allowed. Lower it with `sysctl kernel.perf_event_paranoid=2`, "
             f"or grant CAP_PERFMON.")

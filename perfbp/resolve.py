@@ -20,12 +20,14 @@ or in the files alone (planning):
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from . import images
-from .errors import InvalidBreakpoint, NoSuchProcess, PerfbpError, SymbolNotFound
+from . import images, system
+from .errors import (InvalidBreakpoint, NoSuchProcess, PerfbpError, PermissionDenied,
+                     SymbolNotFound)
 from .planner import Watch
 from .spec import WatchSpec
 from .symbols import Symbol, load_bias, named_symbols
@@ -294,7 +296,12 @@ def process_scope(pid: int) -> Scope:
     """
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM) and system.process_exists(pid):
+            raise PermissionDenied(
+                f"cannot read the executable of process {pid} to find names in it: "
+                f"{system.why_not_yours(pid)}. Run as that user or as root",
+                errno=exc.errno, pid=pid) from None
         raise NoSuchProcess(f"cannot read the executable of process {pid}: it does not "
                             f"exist or has exited", pid=pid) from None
     mapped = mapped_objects(pid)

@@ -153,6 +153,42 @@ def thread_group(tid: int) -> int | None:
     return None
 
 
+def process_owner(pid: int) -> "int | None":
+    """The user id that owns process ``pid`` (its /proc directory), or None
+    when it does not exist."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def user_name(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` for a user with no name."""
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def why_not_yours(pid: int) -> str:
+    """Why this user may not look into process ``pid``, in words: whose it
+    is, or, when it is this user's own, that it is not dumpable (the kernel
+    then refuses ptrace-read access, which perf events and /proc need)."""
+    owner = process_owner(pid)
+    me = os.geteuid()
+    if owner is None:
+        return f"process {pid} does not exist (or has exited)"
+    if owner != me:
+        return (f"process {pid} ({comm(pid)}) belongs to {user_name(owner)}, not to you, "
+                f"{user_name(me)}: watching it needs ptrace rights over it "
+                f"(CAP_SYS_PTRACE, or being that user)")
+    return (f"process {pid} ({comm(pid)}) is yours but not dumpable (a set-user-ID or "
+            f"file-capability program, or one that called prctl(PR_SET_DUMPABLE, 0)): "
+            f"the kernel denies ptrace-read access to it, which watching needs")
+
+
 def comm(pid: int) -> str:
     """The command name of a task (``/proc/PID/comm``), or ``?``."""
     try:

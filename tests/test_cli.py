@@ -966,3 +966,30 @@ def test_banner_says_per_cpu_for_cpus_and_per_thread_for_a_process(run):
     assert rc == 0, err
     hits.append(one_json(out)["watches"][0]["hits"])
     assert hits == [1009, 1009, 1013]
+
+
+def test_named_watch_on_another_users_process_says_whose_it_is(nobody_perfbp, run):
+    """The process exists: the refusal is permission, and says whose it is."""
+    argv, env = nobody_perfbp
+    loop = run.loop()
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        *argv, "stat", "-w", "counter", "-p", str(loop.pid)],
+                       cwd="/", env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    line = assert_one_error_line(r)
+    assert f"process {loop.pid} (cli_loop) belongs to root (uid 0)" in line, line
+    assert "does not exist" not in line
+
+
+@pytest.mark.parametrize("spec", ["0x400000:k", "0x400000:w:k"])
+def test_kernel_mode_on_own_command_names_perf_event_paranoid(nobody_perfbp, spec):
+    """:k on one's own program is refused by perf_event_paranoid (2 here),
+    not for want of rights over the process."""
+    argv, env = nobody_perfbp
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        *argv, "stat", "-w", spec, "--", "/bin/true"],
+                       cwd="/", env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    line = assert_one_error_line(r)
+    with open("/proc/sys/kernel/perf_event_paranoid") as f:
+        paranoid = int(f.read())
+    assert f"perf_event_paranoid is {paranoid} here. Drop :k" in line, line
+    assert "another user" not in line and "belongs to" not in line
