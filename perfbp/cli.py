@@ -7,6 +7,7 @@ traceback.  Nothing here runs through a shell.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -467,13 +468,14 @@ def _report_csv(report) -> None:
            "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
            "  perfbp record --period 100 -w 0x4040a0 -a  # every 100th hit, all CPUs\n"
            "  perfbp record -o run1.data -w table[3] -- ./prog  # another file\n"
+           "  perfbp record -o - -w counter -- ./prog | perf report -i -  # a pipe\n"
            "  perfbp record --multiplex -w a -w b -w c -w d -w e -- ./prog  # > 4 slots\n",
 )
 def record(
     watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
                                     help="What to watch: [mem:]ADDR[/LEN][:ACCESS][:u|k]."),
     output: str = typer.Option("perfbp.data", "-o", "--output", metavar="FILE",
-                               help="The recording (perf.data format; an existing file becomes FILE.old)."),
+                               help="The recording (perf.data format; an existing file becomes FILE.old; - for standard output, pipe mode)."),
     pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
     tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
     all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU."),
@@ -507,6 +509,13 @@ def record(
     status is the command's; bad input exits 2.
     """
     command = list(command or [])
+    if output == "-" and as_json:
+        raise fail("-o - writes the recording to standard output, and --json prints "
+                   "there too: drop one of them")
+    if output == "-" and os.isatty(1):
+        raise fail("-o - writes the recording (binary, perf.data pipe mode) to standard "
+                   "output, which is a terminal: pipe it (| perf report -i -) or "
+                   "redirect it (> FILE)")
     target = resolve_target(pid, tid, all_cpus, cpu, command)
     watches = _watches(watch)
     if not 1 <= period <= MAX_PERIOD:
@@ -522,13 +531,20 @@ def record(
         plan = perfbp.plan(watches, target)
         if not plan.fits and not multiplex:
             raise fail(plan.explanation)
-    result = perfbp.record(watches, output, target=target, command=command or None,
-                           duration=duration, period=period, callchain=callchain,
-                           ring_pages=ring_pages, cmdline=["perfbp", "record"] + sys.argv[2:],
-                           on_start=lambda d, run_plan: _banner(result_watches(watches), d,
-                                                                run_plan, target),
-                           multiplex=slice_ms / 1000 if multiplex else None,
-                           trace=not no_ptrace)
+    try:
+        result = perfbp.record(watches, output, target=target, command=command or None,
+                               duration=duration, period=period, callchain=callchain,
+                               ring_pages=ring_pages,
+                               cmdline=["perfbp", "record"] + sys.argv[2:],
+                               on_start=lambda d, run_plan: _banner(result_watches(watches),
+                                                                    d, run_plan, target),
+                               multiplex=slice_ms / 1000 if multiplex else None,
+                               trace=not no_ptrace)
+    except perfbp.PerfbpError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        # the reader of -o - is gone (typer would exit 1 in silence on EPIPE)
+        raise fail(f"{exc} (the reader closed the pipe; the command was stopped)") from None
     samples = sum(s.samples for s in result.stats)
     lost = sum(s.lost for s in result.stats)
     typer.echo(f"[ perfbp record: wrote {result.bytes_written / 1e6:.3f} MB to {result.path}: "
@@ -547,6 +563,11 @@ def record(
                    err=True)
     for line in _follow_lines(result):
         typer.echo(f"perfbp: {line}", err=True)
+    if output == "-":  # the reader at the other end of the pipe summarizes
+        _unresolved(result)
+        if result.exit_code is not None and result.ended_by != "duration":
+            raise typer.Exit(perfbp.exit_status(result.exit_code))
+        return
     report = perfbp.load_report(result.path, top=top)
     if as_json:
         out = report.as_dict()
@@ -580,7 +601,8 @@ def record(
 )
 def report(
     input: str = typer.Option("perfbp.data", "-i", "--input", metavar="FILE",
-                              help="The recording (perfbp's or perf's perf.data)."),
+                              help="The recording (perfbp's or perf's perf.data; - for "
+                                   "standard input)."),
     fmt: str = typer.Option("table", "--format", "-f", metavar="FORMAT",
                             help="table, json or csv."),
     sort: str = typer.Option("watch", "--sort", "-s", metavar="KEY",
@@ -595,7 +617,10 @@ def report(
         raise fail(f"--format {fmt!r} is not one of table, json, csv")
     if sort not in perfbp.SORT_KEYS:
         raise fail(f"--sort {sort!r} is not one of {', '.join(perfbp.SORT_KEYS)}")
-    rep = perfbp.load_report(input, top=top, sort=sort)
+    if input == "-":
+        rep = _report_stdin(top, sort)
+    else:
+        rep = perfbp.load_report(input, top=top, sort=sort)
     if rep.truncated:
         typer.echo(f"perfbp: {input} was cut short (the recording did not finish); "
                    f"reporting the {rep.samples:,} samples it holds", err=True)
@@ -608,6 +633,36 @@ def report(
                    f"(recorded by {rep.producer})")
         typer.echo("")
         _render_report(rep, top)
+
+
+def _report_stdin(top: int, sort: str):
+    """``report -i -``: the recording from standard input (a pipe from
+    ``perfbp record -o -`` or ``perf record -o -``), spooled to a private
+    temporary file first, so that it is read as any recording is."""
+    import tempfile
+
+    if os.isatty(0):
+        raise fail("-i - reads a recording from standard input, which is a terminal: "
+                   "pipe one in (perfbp record -o - ... | perfbp report -i -)")
+    import shutil
+
+    spool = tempfile.mkdtemp(prefix="perfbp-stdin-")  # 0700, ours alone
+    try:
+        path = os.path.join(spool, "stdin.data")
+        with open(path, "wb") as f:
+            while True:
+                chunk = os.read(0, 1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+        rep = perfbp.load_report(path, top=top, sort=sort)
+        rep.path = "-"
+        return rep
+    except OSError as exc:
+        raise fail(f"cannot spool standard input to {spool}: {exc.strerror}; set TMPDIR "
+                   f"to a directory with room") from None
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 @app.command(

@@ -48,10 +48,12 @@ PERF_RECORD_FINISHED_ROUND = 68
 PERF_RECORD_ID_INDEX = 69
 PERF_RECORD_THREAD_MAP = 73
 PERF_RECORD_CPU_MAP = 74
+PERF_RECORD_EVENT_UPDATE = 78
 PERF_RECORD_TIME_CONV = 79
 PERF_RECORD_HEADER_FEATURE = 80
 PERF_RECORD_COMPRESSED = 81
 PERF_RECORD_FINISHED_INIT = 82
+PERF_EVENT_UPDATE__NAME = 2  # tools/lib/perf/include/perf/event.h
 
 # tools/perf/util/header.h: feature bits
 HEADER_HOSTNAME = 3
@@ -65,6 +67,13 @@ HEADER_EVENT_DESC = 12
 #: for a multiplexed recording, each watch's coverage and estimate.  perf
 #: skips feature bits it does not know.
 HEADER_PERFBP = 255
+#: In pipe mode perfbp's feature cannot be a HEADER_FEATURE record (perf
+#: stops at a feature it does not know); it travels in a
+#: PERF_RECORD_HEADER_EVENT_TYPE record, which perf skips whole (deprecated
+#: since perf 3.x, "handled for the sake of old pipe-mode files"), whose
+#: event_id is this mark ("perfbp" and 1).
+PERFBP_META_MARK = 0x7065726662700001
+_U64 = struct.Struct("<Q")
 
 
 class CorruptRecording(PerfbpError):
@@ -169,20 +178,7 @@ class PerfDataWriter:
         """Write the feature sections and the final header; close the file."""
         if self.closed:
             return
-        uts = os.uname()
-        feats: list[tuple[int, bytes]] = [
-            (HEADER_HOSTNAME, _header_string(uts.nodename)),
-            (HEADER_OSRELEASE, _header_string(uts.release)),
-            (HEADER_VERSION, _header_string(f"perfbp {version}")),
-            (HEADER_ARCH, _header_string(uts.machine)),
-            (HEADER_NRCPUS, struct.pack("<II", *nr_cpus)),
-            (HEADER_CMDLINE, _string_list(cmdline)),
-            (HEADER_EVENT_DESC, self._event_desc()),
-        ]
-        if meta is not None:
-            import json
-            feats.append((HEADER_PERFBP, json.dumps(meta).encode()))
-        feats.sort()
+        feats = self._features(cmdline, nr_cpus, meta)
         table_off = self._pos
         off = table_off + SECTION.size * len(feats)
         table = bytearray()
@@ -198,6 +194,24 @@ class PerfDataWriter:
         os.close(self.fd)
         self.closed = True
 
+    def _features(self, cmdline: "list[str]", nr_cpus: "tuple[int, int]",
+                  meta: "dict | None") -> "list[tuple[int, bytes]]":
+        """The feature sections, in bit order."""
+        uts = os.uname()
+        feats: list[tuple[int, bytes]] = [
+            (HEADER_HOSTNAME, _header_string(uts.nodename)),
+            (HEADER_OSRELEASE, _header_string(uts.release)),
+            (HEADER_VERSION, _header_string(f"perfbp {version}")),
+            (HEADER_ARCH, _header_string(uts.machine)),
+            (HEADER_NRCPUS, struct.pack("<II", *nr_cpus)),
+            (HEADER_CMDLINE, _string_list(cmdline)),
+            (HEADER_EVENT_DESC, self._event_desc()),
+        ]
+        if meta is not None:
+            import json
+            feats.append((HEADER_PERFBP, json.dumps(meta).encode()))
+        return sorted(feats)
+
     def _event_desc(self) -> bytes:
         out = bytearray(struct.pack("<II", len(self.events), FILE_ATTR_SIZE))
         for ev in self.events:
@@ -212,6 +226,95 @@ class PerfDataWriter:
         if not self.closed:
             os.close(self.fd)
             self.closed = True
+
+
+class PerfDataPipeWriter(PerfDataWriter):
+    """Write a perf.data stream in pipe mode to a file descriptor (a pipe,
+    standard output): what ``perf record -o -`` writes, and ``perf report -i -``,
+    ``perf script -i -`` and ``perfbp report -i -`` read.
+
+    The stream starts with the pipe header, one PERF_RECORD_HEADER_ATTR per
+    event (attr and ids) and one PERF_RECORD_EVENT_UPDATE naming it; records
+    follow as they are drained; :meth:`finish` adds the feature sections as
+    PERF_RECORD_HEADER_FEATURE records, and perfbp's own in a record perf
+    skips (see ``PERFBP_META_MARK``).  Nothing can be rewritten in a pipe, so
+    a stream cut short simply ends.
+
+    Raises:
+        PerfbpError: the descriptor cannot be written (EPIPE: the reader is gone).
+    """
+
+    def __init__(self, fd: int, events: "list[FileEvent]", path: str = "-") -> None:
+        self.path = path
+        self.events = events
+        self.fd = fd
+        self.data_size = 0
+        self.closed = False
+        out = bytearray(PIPE_HEADER.pack(MAGIC, PIPE_HEADER.size))
+        for ev in events:
+            body = attr_for_file(ev.attr) + struct.pack(f"<{len(ev.ids)}Q", *ev.ids)
+            out += HEADER.pack(PERF_RECORD_HEADER_ATTR, 0, 8 + len(body)) + body
+        for ev in events:
+            if ev.ids and ev.name:
+                name = _header_string(ev.name)[4:]  # NUL-padded to 8 bytes
+                body = struct.pack("<QQ", PERF_EVENT_UPDATE__NAME, ev.ids[0]) + name
+                out += HEADER.pack(PERF_RECORD_EVENT_UPDATE, 0, 8 + len(body)) + body
+        self._write_all(bytes(out), 0)
+
+    def _write_all(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                raise PerfbpError(f"cannot write the recording to {self.path}: "
+                                  f"{exc.strerror}; the reader has every record written "
+                                  f"before", errno=exc.errno) from None
+            view = view[n:]
+
+    def write(self, records: bytes) -> None:
+        """Append whole records to the stream."""
+        if records:
+            self._write_all(records, 0)
+            self.data_size += len(records)
+
+    def finish(self, *, cmdline: "list[str]", nr_cpus: "tuple[int, int]",
+               meta: "dict | None" = None) -> None:
+        """Write the feature sections as records; close the descriptor."""
+        if self.closed:
+            return
+        out = bytearray()
+        # perf stops at a feature it does not know in a stream (in a file it
+        # skips it): perfbp's own (HEADER_PERFBP) stays out of pipe mode
+        for bit, data in self._features(cmdline, nr_cpus, None):
+            data = data + b"\0" * (-len(data) % 8)
+            out += HEADER.pack(PERF_RECORD_HEADER_FEATURE, 0, 16 + len(data))
+            out += struct.pack("<Q", bit) + data
+        if meta is not None:
+            import json
+            body = _U64.pack(PERFBP_META_MARK) + json.dumps(meta).encode()
+            body += b"\0" * (-len(body) % 8)
+            out += HEADER.pack(PERF_RECORD_HEADER_EVENT_TYPE, 0, 8 + len(body)) + body
+        self._write_all(bytes(out), 0)
+        os.close(self.fd)
+        self.closed = True
+
+
+def stream_extras(rec: "Recording", others: "list") -> None:
+    """A stream's features and perfbp's meta, from the records at its end
+    (pipe mode: a stream writes them after the data): fill ``rec.features``."""
+    from .records import Unknown
+
+    if not rec.pipe:
+        return
+    for r in others:
+        if not isinstance(r, Unknown) or len(r.data) < 8:
+            continue
+        (first,) = _U64.unpack_from(r.data, 0)
+        if r.type == PERF_RECORD_HEADER_FEATURE and first < 256:
+            rec.features.setdefault(first, r.data[8:])
+        elif r.type == PERF_RECORD_HEADER_EVENT_TYPE and first == PERFBP_META_MARK:
+            rec.features[HEADER_PERFBP] = r.data[8:].rstrip(b"\0")
 
 
 def create_output(path: str) -> int:
@@ -482,6 +585,12 @@ def _read_pipe(path: str, blob: bytes) -> Recording:
             ids_raw = body[asize:]
             ids = struct.unpack_from(f"<{len(ids_raw) // 8}Q", ids_raw, 0)
             events.append(FileEvent(body[:asize], tuple(ids), ""))
+        elif rtype == PERF_RECORD_EVENT_UPDATE and size >= 24:
+            kind, eid = struct.unpack_from("<QQ", blob, pos + 8)
+            if kind == PERF_EVENT_UPDATE__NAME:
+                name = blob[pos + 24:pos + size].split(b"\0", 1)[0].decode("utf-8", "replace")
+                events = [FileEvent(ev.attr, ev.ids, name) if eid in ev.ids else ev
+                          for ev in events]
         elif rtype < 64:
             break  # the kernel's records start: all attrs are known
         pos += size

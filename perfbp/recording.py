@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 from . import system
 from .events import Target
 from .planner import Plan
-from .perfdata import PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataWriter
+from .perfdata import (PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataPipeWriter,
+                       PerfDataWriter)
 from .follow import ExecCheck, HolderArmer, MuxArmer, opening_watches, prepare_run
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
@@ -183,157 +184,194 @@ def record(watches: "Sequence", output: str, *,
     Raises:
         PerfbpError: bad input, privilege, slots, process, output path.
     """
-    child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex, trace)
-    mux_slots = the_plan.free if not the_plan.fits else 0
-    # a launched command is armed inside its execve; names whose address is
-    # not known yet start parked, and the tracer moves them
-    at_exec = child is not None
-    opened = opening_watches(ws, arming)
-    execs = ExecCheck(target.pid) if "image" in arming else None
-    sampler = writer = mux = None
+    stream = _StdoutStream() if output == "-" else None
     try:
-        tgt = Target.process(child.pid, name=" ".join(command)) if child else target
-        kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
-        if mux_slots:
-            # the slots take turns: each sampling slot starts on the first
-            # piece and is re-pointed by the multiplexer; samples tell their
-            # watch by address
-            import numpy  # noqa: F401  (attributes them: imported now, its ~0.1 s
-            # does not stretch the first time slice of the run)
-            from .multiplex import Multiplexer
+        child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex, trace)
+        mux_slots = the_plan.free if not the_plan.fits else 0
+        # a launched command is armed inside its execve; names whose address is
+        # not known yet start parked, and the tracer moves them
+        at_exec = child is not None
+        opened = opening_watches(ws, arming)
+        execs = ExecCheck(target.pid) if "image" in arming else None
+        sampler = writer = mux = None
+        try:
+            tgt = Target.process(child.pid, name=" ".join(command)) if child else target
+            kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
+            if mux_slots:
+                # the slots take turns: each sampling slot starts on the first
+                # piece and is re-pointed by the multiplexer; samples tell their
+                # watch by address
+                import numpy  # noqa: F401  (attributes them: imported now, its ~0.1 s
+                # does not stretch the first time slice of the run)
+                from .multiplex import Multiplexer
 
-            from .breakpoint import Breakpoint
+                from .breakpoint import Breakpoint
 
-            ek = ws[0].exclude_kernel
-            group = Multiplexer.preview(opened, mux_slots)
-            # slots the first group leaves free are parked as execute
-            # breakpoints on a data address: armed, in the same pool (x86),
-            # and never hit until the multiplexer gives them a piece
-            parked = Breakpoint.execute(ws[0].pieces[0].address)
-            pieces = [(-1, bp, ek) for bp in group] + \
-                [(-1, parked, ek)] * (mux_slots - len(group))
-        else:
-            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
-                      for bp in w.pieces]
-            kwargs["remove_on_exec"] = [arming[wi] == "image" for wi, _bp, _ek in pieces]
-        sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
-                          enable_on_exec=at_exec, track=True,
-                          exclude_kernel=[p[2] for p in pieces], **kwargs)
-        if mux_slots:
-            mux = Multiplexer(opened, tgt, slice_seconds=multiplex, enable_on_exec=at_exec,
-                              holders=[sampler.slot(j) for j in range(len(pieces))])
-            if child is not None:
-                child.arm(MuxArmer(mux), ws)
-            events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i),
-                                f"perfbp multiplexed slot {i}") for i in range(len(pieces))]
-        else:
-            # one perf.data event per piece, named after its watch: perf shows
-            # the watch's name, and perfbp report merges the pieces back into one
-            events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
-                      for i, (wi, _bp, _ek) in enumerate(pieces)]
-            if child is not None:
-                child.arm(HolderArmer([[sampler.slot(k) for k, p in enumerate(pieces)
-                                        if p[0] == wi] for wi in range(len(ws))]), ws)
-        if sampler.tracking is not None:  # after the watches: event i is watch i
-            events.append(FileEvent(*sampler.tracking, "dummy:u"))
-        writer = PerfDataWriter(output, events)
-        if child is None:
-            # what already runs: COMM and MMAP2 from /proc (a launched command
-            # gets the kernel's own, from its exec on)
-            pids = (_all_pids() if tgt.kind == "cpus"
-                    else [system.thread_group(tgt.pid) or tgt.pid])
-            synth = b"".join(synthesize_process(p, sampler.config) for p in pids)
-            writer.write(synth + FINISHED_ROUND)
-    except BaseException:
-        if sampler is not None:
-            sampler.close()
-        if writer is not None:
-            writer.abandon()
-        if child:
-            child.abort()
-        raise
-    description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
-                   else tgt.describe())
-    ended_by, exit_code = "exit", None
-    start = time.monotonic()
-    stop = StopRequest()
-    try:
-        # from the banner on, Ctrl-C and SIGTERM end the recording cleanly: they
-        # only set a flag that the loop reads between batches, so a signal never
-        # lands between draining a ring and writing what was drained
-        with stop:
-            if child:
-                armed_at = time.monotonic()
-                child.start()  # raises CommandNotFound if exec fails: no banner then
-                if mux is not None:  # the first group counts since exec
-                    mux.start(armed_since=armed_at)
-            by_addr = _AddressCounts(mux) if mux is not None else None
-            batch_hook = on_batch
-            if by_addr is not None:
-                def batch_hook(batch, smp, _user=on_batch):
-                    by_addr.add(batch)
-                    if _user:
-                        _user(batch, smp)
-                if child is None:
-                    mux.start()
-            if on_start:
-                on_start(description, the_plan)
-            ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration,
-                                        batch_hook, stop, mux)
-            # stop the events first: a hit after this is neither counted nor
-            # sampled, so the final drain holds every sample of every counted hit
-            estimates = mux.stop() if mux is not None else None
-            sampler.disable()
-            _flush(sampler, writer, batch_hook)
-            piece_stats = sampler.stats()
-            if child is not None:
-                child.finish()
-                ws = [b[-1].resolution.watch if b else w for w, b in zip(ws, child.bindings)]
-            writer.write(read_records(sampler, piece_stats))
-            sideband_lost = sampler.tracking_lost
-            meta = {"watches": [{"label": w.label, "access": w.access,
-                                 "pieces": [[p.address, p.length] for p in w.pieces]}
-                                for w in ws]}
-            if child is not None:  # where named watches were armed, what happened
-                for d, b, r in zip(meta["watches"], child.bindings, child.recovered):
-                    if b:
-                        d["bindings"] = [x.as_dict() for x in b]
-                    if r:
-                        d["recovered"] = r
-                if child.notes:
-                    meta["notes"] = list(child.notes)
-            if sideband_lost:
-                meta["sideband_lost"] = sideband_lost
-            if mux is not None:
-                stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i],
-                                    period, 1) for i, w in enumerate(ws)]
-                meta["multiplexed"] = [{"seen": e.seen, "coverage": e.coverage,
-                                        "estimate": e.hits, "lost": mux.lost[i]}
-                                       for i, e in enumerate(estimates)]
+                ek = ws[0].exclude_kernel
+                group = Multiplexer.preview(opened, mux_slots)
+                # slots the first group leaves free are parked as execute
+                # breakpoints on a data address: armed, in the same pool (x86),
+                # and never hit until the multiplexer gives them a piece
+                parked = Breakpoint.execute(ws[0].pieces[0].address)
+                pieces = [(-1, bp, ek) for bp in group] + \
+                    [(-1, parked, ek)] * (mux_slots - len(group))
             else:
-                stats = _per_watch(ws, pieces, piece_stats, period)
-            cpus = system.online_cpus()
-            writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
-                          nr_cpus=(len(system.possible_cpus()), len(cpus)), meta=meta)
+                pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
+                          for bp in w.pieces]
+                kwargs["remove_on_exec"] = [arming[wi] == "image" for wi, _bp, _ek in pieces]
+            sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
+                              enable_on_exec=at_exec, track=True,
+                              exclude_kernel=[p[2] for p in pieces], **kwargs)
+            if mux_slots:
+                mux = Multiplexer(opened, tgt, slice_seconds=multiplex, enable_on_exec=at_exec,
+                                  holders=[sampler.slot(j) for j in range(len(pieces))])
+                if child is not None:
+                    child.arm(MuxArmer(mux), ws)
+                events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i),
+                                    f"perfbp multiplexed slot {i}") for i in range(len(pieces))]
+            else:
+                # one perf.data event per piece, named after its watch: perf shows
+                # the watch's name, and perfbp report merges the pieces back into one
+                events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
+                          for i, (wi, _bp, _ek) in enumerate(pieces)]
+                if child is not None:
+                    child.arm(HolderArmer([[sampler.slot(k) for k, p in enumerate(pieces)
+                                            if p[0] == wi] for wi in range(len(ws))]), ws)
+            if sampler.tracking is not None:  # after the watches: event i is watch i
+                events.append(FileEvent(*sampler.tracking, "dummy:u"))
+            writer = (PerfDataPipeWriter(stream.fd, events) if stream is not None
+                      else PerfDataWriter(output, events))
+            if child is None:
+                # what already runs: COMM and MMAP2 from /proc (a launched command
+                # gets the kernel's own, from its exec on)
+                pids = (_all_pids() if tgt.kind == "cpus"
+                        else [system.thread_group(tgt.pid) or tgt.pid])
+                synth = b"".join(synthesize_process(p, sampler.config) for p in pids)
+                writer.write(synth + FINISHED_ROUND)
+        except BaseException:
+            if sampler is not None:
+                sampler.close()
+            if writer is not None:
+                writer.abandon()
+            if child:
+                child.abort()
+            raise
+        description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
+                       else tgt.describe())
+        ended_by, exit_code = "exit", None
+        start = time.monotonic()
+        stop = StopRequest()
+        try:
+            # from the banner on, Ctrl-C and SIGTERM end the recording cleanly: they
+            # only set a flag that the loop reads between batches, so a signal never
+            # lands between draining a ring and writing what was drained
+            with stop:
+                if child:
+                    armed_at = time.monotonic()
+                    child.start()  # raises CommandNotFound if exec fails: no banner then
+                    if mux is not None:  # the first group counts since exec
+                        mux.start(armed_since=armed_at)
+                by_addr = _AddressCounts(mux) if mux is not None else None
+                batch_hook = on_batch
+                if by_addr is not None:
+                    def batch_hook(batch, smp, _user=on_batch):
+                        by_addr.add(batch)
+                        if _user:
+                            _user(batch, smp)
+                    if child is None:
+                        mux.start()
+                if on_start:
+                    on_start(description, the_plan)
+                ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration,
+                                            batch_hook, stop, mux)
+                # stop the events first: a hit after this is neither counted nor
+                # sampled, so the final drain holds every sample of every counted hit
+                estimates = mux.stop() if mux is not None else None
+                sampler.disable()
+                _flush(sampler, writer, batch_hook)
+                piece_stats = sampler.stats()
+                if child is not None:
+                    child.finish()
+                    ws = [b[-1].resolution.watch if b else w for w, b in zip(ws, child.bindings)]
+                writer.write(read_records(sampler, piece_stats))
+                sideband_lost = sampler.tracking_lost
+                meta = {"watches": [{"label": w.label, "access": w.access,
+                                     "pieces": [[p.address, p.length] for p in w.pieces]}
+                                    for w in ws]}
+                if child is not None:  # where named watches were armed, what happened
+                    for d, b, r in zip(meta["watches"], child.bindings, child.recovered):
+                        if b:
+                            d["bindings"] = [x.as_dict() for x in b]
+                        if r:
+                            d["recovered"] = r
+                    if child.notes:
+                        meta["notes"] = list(child.notes)
+                if sideband_lost:
+                    meta["sideband_lost"] = sideband_lost
+                if mux is not None:
+                    stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i],
+                                        period, 1) for i, w in enumerate(ws)]
+                    meta["multiplexed"] = [{"seen": e.seen, "coverage": e.coverage,
+                                            "estimate": e.hits, "lost": mux.lost[i]}
+                                           for i, e in enumerate(estimates)]
+                else:
+                    stats = _per_watch(ws, pieces, piece_stats, period)
+                cpus = system.online_cpus()
+                writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
+                              nr_cpus=(len(system.possible_cpus()), len(cpus)), meta=meta)
+        except BaseException:
+            # the recording cannot go on (the output failed, a bug): the
+            # command perfbp launched must not outlive it
+            if child and child.poll() is None:
+                CommandEnd.kill(child)
+            raise
+        finally:
+            if mux is not None:
+                mux.close()
+            sampler.close()
+            writer.abandon()
+            if child and child.returncode is None:
+                child.wait()
+        extra = {"sideband_lost": sideband_lost}
+        note = execs.note() if execs is not None else None
+        if note:
+            extra["notes"] = (note,)
+        if child is not None:
+            extra.update({"notes": tuple(child.notes), "unattributed": child.unattributed,
+                          "recovered": tuple(child.recovered),
+                          "unresolved": tuple(child.unresolved_error(i)
+                                              for i in child.unresolved()),
+                          "bindings": tuple(tuple(b) for b in child.bindings)})
+        return RecordResult(output, description, [w.label for w in ws], stats,
+                            time.monotonic() - start, ended_by, exit_code, writer.data_size,
+                            estimates, **extra)
     finally:
-        if mux is not None:
-            mux.close()
-        sampler.close()
-        writer.abandon()
-        if child and child.returncode is None:
-            child.wait()
-    extra = {"sideband_lost": sideband_lost}
-    note = execs.note() if execs is not None else None
-    if note:
-        extra["notes"] = (note,)
-    if child is not None:
-        extra.update({"notes": tuple(child.notes), "unattributed": child.unattributed,
-                 "recovered": tuple(child.recovered),
-                 "unresolved": tuple(child.unresolved_error(i) for i in child.unresolved()),
-                 "bindings": tuple(tuple(b) for b in child.bindings)})
-    return RecordResult(output, description, [w.label for w in ws], stats,
-                        time.monotonic() - start, ended_by, exit_code, writer.data_size,
-                        estimates, **extra)
+        if stream is not None:
+            stream.restore()
+
+
+class _StdoutStream:
+    """``-o -``: the recording goes to standard output, as perf's pipe mode.
+
+    The stream gets its own descriptor (a copy of fd 1), and fd 1 becomes a
+    copy of standard error until :meth:`restore`: what perf does for its
+    workload, so neither the command nor a stray print writes into the
+    stream."""
+
+    def __init__(self) -> None:
+        import sys
+
+        sys.stdout.flush()
+        self.fd = os.dup(1)
+        self._saved = os.dup(1)
+        os.dup2(2, 1)
+
+    def restore(self) -> None:
+        import sys
+
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
 
 
 class _AddressCounts:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from .arch import TYPE_NAMES
 from .errors import PerfbpError
 from .perfdata import (HEADER_NRCPUS, CorruptRecording, Recording, attr_summary,
-                       read_recording)
+                       read_recording, stream_extras)
 from .records import Comm, CorruptRecord, Lost, LostSamples, Mmap, Read, Task, decode_bulk
 from .lines import line_table
 from .symbols import Location, Symbolizer
@@ -188,6 +188,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         cols, others = decode_bulk(rec.data, rec.config)
     except CorruptRecord as exc:
         raise CorruptRecording(f"{path}: {exc.message}") from None
+    stream_extras(rec, others)  # a stream carries its features at its end
     # events with one name are one watch (perfbp writes a watch split over
     # several registers as one event per piece, all named after the watch)
     # only breakpoint events are watches (perf records others beside them:

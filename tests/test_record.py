@@ -787,3 +787,90 @@ def test_record_small_ring_counts_lost_samples_exactly(storm, tmp_path, threads,
     p = subprocess.run(["perf", "report", "--stdio", "-i", str(path)],
                        capture_output=True, text=True, timeout=TIMEOUT)
     assert f"# Total Lost Samples: {w['lost']}\n" in p.stdout, p.stdout
+
+
+# -- pipe mode: record -o - ------------------------------------------------------------
+
+def _record_to_pipe(*args: str, stdout=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen([*PERFBP, "record", "-o", "-", *args], cwd=REPO_ROOT,
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE)
+
+
+def test_record_to_stdout_is_a_stream_perf_reads(perf, storm, tmp_path):
+    """``record -o -`` writes perf's pipe mode: perf report and perf script
+    read it from a pipe, with the watch's name; perfbp report -i - reads the
+    same bytes with the kernel's own count."""
+    path = tmp_path / "stream.data"
+    with open(path, "wb") as out:
+        rec = _record_to_pipe("-w", "counter", "--", str(storm), "2", str(STORM_N), stdout=out)
+        _out, err = rec.communicate(timeout=TIMEOUT)
+    assert rec.returncode == 0, err
+    assert path.read_bytes()[:16] == b"PERFILE2" + struct.pack("<Q", 16)  # the pipe header
+    rows = run_perf(perf, "script", "-i", str(path), "-F", "event,ip,sym").stdout.splitlines()
+    report = subprocess.run([perf, "report", "-i", "-", "--stdio"], stdin=open(path, "rb"),
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert "of event 'counter'" in report.stdout, report.stdout + report.stderr
+    r = subprocess.run([*PERFBP, "report", "-i", "-", "--format", "json"], cwd=REPO_ROOT,
+                       stdin=open(path, "rb"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    (w,) = out["watches"]
+    assert (out["producer"], out["path"], w["name"]) == ("perfbp", "-", "counter")
+    assert w["hits"] == len(rows) and w["hits"] + w["lost"] == w["kernel_hits"]
+    assert w["kernel_hits"] + w.get("recovered", 0) == 2 * STORM_N
+    assert all("store_n" in row for row in rows)
+    # the armed address, not the page a name waits on before its program runs
+    assert w["address"] != 0 and w["bindings"]
+
+
+def test_record_to_stdout_keeps_the_command_output_out_of_the_stream(tmp_path):
+    """The command's standard output goes to standard error (as perf does
+    for its workload), so the stream stays whole."""
+    writer = tmp_path / "busy_writer"
+    _gcc("-O1", "-o", str(writer), str(WORKLOADS / "busy_writer.c"))
+    path = tmp_path / "stream.data"
+    with open(path, "wb") as out:
+        rec = _record_to_pipe("-d", "0.3", "-w", "counter", "--", str(writer), stdout=out)
+        _out, err = rec.communicate(timeout=TIMEOUT)
+    assert rec.returncode == 0, err
+    assert b"writing\n" in err and b"writing" not in path.read_bytes()
+    r = subprocess.run([*PERFBP, "report", "-i", "-", "--format", "json"], cwd=REPO_ROOT,
+                       stdin=open(path, "rb"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0 and json.loads(r.stdout)["watches"][0]["hits"] > 0, r.stderr
+
+
+def test_record_to_stdout_ends_when_the_reader_goes(tmp_path):
+    """A reader that closes the pipe ends the recording: one error line,
+    exit 2, and the command perfbp launched does not go on running."""
+    writer = tmp_path / "busy_writer"
+    _gcc("-O1", "-o", str(writer), str(WORKLOADS / "busy_writer.c"))
+    rec = _record_to_pipe("-w", "counter", "--", str(writer))
+    rec.stdout.read(100)
+    rec.stdout.close()
+    _out, err = rec.communicate(timeout=TIMEOUT)
+    lines = [ln for ln in err.decode().splitlines()
+             if ln.startswith("perfbp: error")]
+    assert rec.returncode == 2 and len(lines) == 1, err
+    assert "Broken pipe" in lines[0] and "Traceback" not in err.decode()
+    assert not [p for p in os.listdir("/proc") if p.isdigit()
+                and _exe(int(p)) == str(writer)], "the command outlived perfbp"
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def test_record_to_stdout_refuses_json_and_a_terminal(tmp_path):
+    one_error_line(run_perfbp("record", "-o", "-", "--json", "-w", "0x10000", "--", "true"))
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run([*PERFBP, "record", "-o", "-", "-w", "0x10000", "--", "true"],
+                           cwd=REPO_ROOT, stdout=slave, stderr=subprocess.PIPE, text=True,
+                           timeout=TIMEOUT)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2 and "which is a terminal" in r.stderr, r.stderr
