@@ -166,7 +166,16 @@ class PerfDataWriter:
         """Append whole records, then make the header cover them."""
         if not records:
             return
-        self._write_all(records, self._pos)
+        try:
+            self._write_all(records, self._pos)
+        except PerfbpError:
+            # a batch cut by a full disk: drop its part, so that the file is
+            # exactly the header and the batches before (what perf reads)
+            try:
+                os.ftruncate(self.fd, self._pos)
+            except OSError:
+                pass
+            raise
         self._pos += len(records)
         self.data_size += len(records)
         # the header now covers the new records: a cut after this point

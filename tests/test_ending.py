@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -130,3 +131,31 @@ def test_record_attached_to_a_busy_writer_accounts_for_every_hit(writer, tmp_pat
         if proc is not None:
             proc.kill()
             proc.wait()
+
+
+def test_record_on_a_full_disk_keeps_whole_batches_and_stops_the_command(writer, tmp_path):
+    """The disk fills: one error line, exit 2, the command stopped, and the
+    file holds exactly the header and the whole batches before (perf reads
+    as many samples as perfbp)."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "full.data"
+        r = subprocess.run([*PERFBP, "record", "-w", "counter", "-o", str(out), "--",
+                            str(writer)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("perfbp: error")]
+        assert r.returncode == 2 and len(errors) == 1, r.stderr
+        assert "No space left on device" in errors[0] and "Traceback" not in r.stderr
+        assert not any(_alive(int(p), writer) for p in os.listdir("/proc") if p.isdigit())
+        blob = out.read_bytes()
+        data_offset, data_size = struct.unpack_from("<QQ", blob, 40)
+        assert data_size > 0 and data_offset + data_size == len(blob)
+        perf = subprocess.run(["perf", "script", "-i", str(out)], capture_output=True,
+                              text=True, timeout=60)
+        rep = subprocess.run([*PERFBP, "report", "-i", str(out), "--format", "json"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert rep.returncode == 0, rep.stderr
+        assert json.loads(rep.stdout)["samples"] == len(perf.stdout.splitlines()) > 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
