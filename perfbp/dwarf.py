@@ -42,6 +42,8 @@ from functools import lru_cache
 from io import BytesIO
 from typing import Iterator, NamedTuple, Optional, Union
 
+from elftools.dwarf.enums import ENUM_DW_LANG
+
 from .errors import InvalidBreakpoint, SymbolNotFound
 from .system import open_regular
 
@@ -595,7 +597,13 @@ _QUALIFIERS = {"DW_TAG_const_type": "const", "DW_TAG_volatile_type": "volatile",
 _KEYWORDS = {"DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union",
              "DW_TAG_class_type": "class", "DW_TAG_enumeration_type": "enum"}
 # languages whose arrays start at 1 unless DW_AT_lower_bound says otherwise
-_ONE_BASED = {0x2, 0x5, 0x7, 0x8, 0x9, 0xA, 0xD, 0xE, 0xF, 0x17, 0x22, 0x23, 0x2E}
+# (DWARF 5, table 7.17 "Language default lower bound values")
+_ONE_BASED = frozenset(ENUM_DW_LANG[name] for name in (
+    "DW_LANG_Ada83", "DW_LANG_Ada95", "DW_LANG_Ada2005", "DW_LANG_Ada2012",
+    "DW_LANG_Cobol74", "DW_LANG_Cobol85", "DW_LANG_Fortran77", "DW_LANG_Fortran90",
+    "DW_LANG_Fortran95", "DW_LANG_Fortran03", "DW_LANG_Fortran08", "DW_LANG_Fortran18",
+    "DW_LANG_Julia", "DW_LANG_Modula2", "DW_LANG_Modula3", "DW_LANG_Pascal83",
+    "DW_LANG_PLI"))
 
 
 def _attr(die, name: str, default=None):

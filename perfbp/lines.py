@@ -41,23 +41,24 @@ from .system import open_regular
 
 __all__ = ["SourceLine", "LineTable", "line_table"]
 
-# Standard opcodes (DWARF 5, 6.2.5.2) and extended opcodes (6.2.5.3).
-DW_LNS_copy = 1
-DW_LNS_advance_pc = 2
-DW_LNS_advance_line = 3
-DW_LNS_set_file = 4
-DW_LNS_set_column = 5
-DW_LNS_negate_stmt = 6
-DW_LNS_set_basic_block = 7
-DW_LNS_const_add_pc = 8
-DW_LNS_fixed_advance_pc = 9
-DW_LNS_set_prologue_end = 10
-DW_LNS_set_epilogue_begin = 11
-DW_LNS_set_isa = 12
-DW_LNE_end_sequence = 1
-DW_LNE_set_address = 2
-DW_LNE_define_file = 3      # DWARF 2-4 only
-DW_LNE_set_discriminator = 4
+# Standard opcodes (DWARF 5, 6.2.5.2) and extended opcodes (6.2.5.3), by
+# pyelftools' names (DW_LNE_define_file is DWARF 2-4 only)
+from elftools.dwarf.constants import (  # noqa: E402
+    DW_LNE_define_file,
+    DW_LNE_end_sequence,
+    DW_LNE_set_address,
+    DW_LNS_advance_line,
+    DW_LNS_advance_pc,
+    DW_LNS_const_add_pc,
+    DW_LNS_copy,
+    DW_LNS_fixed_advance_pc,
+    DW_LNS_negate_stmt,
+    DW_LNS_set_basic_block,
+    DW_LNS_set_column,
+    DW_LNS_set_epilogue_begin,
+    DW_LNS_set_file,
+    DW_LNS_set_prologue_end,
+)
 
 SHF_ALLOC = 0x2
 SHF_EXECINSTR = 0x4

@@ -459,3 +459,47 @@ def test_public_api():
     fields = [f for f in Member.__dataclass_fields__]
     assert fields == ["variable", "expr", "offset", "size", "type_name", "bitfield"]
     assert re.search(r"Raises:", resolve_member.__doc__)
+
+
+class _Attr:
+    def __init__(self, value, form="DW_FORM_data1"):
+        self.value, self.form = value, form
+
+
+class _Die:
+    """Just what ``dwarf._dims`` reads of a DIE."""
+
+    def __init__(self, tag, attributes, children=(), cu=None):
+        self.tag, self.attributes, self._children, self.cu = tag, attributes, children, cu
+
+    def iter_children(self):
+        return iter(self._children)
+
+    def get_top_DIE(self):
+        return self._top
+
+
+def _array_in(language: str, upper: int) -> "_Die":
+    """An array ``[upper]``-style DIE (one subrange with only an upper bound)
+    in a unit of ``language``."""
+    from elftools.dwarf.enums import ENUM_DW_LANG
+
+    cu = _Die("DW_TAG_compile_unit", {})
+    cu._top = _Die("DW_TAG_compile_unit",
+                   {"DW_AT_language": _Attr(ENUM_DW_LANG[language], "DW_FORM_data2")})
+    sub = _Die("DW_TAG_subrange_type", {"DW_AT_upper_bound": _Attr(upper)})
+    return _Die("DW_TAG_array_type", {}, [sub], cu)
+
+
+@pytest.mark.parametrize("language, lower, count", [
+    ("DW_LANG_C", 0, 10), ("DW_LANG_C89", 0, 10), ("DW_LANG_C11", 0, 10),
+    ("DW_LANG_Rust", 0, 10),
+    ("DW_LANG_Fortran90", 1, 9), ("DW_LANG_Ada83", 1, 9), ("DW_LANG_Cobol85", 1, 9),
+    ("DW_LANG_Pascal83", 1, 9),
+])
+def test_default_lower_bound_follows_the_language(language, lower, count):
+    """DWARF 5 table 7.17: C arrays start at 0 and Fortran, Ada, Cobol and
+    Pascal arrays at 1 when the subrange gives no DW_AT_lower_bound; an
+    upper bound of 9 is then 10 or 9 elements."""
+    (dim,) = dwarf._dims(_array_in(language, 9))
+    assert (dim.lower, dim.count) == (lower, count)
