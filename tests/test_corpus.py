@@ -23,8 +23,6 @@ that reproduces it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import random
@@ -33,13 +31,12 @@ import struct
 import subprocess
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from perfbp import cli
+from conftest import cli_in_process, cli_problem
 from perfbp.perfdata import FILE_HEADER, SECTION, feature_sections, read_recording
 
 REPO = Path(__file__).resolve().parent.parent
@@ -513,55 +510,17 @@ def mutants(seeds: "dict[str, tuple[bytes, str]]", targets: "list[str]", count: 
 # --- running report ------------------------------------------------------------------------
 
 
-class TooSlow(Exception):
-    pass
-
-
-def _alarm(_sig, _frame):
-    raise TooSlow()
-
-
 OPTIONS = (["--format", "table"], ["--format", "json"], ["--format", "csv"],
            ["--sort", "symbol"], ["--sort", "thread"], ["--sort", "cpu"],
            ["--format", "json", "--sort", "symbol", "--top", "1"])
 
 
-def report_in_process(args: "list[str]") -> "tuple[int, str, str, float]":
-    """``perfbp report ARGS`` through the CLI's main: (exit code, stdout,
-    stderr, seconds); an exception that escapes main is a traceback."""
-    out, err = io.StringIO(), io.StringIO()
-    start = time.monotonic()
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(LIMIT)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli.main(["report", *args])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    except TooSlow:
-        code = "timeout"
-    except BaseException as exc:  # what a user would see as a traceback
-        code = "traceback"
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        err.write(f"Traceback: {type(exc).__name__}: {str(exc)[:300]} at "
-                  f"{Path(where.filename).name}:{where.lineno} ({where.line})")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return code, out.getvalue(), err.getvalue(), time.monotonic() - start
+def report_in_process(args: "list[str]") -> "tuple[int | str, str, str, float]":
+    return cli_in_process(["report", *args], LIMIT)
 
 
 def _problem(code, stderr: str, seconds: float) -> "str | None":
-    if code == "timeout" or seconds >= LIMIT:
-        return f"took {seconds:.1f} s (limit {LIMIT} s)"
-    if code not in (0, 2) or "Traceback" in stderr:
-        return f"exit {code}: {stderr.strip()[-1500:]}"
-    errors = [ln for ln in stderr.splitlines() if ln.startswith("perfbp: error:")]
-    if code == 2 and len(errors) != 1:
-        return f"exit 2 with {len(errors)} error lines: {stderr.strip()[-500:]}"
-    return None
+    return cli_problem(code, stderr, seconds, LIMIT)
 
 
 @pytest.fixture(scope="module")
