@@ -525,6 +525,10 @@ def _read_pipe(path: str, blob: bytes) -> Recording:
             asize = asize or 64
             if asize > len(body):
                 raise CorruptRecording(f"{path}: a HEADER_ATTR record is cut short")
+            if asize < 64:  # PERF_ATTR_SIZE_VER0: no attr is smaller
+                raise CorruptRecording(f"{path}: a HEADER_ATTR record holds an attr of "
+                                       f"{asize} bytes (the smallest is 64): the file is "
+                                       f"damaged")
             ids_raw = body[asize:]
             ids = struct.unpack_from(f"<{len(ids_raw) // 8}Q", ids_raw, 0)
             events.append(FileEvent(body[:asize], tuple(ids), ""))
