@@ -38,9 +38,18 @@ app = typer.Typer(
 BAD_INPUT = 2
 
 
+def error(message: str) -> None:
+    """Print one error line: characters that are not printable (a newline or
+    an escape sequence in a path or value the message names) are escaped as
+    Python escapes them, so that it stays one line and cannot move the
+    terminal's cursor."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    typer.echo(f"perfbp: error: {text}", err=True)
+
+
 def fail(message: str, code: int = BAD_INPUT) -> "typer.Exit":
     """Print one error line and leave with ``code``."""
-    typer.echo(f"perfbp: error: {message}", err=True)
+    error(message)
     return typer.Exit(code)
 
 
@@ -270,7 +279,7 @@ def _unresolved(result) -> None:
     """A name no program of the run defined: exit 2 (after the counts)."""
     if result.unresolved:
         for err in result.unresolved[1:]:
-            typer.echo(f"perfbp: error: {err}", err=True)
+            error(err)
         raise fail(str(result.unresolved[0]))
 
 
@@ -622,7 +631,7 @@ def report(
     else:
         rep = perfbp.load_report(input, top=top, sort=sort)
     if rep.truncated:
-        typer.echo(f"perfbp: {input} was cut short (the recording did not finish); "
+        typer.echo(f"perfbp: {shown(input, 200)} was cut short (the recording did not finish); "
                    f"reporting the {rep.samples:,} samples it holds", err=True)
     if fmt == "json":
         typer.echo(json.dumps(rep.as_dict()))
@@ -844,10 +853,10 @@ def main(argv: "list[str] | None" = None) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.ctx.get_help())
             sys.exit(0)
-        typer.echo(f"perfbp: error: {exc.format_message()} (see perfbp --help)", err=True)
+        error(f"{exc.format_message()} (see perfbp --help)")
         sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
-        typer.echo(f"perfbp: error: {exc}", err=True)
+        error(str(exc))
         sys.exit(BAD_INPUT)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("perfbp: interrupted", err=True)

@@ -189,7 +189,9 @@ class LiveSession:
         while True:
             now = time.monotonic()
             wake = self._next if self.mux is None else min(self._next, self.mux.next_rotation())
-            events = poller.poll(int(max(0.0, wake - now) * 1000))
+            # at most a minute a wait: poll takes an int of milliseconds, and
+            # an interval of 1e308 s is still a wait that ends
+            events = poller.poll(int(min(max(0.0, wake - now), 60.0) * 1000))
             if self.mux is not None and time.monotonic() >= self.mux.next_rotation():
                 self.mux.rotate()
             self._drain()

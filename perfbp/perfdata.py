@@ -188,17 +188,9 @@ class PerfDataWriter:
         if self.closed:
             return
         feats = self._features(cmdline, nr_cpus, meta)
-        table_off = self._pos
-        off = table_off + SECTION.size * len(feats)
-        table = bytearray()
-        blob = bytearray()
-        bits = 0
-        for bit, data in feats:
-            table += SECTION.pack(off + len(blob), len(data))
-            blob += data
-            bits |= 1 << bit
-        self._write_all(bytes(table) + bytes(blob), table_off)
-        self._write_all(self._header(bits.to_bytes(32, "little")), 0)
+        sections, bits = feature_sections(feats, self._pos)
+        self._write_all(sections, self._pos)
+        self._write_all(self._header(bits), 0)
         os.fsync(self.fd)
         os.close(self.fd)
         self.closed = True
@@ -326,6 +318,21 @@ def stream_extras(rec: "Recording", others: "list") -> None:
             rec.features[HEADER_PERFBP] = r.data[8:].rstrip(b"\0")
 
 
+def feature_sections(feats: "list[tuple[int, bytes]]", table_off: int) -> "tuple[bytes, bytes]":
+    """The feature table (one section a bit, in order) written at
+    ``table_off`` with the sections after it, and the header's 32 bytes of
+    feature bits."""
+    off = table_off + SECTION.size * len(feats)
+    table = bytearray()
+    blob = bytearray()
+    bits = 0
+    for bit, data in feats:
+        table += SECTION.pack(off + len(blob), len(data))
+        blob += data
+        bits |= 1 << bit
+    return bytes(table) + bytes(blob), bits.to_bytes(32, "little")
+
+
 def create_output(path: str) -> int:
     """Create ``path`` for writing: new, 0600, never through a symlink.
 
@@ -397,16 +404,27 @@ class Recording:
 
     @property
     def meta(self) -> dict:
-        """perfbp's own description of the watches (empty for perf's files)."""
+        """perfbp's own description of the watches (empty for perf's files).
+
+        Raises:
+            CorruptRecording: the description is there but damaged (not
+                JSON, or a field of the wrong type): the watches it would
+                name cannot be trusted.
+        """
         raw = self.features.get(HEADER_PERFBP)
         if not raw:
             return {}
         import json
         try:
             value = json.loads(raw)
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
+        except (ValueError, RecursionError):
+            value = None
+        problem = _meta_problem(value)
+        if problem:
+            raise CorruptRecording(f"{self.path}: perfbp's description of its watches (header "
+                                   f"feature {HEADER_PERFBP}) is damaged: {problem}; perf "
+                                   f"report -i still reads its samples")
+        return value
 
     @property
     def producer(self) -> str:
@@ -435,6 +453,49 @@ class Recording:
             return out
         except struct.error:
             return []
+
+
+def _meta_problem(meta) -> "str | None":
+    """What is wrong with a HEADER_PERFBP description (see recording.py,
+    which writes it), or None: each field the readers use has its type."""
+    def is_int(x, lo=0, hi=(1 << 64) - 1) -> bool:
+        return type(x) is int and lo <= x <= hi
+
+    def dicts(x) -> bool:
+        return isinstance(x, list) and all(isinstance(d, dict) for d in x)
+
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    if not dicts(meta.get("watches", [])):
+        return "watches is not a list of objects"
+    for n, w in enumerate(meta.get("watches", [])):
+        pieces = w.get("pieces", [])
+        if not (isinstance(w.get("label", ""), str) and isinstance(w.get("access", ""), str)
+                and isinstance(pieces, list) and pieces
+                and all(isinstance(p, list) and len(p) == 2 and is_int(p[0]) and is_int(p[1])
+                        for p in pieces)):
+            return f"watch {n} has no label, access or pieces [[address, length], ...]"
+        if not is_int(w.get("recovered", 0)) or not dicts(w.get("bindings", [])):
+            return f"watch {n} has damaged bindings or recovered hits"
+        for b in w.get("bindings", []):
+            copy = b.get("copy_of", {"object": ""})
+            if not (is_int(b.get("pid"), 0, 1 << 32) and is_int(b.get("hits"))
+                    and isinstance(b.get("program"), str) and isinstance(b.get("object"), str)
+                    and isinstance(copy, dict) and isinstance(copy.get("object"), str)):
+                return f"watch {n} has a damaged binding"
+    notes = meta.get("notes", [])
+    if not (isinstance(notes, list) and all(isinstance(x, str) for x in notes)):
+        return "notes is not a list of strings"
+    if not is_int(meta.get("sideband_lost", 0)):
+        return "sideband_lost is not a count"
+    if not dicts(meta.get("multiplexed", [])):
+        return "multiplexed is not a list of objects"
+    for n, m in enumerate(meta.get("multiplexed", [])):
+        coverage = m.get("coverage")
+        if not (all(is_int(m.get(k)) for k in ("seen", "estimate", "lost"))
+                and type(coverage) in (int, float) and 0 <= coverage <= 1):
+            return f"the turns of watch {n} (multiplexed) are damaged"
+    return None
 
 
 def _attr_fields(raw: bytes) -> "tuple[int, int, int, int, int, int, int]":
@@ -591,6 +652,10 @@ def _read_pipe(path: str, blob: bytes) -> Recording:
             asize = asize or 64
             if asize > len(body):
                 raise CorruptRecording(f"{path}: a HEADER_ATTR record is cut short")
+            if asize < 64:  # PERF_ATTR_SIZE_VER0: no attr is smaller
+                raise CorruptRecording(f"{path}: a HEADER_ATTR record holds an attr of "
+                                       f"{asize} bytes (the smallest is 64): the file is "
+                                       f"damaged")
             ids_raw = body[asize:]
             ids = struct.unpack_from(f"<{len(ids_raw) // 8}Q", ids_raw, 0)
             events.append(FileEvent(body[:asize], tuple(ids), ""))

@@ -154,9 +154,13 @@ def parse(text: str) -> WatchSpec:
     Raises:
         InvalidBreakpoint: naming the part that is wrong and a correct example.
     """
-    if len(text) > MAX_SPEC or any(ord(c) < 32 or c == "\x7f" for c in text):
+    if len(text) > MAX_SPEC or not text.isprintable():
+        import unicodedata
+
+        control = any(unicodedata.category(c) == "Cc" for c in text)
         what = (f"is {len(text):,} characters long" if len(text) > MAX_SPEC else
-                "contains control characters")
+                "contains control characters" if control else
+                "contains unprintable characters")
         raise InvalidBreakpoint(f"watch {text[:40]!r}{'...' if len(text) > 40 else ''} "
                                 f"{what}: a spec is [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN]"
                                 f"[:ACCESS][:u|k], at most {MAX_SPEC} characters")

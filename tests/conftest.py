@@ -337,3 +337,76 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for nodeid, runs, passed in _MACHINE.get("again", []):
         terminalreporter.write_line(f"  ran {runs} times ({'passed' if passed else 'failed'}): "
                                     f"{nodeid}")
+
+
+# -- the CLI in this process, for the fuzzers (test_corpus, test_fuzz_cli) ------------
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _too_slow(_sig, _frame):
+    raise _TooSlow()
+
+
+def cli_in_process(argv: "list[str]", limit: int = 10) -> "tuple[int | str, str, str, float]":
+    """``perfbp ARGV`` through the CLI's ``main`` in this process: ``(exit
+    code, stdout, stderr, seconds)``.  The code is ``"timeout"`` when it ran
+    past ``limit`` seconds (SIGALRM), ``"traceback"`` when an exception
+    escaped ``main`` (what a user would see as a traceback; stderr then
+    ends with a ``Traceback:`` line naming it and where it was raised)."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+
+    from perfbp import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    start = time.monotonic()
+    old = signal.signal(signal.SIGALRM, _too_slow)
+    signal.alarm(limit)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(list(argv))
+                code: "int | str" = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    except _TooSlow:
+        code = "timeout"
+    except BaseException as exc:
+        code = "traceback"
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        err.write(f"Traceback: {type(exc).__name__}: {str(exc)[:300]!r} at "
+                  f"{Path(where.filename).name}:{where.lineno} ({where.line})")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    return code, out.getvalue(), err.getvalue(), time.monotonic() - start
+
+
+def cli_problem(code, stderr: str, seconds: float, limit: int = 10,
+                codes: "tuple[int, ...]" = (0, 2)) -> "str | None":
+    """What is wrong with a run of the CLI, or None: it must end within
+    ``limit`` seconds with one of ``codes`` and no traceback, and bad input
+    (exit 2) gets one error line (one per name, when names were not found),
+    with no raw control characters."""
+    if code == "timeout" or seconds >= limit:
+        return f"took {seconds:.1f} s (limit {limit} s)"
+    if code not in codes or "Traceback" in stderr:
+        return f"exit {code}: {stderr.strip()[-1500:]}"
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("perfbp: error:")]
+    if code == 2 and not errors:
+        return f"exit 2 with no error line: {stderr.strip()[-500:]!r}"
+    if len(errors) > 1 and not all("not found" in e or "no symbol" in e for e in errors):
+        return f"{len(errors)} error lines: {stderr.strip()[-500:]!r}"
+    for e in errors:
+        if not e.isprintable():  # control characters, bidi overrides, lone surrogates
+            return f"raw control or unprintable characters in {e[:300]!r}"
+    lines = stderr.splitlines()
+    after = lines[lines.index(errors[0]):] if errors else []
+    if any(not ln.startswith("perfbp: error:") for ln in after):
+        return f"an error message of more than one line: {stderr.strip()[-500:]!r}"
+    return None

@@ -78,9 +78,19 @@ def test_huge_cpu_lists_are_refused_without_expanding_them():
     (["stat", "-d", "inf", "-w", "0x10000", "--", "true"], ["positive number"]),
     (["stat", "-d", "-1", "-w", "0x10000", "--", "true"], ["positive number"]),
     (["report", "--top", "-1", "-i", "/dev/null"], ["--top"]),
+    # what the messages quote is escaped, whoever wrote the message
+    (["report", "-i", "/no/such\nperfbp: error: forged"], ["cannot read", r"\n"]),
+    (["check", "--x\x1b[2J"], ["No such option", r"\x1b"]),
+    (["stat", "-w", "0x1\x9b31m", "--", "true"], ["contains control characters"]),
+    (["stat", "-w", "0x1\u202e", "--", "true"], ["contains unprintable characters"]),
 ])
 def test_bad_values_get_one_short_line(args, words):
     one_line(perfbp(*args), *words)
+
+
+def test_top_with_an_interval_of_1e308_seconds_still_ends():
+    r = perfbp("top", "--interval", "1e308", "-w", "0x10000", "--", "true")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
 
 
 def test_output_to_a_device_is_refused_before_the_run():
