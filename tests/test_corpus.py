@@ -4,7 +4,7 @@ no traceback.
 
 The seeds are made at test time on a small C workload (rec_writers): by
 ``perfbp record`` (with and without -g, one multiplexed), and by ``perf
-record -e mem:ADDR/8:w`` (file and pipe mode, with and without -g).  From
+record -e mem:ADDR/8:w`` (file and pipe mode, with and without -g; perfbp's in pipe mode too).  From
 them :func:`mutants` makes :data:`COUNT` mutants with ``random.Random(SEED)``:
 bit flips, truncations at every boundary the format has (header, attrs,
 ids, records, feature sections), header and attr fields set to 0, huge or
@@ -117,6 +117,9 @@ def seeds(workdir) -> "dict[str, bytes]":
                                *[a for off in range(0, 40, 8)
                                  for a in ("-w", f"{counter + off:#x}")],
                                "--", *work], d / "perfbp-mux.data"),
+        # perfbp's pipe mode: names, features and its JSON as records in the stream
+        "perfbp-pipe": _record([*perfbp, "-o", "-", "-w", "counter", "--", *work],
+                               d / "perfbp-pipe.data", stdout_is_data=True),
         "perf": _record([*perf, "-o", str(d / "perf.data"), "--", *work], d / "perf.data"),
         "perf-g": _record([*perf, "-g", "-o", str(d / "perf-g.data"), "--", *work],
                           d / "perf-g.data"),
@@ -551,7 +554,7 @@ def test_corpus_is_large_and_varied(corpus):
     assert len(corpus) >= 500
     kinds = {kind.split("+")[0] for _i, _n, kind, _p, _o in corpus}
     assert kinds == set(MUTATIONS)
-    assert len({n for _i, n, _k, _p, _o in corpus}) == 6
+    assert len({n for _i, n, _k, _p, _o in corpus}) == 7
 
 
 def test_report_survives_every_mutant_in_process(corpus, capsys):
