@@ -3,9 +3,9 @@ lost, nothing hangs): every mutant ends in under 10 s with exit 0 or 2 and
 no traceback.
 
 The seeds are made at test time on a small C workload (rec_writers): by
-``perfbp record`` (with and without -g, one multiplexed), and by ``perf
-record -e mem:ADDR/8:w`` (file and pipe mode, with and without -g; perfbp's in pipe mode too).  From
-them :func:`mutants` makes :data:`COUNT` mutants with ``random.Random(SEED)``:
+``perfbp record`` (with and without -g, one multiplexed, one in pipe mode),
+and by ``perf record -e mem:ADDR/8:w`` (file and pipe mode, with and
+without -g).  From them :func:`mutants` makes :data:`COUNT` mutants with ``random.Random(SEED)``:
 bit flips, truncations at every boundary the format has (header, attrs,
 ids, records, feature sections), header and attr fields set to 0, huge or
 negative, record sizes and types corrupted, feature sections garbled,
