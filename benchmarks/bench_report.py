@@ -270,8 +270,12 @@ def profile_report(path: str, env: dict, workdir: str) -> dict:
         return lambda f, n: n == fn and f.replace("\\", "/").endswith(f"perfbp/{mod}.py")
 
     load = _cum(st, perfbp_fn("report", "load_report"))
-    read = _cum(st, perfbp_fn("perfdata", "read_recording"))
-    trim = _cum(st, perfbp_fn("perfdata", "_trim_partial"))
+    # the file is read by read_recording (before the data was read in
+    # windows) or by Recording.chunks (since); whole_records_end is the
+    # framing check either way
+    read = _cum(st, perfbp_fn("perfdata", "read_recording")) + \
+        _cum(st, perfbp_fn("perfdata", "chunks"))
+    trim = _cum(st, perfbp_fn("records", "whole_records_end"))
     decode = _cum(st, perfbp_fn("records", "decode_bulk"))
     # Symbolizer.resolve (outermost: KernelSymbols.resolve shares the name)
     sym_outer = _cum(st, lambda f, n: n == "resolve" and f.endswith("perfbp/symbols.py"))
@@ -292,8 +296,8 @@ def profile_report(path: str, env: dict, workdir: str) -> dict:
     phases = {
         "total (profiled process)": total,
         "load_report": load,
-        "  read_recording (file read + framing check)": read,
-        "    _trim_partial (framing check)": trim,
+        "  read_recording + chunks (file read + framing check)": read,
+        "    whole_records_end (framing check)": trim,
         "  decode_bulk": decode,
         "  symbolization (Symbolizer.resolve)": sym_outer,
         "    /proc/kallsyms parse": kallsyms,
