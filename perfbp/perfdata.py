@@ -259,7 +259,7 @@ def create_output(path: str) -> int:
 
 #: bytes of a data section read at a time (:meth:`Recording.chunks`): what
 #: reading a recording costs in memory, whatever its length
-DATA_WINDOW = 8 << 20
+DATA_WINDOW = 1 << 20
 
 
 @dataclass
