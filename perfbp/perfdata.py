@@ -12,7 +12,10 @@ short (perfbp killed, disk full) is still a valid perf.data file holding
 every batch written before the cut.
 
 Readers here take perfbp's files and perf's own, in file mode or pipe mode
-(``perf record -o -``).  The layouts follow
+(``perf record -o -``).  They read the header, attrs and feature sections, and
+leave the data section on disk: :meth:`Recording.chunks` reads it in windows
+of whole records, so that reading a recording costs the same memory whatever
+its length.  The layouts follow
 ``tools/perf/Documentation/perf.data-file-format.txt``.
 """
 
