@@ -270,8 +270,12 @@ def profile_report(path: str, env: dict, workdir: str) -> dict:
         return lambda f, n: n == fn and f.replace("\\", "/").endswith(f"perfbp/{mod}.py")
 
     load = _cum(st, perfbp_fn("report", "load_report"))
-    read = _cum(st, perfbp_fn("perfdata", "read_recording"))
-    trim = _cum(st, perfbp_fn("perfdata", "_trim_partial"))
+    # the file is read by read_recording (before the data was read in
+    # windows) or by Recording.chunks (since); whole_records_end is the
+    # framing check either way
+    read = _cum(st, perfbp_fn("perfdata", "read_recording")) + \
+        _cum(st, perfbp_fn("perfdata", "chunks"))
+    trim = _cum(st, perfbp_fn("records", "whole_records_end"))
     decode = _cum(st, perfbp_fn("records", "decode_bulk"))
     # Symbolizer.resolve (outermost: KernelSymbols.resolve shares the name)
     sym_outer = _cum(st, lambda f, n: n == "resolve" and f.endswith("perfbp/symbols.py"))
@@ -292,8 +296,8 @@ def profile_report(path: str, env: dict, workdir: str) -> dict:
     phases = {
         "total (profiled process)": total,
         "load_report": load,
-        "  read_recording (file read + framing check)": read,
-        "    _trim_partial (framing check)": trim,
+        "  read_recording + chunks (file read + framing check)": read,
+        "    whole_records_end (framing check)": trim,
         "  decode_bulk": decode,
         "  symbolization (Symbolizer.resolve)": sym_outer,
         "    /proc/kallsyms parse": kallsyms,
@@ -374,24 +378,14 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the program and the recording in DIR")
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the -X importtime and cProfile runs")
-    ap.add_argument("--perfbp", metavar="DIR", default=str(_ROOT),
-                    help="directory holding the perfbp package to benchmark "
-                         "(default: this checkout)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    common_options(ap)
     args = ap.parse_args(argv)
 
-    pdir = str(Path(args.perfbp).resolve())
-    if not (Path(pdir) / "perfbp" / "__init__.py").exists():
-        print(f"no perfbp package in {pdir}", file=sys.stderr)
+    try:
+        pdir, perf, perf_version, env = setup(args.perfbp)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    perf = shutil.which("perf")
-    if perf is None:
-        print("perf is not on PATH (Debian: apt-get install linux-perf)", file=sys.stderr)
-        return 2
-    env = dict(os.environ)
-    env["PYTHONPATH"] = pdir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    perf_version = subprocess.run([perf, "--version"], capture_output=True,
-                                  text=True).stdout.strip()
 
     load_before = os.getloadavg()[0]
     workdir = args.keep or tempfile.mkdtemp(prefix="perfbp-bench-report-")
@@ -466,10 +460,44 @@ def main(argv=None) -> int:
         "times": times, "rows": rows, "goal_ratio": GOAL_RATIO,
         "imports": imports, "profile": profile,
     }
+    return finish(result, load_before, args.json, print_table)
+
+
+def common_options(ap: argparse.ArgumentParser) -> None:
+    """``--perfbp DIR`` and ``--json``."""
+    ap.add_argument("--perfbp", metavar="DIR", default=str(_ROOT),
+                    help="directory holding the perfbp package to benchmark "
+                         "(default: this checkout)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def setup(perfbp_dir: str) -> "tuple[str, str, str, dict]":
+    """The perfbp directory measured, perf's path and version, and the
+    children's environment (that directory first on PYTHONPATH).
+
+    Raises:
+        RuntimeError: no perfbp package in the directory, or no perf.
+    """
+    pdir = str(Path(perfbp_dir).resolve())
+    if not (Path(pdir) / "perfbp" / "__init__.py").exists():
+        raise RuntimeError(f"no perfbp package in {pdir}")
+    perf = shutil.which("perf")
+    if perf is None:
+        raise RuntimeError("perf is not on PATH (Debian: apt-get install linux-perf)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pdir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    perf_version = subprocess.run([perf, "--version"], capture_output=True,
+                                  text=True).stdout.strip()
+    return pdir, perf, perf_version, env
+
+
+def finish(result: dict, load_before: float, as_json: bool, print_table) -> int:
+    """Print the result (a table, or one JSON object), with a warning when
+    the machine was busy; exit status 0."""
     if load_before > 1.0:
         result["warning"] = (f"the machine was busy before the run (load average "
                              f"{load_before:.2f}): the figures are noisy")
-    if args.json:
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)

@@ -12,7 +12,10 @@ short (perfbp killed, disk full) is still a valid perf.data file holding
 every batch written before the cut.
 
 Readers here take perfbp's files and perf's own, in file mode or pipe mode
-(``perf record -o -``).  The layouts follow
+(``perf record -o -``).  They read the header, attrs and feature sections, and
+leave the data section on disk: :meth:`Recording.chunks` reads it in windows
+of whole records, so that reading a recording costs the same memory whatever
+its length.  The layouts follow
 ``tools/perf/Documentation/perf.data-file-format.txt``.
 """
 
@@ -22,6 +25,7 @@ import errno as E
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from ._version import __version__ as version
 from ._uapi import PERF_FORMAT_LOST
@@ -376,17 +380,24 @@ def create_output(path: str) -> int:
 # --- reading -----------------------------------------------------------------------------
 
 
+#: bytes of a data section read at a time (:meth:`Recording.chunks`): what
+#: reading a recording costs in memory, whatever its length
+DATA_WINDOW = 1 << 20
+
+
 @dataclass
 class Recording:
-    """A perf.data file read into memory.
+    """A perf.data file: its header read, its data section read on demand.
 
     Attributes:
         path: where it came from.
         events: the attrs, with ids and names.
         config: how to decode its records (all events share one sample_type).
-        data: the bytes of the data section.
+        data_offset, data_end: where the data section lies in the file (as
+            the header says, cut to the file's length).
         truncated: the file ended before the header said (cut short), or the
-            data section was cut inside a record.
+            data section was cut inside a record (known once
+            :meth:`chunks` has reached the end, or :attr:`data` was read).
         pipe: the file is in pipe mode.
         features: raw feature sections by bit.
     """
@@ -394,10 +405,57 @@ class Recording:
     path: str
     events: "list[FileEvent]"
     config: ParseConfig
-    data: bytes
+    data_offset: int
+    data_end: int
     truncated: bool = False
     pipe: bool = False
     features: "dict[int, bytes]" = field(default_factory=dict)
+
+    def chunks(self, window: "int | None" = None) -> "Iterator[memoryview]":
+        """The data section in pieces of whole records, read ``window`` bytes
+        (:data:`DATA_WINDOW`) at a time: a piece ends at the last whole
+        record of its window, and the next window starts there.  The walk
+        stops at a record cut short (at the end of the file) or of an
+        impossible size, and then sets :attr:`truncated`.
+
+        Raises:
+            PerfbpError: the file can no longer be read.
+        """
+        from .system import open_regular
+
+        window = max(8, window or DATA_WINDOW)
+        try:
+            f = open_regular(self.path)
+        except OSError as exc:
+            raise PerfbpError(f"cannot read {self.path}: {exc.strerror}; give the "
+                              f"recording with -i FILE", errno=exc.errno) from None
+        with f:
+            pos, want = self.data_offset, window
+            while pos < self.data_end:
+                size = min(want, self.data_end - pos)
+                buf = _pread(f, pos, size, self.path)
+                if len(buf) < size:  # the file shrank since it was opened
+                    self.data_end = pos + len(buf)
+                cut = whole_records_end(buf, self.config)
+                if cut < len(buf):
+                    rsize = HEADER.unpack_from(buf, cut)[2] if len(buf) - cut >= 8 else None
+                    if pos + len(buf) >= self.data_end or (rsize is not None and rsize < 8):
+                        # cut short, or damaged: what comes before is the recording
+                        self.data_end = pos + cut
+                        self.truncated = True
+                    elif not cut:  # a record longer than the window
+                        want = max(want, rsize or 8)
+                        continue
+                if cut:
+                    yield memoryview(buf)[:cut]
+                pos += cut
+                want = window
+
+    @property
+    def data(self) -> bytes:
+        """The whole data section (whole records), read at once: for small
+        recordings; :meth:`chunks` reads any size in bounded memory."""
+        return b"".join(self.chunks(max(8, self.data_end - self.data_offset)))
 
     def id_to_event(self) -> "dict[int, int]":
         return {i: n for n, ev in enumerate(self.events) for i in ev.ids}
@@ -526,8 +584,27 @@ def _config_for(events: "list[FileEvent]", path: str) -> ParseConfig:
     return ParseConfig(st, sid_all, rf)
 
 
+def _pread(f, offset: int, size: int, path: str) -> bytes:
+    """``size`` bytes of ``f`` at ``offset`` (fewer at the end of the file)."""
+    parts = []
+    try:
+        while size > 0:
+            part = os.pread(f.fileno(), size, offset)
+            if not part:
+                break
+            parts.append(part)
+            offset += len(part)
+            size -= len(part)
+    except OSError as exc:
+        raise PerfbpError(f"cannot read {path}: {exc.strerror}; give the recording "
+                          f"with -i FILE", errno=exc.errno) from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def read_recording(path: str) -> Recording:
-    """Read a perf.data file (perfbp's or perf's; file or pipe mode).
+    """Open a perf.data file (perfbp's or perf's; file or pipe mode): its
+    header, attrs and feature sections; the data section stays on disk until
+    :meth:`Recording.chunks` (or :attr:`Recording.data`) reads it.
 
     Raises:
         CorruptRecording: not perf.data, or damaged beyond the header.
@@ -536,80 +613,81 @@ def read_recording(path: str) -> Recording:
     from .system import open_regular
 
     try:
-        with open_regular(path) as f:
-            blob = f.read()
+        f = open_regular(path)
     except OSError as exc:
         raise PerfbpError(f"cannot read {path}: {exc.strerror}; give the recording "
                           f"with -i FILE", errno=exc.errno) from None
-    if len(blob) < PIPE_HEADER.size or blob[:8] != MAGIC:
-        what = "empty" if not blob else "not a perf.data file (no PERFILE2 magic)"
+    with f:
+        length = os.fstat(f.fileno()).st_size
+
+        def read(offset: int, size: int) -> bytes:
+            return _pread(f, offset, size, path)
+
+        return _read_header(path, read, length)
+
+
+def _read_header(path: str, read, length: int) -> Recording:
+    head = read(0, FILE_HEADER_SIZE)
+    if len(head) < PIPE_HEADER.size or head[:8] != MAGIC:
+        what = "empty" if not head else "not a perf.data file (no PERFILE2 magic)"
         raise CorruptRecording(f"{path} is {what}: give a recording made by perfbp record "
                                f"or perf record")
-    (hsize,) = struct.unpack_from("<Q", blob, 8)
+    (hsize,) = struct.unpack_from("<Q", head, 8)
     if hsize == PIPE_HEADER.size:
-        return _read_pipe(path, blob)
-    if hsize != FILE_HEADER_SIZE or len(blob) < FILE_HEADER_SIZE:
+        return _read_pipe(path, read, length)
+    if hsize != FILE_HEADER_SIZE or length < FILE_HEADER_SIZE:
         raise CorruptRecording(f"{path} has a perf.data header of {hsize} bytes "
-                               f"({len(blob)} in the file): the file is damaged")
+                               f"({length} in the file): the file is damaged")
     (_m, _s, attr_size, a_off, a_size, d_off, d_size, _e1, _e2,
-     feat_bits) = FILE_HEADER.unpack_from(blob, 0)
-    if attr_size < 64 + SECTION.size or a_off + a_size > len(blob) or a_size % attr_size:
+     feat_bits) = FILE_HEADER.unpack_from(head, 0)
+    if attr_size < 64 + SECTION.size or a_off + a_size > length or a_size % attr_size:
         raise CorruptRecording(f"{path}: the attr section ({a_size} bytes of "
                                f"{attr_size}-byte entries at {a_off}) does not fit the file")
+    table = read(a_off, a_size)
     events = []
     for i in range(a_size // attr_size):
-        base = a_off + i * attr_size
-        raw = blob[base:base + attr_size - SECTION.size]
-        ids_off, ids_size = SECTION.unpack_from(blob, base + attr_size - SECTION.size)
-        if ids_off + ids_size > len(blob) or ids_size % 8:
+        base = i * attr_size
+        raw = table[base:base + attr_size - SECTION.size]
+        ids_off, ids_size = SECTION.unpack_from(table, base + attr_size - SECTION.size)
+        if ids_off + ids_size > length or ids_size % 8:
             raise CorruptRecording(f"{path}: the ids of event {i} lie outside the file")
-        ids = struct.unpack_from(f"<{ids_size // 8}Q", blob, ids_off) if ids_size else ()
+        ids = struct.unpack(f"<{ids_size // 8}Q", read(ids_off, ids_size)) if ids_size else ()
         events.append(FileEvent(raw, tuple(ids), ""))
     truncated = False
     end = d_off + d_size
-    if d_off > len(blob):
+    if d_off > length:
         raise CorruptRecording(f"{path}: the data section starts past the end of the file")
     if not any(feat_bits):
         # the feature sections are written last, by a recording that
         # finished: none means it was cut short, whatever data.size says
         truncated = True
-        if d_size == 0 and len(blob) > d_off:
-            end = len(blob)  # a header never updated: take what is there
-    if end > len(blob):
-        end = len(blob)
+        if d_size == 0 and length > d_off:
+            end = length  # a header never updated: take what is there
+    if end > length:
+        end = length
         truncated = True
-    data = blob[d_off:end]
-    features = _read_features(blob, d_off + d_size, feat_bits) if not truncated else {}
+    features = _read_features(read, length, d_off + d_size, feat_bits) if not truncated else {}
     names = _event_names(features.get(HEADER_EVENT_DESC, b""))
     events = [FileEvent(ev.attr, ev.ids, names.get(ev.ids[0], "") if ev.ids else
                         (names.get(None, "") if len(events) == 1 else ""))
               for ev in events]
-    rec = Recording(path, events, _config_for(events, path), data, truncated, False, features)
-    return _trim_partial(rec)
+    return Recording(path, events, _config_for(events, path), d_off, end, truncated, False,
+                     features)
 
 
-def _trim_partial(rec: Recording) -> Recording:
-    """Cut a data section that ends inside a record back to the last whole one."""
-    pos = whole_records_end(rec.data, rec.config)
-    if pos != len(rec.data):
-        rec.data = rec.data[:pos]
-        rec.truncated = True
-    return rec
-
-
-def _read_features(blob: bytes, table_off: int, bits: bytes) -> "dict[int, bytes]":
+def _read_features(read, length: int, table_off: int, bits: bytes) -> "dict[int, bytes]":
     out: dict[int, bytes] = {}
     mask = int.from_bytes(bits, "little")
     off = table_off
     for bit in range(256):
         if not mask >> bit & 1:
             continue
-        if off + SECTION.size > len(blob):
+        if off + SECTION.size > length:
             break
-        s_off, s_size = SECTION.unpack_from(blob, off)
+        s_off, s_size = SECTION.unpack(read(off, SECTION.size))
         off += SECTION.size
-        if s_off + s_size <= len(blob):
-            out[bit] = blob[s_off:s_off + s_size]
+        if s_off + s_size <= length:
+            out[bit] = read(s_off, s_size)
     return out
 
 
@@ -637,17 +715,17 @@ def _event_names(raw: bytes) -> "dict":
     return names
 
 
-def _read_pipe(path: str, blob: bytes) -> Recording:
-    """Pipe mode: attrs come as PERF_RECORD_HEADER_ATTR records in the stream."""
+def _read_pipe(path: str, read, length: int) -> Recording:
+    """Pipe mode: attrs come as PERF_RECORD_HEADER_ATTR records in the stream,
+    before the kernel's records; the data section is the whole stream."""
     pos = PIPE_HEADER.size
     events: list[FileEvent] = []
-    n = len(blob)
-    while pos + 8 <= n:
-        rtype, _misc, size = HEADER.unpack_from(blob, pos)
-        if size < 8 or pos + size > n:
+    while pos + 8 <= length:
+        rtype, _misc, size = HEADER.unpack(read(pos, 8))
+        if size < 8 or pos + size > length:
             break
         if rtype == PERF_RECORD_HEADER_ATTR:
-            body = blob[pos + 8:pos + size]
+            body = read(pos + 8, size - 8)
             (asize,) = struct.unpack_from("<I", body, 4) if len(body) >= 8 else (0,)
             asize = asize or 64
             if asize > len(body):
@@ -660,14 +738,14 @@ def _read_pipe(path: str, blob: bytes) -> Recording:
             ids = struct.unpack_from(f"<{len(ids_raw) // 8}Q", ids_raw, 0)
             events.append(FileEvent(body[:asize], tuple(ids), ""))
         elif rtype == PERF_RECORD_EVENT_UPDATE and size >= 24:
-            kind, eid = struct.unpack_from("<QQ", blob, pos + 8)
+            body = read(pos + 8, size - 8)
+            kind, eid = struct.unpack_from("<QQ", body, 0)
             if kind == PERF_EVENT_UPDATE__NAME:
-                name = blob[pos + 24:pos + size].split(b"\0", 1)[0].decode("utf-8", "replace")
+                name = body[16:].split(b"\0", 1)[0].decode("utf-8", "replace")
                 events = [FileEvent(ev.attr, ev.ids, name) if eid in ev.ids else ev
                           for ev in events]
         elif rtype < 64:
             break  # the kernel's records start: all attrs are known
         pos += size
-    rec = Recording(path, events, _config_for(events, path), blob[PIPE_HEADER.size:],
-                    False, True, {})
-    return _trim_partial(rec)
+    return Recording(path, events, _config_for(events, path), PIPE_HEADER.size, length,
+                     False, True, {})

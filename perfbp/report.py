@@ -18,6 +18,7 @@ from .arch import TYPE_NAMES
 from .errors import PerfbpError
 from .perfdata import (HEADER_NRCPUS, CorruptRecording, Recording, attr_summary,
                        read_recording, stream_extras)
+from ._uapi import PERF_SAMPLE_ADDR
 from .records import Comm, CorruptRecord, Lost, LostSamples, Mmap, Read, Task, decode_bulk
 from .lines import line_table
 from .symbols import Location, Symbolizer
@@ -168,13 +169,23 @@ def _watch_meta(rec: Recording, i: int) -> "tuple[str, int, int, str]":
     return name, s["bp_addr"], s["bp_len"], access
 
 
-def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
+def load_report(path: str, *, top: int = 5, sort: str = "watch",
+                window: "int | None" = None) -> Report:
     """Summarize a recording.
+
+    The data section is read and decoded a window at a time
+    (:meth:`~perfbp.perfdata.Recording.chunks`), and the samples are counted
+    as they go by: per watch, per (pid, ip), per (pid, tid), per CPU and per
+    call stack.  Memory grows with those distinct keys, not with the number
+    of samples.
 
     Args:
         top: writers and threads listed per watch.
         sort: ``watch`` (sections per watch), ``symbol``, ``thread`` or
             ``cpu`` (one table over all watches, grouped by that key).
+        window: bytes of the data section decoded at a time (default
+            :data:`~perfbp.perfdata.DATA_WINDOW`); the report is the same
+            whatever it is.
 
     Raises:
         CorruptRecording / PerfbpError: the file is not a readable recording.
@@ -184,34 +195,58 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     if sort not in SORT_KEYS:
         raise PerfbpError(f"--sort {sort!r} is not one of {', '.join(SORT_KEYS)}")
     rec = read_recording(path)
-    try:
-        cols, others = decode_bulk(rec.data, rec.config)
-    except CorruptRecord as exc:
-        raise CorruptRecording(f"{path}: {exc.message}") from None
-    stream_extras(rec, others)  # a stream carries its features at its end
+    if rec.pipe:
+        # a stream carries its features and perfbp's description of the
+        # watches at its end (nothing can be rewritten in a pipe): read them
+        # first, since the description says how samples map to watches
+        try:
+            for chunk in rec.chunks(window):
+                stream_extras(rec, decode_bulk(chunk, rec.config)[1])
+        except CorruptRecord as exc:
+            raise CorruptRecording(f"{path}: {exc.message}") from None
     # events with one name are one watch (perfbp writes a watch split over
     # several registers as one event per piece, all named after the watch)
     # only breakpoint events are watches (perf records others beside them:
     # cycles, page faults, its dummy tracking event)
     names = [_watch_meta(rec, i)[0] if _is_breakpoint(rec.events[i].attr) else None
              for i in range(len(rec.events))]
+    order = list(dict.fromkeys(nm for nm in names if nm is not None))
+    event_watch = [order.index(nm) if nm is not None else -1 for nm in names]
+    id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
+    mux = rec.meta.get("multiplexed")
+    by_addr = bool(mux) and bool(rec.config.sample_type & PERF_SAMPLE_ADDR)
+    if by_addr:
+        # a multiplexed recording: its events are slots that took turns, so
+        # samples are told apart by address (perfbp's own header feature
+        # says which watch has which)
+        defs = rec.meta.get("watches", [])
+        pairs = sorted((int(a), i) for i, d in enumerate(defs) for a, _n in d.get("pieces", []))
+        table = _Lookup([a for a, _ in pairs], [i for _, i in pairs])
+    else:
+        table = _Lookup(sorted(id_map), [id_map[k] for k in sorted(id_map)])
+    tally = _Tally()
+    others: list = []
+    try:
+        for chunk in rec.chunks(window):
+            cols, recs = decode_bulk(chunk, rec.config)
+            others.extend(r for r in recs if isinstance(r, _REPLAYED))
+            if not len(cols):
+                continue
+            if by_addr:
+                widx = table.find(cols.addr, len(cols))
+            elif cols.id is not None and id_map:
+                widx = table.find(cols.id, len(cols))
+            else:
+                widx = np.zeros(len(cols), dtype=np.int64)
+            tally.add(cols, widx)
+    except CorruptRecord as exc:
+        raise CorruptRecording(f"{path}: {exc.message}") from None
     if all(nm is None for nm in names):
         raise PerfbpError(
             f"{path} holds no watchpoint events (it records "
             f"{', '.join(sorted({_event_kind(e) for e in rec.events}))}): perfbp report "
             f"summarizes breakpoint recordings (perfbp record, perf record -e mem:ADDR); "
             f"read this one with perf report", errno=22)
-    order = list(dict.fromkeys(nm for nm in names if nm is not None))
-    event_watch = [order.index(nm) if nm is not None else -1 for nm in names]
-    id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
-    n = len(cols)
-    if n and cols.id is not None and id_map:
-        keys = np.array(sorted(id_map), dtype=np.uint64)
-        vals = np.array([id_map[int(k)] for k in keys], dtype=np.int64)
-        pos = np.minimum(np.searchsorted(keys, cols.id), len(keys) - 1)
-        widx = np.where(keys[pos] == cols.id, vals[pos], -1)
-    else:
-        widx = np.zeros(n, dtype=np.int64)
 
     sym = Symbolizer()
     comms: dict[int, str] = {}
@@ -248,20 +283,16 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     period = max(1, _sample_period(rec.events[0].attr))
 
     watches: list[WatchReport] = []
-    mux = rec.meta.get("multiplexed")
-    if mux and cols.addr is not None:
-        return _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort)
-    pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
-    tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
-    ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
+    n = tally.samples
+    if by_addr and n:
+        return _multiplexed_report(rec, tally, sym, comms, lost_total, period, top, sort)
     for i, name in enumerate(order):
         members = [e for e, wi in enumerate(event_watch) if wi == i]
         metas = [_watch_meta(rec, e) for e in members]
         addr = min(m[1] for m in metas)
         length = max(m[1] + m[2] for m in metas) - addr
         access = metas[0][3]
-        mask = widx == i
-        hits = int(mask.sum())
+        hits = tally.hits.get(i, 0)
         contexts = sum(len(rec.events[e].ids) for e in members) \
             + forks * _online_cpus(rec) * len(members)
         w = WatchReport(i, name, addr, length, access, hits, period=period, contexts=contexts)
@@ -271,7 +302,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
         elif len(order) == 1:
             w.lost = lost_total
         if hits:
-            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top, cols.callchain)
+            _details(w, tally, i, sym, comms, top)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
     notes = list(rec.meta.get("notes", []))
@@ -281,8 +312,86 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch") -> Report:
     report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline,
                     notes=notes)
     if sort != "watch":
-        report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
+        report.groups = _groups(sort, sym, tally, comms)
     return report
+
+
+#: the records whose history the report replays (the rest are not kept)
+_REPLAYED = (Mmap, Comm, Task, Lost, LostSamples, Read)
+
+
+class _Lookup:
+    """A sorted table of keys (event ids, or addresses) to watch indices."""
+
+    def __init__(self, keys, watches) -> None:
+        import numpy as np
+
+        self.keys = np.array(keys, dtype=np.uint64)
+        self.watches = np.array(watches, dtype=np.int64)
+
+    def find(self, values, n: int):
+        """The watch of each value; -1 where there is none."""
+        import numpy as np
+
+        if not len(self.keys):
+            return np.full(n, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.keys, values), len(self.keys) - 1)
+        return np.where(self.keys[pos] == values, self.watches[pos], -1)
+
+
+class _Tally:
+    """What a report is made of, counted over the samples as they are
+    decoded, chunk by chunk: per watch index (-1: samples of no watch), the
+    samples, the (pid, ip) pairs, the (pid, tid) pairs, the CPUs and the
+    call stacks.  Its size is that of the distinct keys."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.hits: "dict[int, int]" = {}
+        self.writers: "dict[int, _Counter]" = {}
+        self.threads: "dict[int, _Counter]" = {}
+        self.cpus: "dict[int, _Counter]" = {}
+        self.stacks: "dict[int, _Counter]" = {}
+
+    def add(self, cols, widx) -> None:
+        """Count the samples of one chunk (``widx``: the watch of each)."""
+        import numpy as np
+
+        n = len(cols)
+        self.samples += n
+        pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
+        tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
+        ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
+        one = bool((widx == widx[0]).all())  # one watch: the common case, no masks
+        for i in ([int(widx[0])] if one else np.unique(widx).tolist()):
+            mask = None if one else widx == i
+            p, t, a = (pids, tids, ips) if one else (pids[mask], tids[mask], ips[mask])
+            self.hits[i] = self.hits.get(i, 0) + len(p)
+            _add_pairs(self.writers.setdefault(i, _Counter()), p, a)
+            _add_pairs(self.threads.setdefault(i, _Counter()), p, t)
+            if cols.cpu is not None:
+                c, k = np.unique(cols.cpu if one else cols.cpu[mask], return_counts=True)
+                self.cpus.setdefault(i, _Counter()).update(dict(zip(c.tolist(), k.tolist())))
+            if cols.callchain is not None:
+                stacks = self.stacks.setdefault(i, _Counter())
+                chains = cols.callchain
+                for j in (range(n) if one else mask.nonzero()[0].tolist()):
+                    if chains[j]:
+                        stacks[(int(pids[j]), tuple(ip for ip in chains[j]
+                                                    if ip < PERF_CONTEXT_MAX))] += 1
+
+
+def _add_pairs(counts: _Counter, a, b) -> None:
+    for x, y, c in zip(*_pair_counts(a, b)):
+        counts[(x, y)] += c
+
+
+def _merged(table: "dict[int, _Counter]") -> _Counter:
+    """One count over every watch (and the samples of none)."""
+    out: _Counter = _Counter()
+    for counts in table.values():
+        out.update(counts)
+    return out
 
 
 def _named(w: WatchReport, meta: dict) -> None:
@@ -299,80 +408,48 @@ def _named(w: WatchReport, meta: dict) -> None:
             return
 
 
-def _multiplexed_report(rec, cols, sym, comms, lost_total, period, top, sort) -> Report:
-    """A multiplexed recording: its events are slots that took turns, so
-    samples are told apart by address, and the watches, with what each saw,
-    its coverage and its scaled estimate, come from perfbp's own header
-    feature."""
-    import numpy as np
-
+def _multiplexed_report(rec, tally, sym, comms, lost_total, period, top, sort) -> Report:
+    """A multiplexed recording: the watches, with what each saw, its
+    coverage and its scaled estimate, come from perfbp's own header
+    feature; the samples were told apart by address."""
     meta = rec.meta
     defs = meta.get("watches", [])
     mux = meta.get("multiplexed", [])
-    pairs = sorted((int(a), i) for i, d in enumerate(defs) for a, _n in d.get("pieces", []))
-    keys = np.array([a for a, _ in pairs], dtype=np.uint64)
-    owner = np.array([i for _, i in pairs], dtype=np.int64)
-    n = len(cols)
-    if len(keys):
-        pos = np.minimum(np.searchsorted(keys, cols.addr), len(keys) - 1)
-        widx = np.where(keys[pos] == cols.addr, owner[pos], -1)
-    else:
-        widx = np.full(n, -1, dtype=np.int64)
-    pids = cols.pid if cols.pid is not None else np.zeros(n, dtype=np.uint64)
-    tids = cols.tid if cols.tid is not None else np.zeros(n, dtype=np.uint64)
-    ips = cols.ip if cols.ip is not None else np.zeros(n, dtype=np.uint64)
     watches = []
     for i, d in enumerate(defs):
         pieces = d.get("pieces", [[0, 0]])
         addr = min(int(a) for a, _ in pieces)
         length = max(int(a) + int(ln) for a, ln in pieces) - addr
-        mask = widx == i
-        hits = int(mask.sum())
+        hits = tally.hits.get(i, 0)
         m = mux[i] if i < len(mux) else {}
         w = WatchReport(i, str(d.get("label", f"watch {i}")), addr, length,
                         str(d.get("access", "w")), hits, lost=m.get("lost"),
                         kernel_hits=m.get("seen"), period=period,
                         coverage=float(m.get("coverage", 1.0)), estimate=m.get("estimate"))
         if hits:
-            _details(w, mask, sym, pids, tids, ips, cols.cpu, comms, top, cols.callchain)
+            _details(w, tally, i, sym, comms, top)
         watches.append(w)
     lost = max(lost_total, sum(w.lost or 0 for w in watches))
-    report = Report(rec.path, n, lost, watches, rec.truncated, "perfbp", rec.cmdline)
+    report = Report(rec.path, tally.samples, lost, watches, rec.truncated, "perfbp",
+                    rec.cmdline)
     if sort != "watch":
-        report.groups = _groups(sort, sym, widx, pids, tids, ips, cols.cpu, comms, watches)
+        report.groups = _groups(sort, sym, tally, comms)
     return report
 
 
-def _details(w: WatchReport, mask, sym, pids, tids, ips, cpus, comms, top: int,
-             chains=None) -> None:
-    """Fill a watch's writers, threads, CPUs (and call stacks) from its
-    samples (``mask``)."""
-    import numpy as np
-
-    if chains is not None:
-        w.stacks = _stacks(sym, pids, chains, mask, top)
-    w.writers = _writers(sym, pids[mask], ips[mask], top)
-    w.threads = _threads(pids[mask], tids[mask], comms, top)
-    if cpus is not None:
-        c, k = np.unique(cpus[mask], return_counts=True)
-        w.cpus = {int(a): int(b) for a, b in zip(c, k)}
+def _details(w: WatchReport, tally: _Tally, i: int, sym, comms, top: int) -> None:
+    """Fill a watch's writers, threads, CPUs (and call stacks) from the
+    counts of its samples."""
+    if i in tally.stacks:
+        w.stacks = [([sym.resolve(pid, ip) for ip in chain], n)
+                    for (pid, chain), n in tally.stacks[i].most_common(top)]
+    w.writers = _writers(sym, tally.writers[i], top)
+    w.threads = _threads(tally.threads[i], comms, top)
+    if i in tally.cpus:
+        w.cpus = dict(sorted(tally.cpus[i].items()))
 
 
 PERF_CONTEXT_MAX = (-4095) & 0xFFFFFFFFFFFFFFFF
-
-
-def _stacks(sym, pids, chains, mask, top: int) -> "list[tuple[list[Location], int]]":
-    """The most common call stacks among the masked samples, symbolized
-    (the kernel's context markers, PERF_CONTEXT_*, dropped)."""
-    counts: _Counter = _Counter()
-    for i in mask.nonzero()[0].tolist():
-        chain = chains[i]
-        if chain:
-            counts[(int(pids[i]), tuple(ip for ip in chain if ip < PERF_CONTEXT_MAX))] += 1
-    out = []
-    for (pid, chain), n in counts.most_common(top):
-        out.append(([sym.resolve(pid, ip) for ip in chain], n))
-    return out
 
 
 def _online_cpus(rec: Recording) -> int:
@@ -424,11 +501,12 @@ def _pair_counts(a, b) -> "tuple[list[int], list[int], list[int]]":
     return au[keys // nb].tolist(), bu[keys % nb].tolist(), counts.tolist()
 
 
-def _writers(sym: Symbolizer, pids, ips, top: int) -> "list[Writer]":
+def _writers(sym: Symbolizer, pairs: _Counter, top: int) -> "list[Writer]":
+    """The ``top`` locations of the (pid, ip) counts ``pairs``."""
     # the same function+offset in several processes: merge by location
     merged: _Counter = _Counter()
     where: dict = {}
-    for pid, ip, c in zip(*_pair_counts(pids, ips)):
+    for (pid, ip), c in sorted(pairs.items()):
         loc = sym.resolve(pid, ip)
         key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
         merged[key] += c
@@ -450,30 +528,26 @@ def _source_of(loc: Location) -> "str | None":
     return f"{line.short}" if line else None
 
 
-def _threads(pids, tids, comms, top: int) -> "list[ThreadHits]":
-    p, t, counts = _pair_counts(pids, tids)
-    order = sorted(range(len(counts)), key=lambda j: -counts[j])[:top]
-    return [ThreadHits(p[j], t[j], comms.get(t[j], comms.get(p[j], "?")), counts[j])
-            for j in order]
+def _threads(pairs: _Counter, comms, top: int) -> "list[ThreadHits]":
+    """The ``top`` threads of the (pid, tid) counts ``pairs``."""
+    ranked = sorted(sorted(pairs.items()), key=lambda kv: -kv[1])[:top]
+    return [ThreadHits(p, t, comms.get(t, comms.get(p, "?")), c) for (p, t), c in ranked]
 
 
-def _groups(sort, sym, widx, pids, tids, ips, cpus, comms, watches) -> "list[dict]":
-    import numpy as np
-
+def _groups(sort, sym, tally: _Tally, comms) -> "list[dict]":
     out: list[dict] = []
     if sort == "thread":
-        for pid, tid, c in sorted(zip(*_pair_counts(pids, tids)), key=lambda x: -x[2]):
+        for (pid, tid), c in sorted(sorted(_merged(tally.threads).items()),
+                                    key=lambda kv: -kv[1]):
             comm = comms.get(tid, comms.get(pid, "?"))
             out.append({"key": f"{comm}/{tid}", "pid": pid, "tid": tid,
                         "samples": c})
     elif sort == "cpu":
-        if cpus is not None:
-            c, k = np.unique(cpus, return_counts=True)
-            for cpu, cnt in sorted(zip(c.tolist(), k.tolist()), key=lambda x: -x[1]):
-                out.append({"key": f"CPU {cpu}", "cpu": cpu, "samples": cnt})
+        for cpu, cnt in sorted(sorted(_merged(tally.cpus).items()), key=lambda x: -x[1]):
+            out.append({"key": f"CPU {cpu}", "cpu": cpu, "samples": cnt})
     else:  # symbol
         merged: _Counter = _Counter()
-        for pid, ip, c in zip(*_pair_counts(pids, ips)):
+        for (pid, ip), c in sorted(_merged(tally.writers).items()):
             loc = sym.resolve(pid, ip)
             merged[(loc.symbol or f"{ip:#x}", loc.short_dso)] += c
         for (name, dso), c in merged.most_common():

@@ -262,12 +262,15 @@ class KernelSymbols:
         lut[48:58] = np.arange(10)
         lut[97:103] = np.arange(10, 16)
         lut[65:71] = np.arange(10, 16)
-        digits = lut[buf[starts[:, None] + np.arange(width)]]
-        good = (digits != 255).all(axis=1)
-        starts, digits = starts[good], digits[good].astype(np.uint64)
-        shifts = np.arange(4 * (width - 1), -1, -4, dtype=np.uint64)
-        addrs = (np.bitwise_or.reduce(digits << shifts, axis=1) if len(starts)
-                 else np.zeros(0, dtype=np.uint64))
+        # one hex digit column at a time: a (lines x width) matrix of u64
+        # would cost 16 times the memory of the addresses
+        addrs = np.zeros(len(starts), dtype=np.uint64)
+        good = np.ones(len(starts), dtype=bool)
+        for k in range(width):
+            digit = lut[buf[starts + k]]
+            good &= digit != 255
+            addrs = addrs << np.uint64(4) | digit.astype(np.uint64)
+        starts, addrs = starts[good], addrs[good]
         nonzero = addrs != 0
         addrs, starts = addrs[nonzero], starts[nonzero]
         order = np.argsort(addrs, kind="stable")  # the first line of an address wins

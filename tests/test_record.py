@@ -874,3 +874,66 @@ def test_record_to_stdout_refuses_json_and_a_terminal(tmp_path):
         os.close(slave)
         os.close(master)
     assert r.returncode == 2 and "which is a terminal" in r.stderr, r.stderr
+
+
+# -- 10. memory: bounded by the work, not the samples --------------------------------
+
+SMALL_RUN, LARGE_RUN = 100_003, 600_011  # hits of one writer thread (primes)
+MEMORY_BOUND = 30 << 20  # bytes more for 500,008 more samples (was 80 MiB; now ~2)
+
+
+def record_peak_rss(progs, tmp_path, hits: int) -> "tuple[int, dict]":
+    """Peak RSS in bytes of ``perfbp record --json`` (its summary included)
+    on ``hits`` writes of one thread, from the kernel's accounting of the
+    child (wait4's ru_maxrss), and the summary."""
+    addr = counter_address(progs, "nopie")
+    path, out, err = (tmp_path / f"{hits}{ext}" for ext in (".data", ".out", ".err"))
+    deadline = time.monotonic() + SLOT_WAIT
+    while True:
+        with open(out, "w") as o, open(err, "w") as e:
+            proc = subprocess.Popen([*PERFBP, "record", "--json", "-w", f"{addr:#x}", "-o",
+                                     str(path), "--", str(progs["nopie"]), str(hits), "0",
+                                     "1"], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+                                    stdout=o, stderr=e)
+            _pid, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        if "(ENOSPC)" not in err.read_text() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert proc.returncode == 0, err.read_text()
+    return usage.ru_maxrss * 1024, json_line(out.read_text())
+
+
+def test_record_memory_does_not_grow_with_the_samples(progs, tmp_path):
+    """Six times the samples, about the same peak RSS: the rings are drained
+    to the file as the run goes, and the summary is counted over the file a
+    window at a time."""
+    small, s_out = record_peak_rss(progs, tmp_path, SMALL_RUN)
+    large, l_out = record_peak_rss(progs, tmp_path, LARGE_RUN)
+    for hits, out in ((SMALL_RUN, s_out), (LARGE_RUN, l_out)):
+        (w,) = out["watches"]
+        assert w["accounted"] is True
+        if not machine_disturbed(out):
+            assert w["hits"] == w["kernel_hits"] == hits
+    assert large - small < MEMORY_BOUND, \
+        f"{SMALL_RUN:,} hits: {small >> 20} MiB; {LARGE_RUN:,} hits: {large >> 20} MiB"
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_report_is_the_same_whatever_the_window(rec_nopie, tmp_path, cut):
+    """load_report decodes the data section a window at a time: one window
+    for the whole file, windows of a few records, and windows shorter than
+    some records (read again, longer) give the same report, every --sort;
+    so does a copy of the file cut inside a record (truncated)."""
+    path = rec_nopie.path
+    if cut:
+        raw = rec_nopie.path.read_bytes()
+        path = tmp_path / "cut.data"
+        path.write_bytes(raw[:len(raw) // 2 + 13])
+    whole = os.path.getsize(path)
+    for sort in ("watch", "symbol", "thread", "cpu"):
+        want = load_report(str(path), top=1000, sort=sort, window=whole).as_dict()
+        assert want["truncated"] is cut and want["samples"] > 0
+        for window in (4096, 100) if sort == "watch" else (4096,):
+            got = load_report(str(path), top=1000, sort=sort, window=window).as_dict()
+            assert got == want, (sort, window)
