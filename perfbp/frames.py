@@ -75,9 +75,12 @@ def load_samples(path: str) -> Samples:
 
     rec = read_recording(path)
     cols, _others = decode_bulk(rec.data, rec.config)
-    names = [ev.name or f"event {i}" for i, ev in enumerate(rec.events)]
-    order = list(dict.fromkeys(names))
-    event_watch = [order.index(nm) for nm in names]
+    # only breakpoint events are watches (not the dummy:u event that carries
+    # thread and mapping records, nor perf's others)
+    names = [(ev.name or f"event {i}") if ev.is_breakpoint else None
+             for i, ev in enumerate(rec.events)]
+    order = list(dict.fromkeys(nm for nm in names if nm is not None))
+    event_watch = [order.index(nm) if nm is not None else -1 for nm in names]
     id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
     n = len(cols)
     if n and cols.id is not None and id_map:

@@ -116,6 +116,16 @@ class FileEvent:
     ids: "tuple[int, ...]"
     name: str
 
+    @property
+    def is_breakpoint(self) -> bool:
+        """Whether the event is a watch (PERF_TYPE_BREAKPOINT), not one of
+        the others a recording may hold beside them (perf's cycles, the
+        ``dummy:u`` event that carries thread and mapping records)."""
+        from ._uapi import PERF_TYPE_BREAKPOINT
+
+        return len(self.attr) >= 4 and struct.unpack_from("<I", self.attr)[0] == \
+            PERF_TYPE_BREAKPOINT
+
 
 class PerfDataWriter:
     """Write a perf.data file (file mode) incrementally.

@@ -147,12 +147,6 @@ class Report:
                 "groups": self.groups, **({"notes": self.notes} if self.notes else {})}
 
 
-def _is_breakpoint(attr: bytes) -> bool:
-    from ._uapi import PERF_TYPE_BREAKPOINT
-
-    return attr_summary(attr)["type"] == PERF_TYPE_BREAKPOINT
-
-
 def _event_kind(ev) -> str:
     """An event's name for a message (perf's own, else its type)."""
     if ev.name:
@@ -208,7 +202,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
     # several registers as one event per piece, all named after the watch)
     # only breakpoint events are watches (perf records others beside them:
     # cycles, page faults, its dummy tracking event)
-    names = [_watch_meta(rec, i)[0] if _is_breakpoint(rec.events[i].attr) else None
+    names = [_watch_meta(rec, i)[0] if rec.events[i].is_breakpoint else None
              for i in range(len(rec.events))]
     order = list(dict.fromkeys(nm for nm in names if nm is not None))
     event_watch = [order.index(nm) if nm is not None else -1 for nm in names]

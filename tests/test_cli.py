@@ -785,7 +785,7 @@ def nobody_perfbp():
 
     The interpreter and its site-packages may not be readable by nobody (a
     pyenv Python under /root, mode 700): then perfbp and every distribution
-    it needs (typer, cffi and theirs) are copied to a world-readable
+    it needs (perfbp's requirements and theirs) are copied to a world-readable
     directory, run by the same interpreter if nobody can, else by the
     system's python of the same version (the C extensions need the ABI).
     """
@@ -816,7 +816,11 @@ def nobody_perfbp():
         publish()
         pythons = [sys.executable]
         if not usable(sys.executable):
-            for dist in _dists(["typer", "cffi"]):
+            # perfbp's own requirements (typer, cffi, numpy, pyelftools ...)
+            needs = [r for r in importlib.metadata.distribution("perfbp").requires or []
+                     if not (";" in r and "extra" in r.split(";", 1)[1])]
+            for dist in _dists([re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", r).group(1)
+                                for r in needs]):
                 base = Path(dist.locate_file("")).resolve()
                 for f in dist.files or []:
                     src = Path(dist.locate_file(f)).resolve()
@@ -832,9 +836,11 @@ def nobody_perfbp():
             pythons = [p for p in (sys.executable, shutil.which(f"python{version}"),
                                    f"/usr/bin/python{version}") if p]
         python = next((p for p in dict.fromkeys(pythons) if usable(p)), None)
-        if python is None:
-            pytest.skip(f"no python {version} that uid {NOBODY} can run with perfbp's "
-                        f"dependencies")
+        if python is None:  # root with setpriv can always do this: a fault, not a skip
+            tried = _as_nobody(pythons[-1], "-c", probe, env=env)
+            pytest.fail(f"no python {version} that uid {NOBODY} can run with perfbp's "
+                        f"dependencies (tried {', '.join(dict.fromkeys(pythons))}):\n"
+                        f"{tried.stderr[-2000:]}")
         yield [python, "-m", "perfbp"], env
     finally:
         shutil.rmtree(top, ignore_errors=True)
