@@ -22,13 +22,13 @@ from .errors import (
     Unsupported,
 )
 from .check import CheckItem, CheckReport, probe_capacity, run_checks
-from .errors import CommandNotFound, SymbolNotFound
+from .errors import CommandNotFound, CorruptRecording, SymbolNotFound
 from .events import EventOptions, Target
 from .launch import exit_status, resolve_command
 from .frames import Samples, load_samples
 from .live import LiveSession, LiveWatch
 from .watch import HitEvent, WatchHandle, address_of, watch
-from .perfdata import CorruptRecording
+
 from .planner import Plan, Watch, plan, probe
 from .regions import split_range
 from .resolve import resolve as resolve_watches

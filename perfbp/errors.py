@@ -88,7 +88,31 @@ class SymbolNotFound(PerfbpError):
     default_errno = _errno.ENOENT
 
 
+class CorruptRecord(PerfbpError):
+    """A record is truncated or inconsistent with its header (EBADMSG).
+
+    Raised by the record decoder; :class:`CorruptRecording` is what a reader
+    of a whole file meets."""
+
+    default_errno = _errno.EBADMSG
+
+
+class CorruptRecording(PerfbpError):
+    """A recording file that is not perf.data, or is damaged (EBADMSG)."""
+
+    default_errno = _errno.EBADMSG
+
+
+class RingOverrun(PerfbpError):
+    """The ring's head moved more than a whole buffer past the tail (EIO): a
+    protocol violation (the kernel never does this while the tail is
+    written)."""
+
+
 __all__ = [
+    "CorruptRecord",
+    "CorruptRecording",
+    "RingOverrun",
     "SymbolNotFound",
     "CommandNotFound",
     "PerfbpError",

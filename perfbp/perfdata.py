@@ -25,11 +25,12 @@ import errno as E
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from typing import Iterator
 
 from ._version import __version__ as version
 from ._uapi import PERF_FORMAT_LOST
-from .errors import PerfbpError
+from .errors import CorruptRecording, PerfbpError
 from .records import HEADER, ParseConfig, whole_records_end
 
 MAGIC = b"PERFILE2"
@@ -80,12 +81,6 @@ PERFBP_META_MARK = 0x7065726662700001
 _U64 = struct.Struct("<Q")
 
 
-class CorruptRecording(PerfbpError):
-    """A recording file that is not perf.data, or is damaged (EBADMSG)."""
-
-    default_errno = E.EBADMSG
-
-
 def _header_string(text: str) -> bytes:
     """``struct perf_header_string``: u32 len, then the string, NUL-padded to
     a multiple of 64 bytes (perf's NAME_ALIGN)."""
@@ -123,8 +118,7 @@ class FileEvent:
         ``dummy:u`` event that carries thread and mapping records)."""
         from ._uapi import PERF_TYPE_BREAKPOINT
 
-        return len(self.attr) >= 4 and struct.unpack_from("<I", self.attr)[0] == \
-            PERF_TYPE_BREAKPOINT
+        return FileAttr.decode(self.attr).type == PERF_TYPE_BREAKPOINT
 
 
 class PerfDataWriter:
@@ -503,7 +497,7 @@ class Recording:
         raw = self.features.get(HEADER_VERSION)
         if raw and len(raw) > 4:
             return "perfbp" if raw[4:].startswith(b"perfbp") else "perf"
-        formats = {attr_summary(ev.attr)["read_format"] for ev in self.events}
+        formats = {FileAttr.decode(ev.attr).read_format for ev in self.events}
         return "perfbp" if formats == {PERF_FORMAT_LOST} else "perf"
 
     @property
@@ -566,27 +560,53 @@ def _meta_problem(meta) -> "str | None":
     return None
 
 
-def _attr_fields(raw: bytes) -> "tuple[int, int, int, int, int, int, int]":
-    """(type, size, sample_type, read_format, flags, bp_type, bp_addr, bp_len)."""
-    typ, size, _config, _period, sample_type, read_format, flags = struct.unpack_from(
-        "<IIQQQQQ", raw, 0)
-    bp_type = struct.unpack_from("<I", raw, 52)[0] if len(raw) >= 56 else 0
-    bp_addr, bp_len = struct.unpack_from("<QQ", raw, 56) if len(raw) >= 72 else (0, 0)
-    return typ, size, sample_type, read_format, flags, bp_type, bp_addr, bp_len
+#: The first 72 bytes of ``struct perf_event_attr`` (PERF_ATTR_SIZE_VER1),
+#: all a reader of a recording needs; the bit fields are in ``flags``.
+_ATTR_VER1 = struct.Struct("<IIQQQQQIIQQ")
 
 
-def attr_summary(raw: bytes) -> dict:
-    typ, size, st, rf, flags, bp_type, bp_addr, bp_len = _attr_fields(raw)
-    return {"type": typ, "size": size, "sample_type": st, "read_format": rf,
-            "sample_id_all": bool(flags >> 18 & 1), "bp_type": bp_type,
-            "bp_addr": bp_addr, "bp_len": bp_len}
+class FileAttr(NamedTuple):
+    """A recorded event's ``perf_event_attr``, decoded by the kernel's field
+    names (a shorter attr reads as zeros where it ends)."""
+
+    type: int
+    size: int
+    config: int
+    sample_period: int
+    sample_type: int
+    read_format: int
+    flags: int           # disabled, inherit, ... : the bits below
+    wakeup_events: int
+    bp_type: int
+    bp_addr: int         # config1
+    bp_len: int          # config2
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "FileAttr":
+        return cls._make(_ATTR_VER1.unpack(bytes(raw[:_ATTR_VER1.size]).ljust(
+            _ATTR_VER1.size, b"\0")))
+
+    @property
+    def freq(self) -> bool:
+        """``attr.freq`` (bit 10): ``sample_period`` is a frequency."""
+        return bool(self.flags >> 10 & 1)
+
+    @property
+    def sample_id_all(self) -> bool:
+        """``attr.sample_id_all`` (bit 18)."""
+        return bool(self.flags >> 18 & 1)
+
+    @property
+    def period(self) -> int:
+        """Hits per sample: ``sample_period``, or 1 when it is a frequency."""
+        return 1 if self.freq else max(1, self.sample_period)
 
 
 def _config_for(events: "list[FileEvent]", path: str) -> ParseConfig:
     if not events:
         raise CorruptRecording(f"{path} has no events (attrs): not a recording perfbp can read")
-    confs = {(s["sample_type"], s["sample_id_all"], s["read_format"])
-             for s in (attr_summary(ev.attr) for ev in events)}
+    confs = {(a.sample_type, a.sample_id_all, a.read_format)
+             for a in (FileAttr.decode(ev.attr) for ev in events)}
     if len(confs) > 1:
         raise CorruptRecording(f"{path} mixes events with different sample formats; "
                                f"perfbp reads recordings whose events share one format")

@@ -17,7 +17,6 @@ Truncated or corrupt input never crashes either path: the result is data, or
 
 from __future__ import annotations
 
-import errno as E
 import struct
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Optional, Union
@@ -52,7 +51,7 @@ from ._uapi import (
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
 )
-from .errors import PerfbpError
+from .errors import CorruptRecord
 
 PERF_RECORD_MISC_MMAP_BUILD_ID = 1 << 14
 HEADER = struct.Struct("<IHH")
@@ -63,12 +62,6 @@ FIXED_SAMPLE_BITS = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
                      | PERF_SAMPLE_STREAM_ID | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD)
 #: every sample_type bit this decoder understands.
 KNOWN_SAMPLE_BITS = FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
-
-
-class CorruptRecord(PerfbpError):
-    """A record is truncated or inconsistent with its header (EBADMSG)."""
-
-    default_errno = E.EBADMSG
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ for.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter as _Counter
 from dataclasses import dataclass, field
 
 from .arch import TYPE_NAMES
-from .errors import PerfbpError
-from .perfdata import (HEADER_NRCPUS, CorruptRecording, Recording, attr_summary,
+from .errors import CorruptRecord, CorruptRecording, PerfbpError
+from .perfdata import (HEADER_NRCPUS, FileAttr, Recording,
                        read_recording, stream_extras)
 from ._uapi import PERF_SAMPLE_ADDR
-from .records import Comm, CorruptRecord, Lost, LostSamples, Mmap, Read, Task, decode_bulk
+from .records import Comm, Lost, LostSamples, Mmap, Read, Task, decode_bulk
 from .lines import line_table
 from .symbols import Location, Symbolizer
 
@@ -151,16 +152,16 @@ def _event_kind(ev) -> str:
     """An event's name for a message (perf's own, else its type)."""
     if ev.name:
         return ev.name
-    kind = attr_summary(ev.attr)["type"]
+    kind = FileAttr.decode(ev.attr).type
     return {0: "a hardware event", 1: "a software event", 2: "a tracepoint",
             3: "a cache event", 4: "a raw event"}.get(kind, f"an event of type {kind}")
 
 
 def _watch_meta(rec: Recording, i: int) -> "tuple[str, int, int, str]":
-    s = attr_summary(rec.events[i].attr)
-    access = TYPE_NAMES.get(s["bp_type"], str(s["bp_type"]))
-    name = rec.events[i].name or f"mem:{s['bp_addr']:#x}/{s['bp_len']}:{access}"
-    return name, s["bp_addr"], s["bp_len"], access
+    a = FileAttr.decode(rec.events[i].attr)
+    access = TYPE_NAMES.get(a.bp_type, str(a.bp_type))
+    name = rec.events[i].name or f"mem:{a.bp_addr:#x}/{a.bp_len}:{access}"
+    return name, a.bp_addr, a.bp_len, access
 
 
 def load_report(path: str, *, top: int = 5, sort: str = "watch",
@@ -240,7 +241,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
             f"{path} holds no watchpoint events (it records "
             f"{', '.join(sorted({_event_kind(e) for e in rec.events}))}): perfbp report "
             f"summarizes breakpoint recordings (perfbp record, perf record -e mem:ADDR); "
-            f"read this one with perf report", errno=22)
+            f"read this one with perf report", errno=errno.EINVAL)
 
     sym = Symbolizer()
     comms: dict[int, str] = {}
@@ -274,7 +275,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
                 h, lo = kernel.get(id_map[r.sample_id.id], (0, 0))
                 kernel[id_map[r.sample_id.id]] = (h + vals[0], lo + vals[-1])
     producer = rec.producer
-    period = max(1, _sample_period(rec.events[0].attr))
+    period = FileAttr.decode(rec.events[0].attr).period
 
     watches: list[WatchReport] = []
     n = tally.samples
@@ -451,15 +452,6 @@ def _online_cpus(rec: Recording) -> int:
     import struct
     raw = rec.features.get(HEADER_NRCPUS, b"")
     return max(1, struct.unpack_from("<II", raw)[1]) if len(raw) >= 8 else 1
-
-
-def _sample_period(attr_raw: bytes) -> int:
-    """attr.sample_period (1 when the attr asks for a frequency instead)."""
-    import struct
-    flags = struct.unpack_from("<Q", attr_raw, 40)[0]
-    if flags >> 10 & 1:  # attr.freq
-        return 1
-    return struct.unpack_from("<Q", attr_raw, 16)[0]
 
 
 def _pair_counts(a, b) -> "tuple[list[int], list[int], list[int]]":

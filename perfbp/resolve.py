@@ -141,7 +141,7 @@ def find_symbol(path: str, name: str) -> Symbol:
         raise SymbolNotFound(f"symbol {name!r} is ambiguous in {path}: {len(found)} "
                              f"definitions at {where} (link-time addresses: add the load "
                              f"bias of a PIE or a library); watch one by address "
-                             f"(-w ADDR/LEN)", errno=22)
+                             f"(-w ADDR/LEN)", errno=errno.EINVAL)
     return globals_[0] if len(found) > 1 else found[0]
 
 
@@ -165,7 +165,7 @@ def kernel_address(spec: WatchSpec) -> WatchSpec:
     address, kind = found
     if kind.lower() in "tw" and spec.access != "x":
         raise SymbolNotFound(f"watch '{spec.text}': {spec.symbol} is kernel code: watch "
-                             f"its execution with :x ({spec.symbol}@kernel:x)", errno=22)
+                             f"its execution with :x ({spec.symbol}@kernel:x)", errno=errno.EINVAL)
     return spec.resolved(address, 8)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .errors import PerfbpError
+from .errors import RingOverrun
 
 
 class Mapping(Protocol):
@@ -28,11 +28,6 @@ class Mapping(Protocol):
     def load_head(self) -> int: ...
     def store_tail(self, value: int) -> None: ...
     def load_tail(self) -> int: ...
-
-
-class RingOverrun(PerfbpError):
-    """The head moved more than a whole buffer past the tail: a protocol
-    violation (the kernel never does this when the tail is written)."""
 
 
 class Ring:
