@@ -38,7 +38,8 @@ from .recording import RecordResult, record
 from .records import SampleColumns
 from .report import SORT_KEYS, Report, WatchReport, load_report
 from .sampling import Batch, Sampler, WatchStats
-from .session import CountResult, WatchHits, count
+from .results import CountResult, WatchHits
+from .session import count
 from .spec import WatchSpec
 from .spec import parse as parse_watch
 from .system import online_cpus, parse_cpu_list, possible_cpus, process_exists

@@ -57,6 +57,7 @@ from .counter import Counter
 from .errors import InvalidBreakpoint, NoBreakpointSlots, Unsupported
 from .events import EventOptions, Target
 from .planner import Watch, plan
+from .results import WatchHits
 
 DEFAULT_SLICE = 0.01  # seconds a group of watches holds the slots
 #: MODIFY_ATTRIBUTES re-points inherited child events too since this release
@@ -297,8 +298,6 @@ class Multiplexer:
 
     def read(self, now: "float | None" = None) -> list:
         """The estimates so far (without ending the slice)."""
-        from .session import WatchHits
-
         now = time.monotonic() if now is None else now
         total = max(now - (self._t0 or now), 1e-9)
         seen = list(self.seen)

@@ -58,6 +58,7 @@ LAYERS = {
     "perfbp.check": 3,
     "perfbp.sampling": 3,
     "perfbp.planner": 3,
+    "perfbp.results": 3,
     "perfbp.session": 3,
     "perfbp.watch": 3,
     "perfbp.report": 3,
@@ -283,6 +284,42 @@ def test_imports_point_downward():
     assert not violations, (
         f"{len(violations)} layering violation(s) (see STYLE.md convention 1 and "
         "the layer map in tests/test_layers.py):\n  " + "\n  ".join(violations))
+
+
+def import_cycles(root: Path = PACKAGE_DIR) -> "list[list[str]]":
+    """Cycles among the package's modules (the front excluded), counting
+    every import: at the top, inside functions, under TYPE_CHECKING."""
+    found = discover(root)
+    modules = set(found) | set(LAYERS)
+    graph = {}
+    for module, path in found.items():
+        if module == PACKAGE:
+            continue
+        deps = {imp.target for imp in imports_of(path.read_text(), module,
+                                                 path.name == "__init__.py", modules)}
+        graph[module] = sorted(d for d in deps if d in found and d != PACKAGE and d != module)
+    cycles, state = [], {}
+
+    def visit(node: str, stack: "list[str]") -> None:
+        state[node] = "open"
+        for dep in graph.get(node, ()):
+            if state.get(dep) == "open":
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return cycles
+
+
+def test_no_import_cycles():
+    """Shared types live below the modules that share them (results.py holds
+    what session and multiplex both return), lazy imports included."""
+    cycles = import_cycles()
+    assert not cycles, "import cycles:\n  " + "\n  ".join(" -> ".join(c) for c in cycles)
 
 
 def test_the_check_sees_the_package():
