@@ -343,7 +343,7 @@ def py_move(c, w: Watched):
 def _abi_attr(addr: int):
     """The attr perfbp builds for ``Counter(Breakpoint.write(addr, 8), enabled=False)``."""
     bp = perfbp.Breakpoint.write(addr, 8)
-    return _events.make_attr(bp, False, perfbp.EventOptions(enabled=False))
+    return _events.make_attr(bp, False, _events.EventOptions(enabled=False))
 
 
 def abi_cycle(w: Watched):
@@ -445,7 +445,7 @@ def python_breakdown(iterations: int, rounds: int, warmup: int) -> dict:
     w = Watched()
     a1, a2 = w.addr1, w.addr2
     bp = perfbp.Breakpoint.write(a1, 8)
-    opts = perfbp.EventOptions(enabled=False)
+    opts = _events.EventOptions(enabled=False)
     attr, attr2 = _abi_attr(a1), _abi_attr(a2)
     ffi, lib = abi.ffi, abi.lib
     pieces: dict = {}
@@ -467,7 +467,7 @@ def python_breakdown(iterations: int, rounds: int, warmup: int) -> dict:
     rules = arch.current()
     piece("  arch.validate('w', addr, 8, rules)", lambda: arch.validate("w", a1, 8, rules))
     piece("  bp.is_kernel()", bp.is_kernel)
-    piece("EventOptions(enabled=False)", lambda: perfbp.EventOptions(enabled=False))
+    piece("EventOptions(enabled=False)", lambda: _events.EventOptions(enabled=False))
     piece("counter.target_for(0, -1, False, None)",
           lambda: _counter.target_for(0, -1, False, None))
     piece("events.make_attr(bp, False, opts)", lambda: _events.make_attr(bp, False, opts))

@@ -20,7 +20,7 @@ import perfbp
 
 def main() -> int:
     name = sys.argv[1] if len(sys.argv) > 1 else "vfs_read"
-    (watch,) = perfbp.resolve_watches([perfbp.parse_watch(f"{name}@kernel:x")], 0)
+    (watch,) = perfbp.resolve_watches([f"{name}@kernel:x"], 0)
     stop = threading.Event()
 
     def reader():

@@ -39,7 +39,7 @@ def neighbour_ns(exe: str) -> float:
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         shared, padded = build(d, False), build(d, True)
-        session = perfbp.LiveSession([perfbp.parse_watch("shared.counter")],
+        session = perfbp.LiveSession(["shared.counter"],
                                      command=[shared, str(WORKERS), str(PER_WORKER)],
                                      interval=0.5)
         with session:

@@ -1,58 +1,38 @@
 """perfbp: hardware watchpoints on Linux, from Python.
 
-Count (and, later, sample) every access to a memory location, using the
-kernel's perf_event breakpoints: the same debug registers gdb's ``watch`` uses,
-without stopping the program.
+Count or sample every access to a memory location with the kernel's
+perf_event breakpoints: the debug registers gdb's ``watch`` uses, without
+stopping the program.
 
     >>> import perfbp
-    >>> bp = perfbp.Breakpoint.write(address, 8)
-    >>> with perfbp.Counter(bp, pid=1234, process=True) as c:
-    ...     time.sleep(1)
-    ...     print(c.read(), "writes")
+    >>> with perfbp.watch(address, 8) as w:        # a variable of this process
+    ...     work()
+    >>> print(w.hits, "writes")
+    >>> result = perfbp.count(["counter"], command=["./prog"])   # a program, by name
+    >>> print(result.watches[0].hits)
+    >>> perfbp.plan([perfbp.Watch.parse("buf/64")]).explanation   # will it fit?
+
+The public names below are the whole API; everything else (the kernel
+layouts, the record decoder, the slot model) is reachable through its module
+(``perfbp.records``, ``perfbp.slots`` ...) but may change.  Names are
+imported when first used, so ``import perfbp`` costs only what is used.
 """
 
-from .breakpoint import Breakpoint
-from .counter import Counter, Group
+from ._version import __version__
 from .errors import (
+    CommandNotFound,
+    CorruptRecording,
     InvalidBreakpoint,
     NoBreakpointSlots,
     NoSuchProcess,
     PerfbpError,
     PermissionDenied,
+    SymbolNotFound,
     Unsupported,
 )
-from .check import CheckItem, CheckReport, probe_capacity, run_checks
-from .errors import CommandNotFound, CorruptRecording, SymbolNotFound
-from .events import EventOptions, Target
-from .launch import exit_status, resolve_command
-from .frames import Samples, load_samples
-from .live import LiveSession, LiveWatch
-from .watch import HitEvent, WatchHandle, address_of, watch
-
-from .planner import Plan, Watch, plan, probe
-from .regions import split_range
-from .resolve import resolve as resolve_watches
-from .resolve import resolve_in_file
-from .slots import SlotModel
-from .recording import RecordResult, record
-from .records import SampleColumns
-from .report import SORT_KEYS, Report, WatchReport, load_report
-from .sampling import Batch, Sampler, WatchStats
-from .results import CountResult, WatchHits
-from .session import count
-from .spec import WatchSpec
-from .spec import parse as parse_watch
-from .system import online_cpus, parse_cpu_list, possible_cpus, process_exists
-
-from ._version import __version__
 
 __all__ = [
-    "__version__",
-    "Breakpoint",
-    "Counter",
-    "Group",
-    "Target",
-    "EventOptions",
+    # exceptions
     "PerfbpError",
     "NoBreakpointSlots",
     "PermissionDenied",
@@ -61,46 +41,65 @@ __all__ = [
     "Unsupported",
     "CommandNotFound",
     "SymbolNotFound",
-    "WatchSpec",
-    "parse_watch",
+    "CorruptRecording",
+    # constants
+    "__version__",
+    # classes
+    "Breakpoint",
+    "Watch",
+    "Target",
+    "Plan",
+    "Counter",
+    "Group",
+    "Sampler",
+    "WatchHandle",
+    "LiveSession",
+    # functions
+    "watch",
     "count",
     "record",
-    "LiveSession",
-    "Samples",
-    "load_samples",
-    "watch",
-    "WatchHandle",
-    "HitEvent",
-    "address_of",
-    "LiveWatch",
-    "Watch",
-    "Plan",
     "plan",
     "probe",
-    "split_range",
     "resolve_watches",
-    "resolve_in_file",
-    "SlotModel",
-    "RecordResult",
     "load_report",
-    "Report",
-    "WatchReport",
-    "SORT_KEYS",
-    "CorruptRecording",
-    "Sampler",
-    "Batch",
-    "WatchStats",
-    "SampleColumns",
-    "CountResult",
-    "WatchHits",
-    "run_checks",
-    "CheckReport",
-    "CheckItem",
-    "probe_capacity",
-    "exit_status",
-    "resolve_command",
-    "online_cpus",
-    "possible_cpus",
-    "parse_cpu_list",
-    "process_exists",
+    "load_samples",
 ]
+
+#: public name -> (module, name in it), imported on first use (PEP 562)
+_LAZY = {
+    "Breakpoint": ("breakpoint", "Breakpoint"),
+    "Watch": ("planner", "Watch"),
+    "Target": ("events", "Target"),
+    "Plan": ("planner", "Plan"),
+    "Counter": ("counter", "Counter"),
+    "Group": ("counter", "Group"),
+    "Sampler": ("sampling", "Sampler"),
+    "WatchHandle": ("watching", "WatchHandle"),
+    "LiveSession": ("live", "LiveSession"),
+    "watch": ("watching", "watch"),
+    "count": ("session", "count"),
+    "record": ("recording", "record"),
+    "plan": ("planner", "plan"),
+    "probe": ("planner", "probe"),
+    "resolve_watches": ("resolve", "resolve"),
+    "load_report": ("report", "load_report"),
+    "load_samples": ("frames", "load_samples"),
+}
+
+
+def __getattr__(name: str):
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'perfbp' has no attribute {name!r}") from None
+    from importlib import import_module
+
+    found = import_module(f".{module}", __name__)
+    for public, (mod, attr) in _LAZY.items():  # every name of that module at once
+        if mod == module:
+            globals()[public] = getattr(found, attr)  # the next use is a plain lookup
+    return globals()[name]
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(__all__))

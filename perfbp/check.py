@@ -201,25 +201,14 @@ def _sigtrap() -> CheckItem:
                      if ok else f"expected one SIGTRAP, got {len(seen)}", ok)
 
 
-def probe_capacity(limit: int = 64) -> "tuple[int, bool | None]":
-    """How many breakpoints this thread can hold, and whether data and
-    execute breakpoints share the slots (:func:`perfbp.planner.probe`).
-
-    Returns:
-        ``(task_slots, shared_data_execute)``; the second is None when no
-        breakpoint could be opened at all.
-    """
+def _capacity() -> CheckItem:
     from .planner import probe
 
-    found = probe(limit)
-    return found["task_slots"], found["shared_data_execute"]
-
-
-def _capacity() -> CheckItem:
     try:
-        n, shared = probe_capacity()
+        found = probe()
     except PerfbpError as exc:
         return CheckItem("slots", False, f"slot probe failed: {exc}")
+    n, shared = found["task_slots"], found["shared_data_execute"]
     rules = arch.current()
     if shared is None:
         return CheckItem("slots", False, "no breakpoint slot is free for this thread", 0)

@@ -17,6 +17,7 @@ from typing import List, Optional
 import typer
 
 import perfbp
+from perfbp import _plumbing as plumbing
 
 app = typer.Typer(
     name="perfbp",
@@ -62,9 +63,9 @@ def shown(text: str, limit: int = 40) -> str:
 
 
 def _parse_cpus(text: str) -> "list[int]":
-    online = perfbp.online_cpus()
+    online = plumbing.online_cpus()
     try:
-        cpus = perfbp.parse_cpu_list(text)
+        cpus = plumbing.parse_cpu_list(text)
     except ValueError:
         raise fail(f"-C {shown(text)} is not a CPU list of this machine: write it like 0 "
                    f"or 0,1 or 0-3 (online CPUs: {','.join(map(str, online))})")
@@ -100,12 +101,12 @@ def resolve_target(pid: Optional[int], tid: Optional[int], all_cpus: bool,
     if pid is not None:
         if pid <= 0:
             raise fail(f"-p {pid} is not a process id: give a positive pid (see ps)")
-        if not perfbp.process_exists(pid):
+        if not plumbing.process_exists(pid):
             raise fail(f"process {pid} does not exist: check the pid with ps, or run "
                        f"the program under perfbp with -- CMD")
         return perfbp.Target.process(pid)
     if tid is not None:
-        if tid <= 0 or not perfbp.process_exists(tid):
+        if tid <= 0 or not plumbing.process_exists(tid):
             raise fail(f"thread {tid} does not exist: list a process's threads with "
                        f"ls /proc/PID/task")
         return perfbp.Target.thread(tid)
@@ -121,7 +122,7 @@ def _watches(specs: "list[str]") -> "list":
     parsed specs when they name symbols (resolved in the target)."""
     if not specs:
         raise fail("no watch given: add -w SPEC, for example -w mem:0x404040/8:w")
-    parsed = [perfbp.parse_watch(text) for text in specs]
+    parsed = [plumbing.parse_watch(text) for text in specs]
     if any(p.symbol is not None for p in parsed):
         return parsed
     return [perfbp.Watch.from_spec(p) for p in parsed]
@@ -380,7 +381,7 @@ def stat(
         sink.commit()
     _unresolved(result)
     if result.exit_code is not None and result.ended_by != "duration":
-        raise typer.Exit(perfbp.exit_status(result.exit_code))
+        raise typer.Exit(plumbing.exit_status(result.exit_code))
 
 
 def _pct(part: int, whole: int) -> str:
@@ -575,7 +576,7 @@ def record(
     if output == "-":  # the reader at the other end of the pipe summarizes
         _unresolved(result)
         if result.exit_code is not None and result.ended_by != "duration":
-            raise typer.Exit(perfbp.exit_status(result.exit_code))
+            raise typer.Exit(plumbing.exit_status(result.exit_code))
         return
     report = perfbp.load_report(result.path, top=top)
     if as_json:
@@ -596,7 +597,7 @@ def record(
         _render_report(report, top)
     _unresolved(result)
     if result.exit_code is not None and result.ended_by != "duration":
-        raise typer.Exit(perfbp.exit_status(result.exit_code))
+        raise typer.Exit(plumbing.exit_status(result.exit_code))
 
 
 @app.command(
@@ -624,8 +625,8 @@ def report(
     """
     if fmt not in ("table", "json", "csv"):
         raise fail(f"--format {fmt!r} is not one of table, json, csv")
-    if sort not in perfbp.SORT_KEYS:
-        raise fail(f"--sort {sort!r} is not one of {', '.join(perfbp.SORT_KEYS)}")
+    if sort not in plumbing.SORT_KEYS:
+        raise fail(f"--sort {sort!r} is not one of {', '.join(plumbing.SORT_KEYS)}")
     if input == "-":
         rep = _report_stdin(top, sort)
     else:
@@ -740,7 +741,7 @@ def top(
     # the command's status when it ended by itself; 0 when the user ended the
     # view (q, Ctrl-C) and perfbp ended the command: that is no failure of it
     if session.exit_code is not None and session.ended_by == "exit":
-        raise typer.Exit(perfbp.exit_status(session.exit_code))
+        raise typer.Exit(plumbing.exit_status(session.exit_code))
 
 
 @app.command(
@@ -789,7 +790,7 @@ def slots(
     watches = _watches(watch)
     if not all(isinstance(w, perfbp.Watch) for w in watches):  # symbols: look them up
         if target is None:
-            watches = perfbp.resolve_in_file(watches, command)
+            watches = plumbing.resolve_in_file(watches, command)
         elif target.kind == "cpus":
             raise fail("a watch on a symbol needs a process to look it up in: -p PID or -- CMD")
         else:
@@ -819,7 +820,7 @@ def check(as_json: bool = typer.Option(False, "--json", help="Print one JSON obj
 
     Exit status 0 when watchpoints work here, 1 otherwise.
     """
-    report = perfbp.run_checks()
+    report = plumbing.run_checks()
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
     else:

@@ -69,7 +69,7 @@ from .errors import InvalidBreakpoint, PerfbpError, SymbolNotFound
 from .launch import exec_failed, fork_before_exec
 from .planner import Watch
 from .resolve import Resolution, Scope, resolve_for_command, static_scope
-from .spec import WatchSpec
+from .spec import WatchSpec, parse
 
 #: Where a watch waits for its address: a 1-byte write breakpoint on page 0,
 #: which is never mapped (vm.mmap_min_addr), so no write there completes.
@@ -812,7 +812,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
 
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
-    items = list(watches)
+    items = [parse(w) if isinstance(w, str) else w for w in watches]  # "counter", "0x40/8:rw"
     specs = [w for w in items if isinstance(w, WatchSpec)]
     named = any(s.symbol is not None for s in specs)
     if named and any(not isinstance(w, WatchSpec) for w in items):

@@ -29,7 +29,7 @@ from . import images, system
 from .errors import (InvalidBreakpoint, NoSuchProcess, PerfbpError, PermissionDenied,
                      SymbolNotFound)
 from .planner import Watch
-from .spec import WatchSpec
+from .spec import WatchSpec, parse
 from .symbols import Symbol, load_bias, named_symbols
 
 
@@ -341,12 +341,15 @@ def resolve_one(spec: WatchSpec, scope: Scope, where: str,
     return found
 
 
-def resolve(specs: "Sequence[WatchSpec]", pid: int) -> "list[Watch]":
-    """Watches for ``specs`` in the running process ``pid``.
+def resolve(specs: "Sequence[WatchSpec | str]", pid: int) -> "list[Watch]":
+    """Watches for ``specs`` (parsed specs, or their text: ``"counter"``,
+    ``"environ@libc.so.6"``, ``"0x404040/8:rw"``) in the running process
+    ``pid``.
 
     Raises:
         SymbolNotFound, NoSuchProcess, InvalidBreakpoint.
     """
+    specs = [parse(s) if isinstance(s, str) else s for s in specs]
     return [r.watch if isinstance(r, Resolution) else r for r in resolve_all(specs, pid)]
 
 

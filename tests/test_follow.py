@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import perfbp
+from perfbp.spec import parse
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = REPO / "tests" / "workloads"
@@ -217,7 +218,7 @@ def test_pid_names_stop_at_exec(progs, tmp_path):
 
 
 def test_api_count_reports_the_binding(progs):
-    spec = perfbp.parse_watch("lib_counter@libctor.so")
+    spec = parse("lib_counter@libctor.so")
     res = perfbp.count([spec], command=[str(progs / "copy_prog"), "7", "11"])
     (w,) = res.watches
     (b,) = w.bindings

@@ -13,7 +13,8 @@ checked against the layer map below:
 
 A module may import perfbp modules of its own layer or lower, with two
 exceptions: layer 2 must not import layer 1, and layer 5 may import only
-``perfbp`` itself (names it exports) and other layer-5 modules.  ``cffi`` may
+``perfbp`` itself (names it exports), ``perfbp._plumbing`` (what the CLI needs
+beyond the API) and other layer-5 modules.  ``cffi`` may
 be imported by perfbp.abi only; ``mmap`` by perfbp.abi and perfbp.ring (which
 maps the ring buffer).
 
@@ -60,7 +61,7 @@ LAYERS = {
     "perfbp.planner": 3,
     "perfbp.results": 3,
     "perfbp.session": 3,
-    "perfbp.watch": 3,
+    "perfbp.watching": 3,
     "perfbp.report": 3,
     "perfbp.recording": 3,
     "perfbp.multiplex": 3,
@@ -68,8 +69,9 @@ LAYERS = {
     "perfbp.follow": 3,
     "perfbp.live": 3,
     "perfbp.frames": 3,
-    # 4: the public front
+    # 4: the public front, and the one internal path the user interfaces may use
     "perfbp": 4,
+    "perfbp._plumbing": 4,
     # 5: user interfaces
     "perfbp.cli": 5,
     "perfbp.tui": 5,
@@ -88,6 +90,7 @@ LAYER_NAMES = {
 KERNEL_LAYER = 1
 CORE_LAYER = 2
 FRONT = "perfbp"
+PLUMBING = "perfbp._plumbing"  # what the CLI needs beyond the API
 UI_LAYER = 5
 
 #: Outside modules only some perfbp modules may import.  Left free: fcntl
@@ -243,7 +246,7 @@ def check_module(module: str, source: str, path: str, modules: set, exports: set
                 if imp.name is not None and imp.name != "*" and imp.name not in exports:
                     bad.append(f"{path}:{imp.line} imports perfbp.{imp.name} {arrow}: "
                                f"{imp.name} is not exported by perfbp/__init__.py")
-            elif dst_layer != UI_LAYER:
+            elif dst_layer != UI_LAYER and target != PLUMBING:
                 bad.append(f"{where} {arrow}: the user interface uses only the "
                            f"public front (from perfbp import ...)")
         elif src_layer == CORE_LAYER and dst_layer == KERNEL_LAYER:

@@ -44,6 +44,8 @@ from elftools.elf.elffile import ELFFile
 
 import perfbp
 from perfbp import abi
+from perfbp import system
+from perfbp.results import CountResult
 from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
 from perfbp.events import LEDGER
 
@@ -56,7 +58,7 @@ TICKS = 1500              # 2 ms each: about 3 s per run
 TOLERANCE = 0.10          # the issue's requirement for steady rates
 TIMEOUT = 60
 SLOT_WAIT = 30            # seconds to wait for slots held by other programs
-ONLINE = perfbp.online_cpus()
+ONLINE = system.online_cpus()
 
 
 def truth(i: int, ticks: int = TICKS) -> int:
@@ -113,7 +115,7 @@ def run_perfbp(*args: str) -> subprocess.CompletedProcess:
         time.sleep(0.5)
 
 
-def count_retrying(*args, **kwargs) -> perfbp.CountResult:
+def count_retrying(*args, **kwargs) -> CountResult:
     """perfbp.count, rerun while another program holds the slots."""
     deadline = time.monotonic() + SLOT_WAIT
     while True:

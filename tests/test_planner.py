@@ -41,6 +41,9 @@ from elftools.elf.elffile import ELFFile
 
 import perfbp
 from perfbp import abi
+from perfbp import system
+from perfbp.regions import split_range
+from perfbp.spec import parse
 from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
 from perfbp.events import LEDGER
 
@@ -50,7 +53,7 @@ PERFBP = [sys.executable, "-m", "perfbp"]
 NSLOTS = 4                # x86-64: DR0-DR3 per thread and per CPU
 TIMEOUT = 30              # seconds for one CLI run; none comes near it
 SLOT_WAIT = 30            # seconds to wait for slots held by other programs
-ONLINE = perfbp.online_cpus()
+ONLINE = system.online_cpus()
 
 # plan_writes.c: area.bytes[k] is written BYTE_WRITES[k] times
 BYTE_WRITES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
@@ -253,7 +256,7 @@ def test_slots_needed_is_the_number_of_pieces(addr, length, pieces):
     assert sizes(w) == pieces
     assert (w.address, w.length) == (addr, length)
     assert [(p.address, p.length) for p in w.pieces] == \
-        [(a, n) for a, n in perfbp.split_range(addr, length)]
+        [(a, n) for a, n in split_range(addr, length)]
     p = perfbp.plan([w])
     assert p.slots_needed == len(pieces)
     assert p.capacity == NSLOTS
@@ -585,7 +588,7 @@ def test_slots_probe_takes_no_watch():
 def test_stat_refuses_more_than_four_slots(specs, needed):
     args = [a for s in specs for a in ("-w", s)]
     err = one_error_line(run_perfbp("stat", *args, "--", "/bin/true"))
-    expected = perfbp.plan([perfbp.Watch.from_spec(perfbp.parse_watch(s)) for s in specs])
+    expected = perfbp.plan([perfbp.Watch.from_spec(parse(s)) for s in specs])
     assert err == f"perfbp: error: {expected.explanation}"
     assert f"need{'s' if len(specs) == 1 else ''} {needed} debug-register slots" in err
     assert "4 per thread" in err and "--multiplex" in err
@@ -620,7 +623,7 @@ def test_stat_sums_the_pieces_of_a_misaligned_range(plan_writes, first, length):
     assert r.returncode == 0, r.stderr
     (w,) = one_json(r.stdout)["watches"]
     assert (w["watch"], w["hits"], w["slots"]) == \
-        (spec, expected, len(perfbp.split_range(addr, length)))
+        (spec, expected, len(split_range(addr, length)))
 
 
 def test_stat_mem_spec_is_one_register(plan_writes):

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import perfbp
 from perfbp import records
+from perfbp import system
 from perfbp._uapi import (
     PERF_FORMAT_GROUP,
     PERF_FORMAT_ID,
@@ -849,7 +850,7 @@ def test_real_kernel_samples_decode_exactly():
     assert set(cols.pid.tolist()) == {os.getpid()}
     assert set(cols.addr.tolist()) == {addr}
     assert set(cols.period.tolist()) == {1}
-    assert set(cols.cpu.tolist()) <= set(perfbp.online_cpus())
+    assert set(cols.cpu.tolist()) <= set(system.online_cpus())
     for cpu in set(cols.cpu.tolist()):
         t = cols.time[cols.cpu == cpu]
         assert np.all(np.diff(t.astype(np.int64)) >= 0), f"time goes back on CPU {cpu}"

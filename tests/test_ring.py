@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import perfbp
 from perfbp import abi, ring
+from perfbp import system
 from perfbp.records import ParseConfig, Unknown, iter_records
 from perfbp.ring import Ring, RingOverrun
 
@@ -334,7 +335,7 @@ def test_ring_mapping_on_a_real_event():
     with Sampler([perfbp.Breakpoint.write(ctypes.addressof(cell), 8)],
                  perfbp.Target.this_thread(), ring_pages=1) as s:
         rings = s._rings
-        assert set(rings) == set(perfbp.online_cpus())
+        assert set(rings) == set(system.online_cpus())
         for fd, rg, m in rings.values():
             assert isinstance(m, abi.RingMapping)
             assert m.data_size == 4096 and len(m.data) == 4096
@@ -405,7 +406,7 @@ def test_compiled_atomics_path(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["compiled"] and out["loaded"]
-    assert out["initial_tails"] == [0] * len(perfbp.online_cpus())
+    assert out["initial_tails"] == [0] * len(system.online_cpus())
     assert out["tails_match"]
     assert (out["hits"], out["samples"], out["decoded"], out["lost"]) == (101, 101, 101, 0)
     assert out["moved"] == 101 * 64

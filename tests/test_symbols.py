@@ -129,7 +129,7 @@ def test_library_symbol_in_a_running_process():
     import ctypes
     import os
 
-    (w,) = perfbp.resolve_watches([perfbp.parse_watch("environ@libc.so.6")], os.getpid())
+    (w,) = perfbp.resolve_watches(["environ@libc.so.6"], os.getpid())
     libc = ctypes.CDLL(None)
     assert w.address == ctypes.addressof(ctypes.c_void_p.in_dll(libc, "environ"))
 
@@ -141,7 +141,7 @@ def test_kernel_symbols():
     which perfbp explains."""
     import os
 
-    (w,) = perfbp.resolve_watches([perfbp.parse_watch("do_exit@kernel:x")], os.getpid())
+    (w,) = perfbp.resolve_watches(["do_exit@kernel:x"], os.getpid())
     kallsyms = {ln.split()[2]: int(ln.split()[0], 16) for ln in open("/proc/kallsyms")
                 if len(ln.split()) >= 3 and ln.split()[1] in "tT"}
     assert w.address == kallsyms["do_exit"] and w.access == "x"

@@ -168,7 +168,7 @@ def test_recording_back_as_columns_and_frames(tmp_path):
         subprocess.run(["make", "-s", "demo/demo"], cwd=exe.parent.parent, check=True)
     out = tmp_path / "d.data"
     for _attempt in range(4):  # a hit the machine loses has no sample: record again
-        res = perfbp.record([perfbp.parse_watch("counter"), perfbp.parse_watch("config.flags")],
+        res = perfbp.record(["counter", "config.flags"],
                             str(out), command=[str(exe)])
         if not any(res.recovered) and not res.unattributed:
             break
