@@ -278,7 +278,15 @@ def _has_dwarf(elf) -> bool:
 def _separate_debug_file(path: str, elf) -> Optional[str]:
     """The separate debug file of ``path``, where gdb looks for one: by
     build-id under /usr/lib/debug/.build-id, then by ``.gnu_debuglink`` (its
-    CRC checked) next to the file, in its .debug/, and under /usr/lib/debug."""
+    CRC checked) next to the file, in its .debug/, and under /usr/lib/debug.
+
+    pyelftools (0.32+) reads the ``.gnu_debuglink`` section
+    (``ELFFile.get_dwarf_link``), and used here for that; its own following
+    of the link (``get_dwarf_info(follow_links=True)``) is not: it looks only
+    next to the file, not by build-id (a TODO in pyelftools 0.33) nor in
+    .debug/ and /usr/lib/debug, where distributions install debug files, and
+    a CRC that differs raises instead of trying the next place."""
+    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     candidates: list[tuple[str, Optional[int]]] = []
@@ -288,16 +296,15 @@ def _separate_debug_file(path: str, elf) -> Optional[str]:
             if note["n_type"] == "NT_GNU_BUILD_ID":
                 bid = note["n_desc"]
                 candidates.append((f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug", None))
-    link = elf.get_section_by_name(".gnu_debuglink")
+    try:
+        link = elf.get_dwarf_link()
+    except ELFError:  # a damaged link: no file to look for there
+        link = None
     if link is not None:
-        raw = link.data()
-        end = raw.find(b"\0")
-        name = raw[:end].decode("utf-8", "replace")
-        crc_at = (end + 4) & ~3
-        crc = int.from_bytes(raw[crc_at:crc_at + 4], "little" if elf.little_endian else "big")
+        name = link.filename.decode("utf-8", "replace")
         here = os.path.dirname(path)
         for d in (here, os.path.join(here, ".debug"), "/usr/lib/debug" + here):
-            candidates.append((os.path.join(d, name), crc))
+            candidates.append((os.path.join(d, name), link.checksum))
     for cand, crc in candidates:
         if os.path.realpath(cand) == path or not os.path.isfile(cand):
             continue
