@@ -727,7 +727,7 @@ def _walk(debug: _Debug, var: _Var, name: str, steps: list, expr: str) -> Member
             array, dims, skip = arr
             dim = dims[skip]
             if dim.count is not None and not dim.lower <= step < dim.lower + dim.count:
-                bounds = (f"it has no elements" if dim.count == 0 else
+                bounds = ("it has no elements" if dim.count == 0 else
                           f"valid indexes are {dim.lower}..{dim.lower + dim.count - 1}")
                 raise refuse(f"index {step} is out of range for {done} "
                              f"({_view_name(view, debug)}): {bounds}")
