@@ -12,9 +12,9 @@ separate debug file, found by build-id or ``.gnu_debuglink`` as gdb does):
 
 * the ``DW_TAG_variable`` DIEs at file scope, indexed by name once per file
   (a definition, or a declaration completed by a ``DW_AT_specification``),
-  by a scan of .debug_info's bytes that decodes only the top-level DIEs
-  (libpython's 9 MB of DWARF in 0.25 s; pyelftools' DIE walk, its fallback
-  and its check in the tests, takes 3 s);
+  by :mod:`perfbp.dwarf_index`'s scan of .debug_info's bytes, which decodes
+  only the top-level DIEs (libpython's 9 MB of DWARF in 0.2 s; pyelftools'
+  DIE walk, its fallback and its check in the tests, takes 3 s);
 * their types, through typedefs and ``const``/``volatile``/``restrict``/
   ``_Atomic``; struct, union and class members by ``DW_AT_name`` (anonymous
   members and base classes searched too) at ``DW_AT_data_member_location``;
@@ -44,6 +44,7 @@ from typing import Iterator, NamedTuple, Optional, Union
 
 from elftools.dwarf.enums import ENUM_DW_LANG
 
+from .dwarf_index import variable_index
 from .errors import InvalidBreakpoint, SymbolNotFound
 from .system import open_regular
 
@@ -158,19 +159,17 @@ class _Var(NamedTuple):
 class _Debug:
     """The DWARF of one file, and its global variables' DIE offsets by name.
 
-    The index is built once, by :func:`_scan_variables` (or, should that
-    meet something it does not know, by pyelftools' slower DIE walk); DIEs
-    are parsed by pyelftools only for the names looked up."""
+    The index is built once, by :func:`perfbp.dwarf_index.variable_index`
+    (a scan of the bytes, or pyelftools' slower DIE walk should that meet
+    something it does not know); DIEs are parsed by pyelftools only for the
+    names looked up."""
 
     def __init__(self, path: str, debug_path: str, dwarf) -> None:
         self.path = path
         self.debug_path = debug_path
         self.dwarf = dwarf
         self.little_endian = dwarf.config.little_endian
-        try:
-            self.index = _scan_variables(dwarf)
-        except _ScanError:
-            self.index = _walk_variables(dwarf)
+        self.index = variable_index(dwarf)
         self._complete_types: "Optional[dict[tuple[str, str], object]]" = None
         self.debug_key: "Optional[tuple[str, int, int, int]]" = None  # a separate file's
 
@@ -202,279 +201,6 @@ class _Debug:
                         found.setdefault((die.tag, _name(die)), die)
             self._complete_types = found
         return self._complete_types.get((tag, name))
-
-
-def _walk_variables(dwarf) -> "dict[str, list[int]]":
-    """``{name: [DIE offset, ...]}`` of the variables at file scope of every
-    compile unit, by pyelftools' DIE walk: a variable named there, or one
-    whose DW_AT_specification names a declaration there (a C++ class's
-    static member, whose declaration is inside the class, is left out)."""
-    index: dict[str, list[int]] = {}
-    for cu in dwarf.iter_CUs():
-        top = cu.get_top_DIE()
-        if top.tag not in ("DW_TAG_compile_unit", "DW_TAG_partial_unit"):
-            continue
-        named: dict[int, str] = {}
-        for die in top.iter_children():
-            if die.tag != "DW_TAG_variable" or "DW_AT_abstract_origin" in die.attributes:
-                continue
-            if "DW_AT_specification" in die.attributes:
-                name = named.get(die.get_DIE_from_attribute("DW_AT_specification").offset)
-            else:
-                name = named[die.offset] = _name(die)
-            if name:
-                index.setdefault(name, []).append(die.offset)
-    return index
-
-
-class _ScanError(Exception):
-    """The fast scan met a form or layout it does not know."""
-
-
-def _section_bytes(sec) -> bytes:
-    if sec is None:
-        return b""
-    sec.stream.seek(0)
-    return sec.stream.read()
-
-
-def _uleb(data: bytes, pos: int) -> "tuple[int, int]":
-    byte = data[pos]
-    if byte < 0x80:
-        return byte, pos + 1
-    result, shift = 0, 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _forms():
-    """DW_FORM codes by how an entry's bytes are laid out."""
-    from elftools.dwarf.enums import ENUM_DW_FORM as F
-
-    def codes(*names):
-        return {F[n] for n in names if n in F}
-
-    return {
-        1: codes("DW_FORM_data1", "DW_FORM_ref1", "DW_FORM_flag", "DW_FORM_strx1",
-                 "DW_FORM_addrx1"),
-        2: codes("DW_FORM_data2", "DW_FORM_ref2", "DW_FORM_strx2", "DW_FORM_addrx2"),
-        3: codes("DW_FORM_strx3", "DW_FORM_addrx3"),
-        4: codes("DW_FORM_data4", "DW_FORM_ref4", "DW_FORM_strx4", "DW_FORM_addrx4",
-                 "DW_FORM_ref_sup4"),
-        8: codes("DW_FORM_data8", "DW_FORM_ref8", "DW_FORM_ref_sig8", "DW_FORM_ref_sup8"),
-        16: codes("DW_FORM_data16"),
-        0: codes("DW_FORM_flag_present", "DW_FORM_implicit_const"),
-        "offset": codes("DW_FORM_strp", "DW_FORM_line_strp", "DW_FORM_sec_offset",
-                        "DW_FORM_GNU_ref_alt", "DW_FORM_GNU_strp_alt", "DW_FORM_strp_sup"),
-        "leb": codes("DW_FORM_udata", "DW_FORM_sdata", "DW_FORM_ref_udata", "DW_FORM_strx",
-                     "DW_FORM_addrx", "DW_FORM_loclistx", "DW_FORM_rnglistx",
-                     "DW_FORM_GNU_addr_index", "DW_FORM_GNU_str_index"),
-        "block": {F["DW_FORM_block1"]: 1, F["DW_FORM_block2"]: 2, F["DW_FORM_block4"]: 4},
-        "uleb_block": codes("DW_FORM_block", "DW_FORM_exprloc"),
-        "cu_ref": codes("DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_FORM_ref8",
-                        "DW_FORM_ref_udata"),
-        "string": F["DW_FORM_string"], "strp": F["DW_FORM_strp"],
-        "line_strp": F["DW_FORM_line_strp"], "addr": F["DW_FORM_addr"],
-        "ref_addr": F["DW_FORM_ref_addr"], "indirect": F["DW_FORM_indirect"],
-        "implicit_const": F["DW_FORM_implicit_const"],
-    }
-
-
-def _scan_variables(dwarf) -> "dict[str, list[int]]":
-    """What :func:`_walk_variables` finds, read straight from the bytes of
-    .debug_info: each compile unit's top-level DIEs are decoded only as far
-    as their tag, name, DW_AT_specification and DW_AT_sibling (which skips
-    their children), ten times faster than building pyelftools DIEs.
-
-    Raises:
-        _ScanError: a unit, form or string this scan does not handle
-            (split DWARF's string indexes, DWARF 1); the caller walks instead.
-    """
-    from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_TAG
-
-    forms = _forms()
-    fixed = {code: size for size in (0, 1, 2, 3, 4, 8, 16) for code in forms[size]}
-    at_sibling, at_name = ENUM_DW_AT["DW_AT_sibling"], ENUM_DW_AT["DW_AT_name"]
-    at_spec = ENUM_DW_AT["DW_AT_specification"]
-    at_origin = ENUM_DW_AT["DW_AT_abstract_origin"]
-    wanted = {at_sibling, at_name, at_spec, at_origin}
-    tag_variable = ENUM_DW_TAG["DW_TAG_variable"]
-    info = _section_bytes(dwarf.debug_info_sec)
-    abbrev = _section_bytes(dwarf.debug_abbrev_sec)
-    strs = _section_bytes(dwarf.debug_str_sec)
-    line_strs = _section_bytes(getattr(dwarf, "debug_line_str_sec", None))
-    order = "little" if dwarf.config.little_endian else "big"
-    tables: dict[tuple, dict] = {}
-    sizes: dict[int, int] = {}  # bytes of each fixed-size form in the current unit
-
-    def abbrev_table(offset: int, unit_sizes: tuple) -> dict:
-        """``{code: (tag, has_children, fixed size or None, attrs)}``, with
-        ``attrs`` a list of ``(DW_AT, DW_FORM, size or None)``."""
-        key = (offset, unit_sizes)
-        if key in tables:
-            return tables[key]
-        table, pos = {}, offset
-        while True:
-            code, pos = _uleb(abbrev, pos)
-            if code == 0:
-                break
-            tag, pos = _uleb(abbrev, pos)
-            children = abbrev[pos] == 1
-            pos += 1
-            attrs, total = [], 0
-            while True:
-                attr, pos = _uleb(abbrev, pos)
-                form, pos = _uleb(abbrev, pos)
-                if attr == 0 and form == 0:
-                    break
-                if form == forms["implicit_const"]:  # an SLEB128 in the abbrev
-                    _value, pos = _uleb(abbrev, pos)  # (skipped alike)
-                size = sizes.get(form)
-                attrs.append((attr, form, size))
-                total = None if total is None or size is None else total + size
-            table[code] = (tag, children, total, attrs)
-        tables[key] = table
-        return table
-
-    def read_attrs(pos: int, spec) -> "tuple[int, dict]":
-        """Past one DIE's attributes; ``{DW_AT: (DW_FORM, value)}`` of
-        those in ``wanted`` (a string's value is its bytes)."""
-        _tag, _children, total, attrs = spec
-        got = {}
-        for attr, form, size in attrs:
-            if form == forms["indirect"]:
-                form, pos = _uleb(info, pos)
-                size = sizes.get(form)
-            if size is not None:
-                if attr in wanted:
-                    got[attr] = (form, int.from_bytes(info[pos:pos + size], order))
-                pos += size
-            elif form in forms["leb"]:
-                value, pos = _uleb(info, pos)
-                if attr in wanted:
-                    got[attr] = (form, value)
-            elif form == forms["string"]:
-                end = info.index(b"\0", pos)
-                if attr in wanted:
-                    got[attr] = (form, info[pos:end])
-                pos = end + 1
-            elif form in forms["uleb_block"]:
-                length, pos = _uleb(info, pos)
-                pos += length
-            elif form in forms["block"]:
-                n = forms["block"][form]
-                pos += n + int.from_bytes(info[pos:pos + n], order)
-            else:
-                raise _ScanError(f"form {form:#x}")
-        return pos, got
-
-    def name_of(got: dict) -> "Optional[str]":
-        if at_name not in got:
-            return None
-        form, value = got[at_name]
-        if form == forms["string"]:
-            raw = value
-        elif form in (forms["strp"], forms["line_strp"]):
-            data = strs if form == forms["strp"] else line_strs
-            end = data.find(b"\0", value)
-            if end < 0:
-                raise _ScanError("string offset out of the section")
-            raw = data[value:end]
-        else:  # DW_FORM_strx*: string offsets tables (split DWARF)
-            raise _ScanError(f"name in form {form:#x}")
-        return raw.decode("utf-8", "replace")
-
-    def ref_target(unit: int, ref) -> int:
-        form, value = ref
-        if form in forms["cu_ref"]:
-            return unit + value
-        if form == forms["ref_addr"]:
-            return value
-        raise _ScanError(f"reference in form {form:#x}")
-
-    index: dict[str, list[int]] = {}
-    pos = 0
-    try:
-        while pos < len(info):
-            unit = pos
-            length = int.from_bytes(info[pos:pos + 4], order)
-            pos += 4
-            off_size = 4
-            if length == 0xFFFFFFFF:
-                length = int.from_bytes(info[pos:pos + 8], order)
-                pos += 8
-                off_size = 8
-            end = pos + length
-            if length < 7 or end > len(info):
-                raise _ScanError("unit length")
-            version = int.from_bytes(info[pos:pos + 2], order)
-            pos += 2
-            if version >= 5:
-                unit_type, addr_size = info[pos], info[pos + 1]
-                abbrev_off = int.from_bytes(info[pos + 2:pos + 2 + off_size], order)
-                pos += 2 + off_size
-                if unit_type not in (1, 3):  # DW_UT_compile, DW_UT_partial
-                    pos = end
-                    continue
-            elif version >= 2:
-                abbrev_off = int.from_bytes(info[pos:pos + off_size], order)
-                addr_size = info[pos + off_size]
-                pos += off_size + 1
-            else:
-                raise _ScanError(f"DWARF version {version}")
-            ref_addr_size = addr_size if version == 2 else off_size
-            sizes.clear()
-            sizes.update(fixed)
-            sizes.update(dict.fromkeys(forms["offset"], off_size))
-            sizes[forms["addr"]] = addr_size
-            sizes[forms["ref_addr"]] = ref_addr_size
-            table = abbrev_table(abbrev_off, (addr_size, off_size, ref_addr_size))
-            code, pos = _uleb(info, pos)
-            spec = table[code]
-            pos, _got = read_attrs(pos, spec)
-            if not spec[1]:
-                pos = end
-                continue
-            named: dict[int, str] = {}
-            depth = 0  # below the top-level DIEs, while skipping a subtree
-            while pos < end:
-                die = pos
-                code, pos = _uleb(info, pos)
-                if code == 0:
-                    if depth == 0:
-                        break
-                    depth -= 1
-                    continue
-                spec = table[code]
-                tag, children, total, _attrs = spec
-                if depth and total is not None and not children:
-                    pos += total
-                    continue
-                pos, got = read_attrs(pos, spec)
-                if depth == 0 and tag == tag_variable and at_origin not in got:
-                    if at_spec in got:
-                        name = named.get(ref_target(unit, got[at_spec]))
-                    else:
-                        name = named[die] = name_of(got)
-                    if name:
-                        index.setdefault(name, []).append(die)
-                if children:
-                    if at_sibling in got:
-                        sibling = ref_target(unit, got[at_sibling])
-                        if not pos <= sibling <= end:
-                            raise _ScanError(f"DW_AT_sibling {sibling:#x} at {die:#x}")
-                        pos = sibling
-                    else:
-                        depth += 1
-            pos = end
-    except (IndexError, KeyError, ValueError) as exc:
-        raise _ScanError(f"at offset {pos:#x}: {exc!r}") from None
-    return index
 
 
 def _file_key(path: str) -> "tuple[str, int, int, int]":
@@ -552,7 +278,15 @@ def _has_dwarf(elf) -> bool:
 def _separate_debug_file(path: str, elf) -> Optional[str]:
     """The separate debug file of ``path``, where gdb looks for one: by
     build-id under /usr/lib/debug/.build-id, then by ``.gnu_debuglink`` (its
-    CRC checked) next to the file, in its .debug/, and under /usr/lib/debug."""
+    CRC checked) next to the file, in its .debug/, and under /usr/lib/debug.
+
+    pyelftools (0.32+) reads the ``.gnu_debuglink`` section
+    (``ELFFile.get_dwarf_link``), and used here for that; its own following
+    of the link (``get_dwarf_info(follow_links=True)``) is not: it looks only
+    next to the file, not by build-id (a TODO in pyelftools 0.33) nor in
+    .debug/ and /usr/lib/debug, where distributions install debug files, and
+    a CRC that differs raises instead of trying the next place."""
+    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
     candidates: list[tuple[str, Optional[int]]] = []
@@ -562,16 +296,15 @@ def _separate_debug_file(path: str, elf) -> Optional[str]:
             if note["n_type"] == "NT_GNU_BUILD_ID":
                 bid = note["n_desc"]
                 candidates.append((f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug", None))
-    link = elf.get_section_by_name(".gnu_debuglink")
+    try:
+        link = elf.get_dwarf_link()
+    except ELFError:  # a damaged link: no file to look for there
+        link = None
     if link is not None:
-        raw = link.data()
-        end = raw.find(b"\0")
-        name = raw[:end].decode("utf-8", "replace")
-        crc_at = (end + 4) & ~3
-        crc = int.from_bytes(raw[crc_at:crc_at + 4], "little" if elf.little_endian else "big")
+        name = link.filename.decode("utf-8", "replace")
         here = os.path.dirname(path)
         for d in (here, os.path.join(here, ".debug"), "/usr/lib/debug" + here):
-            candidates.append((os.path.join(d, name), crc))
+            candidates.append((os.path.join(d, name), link.checksum))
     for cand, crc in candidates:
         if os.path.realpath(cand) == path or not os.path.isfile(cand):
             continue
@@ -994,7 +727,7 @@ def _walk(debug: _Debug, var: _Var, name: str, steps: list, expr: str) -> Member
             array, dims, skip = arr
             dim = dims[skip]
             if dim.count is not None and not dim.lower <= step < dim.lower + dim.count:
-                bounds = (f"it has no elements" if dim.count == 0 else
+                bounds = ("it has no elements" if dim.count == 0 else
                           f"valid indexes are {dim.lower}..{dim.lower + dim.count - 1}")
                 raise refuse(f"index {step} is out of range for {done} "
                              f"({_view_name(view, debug)}): {bounds}")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
+from .dwarf_index import sleb128, uleb128
 from .system import open_regular
 
 __all__ = ["SourceLine", "LineTable", "line_table"]
@@ -273,55 +274,31 @@ class LineTable:
             out.append(self._file_id(_join(dirs, entry["dir_index"] or 0, _text(entry["name"]))))
         return out, dirs
 
+    def _file_at(self, files: list, index: int) -> int:
+        """The id of entry ``index`` of a program's file table, or of
+        ``UNKNOWN_FILE`` past its end."""
+        return files[index] if index < len(files) else self._file_id(UNKNOWN_FILE)
+
     def _run(self, data: bytes, offset: int, header, comp_dir: Optional[str],
              rows: list) -> None:
         """Run the line program at ``offset`` of ``.debug_line`` (``data``),
         appending ``(address, file id, line, column)`` rows to ``rows``, with
-        a ``file id == _END`` row closing each sequence kept."""
-        order = "little" if self._little else "big"
-        end_fmt = "<" if self._little else ">"
-        # the unit's extent and the program's start, from the header's own
-        # lengths (robust to header fields pyelftools does not know)
-        (unit_length,) = struct.unpack_from(end_fmt + "I", data, offset)
-        if unit_length == 0xFFFFFFFF:
-            (unit_length,) = struct.unpack_from(end_fmt + "Q", data, offset + 4)
-            pos, offset_size = offset + 12, 8
-        else:
-            pos, offset_size = offset + 4, 4
-        end = pos + unit_length
-        version = int.from_bytes(data[pos:pos + 2], order)
-        pos += 4 if version >= 5 else 2  # version, (address_size, seg_sel_size)
-        header_length = int.from_bytes(data[pos:pos + offset_size], order)
-        pos += offset_size + header_length
-        if end > len(data):
-            raise ValueError(f"line program at {offset:#x} runs past .debug_line")
-        if header.get("maximum_operations_per_instruction", 1) not in (0, 1):
-            raise ValueError("VLIW line programs (maximum_operations_per_instruction > 1) "
-                             "are not supported")
+        a ``file id == _END`` row closing each sequence kept.
 
+        The state machine's registers (DWARF 5, 6.2.2) live in locals, and
+        the opcodes that come by the million (special opcodes, advance_pc,
+        set_column, advance_line) are decoded inline; the rest are helpers."""
+        pos, end = _program_start(data, offset, header, self._little)
+        order = "little" if self._little else "big"
         files, dirs = self._file_map(header, comp_dir)
-        nfiles = len(files)
-        unknown = -1
+        addr_step, line_step, const_add = _special_opcodes(header)
         min_len = header["minimum_instruction_length"]
-        line_base = header["line_base"]
-        line_range = header["line_range"]
         opcode_base = header["opcode_base"]
         std_lengths = list(header["standard_opcode_lengths"])
-        if line_range == 0:
-            raise ValueError("line_range is 0")
-        # special opcodes: address and line advances, precomputed
-        addr_step = [0] * 256
-        line_step = [0] * 256
-        for op in range(opcode_base, 256):
-            adj = op - opcode_base
-            addr_step[op] = (adj // line_range) * min_len
-            line_step[op] = line_base + adj % line_range
-        const_add = ((255 - opcode_base) // line_range) * min_len
-
         emit = rows.append
         address, line, column = 0, 1, 0
         reg_file = 1
-        fid = files[1] if 1 < nfiles else self._file_id(UNKNOWN_FILE)
+        fid = self._file_at(files, reg_file)
         seq_start = len(rows)
         while pos < end:
             op = data[pos]
@@ -336,88 +313,123 @@ class LineTable:
                 value = data[pos]
                 pos += 1
                 if value & 0x80:
-                    value, pos = _uleb(data, pos - 1)
+                    value, pos = uleb128(data, pos - 1)
                 if op == DW_LNS_advance_pc:
                     address += value * min_len
                 elif op == DW_LNS_set_column:
                     column = value
                 else:
                     reg_file = value
-                    if value < nfiles:
-                        fid = files[value]
-                    else:
-                        if unknown < 0:
-                            unknown = self._file_id(UNKNOWN_FILE)
-                        fid = unknown
+                    fid = self._file_at(files, value)
             elif op == DW_LNS_advance_line:
                 value = data[pos]
                 pos += 1
                 if value & 0x80:
-                    value, pos = _sleb(data, pos - 1)
+                    value, pos = sleb128(data, pos - 1)
                 elif value & 0x40:
                     value -= 0x80
                 line += value
             elif op == DW_LNS_const_add_pc:
                 address += const_add
             elif op == 0:  # extended: length, sub-opcode, operands
-                length, pos = _uleb(data, pos)
+                length, pos = uleb128(data, pos)
                 nxt = pos + length
                 sub = data[pos] if length else 0
                 if sub == DW_LNE_end_sequence:
-                    if rows and len(rows) > seq_start and self._in_code(rows[seq_start][0]):
-                        emit((address, _END, 0, 0))
-                    else:  # discarded code (address 0 or a tombstone)
-                        del rows[seq_start:]
-                    seq_start = len(rows)
+                    seq_start = self._end_sequence(rows, seq_start, address)
                     address, line, column = 0, 1, 0
                     reg_file = 1
-                    fid = files[1] if 1 < nfiles else self._file_id(UNKNOWN_FILE)
+                    fid = self._file_at(files, reg_file)
                 elif sub == DW_LNE_set_address:
                     address = int.from_bytes(data[pos + 1:nxt], order)
                 elif sub == DW_LNE_define_file:
-                    name_end = data.index(b"\0", pos + 1)
-                    name = _text(data[pos + 1:name_end])
-                    dir_index, _ = _uleb(data, name_end + 1)
-                    files.append(self._file_id(_join(dirs, dir_index, name)))
-                    nfiles = len(files)
-                    if reg_file < nfiles:
-                        fid = files[reg_file]
+                    files.append(self._defined_file(data, pos + 1, dirs))
+                    fid = self._file_at(files, reg_file)
                 # DW_LNE_set_discriminator and vendor opcodes: nothing to keep
                 pos = nxt
             elif op == DW_LNS_fixed_advance_pc:
                 address += int.from_bytes(data[pos:pos + 2], order)
                 pos += 2
-            elif op in (DW_LNS_negate_stmt, DW_LNS_set_basic_block,
-                        DW_LNS_set_prologue_end, DW_LNS_set_epilogue_begin):
-                pass
-            else:  # DW_LNS_set_isa, or an opcode from a later standard: skip operands
+            elif op not in _NO_OPERANDS:  # DW_LNS_set_isa, or a later standard's
                 for _ in range(std_lengths[op - 1]):
-                    _, pos = _uleb(data, pos)
+                    _, pos = uleb128(data, pos)
         del rows[seq_start:]  # a sequence the program never ended
 
+    def _end_sequence(self, rows: list, seq_start: int, address: int) -> int:
+        """Close the sequence ``rows[seq_start:]`` at ``address``: keep it with
+        an ``_END`` row if it starts in code, else drop it (discarded code,
+        at address 0 or a tombstone).  Returns where the next one starts."""
+        if len(rows) > seq_start and self._in_code(rows[seq_start][0]):
+            rows.append((address, _END, 0, 0))
+        else:
+            del rows[seq_start:]
+        return len(rows)
 
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, pos
+    def _defined_file(self, data: bytes, pos: int, dirs: list) -> int:
+        """The id of the file a ``DW_LNE_define_file`` at ``pos`` (past its
+        sub-opcode) adds: a name, a directory index (DWARF 2-4, 6.2.5.3)."""
+        name_end = data.index(b"\0", pos)
+        dir_index, _ = uleb128(data, name_end + 1)
+        return self._file_id(_join(dirs, dir_index, _text(data[pos:name_end])))
 
 
-def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            if b & 0x40:
-                value -= 1 << shift
-            return value, pos
+# standard opcodes that take no operands and change nothing a row keeps
+_NO_OPERANDS = frozenset({DW_LNS_negate_stmt, DW_LNS_set_basic_block,
+                          DW_LNS_set_prologue_end, DW_LNS_set_epilogue_begin})
+
+
+def _program_start(data: bytes, offset: int, header, little: bool) -> "tuple[int, int]":
+    """``(start of the byte code, end of the unit)`` of the line program at
+    ``offset``, from the header's own lengths (DWARF 5, 6.2.4: robust to
+    header fields pyelftools does not know).
+
+    Raises:
+        ValueError: the unit runs past the section, or it is a VLIW program
+            (maximum_operations_per_instruction > 1), which this module
+            does not run.
+        struct.error: the section ends inside the unit's length.
+    """
+    end_fmt = "<" if little else ">"
+    (unit_length,) = struct.unpack_from(end_fmt + "I", data, offset)
+    if unit_length == 0xFFFFFFFF:  # the 64-bit DWARF format
+        (unit_length,) = struct.unpack_from(end_fmt + "Q", data, offset + 4)
+        pos, offset_size = offset + 12, 8
+    else:
+        pos, offset_size = offset + 4, 4
+    end = pos + unit_length
+    order = "little" if little else "big"
+    version = int.from_bytes(data[pos:pos + 2], order)
+    pos += 4 if version >= 5 else 2  # version, (address_size, seg_sel_size)
+    header_length = int.from_bytes(data[pos:pos + offset_size], order)
+    pos += offset_size + header_length
+    if end > len(data):
+        raise ValueError(f"line program at {offset:#x} runs past .debug_line")
+    if header.get("maximum_operations_per_instruction", 1) not in (0, 1):
+        raise ValueError("VLIW line programs (maximum_operations_per_instruction > 1) "
+                         "are not supported")
+    return pos, end
+
+
+def _special_opcodes(header) -> "tuple[list[int], list[int], int]":
+    """``(address advance, line advance)`` of each special opcode, indexed by
+    opcode, and DW_LNS_const_add_pc's address advance (DWARF 5, 6.2.5.1).
+
+    Raises:
+        ValueError: a line_range of 0.
+    """
+    min_len = header["minimum_instruction_length"]
+    line_base = header["line_base"]
+    line_range = header["line_range"]
+    opcode_base = header["opcode_base"]
+    if line_range == 0:
+        raise ValueError("line_range is 0")
+    addr_step = [0] * 256
+    line_step = [0] * 256
+    for op in range(opcode_base, 256):
+        adj = op - opcode_base
+        addr_step[op] = (adj // line_range) * min_len
+        line_step[op] = line_base + adj % line_range
+    return addr_step, line_step, ((255 - opcode_base) // line_range) * min_len
 
 
 def _text(raw) -> str:

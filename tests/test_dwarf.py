@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perfbp import dwarf
+from perfbp import dwarf, dwarf_index
 from perfbp.dwarf import Member, parse_expr, resolve_member
 from perfbp.errors import InvalidBreakpoint, PerfbpError, SymbolNotFound
 
@@ -411,8 +411,8 @@ def test_fast_scan_agrees_with_pyelftools_walk(layouts, units):
     for exe in [lay.path for lay in layouts.values()] + [str(p) for p in units.values()]:
         with open(exe, "rb") as f:
             info = ELFFile(f).get_dwarf_info()
-            fast = dwarf._scan_variables(info)
-            assert fast == dwarf._walk_variables(info), exe
+            fast = dwarf_index.scan_variables(info)
+            assert fast == dwarf_index.walk_variables(info), exe
             assert {"config", "table", "grid", "recs", "ptrs"} <= set(fast) or "units" in exe
 
 
@@ -437,20 +437,21 @@ def test_index_is_cached_until_the_file_changes(build_dir):
 
 def test_imports_only_stdlib_pyelftools_and_errors():
     """perfbp.dwarf is a pure core: the standard library, pyelftools, and of
-    perfbp only the error hierarchy and system's open_regular (files are
-    opened only when regular: a FIFO named as a debug file cannot hang)."""
-    source = Path(dwarf.__file__).read_text()
+    perfbp only the error hierarchy, system's open_regular (files are
+    opened only when regular: a FIFO named as a debug file cannot hang) and
+    its own variable index, perfbp.dwarf_index, held to the same rule."""
     seen = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            seen |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            seen.add("." * node.level + (node.module or ""))
+    for module in (dwarf, dwarf_index):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if isinstance(node, ast.Import):
+                seen |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                seen.add("." * node.level + (node.module or ""))
     stdlib = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
     for name in seen:
         top = name.split(".")[0]
-        assert name in (".errors", ".system") or top == "elftools" or top == "__future__" or \
-            stdlib is None or top in stdlib, name
+        assert name in (".errors", ".system", ".dwarf_index") or top == "elftools" or \
+            top == "__future__" or stdlib is None or top in stdlib, name
     assert ".errors" in seen
 
 

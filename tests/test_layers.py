@@ -51,6 +51,7 @@ LAYERS = {
     "perfbp.images": 2,
     "perfbp.perfdata": 2,
     "perfbp.dwarf": 2,
+    "perfbp.dwarf_index": 2,
     "perfbp.lines": 2,
     # 3: the API internals
     "perfbp.events": 3,
