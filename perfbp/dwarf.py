@@ -34,6 +34,7 @@ Pure Python over files; no kernel.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 import re
 import zlib
@@ -663,7 +664,8 @@ def _resolve(debug: _Debug, name: str, steps: list, expr: str) -> Member:
         raise SymbolNotFound(
             f"cannot resolve {expr!r}: {name!r} names {len(pool)} static variables in "
             f"{debug.path} and the part differs between them ({where}); watch one by "
-            f"address (-w ADDR/LEN)", errno=22, path=debug.path, expr=expr)
+            f"address (-w ADDR/LEN)", errno=errno.EINVAL, path=debug.path,
+            expr=expr)
     return answers.pop()
 
 
