@@ -24,12 +24,10 @@ from typing import Sequence
 from . import system
 from .events import Target
 from .report import Report, ThreadHits, WatchReport, Writer, _source_of
-from .follow import HolderArmer, MuxArmer, opening_watches, prepare_run
-from .sampling import Sampler
+from .lifecycle import TERM_GRACE, Run
 from .symbols import Symbolizer
 
 HISTORY = 60  # seconds of rates kept for sparklines
-TERM_GRACE = 2.0  # seconds a command perfbp ends gets between SIGTERM and SIGKILL
 
 
 @dataclass
@@ -83,56 +81,20 @@ class LiveSession:
                  ring_pages: "int | None" = None, multiplex: "float | None" = None,
                  trace: bool = True) -> None:
         self.interval = interval
-        child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex,
-                                                  trace)
-        mux_slots = the_plan.free if not the_plan.fits else 0
-        self.child = child
-        self.watches = ws
-        # a launched command is armed inside its execve; names whose address
-        # is not known yet start parked, and the tracer moves them
-        at_exec = child is not None
-        opened = opening_watches(ws, arming)
-        self.target = Target.process(child.pid, name=" ".join(command)) if child else target
-        self.mux = None
-        if mux_slots:
-            from .breakpoint import Breakpoint
-            from .multiplex import Multiplexer
-
-            group = Multiplexer.preview(opened, mux_slots)
-            parked = Breakpoint.execute(ws[0].pieces[0].address)  # armed, never hit
-            pieces = [(-1, bp, ws[0].exclude_kernel) for bp in group] + \
-                [(-1, parked, ws[0].exclude_kernel)] * (mux_slots - len(group))
-        else:
-            pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
-                      for bp in w.pieces]
-        self._piece_watch = [wi for wi, _bp, _ek in pieces]
+        self.run = run = Run(watches, target, command, multiplex, trace)
+        options = {} if ring_pages is None else {"ring_pages": ring_pages}
+        armed = run.arm_sampler(wakeup_fraction=8, **options)
+        self.child, self.watches, self.target = run.child, run.watches, run.target
+        self.sampler, self.mux = armed.sampler, armed.mux
+        ws = self.watches
+        self._piece_watch = [wi for wi, _bp, _ek in armed.pieces]
         # multiplexed samples tell their watch by address
         self._addr_watch: dict = {}
         self._addr_key = None  # the multiplexer's pieces _addr_watch was made from
-        kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
-        try:
-            self.sampler = Sampler([p[1] for p in pieces], self.target, enable_on_exec=at_exec,
-                                   exclude_kernel=[p[2] for p in pieces],
-                                   wakeup_fraction=8, track=True, **kwargs)
-            if mux_slots:
-                self.mux = Multiplexer(opened, self.target, slice_seconds=multiplex,
-                                       enable_on_exec=at_exec,
-                                       holders=[self.sampler.slot(j) for j in range(len(pieces))])
-            if child is not None:
-                child.arm(MuxArmer(self.mux) if self.mux is not None else HolderArmer(
-                    [[self.sampler.slot(k) for k, p in enumerate(pieces) if p[0] == wi]
-                     for wi in range(len(ws))]), ws)
-        except BaseException:
-            if getattr(self, "sampler", None) is not None:
-                self.sampler.close()
-            if child is not None:
-                child.abort()
-            raise
         self.figures = [LiveWatch(w.label, w.address, w.length, w.access) for w in ws]
         self.comms: dict[int, str] = {}
         self._last_hits = [0] * len(ws)
-        self.description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
-                            else self.target.describe())
+        self.description = run.description
         self.started = None
         self.ended_by: "str | None" = None
         self.exit_code: "int | None" = None
@@ -142,21 +104,14 @@ class LiveSession:
 
     def start(self) -> None:
         """Let the target run (a launched command starts now)."""
-        armed = time.monotonic()
         if self.child is None and self.target.kind == "process":
             # mapped before the events opened (an attached process runs): read
             # the maps now, while they exist; the kernel reports later
             # mappings (MMAP records)
             self._symbolizer().add_proc_maps(self.target.pid)
+        self.run.start(self.mux)
         if self.child is not None:
-            self.child.start()
             self._pidfd = self.child.pidfd_open()
-            if self.mux is not None:
-                self.mux.start(armed_since=armed)
-        elif self.mux is not None:
-            self.mux.start()
-        if self.child is not None:
-            pass
         elif self.target.kind == "process":
             try:
                 self._pidfd = os.pidfd_open(self.target.pid)

@@ -11,8 +11,6 @@ checks at the end that ``samples + lost == hits`` for every watch.
 from __future__ import annotations
 
 import os
-import select
-import signal
 import struct
 import time
 from dataclasses import dataclass
@@ -23,10 +21,9 @@ from .events import Target
 from .planner import Plan
 from .perfdata import (PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataPipeWriter,
                        PerfDataWriter)
-from .follow import ExecCheck, HolderArmer, MuxArmer, opening_watches, prepare_run
+from .lifecycle import Run, SampledArming, StopRequest
 from .records import ParseConfig, sample_id_bytes
 from .sampling import Sampler, WatchStats
-from .session import CommandEnd, StopRequest
 
 FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
 PERF_RECORD_MISC_USER = 2
@@ -186,168 +183,136 @@ def record(watches: "Sequence", output: str, *,
     """
     stream = _StdoutStream() if output == "-" else None
     try:
-        child, ws, the_plan, arming = prepare_run(watches, target, command, multiplex, trace)
-        mux_slots = the_plan.free if not the_plan.fits else 0
-        # a launched command is armed inside its execve; names whose address is
-        # not known yet start parked, and the tracer moves them
-        at_exec = child is not None
-        opened = opening_watches(ws, arming)
-        execs = ExecCheck(target.pid) if "image" in arming else None
-        sampler = writer = mux = None
+        run = Run(watches, target, command, multiplex, trace)
+        options = {"period": period, "callchain": callchain}
+        if ring_pages is not None:
+            options["ring_pages"] = ring_pages
+        armed = run.arm_sampler(**options)
+        sampler, mux = armed.sampler, armed.mux
         try:
-            tgt = Target.process(child.pid, name=" ".join(command)) if child else target
-            kwargs = {} if ring_pages is None else {"ring_pages": ring_pages}
-            if mux_slots:
-                # the slots take turns: each sampling slot starts on the first
-                # piece and is re-pointed by the multiplexer; samples tell their
-                # watch by address
-                import numpy  # noqa: F401  (attributes them: imported now, its ~0.1 s
-                # does not stretch the first time slice of the run)
-                from .multiplex import Multiplexer
-
-                from .breakpoint import Breakpoint
-
-                ek = ws[0].exclude_kernel
-                group = Multiplexer.preview(opened, mux_slots)
-                # slots the first group leaves free are parked as execute
-                # breakpoints on a data address: armed, in the same pool (x86),
-                # and never hit until the multiplexer gives them a piece
-                parked = Breakpoint.execute(ws[0].pieces[0].address)
-                pieces = [(-1, bp, ek) for bp in group] + \
-                    [(-1, parked, ek)] * (mux_slots - len(group))
-            else:
-                pieces = [(wi, bp, w.exclude_kernel) for wi, w in enumerate(opened)
-                          for bp in w.pieces]
-                kwargs["remove_on_exec"] = [arming[wi] == "image" for wi, _bp, _ek in pieces]
-            sampler = Sampler([p[1] for p in pieces], tgt, period=period, callchain=callchain,
-                              enable_on_exec=at_exec, track=True,
-                              exclude_kernel=[p[2] for p in pieces], **kwargs)
-            if mux_slots:
-                mux = Multiplexer(opened, tgt, slice_seconds=multiplex, enable_on_exec=at_exec,
-                                  holders=[sampler.slot(j) for j in range(len(pieces))])
-                if child is not None:
-                    child.arm(MuxArmer(mux), ws)
-                events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i),
-                                    f"perfbp multiplexed slot {i}") for i in range(len(pieces))]
-            else:
-                # one perf.data event per piece, named after its watch: perf shows
-                # the watch's name, and perfbp report merges the pieces back into one
-                events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), ws[wi].label)
-                          for i, (wi, _bp, _ek) in enumerate(pieces)]
-                if child is not None:
-                    child.arm(HolderArmer([[sampler.slot(k) for k, p in enumerate(pieces)
-                                            if p[0] == wi] for wi in range(len(ws))]), ws)
-            if sampler.tracking is not None:  # after the watches: event i is watch i
-                events.append(FileEvent(*sampler.tracking, "dummy:u"))
-            writer = (PerfDataPipeWriter(stream.fd, events) if stream is not None
-                      else PerfDataWriter(output, events))
-            if child is None:
-                # what already runs: COMM and MMAP2 from /proc (a launched command
-                # gets the kernel's own, from its exec on)
-                pids = (_all_pids() if tgt.kind == "cpus"
-                        else [system.thread_group(tgt.pid) or tgt.pid])
-                synth = b"".join(synthesize_process(p, sampler.config) for p in pids)
-                writer.write(synth + FINISHED_ROUND)
+            writer = _open_output(output, stream, run, armed)
         except BaseException:
-            if sampler is not None:
-                sampler.close()
-            if writer is not None:
-                writer.abandon()
-            if child:
-                child.abort()
+            sampler.close()
+            run.abort()
             raise
-        description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
-                       else tgt.describe())
-        ended_by, exit_code = "exit", None
-        start = time.monotonic()
-        stop = StopRequest()
+        failed = True
         try:
-            # from the banner on, Ctrl-C and SIGTERM end the recording cleanly: they
-            # only set a flag that the loop reads between batches, so a signal never
-            # lands between draining a ring and writing what was drained
-            with stop:
-                if child:
-                    armed_at = time.monotonic()
-                    child.start()  # raises CommandNotFound if exec fails: no banner then
-                    if mux is not None:  # the first group counts since exec
-                        mux.start(armed_since=armed_at)
+            # from the banner on, Ctrl-C and SIGTERM end the recording cleanly:
+            # they only set a flag that the loop reads between batches, so a
+            # signal never lands between draining a ring and writing it
+            with StopRequest() as stop:
+                start = time.monotonic()
+                run.start(mux)  # raises CommandNotFound if exec fails: no banner then
                 by_addr = _AddressCounts(mux) if mux is not None else None
-                batch_hook = on_batch
-                if by_addr is not None:
-                    def batch_hook(batch, smp, _user=on_batch):
-                        by_addr.add(batch)
-                        if _user:
-                            _user(batch, smp)
-                    if child is None:
-                        mux.start()
+                hook = _batch_hook(on_batch, by_addr)
                 if on_start:
-                    on_start(description, the_plan)
-                ended_by, exit_code = _loop(sampler, writer, child, tgt, start, duration,
-                                            batch_hook, stop, mux)
+                    on_start(run.description, run.plan)
+
+                def drain() -> None:
+                    _flush(sampler, writer, hook)
+                    if run.execs is not None:
+                        run.execs.poll()
+
+                ended_by, exit_code = run.wait(stop, start=start, duration=duration, mux=mux,
+                                               fds=sampler.ring_fds, on_wake=drain, idle=0.25)
                 # stop the events first: a hit after this is neither counted nor
                 # sampled, so the final drain holds every sample of every counted hit
                 estimates = mux.stop() if mux is not None else None
                 sampler.disable()
-                _flush(sampler, writer, batch_hook)
+                _flush(sampler, writer, hook)
+                run.finish()
                 piece_stats = sampler.stats()
-                if child is not None:
-                    child.finish()
-                    ws = [b[-1].resolution.watch if b else w for w, b in zip(ws, child.bindings)]
                 writer.write(read_records(sampler, piece_stats))
-                sideband_lost = sampler.tracking_lost
-                meta = {"watches": [{"label": w.label, "access": w.access,
-                                     "pieces": [[p.address, p.length] for p in w.pieces]}
-                                    for w in ws]}
-                if child is not None:  # where named watches were armed, what happened
-                    for d, b, r in zip(meta["watches"], child.bindings, child.recovered):
-                        if b:
-                            d["bindings"] = [x.as_dict() for x in b]
-                        if r:
-                            d["recovered"] = r
-                    if child.notes:
-                        meta["notes"] = list(child.notes)
-                if sideband_lost:
-                    meta["sideband_lost"] = sideband_lost
-                if mux is not None:
-                    stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i],
-                                        period, 1) for i, w in enumerate(ws)]
-                    meta["multiplexed"] = [{"seen": e.seen, "coverage": e.coverage,
-                                            "estimate": e.hits, "lost": mux.lost[i]}
-                                           for i, e in enumerate(estimates)]
-                else:
-                    stats = _per_watch(ws, pieces, piece_stats, period)
-                cpus = system.online_cpus()
+                ws, stats, meta = _account(run, armed, piece_stats, by_addr, estimates, period)
                 writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
-                              nr_cpus=(len(system.possible_cpus()), len(cpus)), meta=meta)
-        except BaseException:
-            # the recording cannot go on (the output failed, a bug): the
-            # command perfbp launched must not outlive it
-            if child and child.poll() is None:
-                CommandEnd.kill(child)
-            raise
+                              nr_cpus=(len(system.possible_cpus()),
+                                       len(system.online_cpus())), meta=meta)
+                failed = False
         finally:
             if mux is not None:
                 mux.close()
             sampler.close()
             writer.abandon()
-            if child and child.returncode is None:
-                child.wait()
-        extra = {"sideband_lost": sideband_lost}
-        note = execs.note() if execs is not None else None
-        if note:
-            extra["notes"] = (note,)
-        if child is not None:
-            extra.update({"notes": tuple(child.notes), "unattributed": child.unattributed,
-                          "recovered": tuple(child.recovered),
-                          "unresolved": tuple(child.unresolved_error(i)
-                                              for i in child.unresolved()),
-                          "bindings": tuple(tuple(b) for b in child.bindings)})
-        return RecordResult(output, description, [w.label for w in ws], stats,
+            run.close(failed)  # a failed recording never leaves its command running
+        return RecordResult(output, run.description, [w.label for w in ws], stats,
                             time.monotonic() - start, ended_by, exit_code, writer.data_size,
-                            estimates, **extra)
+                            estimates, sideband_lost=meta.get("sideband_lost", 0),
+                            **run.outcome())
     finally:
         if stream is not None:
             stream.restore()
+
+
+def _open_output(output: str, stream, run: Run, armed: SampledArming) -> PerfDataWriter:
+    """The perf.data writer, one event per sampling slot (named after its
+    watch: perf shows the watch's name, and perfbp report merges the pieces
+    of a watch back into one), then the tracking event; for a target that
+    already runs, the COMM and MMAP2 records synthesized from /proc (a
+    launched command gets the kernel's own, from its exec on)."""
+    sampler = armed.sampler
+    names = ([f"perfbp multiplexed slot {i}" for i in range(len(armed.pieces))]
+             if armed.mux is not None else [run.watches[wi].label for wi, _bp, _ek in armed.pieces])
+    events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), name)
+              for i, name in enumerate(names)]
+    if sampler.tracking is not None:  # after the watches: event i is watch i
+        events.append(FileEvent(*sampler.tracking, "dummy:u"))
+    writer = (PerfDataPipeWriter(stream.fd, events) if stream is not None
+              else PerfDataWriter(output, events))
+    if run.child is None:
+        try:
+            tgt = run.target
+            pids = (_all_pids() if tgt.kind == "cpus"
+                    else [system.thread_group(tgt.pid) or tgt.pid])
+            writer.write(b"".join(synthesize_process(p, sampler.config) for p in pids)
+                         + FINISHED_ROUND)
+        except BaseException:
+            writer.abandon()
+            raise
+    return writer
+
+
+def _batch_hook(on_batch, by_addr):
+    """What each decoded batch goes to: the caller's ``on_batch``, and the
+    per-address counts of a multiplexed recording."""
+    if by_addr is None:
+        return on_batch
+
+    def hook(batch, smp):
+        by_addr.add(batch)
+        if on_batch:
+            on_batch(batch, smp)
+    return hook
+
+
+def _account(run: Run, armed: SampledArming, piece_stats, by_addr, estimates, period):
+    """``(watches, stats, meta)`` at the end: each watch where it was armed
+    last, its hits, samples and lost, and perfbp's own description of the
+    watches for the file (bindings, recovered hits, notes, side-band records
+    lost, a multiplexed run's turns)."""
+    ws = run.final_watches(run.watches)
+    meta: dict = {"watches": [{"label": w.label, "access": w.access,
+                               "pieces": [[p.address, p.length] for p in w.pieces]}
+                              for w in ws]}
+    child = run.child
+    if child is not None:  # where named watches were armed, what happened
+        for d, b, r in zip(meta["watches"], child.bindings, child.recovered):
+            if b:
+                d["bindings"] = [x.as_dict() for x in b]
+            if r:
+                d["recovered"] = r
+        if child.notes:
+            meta["notes"] = list(child.notes)
+    sideband_lost = armed.sampler.tracking_lost
+    if sideband_lost:
+        meta["sideband_lost"] = sideband_lost
+    mux = armed.mux
+    if mux is None:
+        return ws, _per_watch(ws, armed.pieces, piece_stats, period), meta
+    stats = [WatchStats(w.pieces[0], mux.seen[i], by_addr.counts[i], mux.lost[i], period, 1)
+             for i, w in enumerate(ws)]
+    meta["multiplexed"] = [{"seen": e.seen, "coverage": e.coverage, "estimate": e.hits,
+                            "lost": mux.lost[i]} for i, e in enumerate(estimates)]
+    return ws, stats, meta
 
 
 class _StdoutStream:
@@ -430,61 +395,3 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
     if on_batch:
         on_batch(batch, sampler)
     return len(batch)
-
-
-def _loop(sampler, writer, child, target, start, duration, on_batch, stop, mux=None):
-    pidfd = -1
-    if child is not None:
-        pidfd = child.pidfd_open()
-    elif target.kind == "process" and target.pid > 0:
-        try:
-            pidfd = os.pidfd_open(target.pid)
-        except OSError:
-            pidfd = -1
-    deadline = start + duration if duration is not None else None
-    poller = select.poll()
-    for fd in sampler.ring_fds:
-        poller.register(fd, select.POLLIN)
-    if pidfd >= 0:
-        poller.register(pidfd, select.POLLIN)
-    poller.register(stop.fd, select.POLLIN)
-    ending = None  # a CommandEnd: the rings are drained until the command is gone
-    try:
-        while True:
-            if stop.signum is not None and ending is None:
-                if child is None:
-                    return "interrupt", None
-                ending = CommandEnd(child, stop.signum, "interrupt")
-                poller.unregister(stop.fd)
-            if ending is not None and ending.step():
-                _flush(sampler, writer, on_batch)
-                return ending.ended_by, child.wait()
-            now = time.monotonic()
-            wait = 0.25 if deadline is None or ending else max(0.0, min(0.25, deadline - now))
-            if ending is not None:
-                wait = min(wait, 0.02)
-            if mux is not None:
-                wait = max(0.0, min(wait, mux.next_rotation() - now))
-            events = poller.poll(int(wait * 1000))
-            if mux is not None and time.monotonic() >= mux.next_rotation():
-                mux.rotate()
-            _flush(sampler, writer, on_batch)
-            if any(fd == pidfd for fd, _ev in events):
-                if child is not None:
-                    return (ending.ended_by if ending else "exit"), child.wait()
-                return "exit", None
-            if target is not None and target.kind == "thread" and target.pid > 0 \
-                    and not os.path.exists(f"/proc/{target.pid}"):
-                return "exit", None
-            if deadline is not None and time.monotonic() >= deadline and ending is None:
-                if child is None:
-                    return "duration", None
-                ending = CommandEnd(child, signal.SIGTERM, "duration")
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keep what was drained
-        if child is None:
-            raise
-        CommandEnd.kill(child)
-        return "interrupt", child.wait()
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)

@@ -183,9 +183,11 @@ def pinned_thread():
 # setresuid from root to non-zero ids clears every capability (capabilities(7)),
 # so what follows is an ordinary unprivileged process as the kernel sees it.
 _UNPRIVILEGED_PRELUDE = r"""
-import json, os, sys
+import ctypes, json, os, sys
 import perfbp
 from perfbp import system
+for _name in perfbp.__all__:  # the API's modules load on first use: load them now
+    getattr(perfbp, _name)
 os.setgroups([])
 os.setresgid(%(id)d, %(id)d, %(id)d)
 os.setresuid(%(id)d, %(id)d, %(id)d)

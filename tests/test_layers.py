@@ -61,6 +61,7 @@ LAYERS = {
     "perfbp.sampling": 3,
     "perfbp.planner": 3,
     "perfbp.results": 3,
+    "perfbp.lifecycle": 3,
     "perfbp.session": 3,
     "perfbp.watching": 3,
     "perfbp.report": 3,
