@@ -628,7 +628,8 @@ def _offline_cpu() -> int:
 
 
 @pytest.fixture(scope="session")
-def odd_files(cli_build):
+def odd_files(tmp_path_factory):
+    cli_build = tmp_path_factory.mktemp("cli")
     plain = cli_build / "not-executable"
     plain.write_text("#!/bin/sh\nexit 0\n")
     plain.chmod(0o644)
