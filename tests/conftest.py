@@ -2,8 +2,12 @@
 
 The workloads are C, so that the number of accesses to the watched memory is
 known exactly (tests/workloads/*.c say how); they are built once per session
-with the system's gcc.  Python never reads or writes the watched memory.
+with the system's gcc, through the ``build`` fixture.  Python never reads or writes the watched memory.
 
+* ``build``: ``build(source, *flags, name=None) -> Path`` compiles one
+  workload with gcc (``source`` relative to tests/workloads/), once per
+  session for each (source, flags, name), into one session directory, where
+  ``-L.`` and ``$ORIGIN`` find the libraries built before.
 * ``libwork``: ``tests/workloads/libwork.c`` as a shared library, loaded with
   ctypes, argument types declared.  ``libwork.scratch`` is the address of its
   64-byte-aligned ``scratch`` array.
@@ -20,11 +24,17 @@ a breakpoint's debug exception without its status (DR6 empty): the kernel
 then counts nothing and the program gets a SIGTRAP, which kills a workload
 that does not handle it (perf's programs too).  At the start of the session
 ``tests/workloads/dr6_probe.c`` measures this machine (200,003 hits on
-itself), and up to three times more after a test fails until it has seen a
-loss (the losses come in bursts); the summary says what it found.  On a machine that lost
+itself) when the selection has a test marked ``kernel``, and up to three
+times more after a test fails until it has seen a loss (the losses come in
+bursts); the summary says what it found.  On a machine that lost
 any, a test that fails is run again, up to twice, with its fixtures made
 anew: the assertions stay exact, and a run the machine did not disturb must
 pass them.  On a sound machine nothing is ever run again.
+
+Markers (registered in pyproject.toml): ``kernel`` (arms hardware
+breakpoints), ``root``, ``gcc``; the tests that use the fixtures above get
+theirs here.  ``pytest -m "not kernel"`` passes on a machine without
+breakpoints.
 """
 
 from __future__ import annotations
@@ -47,10 +57,43 @@ WORKLOADS = TESTS_DIR / "workloads"
 NOBODY = 65534
 
 
-def _gcc(args: list[str]) -> None:
-    proc = subprocess.run(["gcc", *args], capture_output=True, text=True)
+def _gcc(args: "list[str]", cwd: "Path | None" = None) -> None:
+    proc = subprocess.run(["gcc", *args], capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise RuntimeError(f"gcc {' '.join(args)} failed:\n{proc.stderr}")
+
+
+class Builder:
+    """``build(source, *flags, name=None) -> Path``: ``source`` (a path,
+    relative ones in tests/workloads/) compiled by ``gcc -o OUT SOURCE FLAGS``
+    in one directory, the working directory of every build.  The same
+    (source, flags, name) is built once; ``name`` defaults to the source's
+    stem (``lib<stem>.so`` with ``-shared``), made unique when another build
+    already took it.  Raises ``RuntimeError`` with gcc's stderr."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._built: "dict[tuple, Path]" = {}
+        self._names: "dict[str, tuple]" = {}
+
+    def __call__(self, source, *flags: str, name: "str | None" = None) -> Path:
+        src = WORKLOADS / source
+        key = (str(src), tuple(map(str, flags)), name)
+        if key in self._built:
+            return self._built[key]
+        if name is None:
+            stem = f"lib{src.stem}.so" if "-shared" in flags else src.stem
+            name, n = stem, 1
+            while name in self._names:
+                n += 1
+                name = f"{stem}-{n}"
+        elif name in self._names:
+            raise ValueError(f"build: {name} is already the output of {self._names[name]}")
+        out = self.root / name
+        _gcc(["-o", str(out), str(src), *key[1]], cwd=self.root)
+        self._names[name] = key
+        self._built[key] = out
+        return out
 
 
 @pytest.fixture(scope="session")
@@ -59,11 +102,15 @@ def build_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def libwork(build_dir):
+def build(build_dir) -> Builder:
+    """Compile a workload once per session: see :class:`Builder`."""
+    return Builder(build_dir)
+
+
+@pytest.fixture(scope="session")
+def libwork(build):
     """libwork.so, loaded.  ``libwork.scratch`` is the watched array's address."""
-    so = build_dir / "libwork.so"
-    _gcc(["-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-          "-o", str(so), str(WORKLOADS / "libwork.c")])
+    so = build("libwork.c", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
     lib = ctypes.CDLL(str(so))
     for name in ("write_u8", "write_u16", "write_u32", "write_u64"):
         fn = getattr(lib, name)
@@ -88,11 +135,8 @@ def libwork(build_dir):
 
 
 @pytest.fixture(scope="session")
-def threads_prog(build_dir) -> Path:
-    exe = build_dir / "threads"
-    _gcc(["-O2", "-Wall", "-Wextra", "-Werror", "-pthread",
-          "-o", str(exe), str(WORKLOADS / "threads.c")])
-    return exe
+def threads_prog(build) -> Path:
+    return build("threads.c", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread")
 
 
 def _thread_cpu() -> int:
@@ -261,15 +305,38 @@ def _probe_now() -> "tuple[int, int, int] | None":
     return found
 
 
-def pytest_configure(config) -> None:
+# Tests that use these fixtures arm breakpoints; ``build`` compiles with gcc
+# and ``run_unprivileged`` and ``nobody_perfbp`` (test_cli) drop from root to nobody.
+_KERNEL_FIXTURES = {"libwork", "threads_prog", "pinned_thread", "machine_lost"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark by fixture (see above), then probe the machine only when a test
+    that needs breakpoints was selected (``-m "not kernel"`` runs none)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _KERNEL_FIXTURES:
+            item.add_marker(pytest.mark.kernel)
+        if "build" in names:
+            item.add_marker(pytest.mark.gcc)
+        if names & {"run_unprivileged", "nobody_perfbp"}:
+            item.add_marker(pytest.mark.root)
+
+
+def pytest_collection_finish(session) -> None:
     _MACHINE["lossy"] = False
-    _MACHINE["probe"] = _probe_now()
+    if any(item.get_closest_marker("kernel") for item in session.items):
+        _MACHINE["probe"] = _probe_now()
 
 
-def pytest_report_header(config) -> str:
+def pytest_report_collectionfinish(config, start_path, items) -> "str | None":
+    return _header() if _MACHINE.get("probe") is not None else None
+
+
+def _header() -> str:
     found = _MACHINE.get("probe")
     if found is None:
-        return "debug exceptions: not probed (no compiler or no breakpoint events)"
+        return "debug exceptions: not probed (no test needs them, no compiler or no events)"
     hits, traps, writes = found
     if not _MACHINE["lossy"]:
         return f"debug exceptions: {hits:,} of {writes:,} hits delivered with their status"
@@ -335,7 +402,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     under -q, where the header is not shown)."""
     if _MACHINE.get("probe") is None:
         return
-    terminalreporter.write_line(pytest_report_header(None))
+    terminalreporter.write_line(_header())
     for nodeid, runs, passed in _MACHINE.get("again", []):
         terminalreporter.write_line(f"  ran {runs} times ({'passed' if passed else 'failed'}): "
                                     f"{nodeid}")

@@ -534,6 +534,7 @@ def test_check_raises_oserror_with_errno():
     assert info.value.strerror == os.strerror(errno.ENOSPC)
 
 
+@pytest.mark.kernel
 def test_breakpoint_with_empty_bp_type_is_einval():
     os.close(_software_counter())
     target = ffi.new("uint64_t *")
@@ -559,6 +560,7 @@ def test_ioctl_on_bad_fd_is_ebadf():
         assert info.value.errno == errno.EBADF, call.__name__
 
 
+@pytest.mark.kernel
 def test_read_count_on_closed_fd_is_ebadf():
     fd = _software_counter()
     try:

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO_ROOT / "tests" / "workloads"
 PERFBP = [sys.executable, "-m", "perfbp"]
 
 DEMO_HITS = 2 * 50021   # demo.c: 2 threads x WRITES_PER_THREAD
@@ -269,11 +270,6 @@ class Background:
 
 # -- fixtures ----------------------------------------------------------------------
 
-def _cc(*args: str) -> None:
-    proc = subprocess.run(["cc", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, f"cc {' '.join(args)}:\n{proc.stderr}"
-
-
 def _symbols(exe: Path) -> "dict[str, int]":
     out = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True).stdout
     return {parts[2]: int(parts[0], 16) for parts in map(str.split, out.splitlines())
@@ -281,16 +277,10 @@ def _symbols(exe: Path) -> "dict[str, int]":
 
 
 @pytest.fixture(scope="session")
-def cli_build(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cli")
-
-
-@pytest.fixture(scope="session")
-def demo(cli_build):
+def demo(build):
     """The demo, built as the Makefile builds it; ``demo.counter`` and
     ``demo.config`` are the addresses of its globals (from nm)."""
-    exe = cli_build / "demo"
-    _cc("-O2", "-g", "-pthread", "-no-pie", "-o", str(exe), str(REPO_ROOT / "demo" / "demo.c"))
+    exe = build(REPO_ROOT / "demo" / "demo.c", "-O2", "-g", "-pthread", "-no-pie")
     syms = _symbols(exe)
 
     class Demo:
@@ -301,11 +291,8 @@ def demo(cli_build):
 
 
 @pytest.fixture(scope="session")
-def loop_exe(cli_build) -> Path:
-    exe = cli_build / "cli_loop"
-    _cc("-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-fPIE", "-pie",
-        "-o", str(exe), str(WORKLOADS / "cli_loop.c"))
-    return exe
+def loop_exe(build) -> Path:
+    return build("cli_loop.c", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-fPIE", "-pie")
 
 
 @pytest.fixture
@@ -641,7 +628,8 @@ def _offline_cpu() -> int:
 
 
 @pytest.fixture(scope="session")
-def odd_files(cli_build):
+def odd_files(tmp_path_factory):
+    cli_build = tmp_path_factory.mktemp("cli")
     plain = cli_build / "not-executable"
     plain.write_text("#!/bin/sh\nexit 0\n")
     plain.chmod(0o644)

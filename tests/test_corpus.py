@@ -39,8 +39,9 @@ import pytest
 from conftest import cli_in_process, cli_problem
 from perfbp.perfdata import FILE_HEADER, SECTION, feature_sections, read_recording
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO / "tests" / "workloads"
 SEED = 11  # issue 11
 COUNT = 540
 LIMIT = 10  # seconds a report may take, whatever it is given
@@ -94,11 +95,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def seeds(workdir) -> "dict[str, bytes]":
+def seeds(workdir, build) -> "dict[str, bytes]":
     """name -> bytes of each seed recording (about 1,000 samples each)."""
-    exe = workdir / "rec_writers"  # not PIE: nm's address is the running one
-    subprocess.run(["gcc", "-O1", "-g", "-no-pie", "-pthread", "-o", str(exe),
-                    str(WORKLOADS / "rec_writers.c")], check=True)
+    exe = build("rec_writers.c", "-O1", "-g", "-no-pie", "-pthread")  # nm: the run-time address
     nm = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True).stdout
     counter = int(next(ln.split()[0] for ln in nm.splitlines()
                        if ln.split()[-1] == "counter"), 16)

@@ -29,6 +29,8 @@ import pytest
 import perfbp
 from perfbp import Breakpoint, Counter, abi, system
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 # Prime numbers of accesses.  One hit costs ~9 us, so these keep the file fast.
 P1009, P2003, P3001, P4001, P5003, P6007, P7919, P10007 = (
     1009, 2003, 3001, 4001, 5003, 6007, 7919, 10007)

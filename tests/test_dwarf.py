@@ -26,6 +26,8 @@ from perfbp import dwarf, dwarf_index
 from perfbp.dwarf import Member, parse_expr, resolve_member
 from perfbp.errors import InvalidBreakpoint, PerfbpError, SymbolNotFound
 
+pytestmark = pytest.mark.gcc  # builds its programs with gcc
+
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
 BUILDS = {

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO / "tests" / "workloads"
 PERFBP = [sys.executable, "-m", "perfbp"]
 
 
 @pytest.fixture(scope="module")
-def writer(tmp_path_factory) -> Path:
-    exe = tmp_path_factory.mktemp("ending") / "busy_writer"
-    subprocess.run(["cc", "-O1", "-o", str(exe), str(WORKLOADS / "busy_writer.c")], check=True)
-    return exe
+def writer(build) -> Path:
+    return build("busy_writer.c", "-O1")
 
 
 def last_json(stdout: str) -> dict:

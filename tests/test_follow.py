@@ -24,8 +24,9 @@ import pytest
 import perfbp
 from perfbp.spec import parse
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO / "tests" / "workloads"
 N1, N2 = 1009, 211
 
 
@@ -43,20 +44,16 @@ def stat_json(*args: str, cwd=None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def progs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("follow")
-
-    def cc(*args: str) -> None:
-        subprocess.run(["cc", "-O2", *args], check=True, cwd=d)
-
-    cc("-shared", "-fPIC", "-o", "libctor.so", str(WORKLOADS / "ctor_lib.c"))
+def progs(build) -> Path:
+    """The directory of the builds: libctor.so and the programs linked
+    against it (``-L.``, found again through ``$ORIGIN``)."""
+    build("ctor_lib.c", "-O2", "-shared", "-fPIC", name="libctor.so")
     rpath = "-Wl,-rpath,$ORIGIN"
-    cc("-no-pie", "-rdynamic", "-o", "ctor_prog", str(WORKLOADS / "ctor_prog.c"),
-       "-L.", "-lctor", rpath)
-    cc("-fPIE", "-pie", "-rdynamic", "-o", "ctor_pie", str(WORKLOADS / "ctor_prog.c"),
-       "-L.", "-lctor", rpath)
-    cc("-no-pie", "-o", "copy_prog", str(WORKLOADS / "copy_prog.c"), "-L.", "-lctor", rpath)
-    return d
+    build("ctor_prog.c", "-O2", "-no-pie", "-rdynamic", "-L.", "-lctor", rpath, name="ctor_prog")
+    build("ctor_prog.c", "-O2", "-fPIE", "-pie", "-rdynamic", "-L.", "-lctor", rpath,
+          name="ctor_pie")
+    build("copy_prog.c", "-O2", "-no-pie", "-L.", "-lctor", rpath, name="copy_prog")
+    return build.root
 
 
 def address_of(exe: Path, name: str) -> int:
@@ -251,19 +248,15 @@ def test_record_keeps_where_a_name_was_armed(progs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def more_progs(progs) -> Path:
+def more_progs(progs, build) -> Path:
     d = progs
-
-    def cc(*args: str) -> None:
-        subprocess.run(["cc", "-O2", *args], check=True, cwd=d)
-
-    cc("-fPIE", "-pie", "-o", "spawn_parent", str(WORKLOADS / "spawn_parent.c"))
-    cc("-shared", "-fPIC", "-o", "libforkctor.so", str(WORKLOADS / "fork_ctor.c"))
-    cc("-shared", "-fPIC", "-o", "libsleepctor.so", str(WORKLOADS / "sleep_ctor.c"))
+    build("spawn_parent.c", "-O2", "-fPIE", "-pie", name="spawn_parent")
+    build("fork_ctor.c", "-O2", "-shared", "-fPIC", name="libforkctor.so")
+    build("sleep_ctor.c", "-O2", "-shared", "-fPIC", name="libsleepctor.so")
     os.makedirs(d / "libdir", exist_ok=True)
     subprocess.run(["cp", str(d / "libctor.so"), str(d / "libdir" / "libctor.so")], check=True)
-    cc("-fPIE", "-pie", "-rdynamic", "-o", "no_rpath", str(WORKLOADS / "ctor_prog.c"),
-       "-Llibdir", "-lctor")
+    build("ctor_prog.c", "-O2", "-fPIE", "-pie", "-rdynamic", "-Llibdir", "-lctor",
+          name="no_rpath")
     return d
 
 
@@ -323,11 +316,10 @@ def test_library_path_given_on_the_command_line(more_progs):
     assert w["bindings"][0]["object"] == str(d / "libdir" / "libctor.so")
 
 
-def test_no_ptrace_leaves_ptrace_to_the_command(progs, tmp_path):
+def test_no_ptrace_leaves_ptrace_to_the_command(build):
     """A followed command cannot be traced by anyone else (strace, gdb);
     --no-ptrace launches it untraced: addresses only."""
-    exe = tmp_path / "traceme"
-    subprocess.run(["cc", "-O2", "-o", str(exe), str(WORKLOADS / "traceme.c")], check=True)
+    exe = build("traceme.c", "-O2")
     followed = perfbp_cli("stat", "-w", "0x10000", "--", str(exe))
     assert followed.returncode == 0 and "traceme: Operation not permitted" in followed.stdout
     alone = perfbp_cli("stat", "--no-ptrace", "-w", "0x10000", "--", str(exe))

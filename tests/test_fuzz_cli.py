@@ -32,6 +32,8 @@ from hypothesis import strategies as st
 
 from conftest import cli_in_process, cli_problem
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 LIMIT = 10
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))

@@ -88,6 +88,7 @@ def test_bad_values_get_one_short_line(args, words):
     one_line(perfbp(*args), *words)
 
 
+@pytest.mark.kernel
 def test_top_with_an_interval_of_1e308_seconds_still_ends():
     r = perfbp("top", "--interval", "1e308", "-w", "0x10000", "--", "true")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
@@ -98,6 +99,7 @@ def test_output_to_a_device_is_refused_before_the_run():
              "not a regular file")
 
 
+@pytest.mark.kernel
 def test_output_on_a_full_disk_prints_the_counts_and_says_so(tmp_path):
     """-o is written beside FILE and renamed over it: on a full file system
     the counts go to the terminal, one line says so, nothing is left
@@ -118,6 +120,7 @@ def test_output_on_a_full_disk_prints_the_counts_and_says_so(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+@pytest.mark.kernel
 def test_output_replaces_the_file_whole(tmp_path):
     out = tmp_path / "n.json"
     out.write_text("an earlier result\n")
@@ -128,6 +131,7 @@ def test_output_replaces_the_file_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.json"]
 
 
+@pytest.mark.kernel
 def test_a_recording_without_watchpoints_is_refused(tmp_path):
     data = tmp_path / "faults.data"
     subprocess.run(["perf", "record", "-q", "-o", str(data), "-e", "page-faults", "-c", "1",
@@ -136,6 +140,7 @@ def test_a_recording_without_watchpoints_is_refused(tmp_path):
              "page-faults", "perf report")
 
 
+@pytest.mark.kernel
 def test_other_events_beside_a_watch_are_not_shown_as_watches(tmp_path):
     data = tmp_path / "mixed.data"
     subprocess.run(["perf", "record", "-q", "-o", str(data), "-e", "mem:0x10000/8:w",

@@ -28,9 +28,9 @@ from perfbp.lines import LineTable, SourceLine, line_table
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 SOURCES = ("lines_demo.c", "lines_part.c")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.gcc, pytest.mark.skipif(
     not all(shutil.which(t) for t in ("gcc", "objdump", "addr2line", "nm", "strip", "readelf")),
-    reason="needs gcc and binutils")
+    reason="needs gcc and binutils")]
 
 # name: (gcc flags, compile from a copy by relative path (DW_AT_comp_dir joins))
 BUILDS = {

@@ -49,8 +49,9 @@ from perfbp.results import CountResult
 from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
 from perfbp.events import LEDGER
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO_ROOT / "tests" / "workloads"
 PERFBP = [sys.executable, "-m", "perfbp"]
 NSLOTS = 4
 NVARS = 12
@@ -74,14 +75,10 @@ def nothing_left_open():
 
 
 @pytest.fixture(scope="session")
-def mux_paced(build_dir) -> "tuple[Path, int]":
+def mux_paced(build) -> "tuple[Path, int]":
     """mux_paced built without PIE, and the address of ``vars``
     (variable i at ``vars + 64 * i``)."""
-    exe = build_dir / "mux_paced"
-    proc = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-no-pie", "-o",
-                           str(exe), str(WORKLOADS / "mux_paced.c")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    exe = build("mux_paced.c", "-O2", "-Wall", "-Wextra", "-Werror", "-no-pie")
     with open(exe, "rb") as f:
         (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("vars")
     assert sym["st_value"] % 64 == 0 and sym["st_size"] == 8 * 8 * NVARS
@@ -374,14 +371,10 @@ KILLED_BY_SIGTRAP = (128 + signal.SIGTRAP, -signal.SIGTRAP)
 
 
 @pytest.fixture(scope="session")
-def mux_threads(build_dir) -> "tuple[Path, int]":
+def mux_threads(build) -> "tuple[Path, int]":
     """mux_threads built without PIE, and the address of ``vars``
     (variable i at ``vars + 64 * i``)."""
-    exe = build_dir / "mux_threads"
-    proc = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-no-pie",
-                           "-o", str(exe), str(WORKLOADS / "mux_threads.c")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    exe = build("mux_threads.c", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-no-pie")
     with open(exe, "rb") as f:
         (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("vars")
     n = len(THREAD_TOTALS)

@@ -48,7 +48,6 @@ from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
 from perfbp.events import LEDGER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO_ROOT / "tests" / "workloads"
 PERFBP = [sys.executable, "-m", "perfbp"]
 NSLOTS = 4                # x86-64: DR0-DR3 per thread and per CPU
 TIMEOUT = 30              # seconds for one CLI run; none comes near it
@@ -223,13 +222,9 @@ def one_json(stdout: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def plan_writes(build_dir) -> "tuple[Path, int]":
+def plan_writes(build) -> "tuple[Path, int]":
     """plan_writes built without PIE, and the address of its ``area``."""
-    exe = build_dir / "plan_writes"
-    proc = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-no-pie", "-o",
-                           str(exe), str(WORKLOADS / "plan_writes.c")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    exe = build("plan_writes.c", "-O2", "-Wall", "-Wextra", "-Werror", "-no-pie")
     with open(exe, "rb") as f:
         (sym,) = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("area")
         area = sym["st_value"]
@@ -334,6 +329,7 @@ def test_plan_as_dict():
 
 # -- the plan sees perfbp's own open watches -----------------------------------------
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("held", [1, 2, 3, 4])
 def test_free_drops_by_exactly_the_watches_perfbp_holds(held):
     wait_for_task_slots()
@@ -363,6 +359,7 @@ def test_free_drops_by_exactly_the_watches_perfbp_holds(held):
     assert perfbp.plan([want], perfbp.Target.this_thread()).free == NSLOTS  # closed again
 
 
+@pytest.mark.kernel
 def test_a_cpu_wide_watch_of_perfbp_takes_a_slot_of_every_thread():
     wait_for_task_slots()
     cells = (ctypes.c_long * 1)()
@@ -396,6 +393,7 @@ def test_a_watch_on_another_thread_takes_no_slot_of_this_one(pinned_thread):
 
 # -- refusals name perfbp's own watches -------------------------------------------------
 
+@pytest.mark.kernel
 def test_refusal_by_the_plan_names_perfbps_watches():
     wait_for_task_slots()
     cells = (ctypes.c_long * 8)()
@@ -420,6 +418,7 @@ def test_refusal_by_the_plan_names_perfbps_watches():
     assert "it does not fit (2 free)" in msg
 
 
+@pytest.mark.kernel
 def test_refusal_by_the_kernel_names_perfbps_watches():
     wait_for_task_slots()
     cells = (ctypes.c_long * 8)()
@@ -455,6 +454,7 @@ def _third_piece_refused(exc: perfbp.NoBreakpointSlots, w: perfbp.Watch) -> str:
     return msg
 
 
+@pytest.mark.kernel
 def test_count_opens_all_pieces_or_none(plan_writes):
     exe, area = plan_writes
     w = perfbp.Watch.range(area + 1, 8)          # 1+2+4+1
@@ -469,6 +469,7 @@ def test_count_opens_all_pieces_or_none(plan_writes):
     assert not os.path.exists(f"/proc/{pid}"), "the prepared command was not reaped"
 
 
+@pytest.mark.kernel
 def test_record_opens_all_pieces_or_none(plan_writes, tmp_path):
     exe, area = plan_writes
     w = perfbp.Watch.range(area + 1, 8)
@@ -482,6 +483,7 @@ def test_record_opens_all_pieces_or_none(plan_writes, tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.kernel
 def test_group_opens_all_pieces_or_none():
     cells = (ctypes.c_long * 4)()
     w = perfbp.Watch.range(ctypes.addressof(cells) + 1, 8)
@@ -499,6 +501,7 @@ def test_group_opens_all_pieces_or_none():
     assert len(LEDGER) == 0 and perf_fds() == fds
 
 
+@pytest.mark.kernel
 def test_group_of_plain_breakpoints():
     wait_for_task_slots()
     cells = (ctypes.c_long * 2)()
@@ -507,6 +510,7 @@ def test_group_of_plain_breakpoints():
         assert [c.breakpoint for c in g] == bps
 
 
+@pytest.mark.kernel
 def test_plan_for_a_thread_on_one_cpu_counts_only_that_cpu():
     if len(ONLINE) < 2:
         pytest.skip("needs two online CPUs")
@@ -557,6 +561,7 @@ def test_slots_text_for_a_command():
     assert "fits: needs 4 slots, 4 free (capacity 4)" in out
 
 
+@pytest.mark.kernel
 def test_slots_probe_json():
     deadline = time.monotonic() + SLOT_WAIT
     while True:
@@ -597,6 +602,7 @@ def test_stat_refuses_more_than_four_slots(specs, needed):
 
 # -- the CLI: ranges split over several registers, counted as one watch ---------------
 
+@pytest.mark.kernel
 def test_stat_sums_the_pieces_of_an_aligned_range(plan_writes):
     exe, area = plan_writes
     r = run_perfbp("stat", "--json", "-w", f"{area:#x}/16", "--", str(exe), str(N_A), str(N_B))
@@ -613,6 +619,7 @@ def test_stat_sums_the_pieces_of_an_aligned_range(plan_writes):
     assert rows[0].split()[0] == f"{N_A + N_B:,}"
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("first, length", [(1, 8), (0, 3), (7, 2), (3, 13)])
 def test_stat_sums_the_pieces_of_a_misaligned_range(plan_writes, first, length):
     exe, area = plan_writes

@@ -45,8 +45,9 @@ from perfbp.perfdata import read_recording
 from perfbp.records import decode_bulk
 from perfbp.report import load_report
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO_ROOT / "tests" / "workloads"
 PERFBP = [sys.executable, "-m", "perfbp"]
 
 N = 10007                  # bump() calls per writer thread (a prime)
@@ -59,11 +60,6 @@ SAMPLE_BYTES = 64          # a perfbp sample: header + 7 u64 fields (no callchai
 
 
 # -- building and running ------------------------------------------------------------
-
-def _gcc(*args: str) -> None:
-    proc = subprocess.run(["gcc", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, f"gcc {' '.join(args)} failed:\n{proc.stderr}"
-
 
 def nm_address(exe: Path, symbol: str) -> int:
     """The link-time address of a global, from ``nm``."""
@@ -89,16 +85,12 @@ def perf() -> str:
 
 
 @pytest.fixture(scope="module")
-def progs(tmp_path_factory) -> dict:
+def progs(build) -> dict:
     """The workloads, built: ``nopie`` and ``pie`` (rec_writers), ``attach``."""
-    d = tmp_path_factory.mktemp("rec_workloads")
-    out = {"nopie": d / "rec_writers", "pie": d / "rec_writers_pie",
-           "attach": d / "rec_attach"}
     common = ["-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread"]
-    _gcc(*common, "-no-pie", "-o", str(out["nopie"]), str(WORKLOADS / "rec_writers.c"))
-    _gcc(*common, "-fPIE", "-pie", "-o", str(out["pie"]), str(WORKLOADS / "rec_writers.c"))
-    _gcc(*common, "-no-pie", "-o", str(out["attach"]), str(WORKLOADS / "rec_attach.c"))
-    return out
+    return {"nopie": build("rec_writers.c", *common, "-no-pie"),
+            "pie": build("rec_writers.c", *common, "-fPIE", "-pie"),
+            "attach": build("rec_attach.c", *common, "-no-pie")}
 
 
 def counter_address(progs: dict, kind: str) -> int:
@@ -763,11 +755,8 @@ STORM_N = 1009  # stores per storm thread (a prime)
 
 
 @pytest.fixture(scope="module")
-def storm(tmp_path_factory) -> Path:
-    exe = tmp_path_factory.mktemp("storm") / "storm"
-    _gcc("-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(exe),
-         str(WORKLOADS / "storm.c"))
-    return exe
+def storm(build) -> Path:
+    return build("storm.c", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread")
 
 
 @pytest.mark.parametrize("threads", [1, 8, 64])
@@ -828,11 +817,10 @@ def test_record_to_stdout_is_a_stream_perf_reads(perf, storm, tmp_path):
     assert w["address"] != 0 and w["bindings"]
 
 
-def test_record_to_stdout_keeps_the_command_output_out_of_the_stream(tmp_path):
+def test_record_to_stdout_keeps_the_command_output_out_of_the_stream(build, tmp_path):
     """The command's standard output goes to standard error (as perf does
     for its workload), so the stream stays whole."""
-    writer = tmp_path / "busy_writer"
-    _gcc("-O1", "-o", str(writer), str(WORKLOADS / "busy_writer.c"))
+    writer = build("busy_writer.c", "-O1")
     path = tmp_path / "stream.data"
     with open(path, "wb") as out:
         rec = _record_to_pipe("-d", "0.3", "-w", "counter", "--", str(writer), stdout=out)
@@ -844,11 +832,10 @@ def test_record_to_stdout_keeps_the_command_output_out_of_the_stream(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["watches"][0]["hits"] > 0, r.stderr
 
 
-def test_record_to_stdout_ends_when_the_reader_goes(tmp_path):
+def test_record_to_stdout_ends_when_the_reader_goes(build):
     """A reader that closes the pipe ends the recording: one error line,
     exit 2, and the command perfbp launched does not go on running."""
-    writer = tmp_path / "busy_writer"
-    _gcc("-O1", "-o", str(writer), str(WORKLOADS / "busy_writer.c"))
+    writer = build("busy_writer.c", "-O1")
     rec = _record_to_pipe("-w", "counter", "--", str(writer))
     rec.stdout.read(100)
     rec.stdout.close()

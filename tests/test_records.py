@@ -825,6 +825,7 @@ def test_corrupt_record_is_a_perfbp_error():
 HITS = 1009  # a prime
 
 
+@pytest.mark.kernel
 def test_real_kernel_samples_decode_exactly():
     """1009 stores from this thread into a ctypes cell, sampled on every hit:
     each decoded field is what the kernel must have written, and the bulk and

@@ -323,6 +323,7 @@ def kernel_view(fd: int, pages: int) -> "tuple[int, int]":
 ROUNDS = (50, 50, 50, 50, 11)  # 211 stores, a prime; 50 samples fit a 4 KiB ring
 
 
+@pytest.mark.kernel
 @pytest.mark.skipif(os.environ.get("PERFBP_FORCE_ATOMICS") == "1",
                     reason="checks the plain x86 accessors")
 def test_ring_mapping_on_a_real_event():
@@ -393,6 +394,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.kernel
 def test_compiled_atomics_path(tmp_path):
     """PERFBP_FORCE_ATOMICS=1 builds the acquire/release helper with cffi and
     gcc (arm64's path) and reads the rings through it: 101 stores in two

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import os
-import subprocess
 import threading
 
 import pytest
 
 import perfbp
 from perfbp.sampling import Sampler
+
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 
 WRITES = 500_009  # per thread: a prime
 
@@ -22,12 +23,10 @@ void write_u64(volatile uint64_t *p, long n) { for (long i = 0; i < n; i++) *p =
 
 
 @pytest.fixture(scope="module")
-def writer(tmp_path_factory):
+def writer(tmp_path_factory, build):
     d = tmp_path_factory.mktemp("sampling")
     (d / "w.c").write_text(SRC)
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(d / "libw.so"), str(d / "w.c")],
-                   check=True)
-    lib = ctypes.CDLL(str(d / "libw.so"))
+    lib = ctypes.CDLL(str(build(d / "w.c", "-O2", "-shared", "-fPIC")))
     lib.write_u64.argtypes = [ctypes.c_void_p, ctypes.c_long]
     addr = ctypes.addressof(ctypes.c_uint64.in_dll(lib, "scratch"))
     return lib, addr

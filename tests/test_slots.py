@@ -423,6 +423,7 @@ def run_ops(ops, me: int, others: "tuple[int, ...]") -> Bench:
     return b
 
 
+@pytest.mark.kernel
 @on_x86_64
 def test_model_agrees_with_kernel(parked, capsys):
     me = threading.get_native_id()
@@ -481,6 +482,7 @@ def test_model_agrees_with_kernel(parked, capsys):
 
 # -- scenarios on the real kernel, with exact expectations ------------------------------
 
+@pytest.mark.kernel
 @on_x86_64
 @two_cpus
 @scenario
@@ -504,6 +506,7 @@ def test_a_cpu_bound_breakpoint_costs_every_task_a_cpu_minus_1_slot(bench):
     agree(b, b.open(None, c1, W), ENOSPC)
 
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_two_threads_hold_four_each_then_no_cpu_bound_fits(bench):
@@ -522,6 +525,7 @@ def test_two_threads_hold_four_each_then_no_cpu_bound_fits(bench):
     agree(b, b.open(None, CPUS[0], W), ENOSPC)
 
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_execute_and_data_breakpoints_share_the_four_slots(bench):
@@ -536,6 +540,7 @@ def test_execute_and_data_breakpoints_share_the_four_slots(bench):
         agree(b, b.open(None, CPUS[0], X), ENOSPC)
 
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_pid_zero_and_own_tid_are_the_same_task(bench):
@@ -549,6 +554,7 @@ def test_pid_zero_and_own_tid_are_the_same_task(bench):
     agree(b, b.open(me, -1, W), ENOSPC)
 
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_disabled_breakpoints_hold_their_slots_until_closed(bench):
@@ -570,6 +576,7 @@ def test_disabled_breakpoints_hold_their_slots_until_closed(bench):
     assert all(capacity(-1, c) == NSLOTS for c in CPUS)
 
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_errno_order_einval_type_then_enospc_then_arch_validation(bench):
@@ -602,6 +609,7 @@ def test_errno_order_einval_type_then_enospc_then_arch_validation(bench):
         agree(b, b.open(None, c, EMPTY), EINVAL)
 
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_an_exited_threads_breakpoints_hold_their_slots_until_closed(bench):
@@ -636,6 +644,7 @@ def test_an_exited_threads_breakpoints_hold_their_slots_until_closed(bench):
 
 # -- fork and inherited breakpoints -----------------------------------------------------
 
+@pytest.mark.kernel
 @on_x86_64
 @scenario
 def test_fork_gives_the_child_its_own_copies(bench):
@@ -650,6 +659,7 @@ def test_fork_gives_the_child_its_own_copies(bench):
     agree(b, b.open(b.tasks[1], -1, W), OK)  # the copies are the child's, not the thread's
 
 
+@pytest.mark.kernel
 @on_x86_64
 @two_cpus
 @scenario
@@ -668,6 +678,7 @@ def test_fork_with_cpu_bound_breakpoints_taking_the_rest(bench):
     assert caps == [0, 0, 0]
 
 
+@pytest.mark.kernel
 @on_x86_64
 @two_cpus
 @scenario

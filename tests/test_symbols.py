@@ -40,6 +40,7 @@ def progs(tmp_path_factory):
     return out
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("kind", ["nopie", "pie"])
 def test_stat_by_name_counts_exactly(progs, kind):
     """`-w counter` on a launched program, PIE under ASLR included: resolved
@@ -78,6 +79,7 @@ def test_unknown_symbol_gets_closest_names(progs):
     assert "no symbol 'countr'" in lines[0] and "closest: counter" in lines[0]
 
 
+@pytest.mark.kernel
 def test_ambiguous_symbol_lists_candidates(progs):
     with pytest.raises(perfbp.SymbolNotFound) as err:
         find_symbol(str(progs["dup"]), "dup")
@@ -103,6 +105,7 @@ def libprog(tmp_path_factory):
     return exe
 
 
+@pytest.mark.kernel
 def test_library_symbol_resolved_before_main(libprog):
     """`environ@libc.so.6` on a launched PIE: perfbp arms it the moment ld.so
     maps libc, before any initializer: libc's own `_init_first` write to
@@ -134,6 +137,7 @@ def test_library_symbol_in_a_running_process():
     assert w.address == ctypes.addressof(ctypes.c_void_p.in_dll(libc, "environ"))
 
 
+@pytest.mark.kernel
 def test_kernel_symbols():
     """`NAME@kernel` comes from /proc/kallsyms: code needs :x; data needs
     CONFIG_KALLSYMS_ALL (this kernel lacks it: a clear refusal); and this
@@ -154,6 +158,7 @@ def test_kernel_symbols():
     assert "CONFIG_KPROBES" in r.stderr  # this VM's kernel: no kprobes
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("kind", ["nopie", "pie"])
 def test_members_and_elements_by_name(progs, kind):
     """gdb-like `config.flags`, `table[1]`: offsets and sizes from DWARF;

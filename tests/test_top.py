@@ -33,8 +33,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = REPO_ROOT / "tests" / "workloads"
 PERFBP = [sys.executable, "-m", "perfbp"]
 TMUX = shutil.which("tmux") or "/usr/bin/tmux"
 SOCKET = f"perfbp-test-top-{os.getpid()}"  # this run's own tmux server
@@ -56,15 +57,10 @@ PLAIN = re.compile(r"^\s*(\d+\.\d+) (\S+) hits=(\d+) rate=(\d+)/s samples=(\d+) 
 # -- the workload ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def steady(tmp_path_factory) -> Path:
+def steady(build) -> Path:
     """top_steady, built as PIE (so its globals move with ASLR: perfbp
     resolves them by name in the running image) with -g (source lines)."""
-    exe = tmp_path_factory.mktemp("top") / "top_steady"
-    proc = subprocess.run(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIE", "-pie",
-                           "-o", str(exe), str(WORKLOADS / "top_steady.c")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    return build("top_steady.c", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-fPIE", "-pie")
 
 
 @pytest.fixture

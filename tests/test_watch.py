@@ -12,6 +12,8 @@ import pytest
 
 import perfbp
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 N = 1009
 
 

@@ -24,6 +24,8 @@ import pytest
 
 from .tools import Trapped, check_run, need, perf_event, retry
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 THREADS, WRITES = 3, 101  # primes
 SCRIPT = Path(__file__).with_name("attach_writer.py")
 WAIT = 30

@@ -21,6 +21,8 @@ import pytest
 from .tools import Layout, compare_counts, dynamic_symbols, libc_copies, need, perf_event, \
     perfbp_argv, run
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 LINES = 2003  # lines of the input file: real work for xz, gzip, sort, cat
 
 # program, its arguments (FILE: the input file, OUT: an output path), the

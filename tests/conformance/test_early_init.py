@@ -17,6 +17,8 @@ import pytest
 
 from .tools import Layout, compare_counts, copy_relocations, dynamic_symbols, need, perf_event
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 LIBC = "libc.so.6"
 
 PROGRAMS = [["true"], ["cat", "/dev/null"], ["ls", "-d", "/"]]

@@ -13,7 +13,6 @@ and the sum of its counts is what perfbp must count.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,20 @@ import pytest
 from .tools import Layout, compare_counts, copy_relocations, dynamic_symbols, need, \
     nm_symbol, perf_event
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 LIBC = "libc.so.6"
 WRITES = 23  # exec_target.c's main writes counter this many times
 SOURCE = Path(__file__).with_name("exec_target.c")
 
 
 @pytest.fixture(scope="module")
-def prog(tmp_path_factory) -> Path:
+def prog(build) -> Path:
     """exec_target.c built without PIE: `counter` lies at nm's address, an
     address nothing is mapped at in env or sh, so perf counts only the
     program's own writes there."""
     need("gcc")
-    d = tmp_path_factory.mktemp("exec_target")
-    exe = d / "prog"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-no-pie", "-o", str(exe), str(SOURCE)],
-                   check=True, capture_output=True)
-    return exe
+    return build(SOURCE, "-O2", "-Wall", "-Werror", "-no-pie")
 
 
 def test_environ_through_env_is_counted_in_both_images(tmp_path):

@@ -29,6 +29,8 @@ import pytest
 
 from .tools import Layout, compare_counts, need, perf_event, run
 
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
+
 LIB = "libpython3.11.so.1.0"
 SIGNALS = 37
 SCRIPT = f"""\

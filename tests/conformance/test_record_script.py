@@ -14,10 +14,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 import perfbp
 
 from .tools import NO_ASLR, Layout, check_run, libc_copies, need, perf_event, perfbp_argv, \
     retry, run
+
+pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 
 NAMES = ["optind", "optarg"]
 LINES = 211
