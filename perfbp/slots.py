@@ -27,7 +27,7 @@ breakpoints fits, and why not.  The kernel's facts, and the names used here:
 
 The model keeps the list of reservations and evaluates the admission rule
 directly (the closed form of the kernel's histograms, which agree with it by
-construction; see ``shared/research/kernel-constraints.md`` §2.4).  Pure
+construction: a slot count per CPU is the histogram's highest bucket).  Pure
 Python; ``tests/test_slots.py`` checks it against the real kernel.
 """
 

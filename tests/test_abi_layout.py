@@ -1,6 +1,6 @@
 """The binary layouts of perfbp._uapi, checked against the kernel headers.
 
-STYLE.md convention 4: ``struct perf_event_attr``, ``struct perf_event_mmap_page``
+Declared once and checked: ``struct perf_event_attr``, ``struct perf_event_mmap_page``
 and ``struct perf_event_header`` are declared once, in :mod:`perfbp._uapi`, and
 handed to cffi by :mod:`perfbp.abi`.  This test compiles a C probe against the
 system's ``<linux/perf_event.h>`` and ``<linux/hw_breakpoint.h>`` and compares,

@@ -914,7 +914,7 @@ def test_help_ends_with_examples(args):
 
 @pytest.mark.parametrize("args", HELPS, ids=" ".join)
 def test_help_fits_80_columns(args):
-    """STYLE.md: output fits 80 columns."""
+    """Output fits 80 columns (a terminal's width, as bcc's tools keep to)."""
     wide = [line for line in _help(args).splitlines() if len(line) > 80]
     assert not wide, wide
 

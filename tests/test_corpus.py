@@ -129,7 +129,7 @@ def seeds(workdir, build) -> "dict[str, bytes]":
 
 
 @pytest.fixture(scope="module")
-def targets(workdir, seeds) -> "list[str]":
+def targets(workdir, seeds, build) -> "list[str]":
     """File names a mutated mapping record may name (see the module doc)."""
     fifo = workdir / "fifo"
     if not fifo.exists():
@@ -137,7 +137,7 @@ def targets(workdir, seeds) -> "list[str]":
     sparse = workdir / "sparse-8g"
     with open(sparse, "wb") as f:
         f.truncate(8 << 30)
-    elf = (workdir / "rec_writers").read_bytes()
+    elf = build("rec_writers.c", "-O1", "-g", "-no-pie", "-pthread").read_bytes()
     damaged = []
     for percent in (10, 50, 90, 99):  # cut short: headers, sections, DWARF, the table
         damaged.append(workdir / f"elf-cut-{percent}")

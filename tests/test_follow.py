@@ -316,7 +316,7 @@ def test_library_path_given_on_the_command_line(more_progs):
     assert w["bindings"][0]["object"] == str(d / "libdir" / "libctor.so")
 
 
-def test_no_ptrace_leaves_ptrace_to_the_command(build):
+def test_no_ptrace_leaves_ptrace_to_the_command(build, progs):
     """A followed command cannot be traced by anyone else (strace, gdb);
     --no-ptrace launches it untraced: addresses only."""
     exe = build("traceme.c", "-O2")

@@ -1,4 +1,4 @@
-"""perfbp's modules import downward only (STYLE.md convention 1).
+"""perfbp's modules import downward only (see ARCHITECTURE.md, "Layers").
 
 Every module in perfbp/ is read with :mod:`ast` (nothing is imported) and each
 of its imports — at the top, inside functions, under ``if TYPE_CHECKING`` — is
@@ -287,7 +287,7 @@ def check_package(root: Path = PACKAGE_DIR):
 def test_imports_point_downward():
     violations, _, _ = check_package()
     assert not violations, (
-        f"{len(violations)} layering violation(s) (see STYLE.md convention 1 and "
+        f"{len(violations)} layering violation(s) (see ARCHITECTURE.md and "
         "the layer map in tests/test_layers.py):\n  " + "\n  ".join(violations))
 
 

@@ -824,8 +824,7 @@ class HistogramKernel:
     ``bp_cpuinfo[cpu][type].{cpu_pinned,tsk_pinned}``, the global
     ``cpu_pinned`` and ``tsk_pinned_all`` histograms, ``task_bps_ht``, and
     ``toggle_bp_slot()``'s three cases.  An independent second reading (of
-    shared/research/kernel-constraints.md §2.3) for the pools this machine
-    does not have.
+    kernel/events/hw_breakpoint.c) for the pools this machine does not have.
     """
 
     def __init__(self, cpus, data_slots, inst_slots, shared):
