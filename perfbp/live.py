@@ -23,7 +23,7 @@ from typing import Sequence
 
 from . import system
 from .events import Target
-from .report import Report, ThreadHits, WatchReport, Writer, _source_of
+from .report import Report, ThreadHits, WatchReport, Writer, source_of
 from .lifecycle import TERM_GRACE, Run
 from .symbols import Symbolizer
 
@@ -294,7 +294,7 @@ class LiveSession:
             key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
             merged[key] += n
             first.setdefault(key, (loc, pid))
-        return [Writer(first[k][0], first[k][1], n, _source_of(first[k][0]))
+        return [Writer(first[k][0], first[k][1], n, source_of(first[k][0]))
                 for k, n in merged.most_common(top)]
 
     def threads(self, top: int = 5) -> "list[ThreadHits]":

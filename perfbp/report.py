@@ -185,31 +185,72 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
     Raises:
         CorruptRecording / PerfbpError: the file is not a readable recording.
     """
-    import numpy as np
-
     if sort not in SORT_KEYS:
         raise PerfbpError(f"--sort {sort!r} is not one of {', '.join(SORT_KEYS)}")
     rec = read_recording(path)
-    if rec.pipe:
-        # a stream carries its features and perfbp's description of the
-        # watches at its end (nothing can be rewritten in a pipe): read them
-        # first, since the description says how samples map to watches
-        try:
+    try:
+        if rec.pipe:
+            # a stream carries its features and perfbp's description of the
+            # watches at its end (nothing can be rewritten in a pipe): read
+            # them first, since the description says how samples map to watches
             for chunk in rec.chunks(window):
                 stream_extras(rec, decode_bulk(chunk, rec.config)[1])
-        except CorruptRecord as exc:
-            raise CorruptRecording(f"{path}: {exc.message}") from None
-    # events with one name are one watch (perfbp writes a watch split over
-    # several registers as one event per piece, all named after the watch)
-    # only breakpoint events are watches (perf records others beside them:
-    # cycles, page faults, its dummy tracking event)
+        names, order, event_watch, id_map = _watches_of(rec)
+        by_addr = bool(rec.meta.get("multiplexed")) and bool(
+            rec.config.sample_type & PERF_SAMPLE_ADDR)
+        tally, others = _count_samples(rec, window, id_map, by_addr)
+    except CorruptRecord as exc:
+        raise CorruptRecording(f"{path}: {exc.message}") from None
+    if all(nm is None for nm in names):
+        raise PerfbpError(
+            f"{path} holds no watchpoint events (it records "
+            f"{', '.join(sorted({_event_kind(e) for e in rec.events}))}): perfbp report "
+            f"summarizes breakpoint recordings (perfbp record, perf record -e mem:ADDR); "
+            f"read this one with perf report", errno=errno.EINVAL)
+    history = _replay(others, id_map)
+    period = FileAttr.decode(rec.events[0].attr).period
+    if by_addr and tally.samples:
+        return _multiplexed_report(rec, tally, history.sym, history.comms, history.lost,
+                                   period, top, sort)
+    watches = [_watch_report(rec, i, name, event_watch, tally, history, period, top,
+                             alone=len(order) == 1)
+               for i, name in enumerate(order)]
+    lost = max(history.lost, sum(w.lost or 0 for w in watches))
+    notes = list(rec.meta.get("notes", []))
+    if rec.meta.get("sideband_lost"):
+        notes.append(f"{rec.meta['sideband_lost']:,} thread and mapping records were lost "
+                     f"(ring full): some threads or code may show as [unknown]")
+    report = Report(path, tally.samples, lost, watches, rec.truncated, rec.producer,
+                    rec.cmdline, notes=notes)
+    if sort != "watch":
+        report.groups = _groups(sort, history.sym, tally, history.comms)
+    return report
+
+
+def _watches_of(rec: Recording):
+    """``(names, order, event_watch, id_map)``: each event's watch name (None
+    for an event that is not a breakpoint: perf's cycles, page faults, the
+    dummy tracking event), the watches in order, each event's watch index
+    (-1: none) and each event id's.  Events with one name are one watch:
+    perfbp writes a watch split over several registers as one event per
+    piece, all named after the watch."""
     names = [_watch_meta(rec, i)[0] if rec.events[i].is_breakpoint else None
              for i in range(len(rec.events))]
     order = list(dict.fromkeys(nm for nm in names if nm is not None))
     event_watch = [order.index(nm) if nm is not None else -1 for nm in names]
     id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
-    mux = rec.meta.get("multiplexed")
-    by_addr = bool(mux) and bool(rec.config.sample_type & PERF_SAMPLE_ADDR)
+    return names, order, event_watch, id_map
+
+
+def _count_samples(rec: Recording, window, id_map, by_addr: bool):
+    """Decode the data a window at a time and count the samples per watch
+    (:class:`_Tally`); keep the records whose history is replayed.
+
+    Raises:
+        CorruptRecord: a record is damaged.
+    """
+    import numpy as np
+
     if by_addr:
         # a multiplexed recording: its events are slots that took turns, so
         # samples are told apart by address (perfbp's own header feature
@@ -221,94 +262,82 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
         table = _Lookup(sorted(id_map), [id_map[k] for k in sorted(id_map)])
     tally = _Tally()
     others: list = []
-    try:
-        for chunk in rec.chunks(window):
-            cols, recs = decode_bulk(chunk, rec.config)
-            others.extend(r for r in recs if isinstance(r, _REPLAYED))
-            if not len(cols):
-                continue
-            if by_addr:
-                widx = table.find(cols.addr, len(cols))
-            elif cols.id is not None and id_map:
-                widx = table.find(cols.id, len(cols))
-            else:
-                widx = np.zeros(len(cols), dtype=np.int64)
-            tally.add(cols, widx)
-    except CorruptRecord as exc:
-        raise CorruptRecording(f"{path}: {exc.message}") from None
-    if all(nm is None for nm in names):
-        raise PerfbpError(
-            f"{path} holds no watchpoint events (it records "
-            f"{', '.join(sorted({_event_kind(e) for e in rec.events}))}): perfbp report "
-            f"summarizes breakpoint recordings (perfbp record, perf record -e mem:ADDR); "
-            f"read this one with perf report", errno=errno.EINVAL)
+    for chunk in rec.chunks(window):
+        cols, recs = decode_bulk(chunk, rec.config)
+        others.extend(r for r in recs if isinstance(r, _REPLAYED))
+        if not len(cols):
+            continue
+        if by_addr:
+            widx = table.find(cols.addr, len(cols))
+        elif cols.id is not None and id_map:
+            widx = table.find(cols.id, len(cols))
+        else:
+            widx = np.zeros(len(cols), dtype=np.int64)
+        tally.add(cols, widx)
+    return tally, others
 
-    sym = Symbolizer()
-    comms: dict[int, str] = {}
-    lost_total = 0
-    kernel: dict[int, tuple[int, int]] = {}
-    forks = 0
-    # rings are per CPU: records reach the file grouped by CPU, not in time
-    # order; replay the task and mapping history in time order
-    def _when(r) -> int:
+
+@dataclass
+class _History:
+    """What the non-sample records say: mappings (``sym``), thread names,
+    records lost, the kernel's own hit and lost counts per watch (perfbp's
+    PERF_RECORD_READ), and how many tasks were forked."""
+
+    sym: Symbolizer
+    comms: "dict[int, str]" = field(default_factory=dict)
+    lost: int = 0
+    kernel: "dict[int, tuple[int, int]]" = field(default_factory=dict)
+    forks: int = 0
+
+
+def _replay(others: list, id_map: dict) -> _History:
+    """Replay the task and mapping history in time order (rings are per CPU:
+    records reach the file grouped by CPU, not in time order)."""
+    def when(r) -> int:
         sid = getattr(r, "sample_id", None)
         return (sid.time or 0) if sid is not None else 0
 
-    for r in sorted(others, key=_when):
+    h = _History(Symbolizer())
+    for r in sorted(others, key=when):
         if isinstance(r, Mmap):
-            sym.add_mmap(r.pid, r.addr, r.len, r.pgoff, r.filename)
+            h.sym.add_mmap(r.pid, r.addr, r.len, r.pgoff, r.filename)
         elif isinstance(r, Comm):
-            comms[r.tid] = r.comm
+            h.comms[r.tid] = r.comm
             if r.exec:
-                sym.exec(r.pid)
+                h.sym.exec(r.pid)
         elif isinstance(r, Task) and not r.exit:
-            forks += 1
+            h.forks += 1
             if r.pid != r.ppid:
-                sym.fork(r.ppid, r.pid)
-        elif isinstance(r, Lost):
-            lost_total += r.lost
-        elif isinstance(r, LostSamples):
-            lost_total += r.lost
+                h.sym.fork(r.ppid, r.pid)
+        elif isinstance(r, (Lost, LostSamples)):
+            h.lost += r.lost
         elif isinstance(r, Read) and r.sample_id is not None and r.sample_id.id in id_map:
-            vals = r.values
-            if len(vals) >= 2:
-                h, lo = kernel.get(id_map[r.sample_id.id], (0, 0))
-                kernel[id_map[r.sample_id.id]] = (h + vals[0], lo + vals[-1])
-    producer = rec.producer
-    period = FileAttr.decode(rec.events[0].attr).period
+            if len(r.values) >= 2:
+                hits, lost = h.kernel.get(id_map[r.sample_id.id], (0, 0))
+                h.kernel[id_map[r.sample_id.id]] = (hits + r.values[0], lost + r.values[-1])
+    return h
 
-    watches: list[WatchReport] = []
-    n = tally.samples
-    if by_addr and n:
-        return _multiplexed_report(rec, tally, sym, comms, lost_total, period, top, sort)
-    for i, name in enumerate(order):
-        members = [e for e, wi in enumerate(event_watch) if wi == i]
-        metas = [_watch_meta(rec, e) for e in members]
-        addr = min(m[1] for m in metas)
-        length = max(m[1] + m[2] for m in metas) - addr
-        access = metas[0][3]
-        hits = tally.hits.get(i, 0)
-        contexts = sum(len(rec.events[e].ids) for e in members) \
-            + forks * _online_cpus(rec) * len(members)
-        w = WatchReport(i, name, addr, length, access, hits, period=period, contexts=contexts)
-        _named(w, rec.meta)
-        if i in kernel:
-            w.kernel_hits, w.lost = kernel[i]
-        elif len(order) == 1:
-            w.lost = lost_total
-        if hits:
-            _details(w, tally, i, sym, comms, top)
-        watches.append(w)
-    lost = max(lost_total, sum(w.lost or 0 for w in watches))
-    notes = list(rec.meta.get("notes", []))
-    if rec.meta.get("sideband_lost"):
-        notes.append(f"{rec.meta['sideband_lost']:,} thread and mapping records were lost "
-                     f"(ring full): some threads or code may show as [unknown]")
-    report = Report(path, n, lost, watches, rec.truncated, producer, rec.cmdline,
-                    notes=notes)
-    if sort != "watch":
-        report.groups = _groups(sort, sym, tally, comms)
-    return report
+
+def _watch_report(rec: Recording, i: int, name: str, event_watch, tally, history: _History,
+                  period: int, top: int, alone: bool) -> WatchReport:
+    """Watch ``i``: its events' address range, hits, the kernel's count (or,
+    for a lone watch of perf's, the records lost), writers and threads."""
+    members = [e for e, wi in enumerate(event_watch) if wi == i]
+    metas = [_watch_meta(rec, e) for e in members]
+    addr = min(m[1] for m in metas)
+    length = max(m[1] + m[2] for m in metas) - addr
+    hits = tally.hits.get(i, 0)
+    contexts = sum(len(rec.events[e].ids) for e in members) \
+        + history.forks * _online_cpus(rec) * len(members)
+    w = WatchReport(i, name, addr, length, metas[0][3], hits, period=period, contexts=contexts)
+    _named(w, rec.meta)
+    if i in history.kernel:
+        w.kernel_hits, w.lost = history.kernel[i]
+    elif alone:
+        w.lost = history.lost
+    if hits:
+        _details(w, tally, i, history.sym, history.comms, top)
+    return w
 
 
 #: the records whose history the report replays (the rest are not kept)
@@ -497,11 +526,11 @@ def _writers(sym: Symbolizer, pairs: _Counter, top: int) -> "list[Writer]":
         key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
         merged[key] += c
         where.setdefault(key, (loc, pid))
-    return [Writer(where[k][0], where[k][1], c, _source_of(where[k][0]))
+    return [Writer(where[k][0], where[k][1], c, source_of(where[k][0]))
             for k, c in merged.most_common(top)]
 
 
-def _source_of(loc: Location) -> "str | None":
+def source_of(loc: Location) -> "str | None":
     """``file:line`` of the access, from the object's DWARF line table when
     it has one.  The sample's ip is the instruction *after* the access (x86
     data breakpoints trap once it is done), so the line is that of ip - 1."""
