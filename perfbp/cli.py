@@ -12,7 +12,8 @@ import json
 import math
 import os
 import sys
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -37,6 +38,32 @@ app = typer.Typer(
 )
 
 BAD_INPUT = 2
+
+# -- the options several commands share, defined once ---------------------------------
+Watches = Annotated[Optional[List[str]], typer.Option(
+    "-w", "--watch", metavar="SPEC",
+    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k]. LEN 1, 2, "
+         "4 or 8 (default 8); ACCESS w (default), rw, x, or r (not on x86). Repeat for more.")]
+Pid = Annotated[Optional[int], typer.Option("-p", "--pid", help="Every thread of this process.")]
+Tid = Annotated[Optional[int], typer.Option("-t", "--tid", help="This thread only.")]
+AllCpus = Annotated[bool, typer.Option("-a", "--all-cpus", help="Every CPU (system-wide).")]
+Cpus = Annotated[Optional[str], typer.Option("-C", "--cpu", metavar="CPUS",
+                                             help="These CPUs (0,1 or 0-3).")]
+Duration = Annotated[Optional[float], typer.Option("-d", "--duration", metavar="SECONDS",
+                                                   help="Stop after this many seconds.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+NoPtrace = Annotated[bool, typer.Option(
+    "--no-ptrace", help="Do not follow the command with ptrace (for one that uses ptrace "
+                        "itself: strace, gdb); addresses only.")]
+Multiplex = Annotated[bool, typer.Option(
+    "--multiplex", help="More watches than slots: let them take turns and report scaled "
+                        "estimates (with their coverage).")]
+SliceMs = Annotated[int, typer.Option("--slice-ms", metavar="MS",
+                                      help="With --multiplex: how long each turn lasts.")]
+Top = Annotated[int, typer.Option("--top", min=1, help="Writers and threads listed per watch.")]
+Command = Annotated[Optional[List[str]], typer.Argument(
+    metavar="[-- CMD ARGS...]",
+    help="A program to run with the watches armed before its first instruction.")]
 
 
 def error(message: str) -> None:
@@ -126,6 +153,33 @@ def _watches(specs: "list[str]") -> "list":
     if any(p.symbol is not None for p in parsed):
         return parsed
     return [perfbp.Watch.from_spec(p) for p in parsed]
+
+
+@dataclass
+class RunArgs:
+    """A session's options, checked: what every command that runs watches
+    passes to the API."""
+
+    watches: list
+    target: "perfbp.Target | None"
+    command: "list[str] | None"
+    duration: "float | None"
+    multiplex: "float | None"
+    trace: bool
+
+
+def run_args(watch, pid, tid, all_cpus: bool, cpu, command, *, duration=None,
+             multiplex: bool = False, slice_ms: int = 10, no_ptrace: bool = False) -> RunArgs:
+    """Check the options every session command shares; one line and exit 2
+    for the first that is wrong.  The slots are planned once, by the API."""
+    command = list(command or [])
+    target = resolve_target(pid, tid, all_cpus, cpu, command)
+    watches = _watches(list(watch or []))
+    _seconds("--duration", duration)
+    if slice_ms < 1:
+        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
+    return RunArgs(watches, target, command or None, duration,
+                   slice_ms / 1000 if multiplex else None, not no_ptrace)
 
 
 def result_watches(watches) -> list:
@@ -301,33 +355,18 @@ def _unresolved(result) -> None:
            "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n",
 )
 def stat(
-    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
-                                    help="What to watch: [mem:]ADDR[/LEN][:ACCESS][:u|k]. "
-                                         "LEN 1, 2, 4 or 8 (default 8); ACCESS w (default), "
-                                         "rw, x, or r (not on x86). Repeat for more."),
-    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
-    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
-    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU (system-wide)."),
-    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs (0,1 or 0-3)."),
-    duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECONDS",
-                                             help="Stop after this many seconds."),
-    interval: Optional[int] = typer.Option(None, "-I", "--interval", metavar="MS",
-                                           help="Also print the hits of every interval of MS milliseconds."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", metavar="FILE",
-                                         help="Write the counts to FILE, not stdout (keeps "
-                                              "them apart from the command's output)."),
-    no_ptrace: bool = typer.Option(False, "--no-ptrace",
-                                   help="Do not follow the command with ptrace (for one "
-                                        "that uses ptrace itself: strace, gdb); addresses "
-                                        "only."),
-    multiplex: bool = typer.Option(False, "--multiplex",
-                                   help="More watches than slots: let them take turns and "
-                                        "report scaled estimates."),
-    slice_ms: int = typer.Option(10, "--slice-ms", metavar="MS",
-                                 help="With --multiplex: how long each turn lasts."),
-    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]",
-                                        help="A program to run with the watches armed before its first instruction."),
+    watch: Watches = None, pid: Pid = None, tid: Tid = None, all_cpus: AllCpus = False,
+    cpu: Cpus = None, duration: Duration = None,
+    interval: Annotated[Optional[int], typer.Option(
+        "-I", "--interval", metavar="MS",
+        help="Also print the hits of every interval of MS milliseconds.")] = None,
+    as_json: Json = False,
+    output: Annotated[Optional[str], typer.Option(
+        "-o", "--output", metavar="FILE",
+        help="Write the counts to FILE, not stdout (keeps them apart from the command's "
+             "output).")] = None,
+    no_ptrace: NoPtrace = False, multiplex: Multiplex = False, slice_ms: SliceMs = 10,
+    command: Command = None,
 ) -> None:
     """Count the hits of hardware watchpoints, exactly.
 
@@ -336,10 +375,8 @@ def stat(
     -- CMD, perfbp exits with the command's exit status (128+N if it was killed
     by signal N), like perf stat; otherwise 0. Bad input exits 2.
     """
-    command = list(command or [])
-    target = resolve_target(pid, tid, all_cpus, cpu, command)
-    watches = _watches(watch)
-    _seconds("--duration", duration)
+    args = run_args(watch, pid, tid, all_cpus, cpu, command, duration=duration,
+                    multiplex=multiplex, slice_ms=slice_ms, no_ptrace=no_ptrace)
     if interval is not None and interval < 10:
         raise fail(f"-I {interval} is too short: give at least 10 milliseconds")
     intervals: list = []
@@ -352,20 +389,14 @@ def stat(
         for w in hits:
             typer.echo(f"{elapsed:12.3f} {w.hits:>14,}  {w.label}")
 
-    if slice_ms < 1:
-        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    if all(isinstance(w, perfbp.Watch) for w in watches):
-        plan = perfbp.plan(watches, target)
-        if not plan.fits and not multiplex:
-            raise fail(plan.explanation)
     sink = _open_output(output)
     try:
         result = perfbp.count(
-            watches, target=target, command=command or None, duration=duration,
+            args.watches, target=args.target, command=args.command, duration=duration,
             interval=interval / 1000 if interval else None, on_interval=on_interval,
-            on_start=lambda description, run_plan: _banner(result_watches(watches),
-                                                           description, run_plan, target),
-            multiplex=slice_ms / 1000 if multiplex else None, trace=not no_ptrace)
+            on_start=lambda description, plan: _banner(result_watches(args.watches),
+                                                       description, plan, args.target),
+            multiplex=args.multiplex, trace=args.trace)
     except BaseException:
         if sink is not None:
             sink.abort()
@@ -482,33 +513,23 @@ def _report_csv(report) -> None:
            "  perfbp record --multiplex -w a -w b -w c -w d -w e -- ./prog  # > 4 slots\n",
 )
 def record(
-    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
-                                    help="What to watch: [mem:]ADDR[/LEN][:ACCESS][:u|k]."),
-    output: str = typer.Option("perfbp.data", "-o", "--output", metavar="FILE",
-                               help="The recording (perf.data format; an existing file becomes FILE.old; - for standard output, pipe mode)."),
-    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
-    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
-    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU."),
-    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs."),
-    duration: Optional[float] = typer.Option(None, "-d", "--duration", metavar="SECONDS",
-                                             help="Stop after this many seconds."),
-    period: int = typer.Option(1, "--period", "-c", metavar="N",
-                               help="Sample every Nth hit (hit counts stay exact)."),
-    callchain: bool = typer.Option(False, "-g", "--callchain", help="Record user call stacks."),
-    ring_pages: Optional[int] = typer.Option(None, "--ring-pages", metavar="PAGES",
-                                             help="Ring buffer pages per CPU (power of two; default 512)."),
-    top: int = typer.Option(5, "--top", min=1, help="Writers and threads listed per watch."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    no_ptrace: bool = typer.Option(False, "--no-ptrace",
-                                   help="Do not follow the command with ptrace (for one "
-                                        "that uses ptrace itself: strace, gdb); addresses "
-                                        "only."),
-    multiplex: bool = typer.Option(False, "--multiplex",
-                                   help="More watches than slots: let them take turns and "
-                                        "report scaled estimates."),
-    slice_ms: int = typer.Option(10, "--slice-ms", metavar="MS",
-                                 help="With --multiplex: how long each turn lasts."),
-    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
+    watch: Watches = None,
+    output: Annotated[str, typer.Option(
+        "-o", "--output", metavar="FILE",
+        help="The recording (perf.data format; an existing file becomes FILE.old; - for "
+             "standard output, pipe mode).")] = "perfbp.data",
+    pid: Pid = None, tid: Tid = None, all_cpus: AllCpus = False, cpu: Cpus = None,
+    duration: Duration = None,
+    period: Annotated[int, typer.Option(
+        "--period", "-c", metavar="N",
+        help="Sample every Nth hit (hit counts stay exact).")] = 1,
+    callchain: Annotated[bool, typer.Option("-g", "--callchain",
+                                            help="Record user call stacks.")] = False,
+    ring_pages: Annotated[Optional[int], typer.Option(
+        "--ring-pages", metavar="PAGES",
+        help="Ring buffer pages per CPU (power of two; default 512).")] = None,
+    top: Top = 5, as_json: Json = False, no_ptrace: NoPtrace = False,
+    multiplex: Multiplex = False, slice_ms: SliceMs = 10, command: Command = None,
 ) -> None:
     """Sample every hit into a recording perf can read, then summarize who
     touched each watch.
@@ -518,7 +539,6 @@ def record(
     the kernel's own hit count, per watch, and says so. With -- CMD the exit
     status is the command's; bad input exits 2.
     """
-    command = list(command or [])
     if output == "-" and as_json:
         raise fail("-o - writes the recording to standard output, and --json prints "
                    "there too: drop one of them")
@@ -526,35 +546,33 @@ def record(
         raise fail("-o - writes the recording (binary, perf.data pipe mode) to standard "
                    "output, which is a terminal: pipe it (| perf report -i -) or "
                    "redirect it (> FILE)")
-    target = resolve_target(pid, tid, all_cpus, cpu, command)
-    watches = _watches(watch)
+    args = run_args(watch, pid, tid, all_cpus, cpu, command, duration=duration,
+                    multiplex=multiplex, slice_ms=slice_ms, no_ptrace=no_ptrace)
     if not 1 <= period <= MAX_PERIOD:
         raise fail(f"--period {shown(str(period))} must be from 1 to {MAX_PERIOD} (2^63-1)")
     if ring_pages is not None and (ring_pages < 1 or ring_pages & (ring_pages - 1)
                                    or ring_pages > MAX_RING_PAGES):
         raise fail(f"--ring-pages {shown(str(ring_pages))} must be a power of two from 1 "
                    f"to {MAX_RING_PAGES} (1 GiB a CPU: the most the kernel maps)")
-    _seconds("--duration", duration)
-    if slice_ms < 1:
-        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    if all(isinstance(w, perfbp.Watch) for w in watches):
-        plan = perfbp.plan(watches, target)
-        if not plan.fits and not multiplex:
-            raise fail(plan.explanation)
     try:
-        result = perfbp.record(watches, output, target=target, command=command or None,
-                               duration=duration, period=period, callchain=callchain,
-                               ring_pages=ring_pages,
+        result = perfbp.record(args.watches, output, target=args.target,
+                               command=args.command, duration=duration, period=period,
+                               callchain=callchain, ring_pages=ring_pages,
                                cmdline=["perfbp", "record"] + sys.argv[2:],
-                               on_start=lambda d, run_plan: _banner(result_watches(watches),
-                                                                    d, run_plan, target),
-                               multiplex=slice_ms / 1000 if multiplex else None,
-                               trace=not no_ptrace)
+                               on_start=lambda d, plan: _banner(result_watches(args.watches),
+                                                                d, plan, args.target),
+                               multiplex=args.multiplex, trace=args.trace)
     except perfbp.PerfbpError as exc:
         if exc.errno != errno.EPIPE:
             raise
         # the reader of -o - is gone (typer would exit 1 in silence on EPIPE)
         raise fail(f"{exc} (the reader closed the pipe; the command was stopped)") from None
+    _record_summary(result, output, top, as_json)
+
+
+def _record_summary(result, output: str, top: int, as_json: bool) -> None:
+    """What ``record`` prints at the end: the accounting lines (stderr), then
+    the report of the recording (unless it went down a pipe)."""
     samples = sum(s.samples for s in result.stats)
     lost = sum(s.lost for s in result.stats)
     typer.echo(f"[ perfbp record: wrote {result.bytes_written / 1e6:.3f} MB to {result.path}: "
@@ -617,7 +635,7 @@ def report(
                             help="table, json or csv."),
     sort: str = typer.Option("watch", "--sort", "-s", metavar="KEY",
                              help="watch (default), symbol, thread or cpu."),
-    top: int = typer.Option(10, "--top", min=1, help="Writers and threads listed per watch."),
+    top: Top = 10,
 ) -> None:
     """Who touched the watched memory: per watch, the samples, lost
     samples, writers (function+offset) and threads, from a recording made by
@@ -684,25 +702,12 @@ def _report_stdin(top: int, sort: str):
            "  perfbp top -w counter -p 1234 | tee log    # plain lines when piped\n",
 )
 def top(
-    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
-                                    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][/LEN][:ACCESS]."),
-    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Watch every thread of this process."),
-    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Watch this thread only."),
-    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Watch every CPU."),
-    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Watch these CPUs."),
-    interval: float = typer.Option(1.0, "--interval", "-i", metavar="SECONDS",
-                                   help="Seconds between screen updates."),
-    top_n: int = typer.Option(5, "--top", min=1, help="Writers and threads in the final summary."),
-    no_ptrace: bool = typer.Option(False, "--no-ptrace",
-                                   help="Do not follow the command with ptrace (for one "
-                                        "that uses ptrace itself: strace, gdb); addresses "
-                                        "only."),
-    multiplex: bool = typer.Option(False, "--multiplex",
-                                   help="More watches than slots: let them take turns; rows "
-                                        "show the coverage and the scaled estimate."),
-    slice_ms: int = typer.Option(10, "--slice-ms", metavar="MS",
-                                 help="With --multiplex: how long each turn lasts."),
-    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
+    watch: Watches = None, pid: Pid = None, tid: Tid = None, all_cpus: AllCpus = False,
+    cpu: Cpus = None,
+    interval: Annotated[float, typer.Option("--interval", "-i", metavar="SECONDS",
+                                            help="Seconds between screen updates.")] = 1.0,
+    top_n: Top = 5, no_ptrace: NoPtrace = False, multiplex: Multiplex = False,
+    slice_ms: SliceMs = 10, command: Command = None,
 ) -> None:
     """A live view of every hit: per watch the hits, hits per second, a
     sparkline of the last 60 intervals and the top writer, and the busiest
@@ -711,22 +716,18 @@ def top(
     """
     from . import tui
 
-    command = list(command or [])
-    target = resolve_target(pid, tid, all_cpus, cpu, command)
-    watches = _watches(watch)
+    args = run_args(watch, pid, tid, all_cpus, cpu, command, multiplex=multiplex,
+                    slice_ms=slice_ms, no_ptrace=no_ptrace)
     if not math.isfinite(interval):
         raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
         raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
-    if slice_ms < 1:
-        raise fail(f"--slice-ms {slice_ms} must be at least 1 millisecond")
-    session = perfbp.LiveSession(watches, target=target, command=command or None,
-                                 interval=interval, trace=not no_ptrace,
-                                 multiplex=slice_ms / 1000 if multiplex else None)
+    session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
+                                 interval=interval, trace=args.trace, multiplex=args.multiplex)
     try:
         slots = (session.mux.nslots if session.mux is not None
                  else sum(len(w.pieces) for w in session.watches))
-        tui.run(session, interval=interval, slots=slots, capacity=4)
+        tui.run(session, interval=interval, slots=slots, capacity=session.plan.capacity)
         session.stop()
         report = session.summary(top_n)
     finally:
@@ -753,16 +754,12 @@ def top(
            "  perfbp slots --probe --json                      # the same for scripts\n",
 )
 def slots(
-    watch: List[str] = typer.Option([], "-w", "--watch", metavar="SPEC",
-                                    help="What to watch: [mem:]ADDR[/LEN][:ACCESS]."),
-    pid: Optional[int] = typer.Option(None, "-p", "--pid", help="Plan for every thread of this process."),
-    tid: Optional[int] = typer.Option(None, "-t", "--tid", help="Plan for this thread."),
-    all_cpus: bool = typer.Option(False, "-a", "--all-cpus", help="Plan for every CPU."),
-    cpu: Optional[str] = typer.Option(None, "-C", "--cpu", metavar="CPUS", help="Plan for these CPUs."),
-    probe: bool = typer.Option(False, "--probe", help="Measure how many breakpoints fit here, "
-                                                       "opening and closing real ones."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    command: List[str] = typer.Argument(None, metavar="[-- CMD ARGS...]"),
+    watch: Watches = None, pid: Pid = None, tid: Tid = None, all_cpus: AllCpus = False,
+    cpu: Cpus = None,
+    probe: Annotated[bool, typer.Option(
+        "--probe", help="Measure how many breakpoints fit here, opening and closing real "
+                        "ones.")] = False,
+    as_json: Json = False, command: Command = None,
 ) -> None:
     """Plan watches onto the debug-register slots without opening anything:
     the pieces each watch takes, the slots per thread and CPU, whether it
@@ -785,9 +782,8 @@ def slots(
         for c, n in sorted(result["per_cpu"].items()):
             typer.echo(f"  CPU {c}: {n} for this thread, {result['cpu_slots'][c]} CPU-wide")
         return
-    command = list(command or [])
-    target = resolve_target(pid, tid, all_cpus, cpu, command)
-    watches = _watches(watch)
+    args = run_args(watch, pid, tid, all_cpus, cpu, command)
+    watches, target, command = args.watches, args.target, args.command or []
     if not all(isinstance(w, perfbp.Watch) for w in watches):  # symbols: look them up
         if target is None:
             watches = plumbing.resolve_in_file(watches, command)
@@ -814,7 +810,7 @@ def slots(
            "  perfbp check              # a report; exit status 0 if watchpoints work\n"
            "  perfbp check --json       # the same for scripts\n",
 )
-def check(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+def check(as_json: Json = False) -> None:
     """Test this machine: breakpoint PMU, privileges, and whether a real
     watchpoint fires and counts exactly (some VMs silently never fire).
 

@@ -85,6 +85,7 @@ class LiveSession:
         options = {} if ring_pages is None else {"ring_pages": ring_pages}
         armed = run.arm_sampler(wakeup_fraction=8, **options)
         self.child, self.watches, self.target = run.child, run.watches, run.target
+        self.plan = run.plan
         self.sampler, self.mux = armed.sampler, armed.mux
         ws = self.watches
         self._piece_watch = [wi for wi, _bp, _ek in armed.pieces]
