@@ -49,6 +49,17 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``ap.parse_args(argv)``, with ``args.perfbp`` made absolute and checked
+    to hold a perfbp package (else the usage error, exit status 2)."""
+    args = ap.parse_args(argv)
+    try:
+        args.perfbp = perfbp_dir(args.perfbp)
+    except RuntimeError as exc:
+        ap.error(str(exc))
+    return args
+
+
 def perfbp_dir(path: "str | Path") -> str:
     """``path`` made absolute, once it is checked to hold a perfbp package.
 
@@ -89,6 +100,43 @@ def find_perf() -> "tuple[str, str]":
         raise RuntimeError("perf is not on PATH (Debian: apt-get install linux-perf)")
     version = subprocess.run([perf, "--version"], capture_output=True, text=True).stdout
     return perf, version.strip()
+
+
+def compile_c(workdir: str, name: str, source: str, *flags: str) -> str:
+    """Write ``source`` to ``workdir/name.c`` and compile it with gcc (or cc)
+    and ``flags``; return the program's path.
+
+    Raises:
+        RuntimeError: no C compiler, or it failed (its messages attached).
+    """
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler (gcc) on PATH")
+    src, exe = os.path.join(workdir, f"{name}.c"), os.path.join(workdir, name)
+    with open(src, "w") as f:
+        f.write(source)
+    proc = subprocess.run([cc, *flags, "-o", exe, src], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"gcc failed: {proc.stderr.strip()}")
+    return exe
+
+
+def symbol_address(exe: str, symbol: str = "counter") -> int:
+    """The address of ``symbol`` in the program (from ``nm``; link it with
+    ``-no-pie`` for the address it runs at).
+
+    Raises:
+        RuntimeError: no nm, or no such symbol.
+    """
+    nm = shutil.which("nm")
+    if nm is None:
+        raise RuntimeError("no nm on PATH (binutils)")
+    out = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[-1:] == [symbol]:
+            return int(parts[0], 16)
+    raise RuntimeError(f"cannot find `{symbol}` in the program's symbols")
 
 
 def machine() -> dict:

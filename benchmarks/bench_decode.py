@@ -251,22 +251,16 @@ int main(int argc, char **argv)
 
 def record_with_perf(workdir: str, hits: int) -> "tuple[str | None, str]":
     """Record ``hits`` writes with perf; return (path or None, why not)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
     perf = shutil.which("perf")
-    nm = shutil.which("nm")
-    if not (cc and perf and nm):
-        return None, "needs gcc, nm and perf on PATH"
-    src, exe = os.path.join(workdir, "loop.c"), os.path.join(workdir, "loop")
-    with open(src, "w") as f:
-        f.write(C_LOOP)
-    subprocess.run([cc, "-O2", "-no-pie", "-o", exe, src], check=True, capture_output=True)
-    syms = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
-    addr = next((ln.split()[0] for ln in syms.splitlines()
-                 if ln.split()[-1:] == ["counter"]), None)
-    if addr is None:
-        return None, "cannot find `counter` in the test program"
+    if perf is None:
+        return None, "needs perf on PATH"
+    try:
+        exe = harness.compile_c(workdir, "loop", C_LOOP, "-O2", "-no-pie")
+        addr = harness.symbol_address(exe)
+    except RuntimeError as exc:
+        return None, str(exc)
     out = os.path.join(workdir, "perf.data")
-    proc = subprocess.run([perf, "record", "-q", "-e", f"mem:0x{addr}/8:w:u", "-c", "1",
+    proc = subprocess.run([perf, "record", "-q", "-e", f"mem:{addr:#x}/8:w:u", "-c", "1",
                            "-o", out, "--", exe, str(hits)],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 or not os.path.exists(out):
@@ -348,7 +342,7 @@ def main(argv=None) -> int:
                     help="hits in the recording made when --perf-data is not given")
     ap.add_argument("--no-perf", action="store_true", help="skip the real-file measurement")
     ap.add_argument("--child-first-call", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
     harness.use_perfbp(args.perfbp)
     try:
         import numpy as np

@@ -72,14 +72,10 @@ def measure(argv: "list[str]", runs: int, pdir: str) -> dict:
 def main() -> int:
     ap = harness.parser(__doc__)
     ap.add_argument("--runs", type=int, default=9)
-    args = ap.parse_args()
+    args = harness.parse_args(ap)
+    pdir = args.perfbp
     if shutil.which("perf") is None:
         print("bench_follow: needs perf (Debian: linux-perf)", file=sys.stderr)
-        return 2
-    try:
-        pdir = harness.perfbp_dir(args.perfbp)
-    except RuntimeError as exc:
-        print(f"bench_follow: {exc}", file=sys.stderr)
         return 2
     busy = harness.busy_warning(harness.load_average())
     if busy:  # on stderr: the output's rows and JSON keys are the commands

@@ -53,7 +53,6 @@ import ctypes
 import errno
 import gc
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -257,16 +256,7 @@ def is_enospc(exc: BaseException) -> bool:
 
 def build_c(workdir: str) -> str:
     """Write the C program into ``workdir`` and compile it with gcc -O2."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc) on PATH")
-    src = os.path.join(workdir, "bench_lifecycle.c")
-    exe = os.path.join(workdir, "bench_lifecycle")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    subprocess.run([cc, "-O2", "-Wall", "-o", exe, src], check=True,
-                   capture_output=True, text=True)
-    return exe
+    return harness.compile_c(workdir, "bench_lifecycle", C_SOURCE, "-O2", "-Wall")
 
 
 def run_c(exe: str, iterations: int, rounds: int, warmup: int, breakdown: bool) -> dict:
@@ -647,10 +637,10 @@ def main(argv=None) -> int:
                     help="also time the pieces of the Python path and the C syscalls")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the benchmark (and the C child) to one CPU")
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
     try:
-        load_perfbp(harness.perfbp_dir(args.perfbp))
-    except (RuntimeError, ImportError) as exc:
+        load_perfbp(args.perfbp)
+    except ImportError as exc:
         print(f"cannot import perfbp: {exc}", file=sys.stderr)
         return 2
     iterations = max(2, args.iterations - args.iterations % 2)
@@ -701,10 +691,7 @@ def main(argv=None) -> int:
                     "python": patiently(python_breakdown, max(2, iterations // 2),
                                         rounds, warmup),
                 }
-    except subprocess.CalledProcessError as exc:
-        print(f"cannot compile the C side: {exc.stderr or exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # gcc missing or failing included
         print(f"cannot run the C side: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # PerfbpError included

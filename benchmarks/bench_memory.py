@@ -178,7 +178,7 @@ def main(argv=None) -> int:
                          "5,000,011)")
     ap.add_argument("--report-samples", type=int, default=2_000_003,
                     help="writes in the file both reports read (default 2,000,003)")
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
 
     try:
         pdir, perf, perf_version, env = bench_report.setup(args.perfbp)

@@ -122,21 +122,8 @@ int main(int argc, char **argv)
 
 
 def build(workdir: str) -> "tuple[str, int]":
-    cc = shutil.which("gcc") or shutil.which("cc")
-    nm = shutil.which("nm")
-    if cc is None or nm is None:
-        raise RuntimeError("needs gcc and nm on PATH")
-    src, exe = os.path.join(workdir, "overhead_loop.c"), os.path.join(workdir, "overhead_loop")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    subprocess.run([cc, "-O2", "-no-pie", "-pthread", "-o", exe, src], check=True,
-                   capture_output=True)
-    out = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[-1:] == ["counter"]:
-            return exe, int(parts[0], 16)
-    raise RuntimeError("cannot find `counter` in the program's symbols")
+    exe = harness.compile_c(workdir, "overhead_loop", C_SOURCE, "-O2", "-no-pie", "-pthread")
+    return exe, harness.symbol_address(exe)
 
 
 # ----------------------------------------------------------------------------------
@@ -325,13 +312,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2,
                     help="threads of the multi-thread variant (default 2)")
     ap.add_argument("--no-perf", action="store_true", help="skip the perf rows")
-    args = ap.parse_args(argv)
-
-    try:
-        pdir = harness.perfbp_dir(args.perfbp)
-    except RuntimeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    args = harness.parse_args(ap, argv)
+    pdir = args.perfbp
     perf, perf_version = None, ""
     if not args.no_perf:
         try:

@@ -86,22 +86,8 @@ int main(int argc, char **argv)
 
 def build(workdir: str) -> "tuple[str, int]":
     """Compile the program; return (path, address of `counter`)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc) on PATH")
-    src, exe = os.path.join(workdir, "report_loop.c"), os.path.join(workdir, "report_loop")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    subprocess.run([cc, "-O2", "-no-pie", "-o", exe, src], check=True, capture_output=True)
-    nm = shutil.which("nm")
-    if nm is None:
-        raise RuntimeError("no nm on PATH (binutils)")
-    out = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[-1:] == ["counter"]:
-            return exe, int(parts[0], 16)
-    raise RuntimeError("cannot find `counter` in the program's symbols")
+    exe = harness.compile_c(workdir, "report_loop", C_SOURCE, "-O2", "-no-pie")
+    return exe, harness.symbol_address(exe)
 
 
 def record(perf: str, exe: str, addr: int, hits: int, out: str) -> float:
@@ -366,7 +352,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the program and the recording in DIR")
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the -X importtime and cProfile runs")
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
 
     try:
         pdir, perf, perf_version, env = setup(args.perfbp)
@@ -450,13 +436,14 @@ def main(argv=None) -> int:
 
 
 def setup(perfbp_dir: str) -> "tuple[str, str, str, dict]":
-    """The perfbp directory measured, perf's path and version, and the
-    children's environment (that directory first on PYTHONPATH).
+    """The perfbp directory measured (checked by harness.parse_args), perf's
+    path and version, and the children's environment (that directory first
+    on PYTHONPATH).
 
     Raises:
-        RuntimeError: no perfbp package in the directory, or no perf.
+        RuntimeError: no perf.
     """
-    pdir = harness.perfbp_dir(perfbp_dir)
+    pdir = perfbp_dir
     perf, perf_version = harness.find_perf()
     return pdir, perf, perf_version, harness.child_env(pdir)
 

@@ -135,17 +135,7 @@ int main(int argc, char **argv)
 
 
 def build(workdir: str) -> str:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("needs gcc on PATH")
-    src, exe = os.path.join(workdir, "top_bench.c"), os.path.join(workdir, "top_bench")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    proc = subprocess.run([cc, "-O2", "-g", "-pthread", "-o", exe, src],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"gcc failed: {proc.stderr.strip()}")
-    return exe
+    return harness.compile_c(workdir, "top_bench", C_SOURCE, "-O2", "-g", "-pthread")
 
 
 # ----------------------------------------------------------------------------------
@@ -402,13 +392,8 @@ def main(argv=None) -> int:
                     help="stores per thread (default 500,009)")
     harness.rounds_option(ap, 2, "runs per mode, each reported")
     ap.add_argument("--no-tty", action="store_true", help="skip the tmux (terminal) mode")
-    args = ap.parse_args(argv)
-
-    try:
-        pdir = harness.perfbp_dir(args.perfbp)
-    except RuntimeError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    args = harness.parse_args(ap, argv)
+    pdir = args.perfbp
     ncpu = len(os.sched_getaffinity(0))
     if not {0, 1} <= os.sched_getaffinity(0):
         print("needs CPUs 0 and 1", file=sys.stderr)
