@@ -44,9 +44,7 @@ Usage::
                                        [--perf-data FILE | --no-perf] [--json]
                                        [--perfbp DIR]
 
-``--perfbp DIR`` benchmarks the perfbp package found in DIR (a directory
-holding ``perfbp/``) instead of this checkout's: for before/after figures of
-a patch.
+``--perfbp DIR`` and ``--json``: the common options (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -62,16 +60,10 @@ import tempfile
 import time
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
+import _harness as harness
+
 GOAL_SAMPLES_PER_S = 3.0e6
 PERF_RECORD_FINISHED_ROUND = 68  # tools/perf/util/event.h
-
-
-def _use_perfbp(path: "str | Path") -> None:
-    """Put the directory holding the perfbp package first on sys.path."""
-    path = str(Path(path).resolve())
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 
 # ----------------------------------------------------------------------------------
@@ -259,22 +251,16 @@ int main(int argc, char **argv)
 
 def record_with_perf(workdir: str, hits: int) -> "tuple[str | None, str]":
     """Record ``hits`` writes with perf; return (path or None, why not)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
     perf = shutil.which("perf")
-    nm = shutil.which("nm")
-    if not (cc and perf and nm):
-        return None, "needs gcc, nm and perf on PATH"
-    src, exe = os.path.join(workdir, "loop.c"), os.path.join(workdir, "loop")
-    with open(src, "w") as f:
-        f.write(C_LOOP)
-    subprocess.run([cc, "-O2", "-no-pie", "-o", exe, src], check=True, capture_output=True)
-    syms = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
-    addr = next((ln.split()[0] for ln in syms.splitlines()
-                 if ln.split()[-1:] == ["counter"]), None)
-    if addr is None:
-        return None, "cannot find `counter` in the test program"
+    if perf is None:
+        return None, "needs perf on PATH"
+    try:
+        exe = harness.compile_c(workdir, "loop", C_LOOP, "-O2", "-no-pie")
+        addr = harness.symbol_address(exe)
+    except RuntimeError as exc:
+        return None, str(exc)
     out = os.path.join(workdir, "perf.data")
-    proc = subprocess.run([perf, "record", "-q", "-e", f"mem:0x{addr}/8:w:u", "-c", "1",
+    proc = subprocess.run([perf, "record", "-q", "-e", f"mem:{addr:#x}/8:w:u", "-c", "1",
                            "-o", out, "--", exe, str(hits)],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 or not os.path.exists(out):
@@ -323,12 +309,10 @@ def print_table(r: dict) -> None:
           f"(sample_type {s['sample_type']:#x}) + {s['other_records']} other records "
           f"(one every ~{s['every']:,} samples), {s['bytes'] / 1e6:.1f} MB; "
           f"decoded right: {'yes' if s['verified'] else 'NO'}")
-    if r.get("warning"):
-        print(f"WARNING: {r['warning']}")
+    harness.print_warning(r)
     print()
     hdr = f"{'measurement':58} {'seconds':>9} {'Msamples/s':>11} {'goal':>8}  status"
-    print(hdr)
-    print("-" * len(hdr))
+    harness.print_header(hdr)
     for row in r["rows"]:
         goal = f">={row['goal'] / 1e6:g}M" if row.get("goal") else "-"
         sec = "-" if row["seconds"] is None else f"{row['seconds']:9.4f}"
@@ -342,14 +326,12 @@ def print_table(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--samples", type=int, default=1_000_000,
                     help="samples in the synthetic stream (default 1,000,000)")
     ap.add_argument("--every", type=int, default=4000,
                     help="one non-sample record every ~K samples (default 4000)")
-    ap.add_argument("--rounds", "-r", type=int, default=5,
-                    help="timed calls for the steady figures; median (default 5)")
+    harness.rounds_option(ap, 5, "timed calls for the steady figures; median")
     ap.add_argument("--processes", type=int, default=3,
                     help="fresh processes for the first-call figure (default 3; 0 skips)")
     ap.add_argument("--iter-samples", type=int, default=100_000,
@@ -359,13 +341,9 @@ def main(argv=None) -> int:
     ap.add_argument("--perf-hits", type=int, default=200_003,
                     help="hits in the recording made when --perf-data is not given")
     ap.add_argument("--no-perf", action="store_true", help="skip the real-file measurement")
-    ap.add_argument("--perfbp", metavar="DIR", default=str(_ROOT),
-                    help="directory holding the perfbp package to benchmark "
-                         "(default: this checkout)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--child-first-call", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    _use_perfbp(args.perfbp)
+    args = harness.parse_args(ap, argv)
+    harness.use_perfbp(args.perfbp)
     try:
         import numpy as np
         import perfbp
@@ -376,7 +354,7 @@ def main(argv=None) -> int:
         return child_first_call(args)
     loaded_from = str(Path(perfbp.__file__).resolve().parent.parent)
 
-    load_before = os.getloadavg()[0]
+    load_before = harness.load_average()
     buf, expected = build_stream(args.samples, args.every)
     problems = verify(buf, expected)
     if problems:
@@ -452,12 +430,11 @@ def main(argv=None) -> int:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    load_after = os.getloadavg()[0]
-    uname = os.uname()
+    load_after = harness.load_average()
     bulk = next(r for r in rows if r["key"] == "bulk_steady")
     it = next(r for r in rows if r["key"] == "iter_records")
     result = {
-        "machine": uname.machine, "kernel": uname.release, "python": sys.version.split()[0],
+        **harness.machine(),
         "numpy": np.__version__, "perfbp": perfbp.__version__, "perfbp_dir": loaded_from,
         "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
         "goal_samples_per_s": GOAL_SAMPLES_PER_S,
@@ -470,14 +447,7 @@ def main(argv=None) -> int:
         "real_file": real,
         "real_file_note": real_note,
     }
-    if load_before > 1.0:
-        result["warning"] = (f"the machine was busy before the run (load average "
-                             f"{load_before:.2f}): the figures are noisy")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    return harness.finish(result, args.json, print_table, [harness.busy_warning(load_before)])
 
 
 if __name__ == "__main__":

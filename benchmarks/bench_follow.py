@@ -21,29 +21,32 @@ the tracing cost shows).  It never asserts; it exits 2 when it cannot run
 
 Usage::
 
-    python3 benchmarks/bench_follow.py [--runs N] [--json]
+    python3 benchmarks/bench_follow.py [--runs N] [--json] [--perfbp DIR]
+
+``--perfbp DIR`` and ``--json``: the common options (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+import _harness as harness
+
 PERFBP = [sys.executable, "-m", "perfbp"]
 COMMANDS = {"true": ["true"], "xz --version": ["xz", "--version"],
             "python3 -c pass": [sys.executable, "-S", "-c", "pass"]}
 
 
-def timed(argv: "list[str]") -> "tuple[float, dict | None]":
+def timed(argv: "list[str]", pdir: str) -> "tuple[float, dict | None]":
+    """Run once in ``pdir``: ``python -m perfbp`` imports the perfbp there (its
+    cwd comes first on sys.path), and nothing else in the environment changes."""
     start = time.perf_counter()
-    r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=pdir,
                        stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     doc = None
@@ -53,10 +56,10 @@ def timed(argv: "list[str]") -> "tuple[float, dict | None]":
     return wall, doc
 
 
-def measure(argv: "list[str]", runs: int) -> dict:
+def measure(argv: "list[str]", runs: int, pdir: str) -> dict:
     walls, inside = [], []
     for _ in range(runs):
-        wall, doc = timed(argv)
+        wall, doc = timed(argv, pdir)
         walls.append(wall)
         if doc is not None:
             inside.append(doc["elapsed_seconds"])
@@ -67,13 +70,16 @@ def measure(argv: "list[str]", runs: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = harness.parser(__doc__)
     ap.add_argument("--runs", type=int, default=9)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = harness.parse_args(ap)
+    pdir = args.perfbp
     if shutil.which("perf") is None:
         print("bench_follow: needs perf (Debian: linux-perf)", file=sys.stderr)
         return 2
+    busy = harness.busy_warning(harness.load_average())
+    if busy:  # on stderr: the output's rows and JSON keys are the commands
+        print(f"WARNING: {busy}", file=sys.stderr)
     results = {}
     for name, cmd in COMMANDS.items():
         if shutil.which(cmd[0]) is None:
@@ -86,7 +92,7 @@ def main() -> int:
             "perfbp, optind@libc.so.6": [*PERFBP, "stat", "--json", "-w",
                                          "optind@libc.so.6", "--", *cmd],
         }
-        results[name] = {case: measure(argv, args.runs) for case, argv in cases.items()}
+        results[name] = {case: measure(argv, args.runs, pdir) for case, argv in cases.items()}
     if args.json:
         print(json.dumps(results))
         return 0

@@ -38,39 +38,32 @@ the round is retried, waiting up to 30 s in all, and the output says so.
 Usage::
 
     python3 benchmarks/bench_lifecycle.py [--iterations N] [--rounds R] [--json]
-                                         [--breakdown] [--no-pin]
+                                         [--breakdown] [--no-pin] [--perfbp DIR]
 
 ``--breakdown`` also times the pieces of the Python path (Breakpoint
 construction and validation, EventOptions, make_attr, weakref.finalize, the
 cffi syscall and ioctls, os.read, os.close, ...) and the C syscalls one by
-one, to show where the time goes.
+one, to show where the time goes.  ``--perfbp DIR`` and ``--json``: the
+common options (benchmarks/README.md); the C side is the same for every DIR.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import errno
 import gc
-import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import weakref
-from pathlib import Path
 
-# Run from a checkout without installing: put the repository root first.
-_ROOT = Path(__file__).resolve().parent.parent
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+import _harness as harness
 
-import perfbp  # noqa: E402
-from perfbp import abi  # noqa: E402
-from perfbp import events as _events  # noqa: E402
+#: perfbp and the two modules timed below it, imported by load_perfbp()
+perfbp = abi = _events = None
 
 GOALS = {"cycle": 1.5, "move": 3.0}
 
@@ -240,6 +233,18 @@ int main(int argc, char **argv)
 """
 
 
+def load_perfbp(perfbp_dir=harness.ROOT) -> None:
+    """Import perfbp from ``perfbp_dir`` (by default this checkout, which
+    need not be installed), once."""
+    global perfbp, abi, _events
+    if perfbp is not None:
+        return
+    harness.use_perfbp(perfbp_dir)
+    import perfbp
+    from perfbp import abi
+    from perfbp import events as _events
+
+
 class SlotsBusy(RuntimeError):
     """ENOSPC: every debug-register slot was held (by another process)."""
 
@@ -251,16 +256,7 @@ def is_enospc(exc: BaseException) -> bool:
 
 def build_c(workdir: str) -> str:
     """Write the C program into ``workdir`` and compile it with gcc -O2."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc) on PATH")
-    src = os.path.join(workdir, "bench_lifecycle.c")
-    exe = os.path.join(workdir, "bench_lifecycle")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    subprocess.run([cc, "-O2", "-Wall", "-o", exe, src], check=True,
-                   capture_output=True, text=True)
-    return exe
+    return harness.compile_c(workdir, "bench_lifecycle", C_SOURCE, "-O2", "-Wall")
 
 
 def run_c(exe: str, iterations: int, rounds: int, warmup: int, breakdown: bool) -> dict:
@@ -414,6 +410,7 @@ class PythonSide:
 def python_results(iterations: int, rounds: int, warmup: int) -> dict:
     """The Python side alone: ``{key: {"median", "min", "max"}}`` (for A/B
     comparisons of perfbp versions; the C side does not change)."""
+    load_perfbp()
     side = PythonSide(iterations, warmup)
     for _ in range(rounds):
         side.round()
@@ -602,16 +599,14 @@ def print_table(result: dict) -> None:
     print(f"{result['rounds']} rounds x {result['iterations']} ops (C and Python rounds "
           f"interleaved), median ns/op; attr.size: C {result['c_attr_size']}, "
           f"perfbp {result['perfbp_attr_size']}")
-    if result.get("warning"):
-        print(f"WARNING: {result['warning']}")
+    harness.print_warning(result)
     if result.get("enospc_retries"):
         print(f"note: {result['enospc_retries']} attempt(s) waited for debug-register "
               f"slots held by another process (ENOSPC)")
     print()
     hdr = (f"{'operation':32} {'C ns/op':>9} {'perfbp ns/op':>13} {'ratio':>7} "
            f"{'goal':>7}  status")
-    print(hdr)
-    print("-" * len(hdr))
+    harness.print_header(hdr)
     for r in result["rows"]:
         goal = "<=" + format(r["goal"], "g") + "x"
         print(f"{r['label']:32} {r['c_ns']:9.0f} {r['python_ns']:13.0f} "
@@ -632,25 +627,27 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--iterations", "-n", type=int, default=20000,
                     help="operations per round (default 20000)")
-    ap.add_argument("--rounds", "-r", type=int, default=7,
-                    help="timed rounds; the median is reported (default 7)")
+    harness.rounds_option(ap, 7, "timed rounds; the median is reported")
     ap.add_argument("--warmup", type=int, default=None,
                     help="warm-up operations (default iterations/10)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the pieces of the Python path and the C syscalls")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the benchmark (and the C child) to one CPU")
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
+    try:
+        load_perfbp(args.perfbp)
+    except ImportError as exc:
+        print(f"cannot import perfbp: {exc}", file=sys.stderr)
+        return 2
     iterations = max(2, args.iterations - args.iterations % 2)
     rounds = max(1, args.rounds)
     warmup = args.warmup if args.warmup is not None else max(2, iterations // 10)
 
-    load_before = os.getloadavg()[0]
+    load_before = harness.load_average()
     cpu = None
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
         cpu = sorted(os.sched_getaffinity(0))[-1]
@@ -694,22 +691,17 @@ def main(argv=None) -> int:
                     "python": patiently(python_breakdown, max(2, iterations // 2),
                                         rounds, warmup),
                 }
-    except subprocess.CalledProcessError as exc:
-        print(f"cannot compile the C side: {exc.stderr or exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # gcc missing or failing included
         print(f"cannot run the C side: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # PerfbpError included
         print(f"cannot run the Python side: {exc}", file=sys.stderr)
         return 2
 
-    load_after = os.getloadavg()[0]
-    uname = os.uname()
+    load_after = harness.load_average()
     c_res = {k: summary(v) for k, v in c_rounds.items()}
     result = {
-        "machine": uname.machine, "kernel": uname.release,
-        "python": sys.version.split()[0], "perfbp": perfbp.__version__,
+        **harness.machine(), "perfbp": perfbp.__version__,
         "cpu": "any" if cpu is None else cpu,
         "iterations": iterations, "rounds": rounds, "warmup": warmup,
         "gc_enabled": gc.isenabled(),
@@ -719,17 +711,11 @@ def main(argv=None) -> int:
     }
     if retries:
         result["enospc_retries"] = retries
-    if load_before > 1.0:
-        result["warning"] = (f"the machine was busy before the run (load average "
-                             f"{load_before:.2f}): the figures are noisy, and other "
-                             f"processes' breakpoints may share the debug registers")
     if breakdown is not None:
         result["breakdown"] = breakdown
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    busy = harness.busy_warning(load_before, "and other processes' breakpoints may share "
+                                             "the debug registers")
+    return harness.finish(result, args.json, print_table, [busy])
 
 
 if __name__ == "__main__":

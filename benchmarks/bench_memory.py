@@ -34,13 +34,11 @@ Usage::
     python3 benchmarks/bench_memory.py [--samples N,N...] [--report-samples N]
                                        [--json] [--perfbp DIR]
 
-``--perfbp DIR`` measures the perfbp package found in DIR (a directory
-holding ``perfbp/``) instead of this checkout's, for before/after figures.
+``--perfbp DIR`` and ``--json``: the common options (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -48,10 +46,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_report  # noqa: E402  (its build and run_timed: one way to measure)
+import _harness as harness
+import bench_report  # its setup, build and run_timed: one way to measure
 
 GOAL_RECORD_MB = 120
 GOAL_REPORT_EXTRA_MB = 60
@@ -154,8 +151,7 @@ def verdicts(rows: "list[dict]") -> "list[dict]":
 def print_table(r: dict) -> None:
     print(f"perfbp memory benchmark  ({r['machine']}, kernel {r['kernel']}, Python "
           f"{r['python']}, {r['perf_version']}, perfbp from {r['perfbp_dir']})")
-    if r.get("warning"):
-        print(f"WARNING: {r['warning']}")
+    harness.print_warning(r)
     runs = [(row["what"], "-" if row["samples"] is None else f"{row['samples']:,}",
              f"{row['seconds']:.1f}", f"{row['maxrss_kb'] / 1024:.0f} MB")
             for row in r["runs"]]
@@ -176,15 +172,13 @@ def _table(head: "tuple[str, ...]", rows: "list[tuple[str, ...]]") -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--samples", default="1000003,5000011",
                     help="writes to record, comma-separated (default 1,000,003 and "
                          "5,000,011)")
     ap.add_argument("--report-samples", type=int, default=2_000_003,
                     help="writes in the file both reports read (default 2,000,003)")
-    bench_report.common_options(ap)
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
 
     try:
         pdir, perf, perf_version, env = bench_report.setup(args.perfbp)
@@ -192,7 +186,7 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 2
     counts = [int(x) for x in args.samples.split(",") if x.strip()]
-    load_before = os.getloadavg()[0]
+    load_before = harness.load_average()
     workdir = tempfile.mkdtemp(prefix="perfbp-bench-memory-")
     bench_report.CWD[0] = workdir
     bench_report.C_SOURCE = C_SOURCE
@@ -209,12 +203,11 @@ def main(argv=None) -> int:
             return 2
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    uname = os.uname()
-    result = {"machine": uname.machine, "kernel": uname.release,
-              "python": sys.version.split()[0], "perf_version": perf_version,
+    result = {**harness.machine(), "perf_version": perf_version,
               "perfbp_dir": pdir, "loadavg_before": round(load_before, 2),
               "runs": rows, "verdicts": verdicts(rows)}
-    return bench_report.finish(result, load_before, args.json, print_table)
+    return harness.finish(result, args.json, print_table, [harness.busy_warning(load_before)])
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -42,11 +42,12 @@ Usage::
 
     python3 benchmarks/bench_overhead.py [--hits N] [--rounds R] [--json]
                                          [--no-perf] [--perfbp DIR]
+
+``--perfbp DIR`` and ``--json``: the common options (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -56,9 +57,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
+import _harness as harness
+
 GOAL_RATIO = 1.05
 DEFAULT_HITS = 500_009
 
@@ -121,21 +122,8 @@ int main(int argc, char **argv)
 
 
 def build(workdir: str) -> "tuple[str, int]":
-    cc = shutil.which("gcc") or shutil.which("cc")
-    nm = shutil.which("nm")
-    if cc is None or nm is None:
-        raise RuntimeError("needs gcc and nm on PATH")
-    src, exe = os.path.join(workdir, "overhead_loop.c"), os.path.join(workdir, "overhead_loop")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    subprocess.run([cc, "-O2", "-no-pie", "-pthread", "-o", exe, src], check=True,
-                   capture_output=True)
-    out = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[-1:] == ["counter"]:
-            return exe, int(parts[0], 16)
-    raise RuntimeError("cannot find `counter` in the program's symbols")
+    exe = harness.compile_c(workdir, "overhead_loop", C_SOURCE, "-O2", "-no-pie", "-pthread")
+    return exe, harness.symbol_address(exe)
 
 
 # ----------------------------------------------------------------------------------
@@ -295,17 +283,15 @@ def print_table(r: dict) -> None:
           f"Python {r['python']}, {r['perf_version'] or 'no perf'}, perfbp from {r['perfbp_dir']})")
     print(f"target: a loop writing a global {r['hits']:,} times per thread, timed by itself; "
           f"median of {r['rounds']} runs per mode")
-    if r.get("warning"):
-        print(f"WARNING: {r['warning']}")
+    harness.print_warning(r)
     for variant, res in r["variants"].items():
         threads = r["threads"][variant]
         print()
         print(f"{variant} ({threads} thread{'s' if threads > 1 else ''}, "
               f"{r['hits'] * threads:,} hits per run)")
-        hdr = (f"  {'mode':38} {'ns/iter':>9} {'us/hit':>8} {'runs (ns/iter)':>24} "
+        hdr = (f"{'mode':38} {'ns/iter':>9} {'us/hit':>8} {'runs (ns/iter)':>24} "
                f"{'hits seen':>10} {'lost':>6}  count")  # seen, lost: the last run
-        print(hdr)
-        print("  " + "-" * (len(hdr) - 2))
+        harness.print_header(hdr, "  ")
         for mode, o in res.items():
             runs = " ".join(f"{x:.0f}" for x in o["ns_per_iter_runs"])
             seen = o["seen"][-1]
@@ -315,47 +301,30 @@ def print_table(r: dict) -> None:
                   f"{o['us_per_hit']:8.3f} {runs:>24} "
                   f"{'-' if seen is None else format(seen, ','):>10} "
                   f"{'-' if lost is None else lost:>6}  {ok}")
-    print()
-    hdr = f"{'per-hit cost ratio':52} {'ratio':>8} {'goal':>8}  status"
-    print(hdr)
-    print("-" * len(hdr))
-    for row in r["rows"]:
-        goal = f"<={row['goal']:g}" if row.get("goal") else "-"
-        print(f"{row['label']:52} {row['ratio']:7.3f}x {goal:>8}  {row['status']}")
+    harness.print_ratios("per-hit cost ratio", r["rows"], 52, 3)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--hits", type=int, default=DEFAULT_HITS,
                     help="writes per thread (default 500,009)")
-    ap.add_argument("--rounds", "-r", type=int, default=3,
-                    help="runs per mode; the median is reported (default 3)")
+    harness.rounds_option(ap, 3, "runs per mode; the median is reported")
     ap.add_argument("--threads", type=int, default=2,
                     help="threads of the multi-thread variant (default 2)")
     ap.add_argument("--no-perf", action="store_true", help="skip the perf rows")
-    ap.add_argument("--perfbp", metavar="DIR", default=str(_ROOT),
-                    help="directory holding the perfbp package to benchmark "
-                         "(default: this checkout)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args(argv)
-
-    pdir = str(Path(args.perfbp).resolve())
-    if not (Path(pdir) / "perfbp" / "__init__.py").exists():
-        print(f"no perfbp package in {pdir}", file=sys.stderr)
-        return 2
-    perf = None if args.no_perf else shutil.which("perf")
-    if perf is None and not args.no_perf:
-        print("perf is not on PATH (Debian: apt-get install linux-perf); or use --no-perf",
-              file=sys.stderr)
-        return 2
-    env = dict(os.environ)
-    env["PYTHONPATH"] = pdir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    perf_version = (subprocess.run([perf, "--version"], capture_output=True,
-                                   text=True).stdout.strip() if perf else "")
+    args = harness.parse_args(ap, argv)
+    pdir = args.perfbp
+    perf, perf_version = None, ""
+    if not args.no_perf:
+        try:
+            perf, perf_version = harness.find_perf()
+        except RuntimeError as exc:
+            print(f"{exc}; or use --no-perf", file=sys.stderr)
+            return 2
+    env = harness.child_env(pdir)
     modes = [m for m in MODES if perf or not m.startswith("perf_")]
     ncpu = len(os.sched_getaffinity(0))
-    load_before = os.getloadavg()[0]
+    load_before = harness.load_average()
     variants = {"1 thread": 1, f"{args.threads} threads": args.threads}
     results: dict = {}
     workdir = tempfile.mkdtemp(prefix="perfbp-bench-overhead-")
@@ -377,33 +346,22 @@ def main(argv=None) -> int:
     rows = []
     for name, res in results.items():
         rows.extend(ratio_rows(name, res))
-    load_after = os.getloadavg()[0]
-    uname = os.uname()
+    load_after = harness.load_average()
     result = {
-        "machine": uname.machine, "kernel": uname.release, "cpus": ncpu,
-        "python": sys.version.split()[0], "python_executable": sys.executable,
+        **harness.machine(), "cpus": ncpu, "python_executable": sys.executable,
         "perf_version": perf_version, "perfbp_dir": pdir,
         "hits": args.hits, "rounds": args.rounds, "threads": variants,
         "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
         "variants": results, "rows": rows, "goal_ratio": GOAL_RATIO,
     }
-    warnings = []
-    if load_before > 1.0:
-        warnings.append(f"the machine was busy before the run (load average "
-                        f"{load_before:.2f}): the figures are noisy")
+    warnings = [harness.busy_warning(load_before)]
     if args.threads > ncpu:
         warnings.append(f"{args.threads} threads on {ncpu} CPUs: threads share CPUs")
     bad = [f"{v}/{m}" for v, res in results.items() for m, o in res.items()
            if o["count_ok"] is False]
     if bad:
         warnings.append(f"hit counts off in: {', '.join(bad)}")
-    if warnings:
-        result["warning"] = "; ".join(warnings)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    return harness.finish(result, args.json, print_table, warnings)
 
 
 if __name__ == "__main__":

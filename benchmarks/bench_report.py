@@ -44,13 +44,11 @@ Usage::
 
 ``--data FILE`` reuses a recording (skips the 10-20 s of recording);
 ``--keep DIR`` leaves the program and the recording in DIR for that;
-``--perfbp DIR`` measures the perfbp package found in DIR (a directory
-holding ``perfbp/``) instead of this checkout's, for before/after figures.
+``--perfbp DIR`` and ``--json``: the common options (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pstats
@@ -60,9 +58,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
+import _harness as harness
+
 GOAL_RATIO = 1.0
 #: the working directory of every child: a scratch directory, never a checkout
 #: (``python -m perfbp`` puts its cwd first on sys.path, ahead of PYTHONPATH)
@@ -88,22 +86,8 @@ int main(int argc, char **argv)
 
 def build(workdir: str) -> "tuple[str, int]":
     """Compile the program; return (path, address of `counter`)."""
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc) on PATH")
-    src, exe = os.path.join(workdir, "report_loop.c"), os.path.join(workdir, "report_loop")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    subprocess.run([cc, "-O2", "-no-pie", "-o", exe, src], check=True, capture_output=True)
-    nm = shutil.which("nm")
-    if nm is None:
-        raise RuntimeError("no nm on PATH (binutils)")
-    out = subprocess.run([nm, exe], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if parts[-1:] == ["counter"]:
-            return exe, int(parts[0], 16)
-    raise RuntimeError("cannot find `counter` in the program's symbols")
+    exe = harness.compile_c(workdir, "report_loop", C_SOURCE, "-O2", "-no-pie")
+    return exe, harness.symbol_address(exe)
 
 
 def record(perf: str, exe: str, addr: int, hits: int, out: str) -> float:
@@ -328,23 +312,15 @@ def print_table(r: dict) -> None:
           f"{r['recording']['lines_perf_script']:,} lines from perf script"
           + (f"; recorded in {r['recording']['record_seconds']:.1f} s"
              if r['recording'].get('record_seconds') else ""))
-    if r.get("warning"):
-        print(f"WARNING: {r['warning']}")
+    harness.print_warning(r)
     print()
     hdr = (f"{'command (F = the recording, output to /dev/null)':48} {'best s':>8} "
            f"{'runs':>22} {'peak RSS':>10}")
-    print(hdr)
-    print("-" * len(hdr))
+    harness.print_header(hdr)
     for key, t in r["times"].items():
         runs = " ".join(f"{x:.2f}" for x in t["all"])
         print(f"{t['label']:48} {t['best']:8.3f} {runs:>22} {t['maxrss_kb'] / 1024:8.0f} MB")
-    print()
-    hdr = f"{'comparison':48} {'ratio':>8} {'goal':>8}  status"
-    print(hdr)
-    print("-" * len(hdr))
-    for row in r["rows"]:
-        goal = f"<={row['goal']:g}" if row.get("goal") else "-"
-        print(f"{row['label']:48} {row['ratio']:7.2f}x {goal:>8}  {row['status']}")
+    harness.print_ratios("comparison", r["rows"], 48, 2)
     if r.get("imports"):
         imp = r["imports"]
         print()
@@ -368,18 +344,15 @@ def print_table(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--hits", type=int, default=DEFAULT_HITS,
                     help="writes of the global, one sample each (default 1,000,003)")
-    ap.add_argument("--rounds", "-r", type=int, default=3,
-                    help="timed runs of each command; the best is reported (default 3)")
+    harness.rounds_option(ap, 3, "timed runs of each command; the best is reported")
     ap.add_argument("--data", metavar="FILE", help="reuse this perf recording")
     ap.add_argument("--keep", metavar="DIR", help="keep the program and the recording in DIR")
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the -X importtime and cProfile runs")
-    common_options(ap)
-    args = ap.parse_args(argv)
+    args = harness.parse_args(ap, argv)
 
     try:
         pdir, perf, perf_version, env = setup(args.perfbp)
@@ -387,7 +360,7 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 2
 
-    load_before = os.getloadavg()[0]
+    load_before = harness.load_average()
     workdir = args.keep or tempfile.mkdtemp(prefix="perfbp-bench-report-")
     os.makedirs(workdir, exist_ok=True)
     CWD[0] = tempfile.mkdtemp(prefix="perfbp-bench-cwd-")
@@ -445,10 +418,9 @@ def main(argv=None) -> int:
                  "(perfbp report - python start) / perf report",
                  "ratio": (times["perfbp_report"]["best"] - times["python_bare"]["best"]) / perf_s,
                  "goal": None, "status": "-"})
-    load_after = os.getloadavg()[0]
-    uname = os.uname()
+    load_after = harness.load_average()
     result = {
-        "machine": uname.machine, "kernel": uname.release, "python": sys.version.split()[0],
+        **harness.machine(),
         "python_executable": sys.executable, "perf_version": perf_version,
         "perfbp": counted["version"], "perfbp_dir": pdir,
         "loadavg_before": round(load_before, 2), "loadavg_after": round(load_after, 2),
@@ -460,48 +432,20 @@ def main(argv=None) -> int:
         "times": times, "rows": rows, "goal_ratio": GOAL_RATIO,
         "imports": imports, "profile": profile,
     }
-    return finish(result, load_before, args.json, print_table)
-
-
-def common_options(ap: argparse.ArgumentParser) -> None:
-    """``--perfbp DIR`` and ``--json``."""
-    ap.add_argument("--perfbp", metavar="DIR", default=str(_ROOT),
-                    help="directory holding the perfbp package to benchmark "
-                         "(default: this checkout)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    return harness.finish(result, args.json, print_table, [harness.busy_warning(load_before)])
 
 
 def setup(perfbp_dir: str) -> "tuple[str, str, str, dict]":
-    """The perfbp directory measured, perf's path and version, and the
-    children's environment (that directory first on PYTHONPATH).
+    """The perfbp directory measured (checked by harness.parse_args), perf's
+    path and version, and the children's environment (that directory first
+    on PYTHONPATH).
 
     Raises:
-        RuntimeError: no perfbp package in the directory, or no perf.
+        RuntimeError: no perf.
     """
-    pdir = str(Path(perfbp_dir).resolve())
-    if not (Path(pdir) / "perfbp" / "__init__.py").exists():
-        raise RuntimeError(f"no perfbp package in {pdir}")
-    perf = shutil.which("perf")
-    if perf is None:
-        raise RuntimeError("perf is not on PATH (Debian: apt-get install linux-perf)")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = pdir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    perf_version = subprocess.run([perf, "--version"], capture_output=True,
-                                  text=True).stdout.strip()
-    return pdir, perf, perf_version, env
-
-
-def finish(result: dict, load_before: float, as_json: bool, print_table) -> int:
-    """Print the result (a table, or one JSON object), with a warning when
-    the machine was busy; exit status 0."""
-    if load_before > 1.0:
-        result["warning"] = (f"the machine was busy before the run (load average "
-                             f"{load_before:.2f}): the figures are noisy")
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    pdir = perfbp_dir
+    perf, perf_version = harness.find_perf()
+    return pdir, perf, perf_version, harness.child_env(pdir)
 
 
 if __name__ == "__main__":

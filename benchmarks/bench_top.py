@@ -41,12 +41,12 @@ Usage::
 
     python3 benchmarks/bench_top.py [--hits N] [--rounds R] [--no-tty]
                                     [--perfbp DIR] [--json]
+
+``--perfbp DIR`` and ``--json``: the common options (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shlex
@@ -58,7 +58,8 @@ import threading
 import time
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
+import _harness as harness
+
 DEFAULT_HITS = 500_009
 GOAL_CORES = 0.5
 POLL = 0.05                 # seconds between reads of /proc/PERFBP/stat
@@ -134,17 +135,7 @@ int main(int argc, char **argv)
 
 
 def build(workdir: str) -> str:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("needs gcc on PATH")
-    src, exe = os.path.join(workdir, "top_bench.c"), os.path.join(workdir, "top_bench")
-    with open(src, "w") as f:
-        f.write(C_SOURCE)
-    proc = subprocess.run([cc, "-O2", "-g", "-pthread", "-o", exe, src],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"gcc failed: {proc.stderr.strip()}")
-    return exe
+    return harness.compile_c(workdir, "top_bench", C_SOURCE, "-O2", "-g", "-pthread")
 
 
 # ----------------------------------------------------------------------------------
@@ -230,7 +221,7 @@ def run_piped(exe: str, hits: int, pdir: str, workdir: str) -> dict:
     report = os.path.join(workdir, "piped.report")
     if os.path.exists(report):
         os.unlink(report)
-    env = dict(os.environ, PYTHONPATH=pdir)
+    env = harness.child_env(pdir, keep_pythonpath=False)
     t0 = time.monotonic()
     proc = subprocess.Popen(top_argv(exe, hits, report), cwd=pdir, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -373,13 +364,11 @@ def print_table(r: dict) -> None:
           f"perfbp top -w counter --interval 1")
     print(f"goal: lost == 0, samples == hits == {r['expected']:,}, "
           f"cores and hit-phase cores < {GOAL_CORES}")
-    if r.get("warning"):
-        print(f"WARNING: {r['warning']}")
+    harness.print_warning(r)
     print()
     hdr = (f"{'mode':11} {'wall s':>7} {'perfbp CPU s':>12} {'cores':>6} {'hit-phase':>9} "
            f"{'samples':>10} {'lost':>6} {'hits':>10} {'goal':>5}  result")
-    print(hdr)
-    print("-" * len(hdr))
+    harness.print_header(hdr)
     for row in r["runs"]:
         print(f"{row['mode']:11} {row['wall']:7.2f} {_f(row['cpu'], '12.2f')} "
               f"{_f(row['cores'], '6.3f')} {_f(row['hit_phase_cores'], '9.3f')} "
@@ -398,23 +387,13 @@ def print_table(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser(__doc__)
     ap.add_argument("--hits", type=int, default=DEFAULT_HITS,
                     help="stores per thread (default 500,009)")
-    ap.add_argument("--rounds", "-r", type=int, default=2,
-                    help="runs per mode, each reported (default 2)")
+    harness.rounds_option(ap, 2, "runs per mode, each reported")
     ap.add_argument("--no-tty", action="store_true", help="skip the tmux (terminal) mode")
-    ap.add_argument("--perfbp", metavar="DIR", default=str(_ROOT),
-                    help="directory holding the perfbp package to benchmark "
-                         "(default: this checkout)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    args = ap.parse_args(argv)
-
-    pdir = str(Path(args.perfbp).resolve())
-    if not (Path(pdir) / "perfbp" / "__init__.py").exists():
-        print(f"no perfbp package in {pdir}", file=sys.stderr)
-        return 2
+    args = harness.parse_args(ap, argv)
+    pdir = args.perfbp
     ncpu = len(os.sched_getaffinity(0))
     if not {0, 1} <= os.sched_getaffinity(0):
         print("needs CPUs 0 and 1", file=sys.stderr)
@@ -426,7 +405,7 @@ def main(argv=None) -> int:
             modes.append(run_tty)
         else:
             warnings.append("tmux is not installed: no tty mode")
-    load_before = os.getloadavg()[0]
+    load_before = harness.load_average()
     expected = 2 * args.hits
     runs = []
     workdir = tempfile.mkdtemp(prefix="perfbp-bench-top-")
@@ -450,27 +429,17 @@ def main(argv=None) -> int:
                 runs.append(judge(res, expected))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if load_before > 1.0:
-        warnings.append(f"the machine was busy before the run (load average "
-                        f"{load_before:.2f}): the figures are noisy")
+    warnings.append(harness.busy_warning(load_before))
     if ncpu < 2:
         warnings.append("fewer than 2 CPUs: the threads and perfbp share one")
-    uname = os.uname()
     result = {
-        "machine": uname.machine, "kernel": uname.release, "cpus": ncpu,
-        "python": sys.version.split()[0], "python_executable": sys.executable,
+        **harness.machine(), "cpus": ncpu, "python_executable": sys.executable,
         "perfbp_dir": pdir, "hits": args.hits, "expected": expected,
         "rounds": args.rounds, "goal_cores": GOAL_CORES,
-        "loadavg_before": round(load_before, 2), "loadavg_after": round(os.getloadavg()[0], 2),
+        "loadavg_before": round(load_before, 2), "loadavg_after": round(harness.load_average(), 2),
         "runs": runs, "verdict": "PASS" if runs and all(r["goal"] for r in runs) else "MISS",
     }
-    if warnings:
-        result["warning"] = "; ".join(warnings)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    return harness.finish(result, args.json, print_table, warnings)
 
 
 if __name__ == "__main__":
