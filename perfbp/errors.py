@@ -107,18 +107,3 @@ class RingOverrun(PerfbpError):
     """The ring's head moved more than a whole buffer past the tail (EIO): a
     protocol violation (the kernel never does this while the tail is
     written)."""
-
-
-__all__ = [
-    "CorruptRecord",
-    "CorruptRecording",
-    "RingOverrun",
-    "SymbolNotFound",
-    "CommandNotFound",
-    "PerfbpError",
-    "NoBreakpointSlots",
-    "PermissionDenied",
-    "InvalidBreakpoint",
-    "NoSuchProcess",
-    "Unsupported",
-]

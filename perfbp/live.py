@@ -23,7 +23,7 @@ from typing import Sequence
 
 from . import system
 from .events import Target
-from .report import Report, ThreadHits, WatchReport, Writer, source_of
+from .report import Report, ThreadHits, WatchReport, Writer, writers_of
 from .lifecycle import TERM_GRACE, Run
 from .symbols import Symbolizer
 
@@ -287,16 +287,8 @@ class LiveSession:
 
     def writers(self, watch: int, top: int = 3) -> "list[Writer]":
         """The busiest writers of a watch so far, symbolized."""
-        sym = self._symbolizer()
-        merged: _Counter = _Counter()
-        first = {}
-        for (pid, ip), n in self.figures[watch].writers.most_common(64):
-            loc = sym.resolve(pid, ip)
-            key = (loc.dso, loc.symbol, loc.offset) if loc.symbol else (loc.dso, None, ip)
-            merged[key] += n
-            first.setdefault(key, (loc, pid))
-        return [Writer(first[k][0], first[k][1], n, source_of(first[k][0]))
-                for k, n in merged.most_common(top)]
+        busiest = _Counter(dict(self.figures[watch].writers.most_common(64)))
+        return writers_of(self._symbolizer(), busiest, top)
 
     def threads(self, top: int = 5) -> "list[ThreadHits]":
         """The busiest threads over every watch."""

@@ -184,10 +184,8 @@ def record(watches: "Sequence", output: str, *,
     stream = _StdoutStream() if output == "-" else None
     try:
         run = Run(watches, target, command, multiplex, trace)
-        options = {"period": period, "callchain": callchain}
-        if ring_pages is not None:
-            options["ring_pages"] = ring_pages
-        armed = run.arm_sampler(**options)
+        armed = run.arm_sampler(period=period, callchain=callchain,
+                                **({} if ring_pages is None else {"ring_pages": ring_pages}))
         sampler, mux = armed.sampler, armed.mux
         try:
             writer = _open_output(output, stream, run, armed)
@@ -215,18 +213,8 @@ def record(watches: "Sequence", output: str, *,
 
                 ended_by, exit_code = run.wait(stop, start=start, duration=duration, mux=mux,
                                                fds=sampler.ring_fds, on_wake=drain, idle=0.25)
-                # stop the events first: a hit after this is neither counted nor
-                # sampled, so the final drain holds every sample of every counted hit
-                estimates = mux.stop() if mux is not None else None
-                sampler.disable()
-                _flush(sampler, writer, hook)
-                run.finish()
-                piece_stats = sampler.stats()
-                writer.write(read_records(sampler, piece_stats))
-                ws, stats, meta = _account(run, armed, piece_stats, by_addr, estimates, period)
-                writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
-                              nr_cpus=(len(system.possible_cpus()),
-                                       len(system.online_cpus())), meta=meta)
+                estimates, ws, stats, meta = _stop(run, armed, writer, hook, by_addr, period,
+                                                   cmdline)
                 failed = False
         finally:
             if mux is not None:
@@ -269,6 +257,24 @@ def _open_output(output: str, stream, run: Run, armed: SampledArming) -> PerfDat
             writer.abandon()
             raise
     return writer
+
+
+def _stop(run: Run, armed: SampledArming, writer, hook, by_addr, period: int, cmdline):
+    """End a recording: stop the events first (a hit after this is neither
+    counted nor sampled, so the final drain holds every sample of every
+    counted hit), drain, read the kernel's counts into the file and finish
+    it.  Returns ``(estimates, watches, stats, meta)``."""
+    sampler, mux = armed.sampler, armed.mux
+    estimates = mux.stop() if mux is not None else None
+    sampler.disable()
+    _flush(sampler, writer, hook)
+    run.finish()
+    piece_stats = sampler.stats()
+    writer.write(read_records(sampler, piece_stats))
+    ws, stats, meta = _account(run, armed, piece_stats, by_addr, estimates, period)
+    writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
+                  nr_cpus=(len(system.possible_cpus()), len(system.online_cpus())), meta=meta)
+    return estimates, ws, stats, meta
 
 
 def _batch_hook(on_batch, by_addr):

@@ -467,7 +467,7 @@ def _details(w: WatchReport, tally: _Tally, i: int, sym, comms, top: int) -> Non
     if i in tally.stacks:
         w.stacks = [([sym.resolve(pid, ip) for ip in chain], n)
                     for (pid, chain), n in tally.stacks[i].most_common(top)]
-    w.writers = _writers(sym, tally.writers[i], top)
+    w.writers = writers_of(sym, tally.writers[i], top)
     w.threads = _threads(tally.threads[i], comms, top)
     if i in tally.cpus:
         w.cpus = dict(sorted(tally.cpus[i].items()))
@@ -516,8 +516,9 @@ def _pair_counts(a, b) -> "tuple[list[int], list[int], list[int]]":
     return au[keys // nb].tolist(), bu[keys % nb].tolist(), counts.tolist()
 
 
-def _writers(sym: Symbolizer, pairs: _Counter, top: int) -> "list[Writer]":
-    """The ``top`` locations of the (pid, ip) counts ``pairs``."""
+def writers_of(sym: Symbolizer, pairs: _Counter, top: int) -> "list[Writer]":
+    """The ``top`` locations of the (pid, ip) counts ``pairs`` (what
+    ``report`` and ``top`` show as writers)."""
     # the same function+offset in several processes: merge by location
     merged: _Counter = _Counter()
     where: dict = {}

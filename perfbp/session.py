@@ -57,21 +57,7 @@ def count(watches: "Sequence", *,
     run = Run(watches, target, command, multiplex, trace)
     counters, mux = run.arm_counters()
     ws = run.watches
-
-    def read_all() -> "list[int]":
-        if mux is not None:
-            return [h.hits for h in mux.read()]
-        return [sum(c.read() for c in group) for group in counters]
-
-    last = [0] * len(ws)  # opened just now: every hit since is in an interval
-
-    def tick(elapsed: float) -> None:
-        nonlocal last
-        cur = read_all()
-        if on_interval:
-            on_interval(elapsed, [WatchHits(w, n - p) for w, n, p in zip(ws, cur, last)])
-        last = cur
-
+    reads = _Reads(ws, counters, mux, on_interval)
     failed = True
     try:
         # from the banner on, Ctrl-C and SIGTERM only ask the loop to stop:
@@ -84,10 +70,10 @@ def count(watches: "Sequence", *,
             execs = run.execs.poll if run.execs is not None else None
             ended_by, exit_code = run.wait(stop, start=start, duration=duration, mux=mux,
                                            on_wake=execs, idle=0.05 if execs else 0.5,
-                                           interval=interval, on_tick=tick)
+                                           interval=interval, on_tick=reads.tick)
             elapsed = time.monotonic() - start
             hits = mux.stop() if mux is not None else [
-                WatchHits(w, n) for w, n in zip(ws, read_all())]
+                WatchHits(w, n) for w, n in zip(ws, reads.read_all())]
             run.finish()
             failed = False
     finally:
@@ -102,3 +88,25 @@ def count(watches: "Sequence", *,
                 zip(run.final_watches([h.watch for h in hits]), hits,
                     outcome.pop("bindings"), outcome.pop("recovered"))]
     return CountResult(run.description, hits, elapsed, ended_by, exit_code, **outcome)
+
+
+class _Reads:
+    """The counts of a session's watches (from their counters, or the
+    multiplexer's estimates), and the hits of each interval."""
+
+    def __init__(self, watches, counters, mux, on_interval) -> None:
+        self.watches, self.counters, self.mux = watches, counters, mux
+        self.on_interval = on_interval
+        self.last = [0] * len(watches)  # opened just now: every hit since is in an interval
+
+    def read_all(self) -> "list[int]":
+        if self.mux is not None:
+            return [h.hits for h in self.mux.read()]
+        return [sum(c.read() for c in group) for group in self.counters]
+
+    def tick(self, elapsed: float) -> None:
+        cur = self.read_all()
+        if self.on_interval:
+            self.on_interval(elapsed, [WatchHits(w, n - p) for w, n, p
+                                       in zip(self.watches, cur, self.last)])
+        self.last = cur
