@@ -3,9 +3,9 @@
 
 Three measurements:
 
-``decode_bulk`` (the bulk path, :func:`perfbp.records.decode_bulk`)
+``decode_bulk`` (the bulk path, :func:`perfbp.kernel.records.decode_bulk`)
     on a synthetic stream of 1,000,000 PERF_RECORD_SAMPLE records with the
-    sample_type perfbp records with (``perfbp.sampling.BASE_SAMPLE_TYPE``:
+    sample_type perfbp records with (``perfbp.kernel.sampling.BASE_SAMPLE_TYPE``:
     IDENTIFIER|IP|TID|TIME|ADDR|CPU|PERIOD, 64 bytes a sample, sample_id_all
     on, as :class:`perfbp.Sampler` configures it), built with numpy, with a
     non-sample record every 3,000 to 5,000 samples (about one in 4,000):
@@ -24,13 +24,13 @@ Three measurements:
     every field, and the count and kinds of the other records) before
     anything is timed.
 
-``iter_records`` (record by record, :func:`perfbp.records.iter_records`)
+``iter_records`` (record by record, :func:`perfbp.kernel.records.iter_records`)
     on the first 100,000 samples of the same stream, for comparison.
 
 a real perf-written file
     ``perf record -e mem:ADDR/8:w:u -c 1`` of a loop writing a global
     200,003 times (about 2 s to record; or ``--perf-data FILE``): time of
-    :func:`perfbp.perfdata.read_recording` (file read and framing check) and
+    :func:`perfbp.data.perfdata.read_recording` (file read and framing check) and
     of ``decode_bulk`` on its data section.
 
 Goal: ``decode_bulk`` >= 3 million samples/s (both the steady and the
@@ -72,9 +72,9 @@ PERF_RECORD_FINISHED_ROUND = 68  # tools/perf/util/event.h
 
 def sampler_config():
     """The ParseConfig perfbp's Sampler decodes its rings with."""
-    from perfbp._uapi import PERF_FORMAT_LOST
-    from perfbp.records import ParseConfig
-    from perfbp.sampling import BASE_SAMPLE_TYPE
+    from perfbp.kernel._uapi import PERF_FORMAT_LOST
+    from perfbp.kernel.records import ParseConfig
+    from perfbp.kernel.sampling import BASE_SAMPLE_TYPE
 
     return ParseConfig(BASE_SAMPLE_TYPE, True, PERF_FORMAT_LOST)
 
@@ -89,8 +89,8 @@ def build_stream(n: int, every: int, seed: int = 4001):
 
     import numpy as np
 
-    from perfbp._uapi import PERF_RECORD_LOST, PERF_RECORD_SAMPLE
-    from perfbp.records import sample_dtype, sample_id_bytes
+    from perfbp.kernel._uapi import PERF_RECORD_LOST, PERF_RECORD_SAMPLE
+    from perfbp.kernel.records import sample_dtype, sample_id_bytes
 
     cfg = sampler_config()
     dt = sample_dtype(cfg)
@@ -140,7 +140,7 @@ def verify(buf: bytes, expected: dict) -> "list[str]":
     the problems (empty: right)."""
     import numpy as np
 
-    from perfbp.records import Lost, Unknown, decode_bulk
+    from perfbp.kernel.records import Lost, Unknown, decode_bulk
 
     cfg = sampler_config()
     cols, others = decode_bulk(buf, cfg)
@@ -178,7 +178,7 @@ def time_call(fn, *args) -> float:
 
 
 def steady_decode(buf: bytes, rounds: int) -> "list[float]":
-    from perfbp.records import decode_bulk
+    from perfbp.kernel.records import decode_bulk
 
     cfg = sampler_config()
     decode_bulk(buf, cfg)  # warm-up
@@ -188,7 +188,7 @@ def steady_decode(buf: bytes, rounds: int) -> "list[float]":
 def child_first_call(args) -> int:
     """--child-first-call: build the stream, time one decode_bulk call, print
     the seconds as JSON (run in a fresh process by the parent)."""
-    from perfbp.records import decode_bulk
+    from perfbp.kernel.records import decode_bulk
 
     buf, _exp = build_stream(args.samples, args.every)
     cfg = sampler_config()
@@ -213,7 +213,7 @@ def first_call_in_fresh_processes(args, perfbp_dir: str, processes: int) -> "lis
 def iter_rate(buf: bytes, n_samples: int, rounds: int) -> "tuple[float, int]":
     """Seconds (median) for iter_records over the records holding the first
     ``n_samples`` samples; returns (seconds, samples actually decoded)."""
-    from perfbp.records import HEADER, iter_records
+    from perfbp.kernel.records import HEADER, iter_records
 
     cfg = sampler_config()
     # find the byte offset just past the n-th sample (headers walked once)
@@ -269,8 +269,8 @@ def record_with_perf(workdir: str, hits: int) -> "tuple[str | None, str]":
 
 
 def real_file(path: str, rounds: int) -> dict:
-    from perfbp.perfdata import read_recording
-    from perfbp.records import decode_bulk
+    from perfbp.data.perfdata import read_recording
+    from perfbp.kernel.records import decode_bulk
 
     with open(path, "rb") as f:  # page cache warm, as for perf's own reads
         while f.read(1 << 22):

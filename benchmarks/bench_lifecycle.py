@@ -16,7 +16,7 @@ Two operations are timed, in C (gcc -O2, raw syscalls) and from Python:
     between two addresses (only ``bp_addr`` changes).  From Python:
     ``c.move(addr2)`` / ``c.move(addr1)`` alternating.
 
-The raw ABI layer (``perfbp.abi`` with a pre-built attr) is timed as well, to
+The raw ABI layer (``perfbp.kernel.abi`` with a pre-built attr) is timed as well, to
 show whether the overhead sits in the syscall binding or in the layers above.
 
 Method, the same on both sides: warm-up, then several rounds of N operations
@@ -241,8 +241,8 @@ def load_perfbp(perfbp_dir=harness.ROOT) -> None:
         return
     harness.use_perfbp(perfbp_dir)
     import perfbp
-    from perfbp import abi
-    from perfbp import events as _events
+    from perfbp.kernel import abi
+    from perfbp.kernel import events as _events
 
 
 class SlotsBusy(RuntimeError):
@@ -430,9 +430,9 @@ def python_breakdown(iterations: int, rounds: int, warmup: int) -> dict:
     version of perfbp cannot run is reported as None."""
     import fcntl
 
-    from perfbp import arch
-    from perfbp import counter as _counter
-    from perfbp._uapi import (
+    from perfbp.kernel import arch
+    from perfbp.kernel import counter as _counter
+    from perfbp.kernel._uapi import (
         PERF_EVENT_IOC_DISABLE,
         PERF_EVENT_IOC_ENABLE,
         PERF_EVENT_IOC_MODIFY_ATTRIBUTES,
@@ -576,7 +576,7 @@ def python_breakdown(iterations: int, rounds: int, warmup: int) -> dict:
 def rows(c: dict, py: dict) -> list:
     out = []
     for key, label, op in (("cycle", "cycle  (perfbp.Counter)", "cycle"),
-                           ("cycle_abi", "cycle  (perfbp.abi raw)", "cycle"),
+                           ("cycle_abi", "cycle  (perfbp.kernel.abi raw)", "cycle"),
                            ("move", "move   (Counter.move)", "move"),
                            ("move_abi", "move   (abi.modify_attributes)", "move")):
         c_ns, p_ns = c[op]["median"], py[key]["median"]
@@ -613,7 +613,7 @@ def print_table(result: dict) -> None:
               f"{r['ratio']:6.2f}x {goal:>7}  {r['status']}")
     print()
     print("Goals are for the Counter rows; the abi rows (same syscalls through")
-    print("perfbp.abi with a pre-built attr) show what the binding alone costs.")
+    print("perfbp.kernel.abi with a pre-built attr) show what the binding alone costs.")
     if result.get("breakdown"):
         bd = result["breakdown"]
         print()

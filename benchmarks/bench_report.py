@@ -104,8 +104,8 @@ def record(perf: str, exe: str, addr: int, hits: int, out: str) -> float:
 _COUNT = r"""
 import json, sys
 import perfbp
-from perfbp.perfdata import read_recording
-from perfbp.records import Lost, LostSamples, decode_bulk
+from perfbp.data.perfdata import read_recording
+from perfbp.kernel.records import Lost, LostSamples, decode_bulk
 rec = read_recording(sys.argv[1])
 cols, others = decode_bulk(rec.data, rec.config)
 lost = sum(r.lost for r in others if isinstance(r, (Lost, LostSamples)))
@@ -262,9 +262,9 @@ def profile_report(path: str, env: dict, workdir: str) -> dict:
     trim = _cum(st, perfbp_fn("records", "whole_records_end"))
     decode = _cum(st, perfbp_fn("records", "decode_bulk"))
     # Symbolizer.resolve (outermost: KernelSymbols.resolve shares the name)
-    sym_outer = _cum(st, lambda f, n: n == "resolve" and f.endswith("perfbp/symbols.py"))
-    kallsyms = _cum(st, lambda f, n: n == "kernel_symbols" and f.endswith("perfbp/symbols.py"))
-    elf = _cum(st, lambda f, n: n == "load_object" and f.endswith("perfbp/symbols.py"))
+    sym_outer = _cum(st, lambda f, n: n == "resolve" and f.endswith("perfbp/symbols/elf.py"))
+    kallsyms = _cum(st, lambda f, n: n == "kernel_symbols" and f.endswith("perfbp/symbols/elf.py"))
+    elf = _cum(st, lambda f, n: n == "load_object" and f.endswith("perfbp/symbols/elf.py"))
     unique = _sum_cum(st, lambda f, n: n == "unique" and "numpy" in f)
     # imports made inside perfbp's functions (numpy in load_report and
     # decode_bulk; those made while symbolizing are counted there)

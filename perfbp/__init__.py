@@ -14,7 +14,7 @@ stopping the program.
 
 The public names below are the whole API; everything else (the kernel
 layouts, the record decoder, the slot model) is reachable through its module
-(``perfbp.records``, ``perfbp.slots`` ...) but may change.  Names are
+(``perfbp.kernel.records``, ``perfbp.kernel.slots`` ...) but may change.  Names are
 imported when first used, so ``import perfbp`` costs only what is used.
 """
 
@@ -67,23 +67,23 @@ __all__ = [
 
 #: public name -> (module, name in it), imported on first use (PEP 562)
 _LAZY = {
-    "Breakpoint": ("breakpoint", "Breakpoint"),
-    "Watch": ("planner", "Watch"),
-    "Target": ("events", "Target"),
-    "Plan": ("planner", "Plan"),
-    "Counter": ("counter", "Counter"),
-    "Group": ("counter", "Group"),
-    "Sampler": ("sampling", "Sampler"),
-    "WatchHandle": ("watching", "WatchHandle"),
-    "LiveSession": ("live", "LiveSession"),
-    "watch": ("watching", "watch"),
-    "count": ("session", "count"),
-    "record": ("recording", "record"),
-    "plan": ("planner", "plan"),
-    "probe": ("planner", "probe"),
-    "resolve_watches": ("resolve", "resolve"),
-    "load_report": ("report", "load_report"),
-    "load_samples": ("frames", "load_samples"),
+    "Breakpoint": ("kernel.breakpoint", "Breakpoint"),
+    "Watch": ("planning.planner", "Watch"),
+    "Target": ("kernel.events", "Target"),
+    "Plan": ("planning.planner", "Plan"),
+    "Counter": ("kernel.counter", "Counter"),
+    "Group": ("kernel.counter", "Group"),
+    "Sampler": ("kernel.sampling", "Sampler"),
+    "WatchHandle": ("run.watching", "WatchHandle"),
+    "LiveSession": ("run.live", "LiveSession"),
+    "watch": ("run.watching", "watch"),
+    "count": ("run.session", "count"),
+    "record": ("run.recording", "record"),
+    "plan": ("planning.planner", "plan"),
+    "probe": ("planning.planner", "probe"),
+    "resolve_watches": ("symbols.resolve", "resolve"),
+    "load_report": ("data.report", "load_report"),
+    "load_samples": ("data.frames", "load_samples"),
 }
 
 

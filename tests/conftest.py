@@ -229,7 +229,7 @@ def pinned_thread():
 _UNPRIVILEGED_PRELUDE = r"""
 import ctypes, json, os, sys
 import perfbp
-from perfbp import system
+from perfbp.kernel import system
 for _name in perfbp.__all__:  # the API's modules load on first use: load them now
     getattr(perfbp, _name)
 os.setgroups([])
@@ -391,7 +391,7 @@ def machine_lost():
     """A callable: the hits on this process's own watches that the machine
     delivered without their status since the test began (perfbp's SIGTRAP
     guard counted them; no event did).  0 on a sound machine."""
-    from perfbp.events import TrapGuard
+    from perfbp.kernel.events import TrapGuard
 
     start = TrapGuard.taken
     return lambda: TrapGuard.taken - start

@@ -1,8 +1,8 @@
-"""The binary layouts of perfbp._uapi, checked against the kernel headers.
+"""The binary layouts of perfbp.kernel._uapi, checked against the kernel headers.
 
 Declared once and checked: ``struct perf_event_attr``, ``struct perf_event_mmap_page``
-and ``struct perf_event_header`` are declared once, in :mod:`perfbp._uapi`, and
-handed to cffi by :mod:`perfbp.abi`.  This test compiles a C probe against the
+and ``struct perf_event_header`` are declared once, in :mod:`perfbp.kernel._uapi`, and
+handed to cffi by :mod:`perfbp.kernel.abi`.  This test compiles a C probe against the
 system's ``<linux/perf_event.h>`` and ``<linux/hw_breakpoint.h>`` and compares,
 with what cffi computed from perfbp's declaration:
 
@@ -23,7 +23,7 @@ perfbp declares is accepted when it is appended (at or beyond the header's
 ``sizeof``) or lies inside a field the header calls ``__reserved*``; the
 header's ``sizeof`` must not exceed perfbp's.
 
-The second half checks :func:`perfbp.abi._check`, the one place that turns a
+The second half checks :func:`perfbp.kernel.abi._check`, the one place that turns a
 failed call into OSError, against real errno values from the running kernel.
 """
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from perfbp import _uapi, abi
+from perfbp.kernel import _uapi, abi
 
 ffi = abi.ffi
 
@@ -130,7 +130,7 @@ class Layout:
 
 
 # --------------------------------------------------------------------------
-# perfbp's side: what cffi made of perfbp._uapi.CDEF
+# perfbp's side: what cffi made of perfbp.kernel._uapi.CDEF
 # --------------------------------------------------------------------------
 
 def cffi_layout(struct: str, ffi=ffi) -> Layout:
@@ -392,7 +392,7 @@ def format_failures(title: str, failures: list) -> str:
 def test_struct_layout_matches_header(probe, struct):
     result = compare_layouts(probe.layouts[struct], cffi_layout(struct), STRUCTS[struct])
     assert not result.mismatches, format_failures(
-        f"perfbp._uapi.CDEF disagrees with <linux/perf_event.h> on struct {struct}",
+        f"perfbp.kernel._uapi.CDEF disagrees with <linux/perf_event.h> on struct {struct}",
         result.mismatches)
     if result.only_header:
         import warnings
@@ -412,11 +412,11 @@ def test_attr_fields_only_perfbp_declares_are_the_newer_uapi(probe):
 def test_constants_match_header(probe):
     uapi = uapi_constants()
     bad = [
-        f"{name}: header {value:#x}, perfbp._uapi {uapi[name] & U64:#x}"
+        f"{name}: header {value:#x}, perfbp.kernel._uapi {uapi[name] & U64:#x}"
         for name, value in sorted(probe.constants.items())
         if name in uapi and uapi[name] & U64 != value
     ]
-    assert not bad, format_failures("perfbp._uapi constants differ from the header", bad)
+    assert not bad, format_failures("perfbp.kernel._uapi constants differ from the header", bad)
 
 
 def test_ioctl_numbers_match_header(probe):
@@ -424,12 +424,12 @@ def test_ioctl_numbers_match_header(probe):
     bad = []
     for name in sorted(probe.header_ioctls | set(uapi)):
         if name not in uapi:
-            bad.append(f"{name}: in the header, not defined in perfbp._uapi")
+            bad.append(f"{name}: in the header, not defined in perfbp.kernel._uapi")
         elif name not in probe.header_ioctls:
-            bad.append(f"{name}: defined in perfbp._uapi, not in the header")
+            bad.append(f"{name}: defined in perfbp.kernel._uapi, not in the header")
         elif uapi[name] != probe.constants[name]:
             bad.append(f"{name}: header {probe.constants[name]:#x}, "
-                       f"perfbp._uapi {uapi[name]:#x}")
+                       f"perfbp.kernel._uapi {uapi[name]:#x}")
     assert not bad, format_failures("PERF_EVENT_IOC_* numbers differ", bad)
 
 
@@ -446,7 +446,7 @@ def test_constants_the_header_lacks_are_newer_than_it(probe):
              "PERF_SAMPLE_WEIGHT_STRUCT", "PERF_SAMPLE_CODE_PAGE_SIZE",
              "PERF_SAMPLE_DATA_PAGE_SIZE"}
     assert set(probe.missing) <= newer, (
-        "perfbp._uapi defines names <linux/perf_event.h> does not know; if they "
+        "perfbp.kernel._uapi defines names <linux/perf_event.h> does not know; if they "
         f"are newer UAPI, add them to this list: {sorted(set(probe.missing) - newer)}")
 
 

@@ -60,9 +60,9 @@ def test_import_perfbp_is_light():
     """Importing the package loads neither the kernel layer (cffi) nor numpy:
     a name's module is imported when the name is first used."""
     code = ("import sys, perfbp; "
-            "print(sorted(m for m in ('perfbp.abi', 'cffi', 'numpy', 'perfbp.counter') "
+            "print(sorted(m for m in ('perfbp.kernel.abi', 'cffi', 'numpy', 'perfbp.kernel.counter') "
             "if m in sys.modules)); perfbp.Counter; "
-            "print('perfbp.counter' in sys.modules)")
+            "print('perfbp.kernel.counter' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")
     assert out[:2] == ["[]", "True"], out

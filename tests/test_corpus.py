@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_in_process, cli_problem
-from perfbp.perfdata import FILE_HEADER, SECTION, feature_sections, read_recording
+from perfbp.data.perfdata import FILE_HEADER, SECTION, feature_sections, read_recording
 
 pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 

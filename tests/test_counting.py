@@ -27,7 +27,8 @@ import time
 import pytest
 
 import perfbp
-from perfbp import Breakpoint, Counter, abi, system
+from perfbp import Breakpoint, Counter
+from perfbp.kernel import abi, system
 
 pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 

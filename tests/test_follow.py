@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import perfbp
-from perfbp.spec import parse
+from perfbp.planning.spec import parse
 
 pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from perfbp.system import open_regular
+from perfbp.kernel.system import open_regular
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = 20  # seconds: each case is refused long before this

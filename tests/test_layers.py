@@ -2,7 +2,10 @@
 
 Every module in perfbp/ is read with :mod:`ast` (nothing is imported) and each
 of its imports — at the top, inside functions, under ``if TYPE_CHECKING`` — is
-checked against the layer map below:
+checked.  perfbp's directories (``kernel/``, ``planning/``, ``symbols/``,
+``data/``, ``run/``, ``cli/``) come in an order (DIRECTORY_ORDER): a module
+imports from its own directory and those before it.  Each module also has a
+layer, its directory's unless ROLES names it:
 
     0  pure data          kernel layouts and constants, the error hierarchy
     1  abi                the only module that touches cffi, the syscall, ioctls
@@ -14,11 +17,9 @@ checked against the layer map below:
 A module may import perfbp modules of its own layer or lower, with two
 exceptions: layer 2 must not import layer 1, and layer 5 may import only
 ``perfbp`` itself (names it exports), ``perfbp._plumbing`` (what the CLI needs
-beyond the API) and other layer-5 modules.  ``cffi`` may
-be imported by perfbp.abi only; ``mmap`` by perfbp.abi and perfbp.ring (which
-maps the ring buffer).
-
-A new module must be placed in the map, or this test fails.
+beyond the API) and other layer-5 modules.  ``cffi`` may be imported by
+perfbp.kernel.abi only; ``mmap`` by perfbp.kernel.abi and perfbp.kernel.ring
+(which maps the ring buffer).  A new directory must be placed in the map.
 """
 
 from __future__ import annotations
@@ -30,55 +31,67 @@ from pathlib import Path
 PACKAGE = "perfbp"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 
-#: Layer of every perfbp module, present or planned.
-LAYERS = {
-    # 0: pure data
-    "perfbp._uapi": 0,
+#: The layer of each directory (subpackage) of perfbp and of its top-level
+#: modules; a module takes its directory's layer unless ROLES names it.
+DIRECTORY_LAYERS = {
     "perfbp.errors": 0,
     "perfbp._version": 0,
-    # 1: the kernel interface
-    "perfbp.abi": 1,
-    # 2: pure cores, no kernel
-    "perfbp.arch": 2,
-    "perfbp.breakpoint": 2,
-    "perfbp.system": 2,
-    "perfbp.spec": 2,
-    "perfbp.records": 2,
-    "perfbp.ring": 2,
-    "perfbp.slots": 2,
-    "perfbp.regions": 2,
-    "perfbp.symbols": 2,
-    "perfbp.images": 2,
-    "perfbp.perfdata": 2,
-    "perfbp.dwarf": 2,
-    "perfbp.dwarf_index": 2,
-    "perfbp.lines": 2,
-    # 3: the API internals
-    "perfbp.events": 3,
-    "perfbp.counter": 3,
-    "perfbp.launch": 3,
-    "perfbp.check": 3,
-    "perfbp.sampling": 3,
-    "perfbp.planner": 3,
-    "perfbp.results": 3,
-    "perfbp.lifecycle": 3,
-    "perfbp.session": 3,
-    "perfbp.watching": 3,
-    "perfbp.report": 3,
-    "perfbp.recording": 3,
-    "perfbp.multiplex": 3,
-    "perfbp.resolve": 3,
-    "perfbp.follow": 3,
-    "perfbp.live": 3,
-    "perfbp.frames": 3,
-    # 4: the public front, and the one internal path the user interfaces may use
-    "perfbp": 4,
+    "perfbp.kernel": 3,    # events, counters, sampling, launching: API internals
+    "perfbp.planning": 3,
+    "perfbp.symbols": 2,   # pure cores: ELF, DWARF, lines
+    "perfbp.data": 3,
+    "perfbp.run": 3,
+    "perfbp": 4,           # the front (exactly: not its subpackages)
     "perfbp._plumbing": 4,
-    # 5: user interfaces
     "perfbp.cli": 5,
-    "perfbp.tui": 5,
     "perfbp.__main__": 5,
 }
+
+#: Modules whose role sets them apart in their directory.
+ROLES = {
+    "perfbp.kernel._uapi": 0,      # kernel layouts and constants: pure data
+    "perfbp.kernel.abi": 1,        # the only module that calls the kernel
+    "perfbp.kernel.arch": 2,       # pure cores: they need no kernel
+    "perfbp.kernel.breakpoint": 2,
+    "perfbp.kernel.system": 2,
+    "perfbp.kernel.records": 2,
+    "perfbp.kernel.ring": 2,
+    "perfbp.kernel.slots": 2,
+    "perfbp.planning.regions": 2,
+    "perfbp.planning.spec": 2,
+    "perfbp.data.perfdata": 2,
+    "perfbp.symbols.resolve": 3,   # resolves into planned watches
+}
+
+#: The directories in import order: a module imports from its own directory
+#: and from those before it, never from one after it.
+DIRECTORY_ORDER = ["perfbp.errors", "perfbp._version", "perfbp.kernel", "perfbp.planning",
+                   "perfbp.symbols", "perfbp.data", "perfbp.run", "perfbp", "perfbp._plumbing",
+                   "perfbp.cli", "perfbp.__main__"]
+
+
+def directory_of(module: str) -> "str | None":
+    """The DIRECTORY_LAYERS entry a module belongs to (the front only itself)."""
+    if module in DIRECTORY_LAYERS:
+        return module
+    best = None
+    for d in DIRECTORY_LAYERS:
+        if d != PACKAGE and module.startswith(d + ".") and (best is None or len(d) > len(best)):
+            best = d
+    return best
+
+
+class _Layers(dict):
+    """module -> layer, from its role or its directory (None: unplaced)."""
+
+    def get(self, module, default=None):
+        if module in ROLES:
+            return ROLES[module]
+        d = directory_of(module)
+        return DIRECTORY_LAYERS[d] if d is not None else default
+
+
+LAYERS = _Layers({**DIRECTORY_LAYERS, **ROLES})
 
 LAYER_NAMES = {
     0: "pure data",
@@ -96,12 +109,12 @@ PLUMBING = "perfbp._plumbing"  # what the CLI needs beyond the API
 UI_LAYER = 5
 
 #: Outside modules only some perfbp modules may import.  Left free: fcntl
-#: (pipes and CLOEXEC in launch are not the perf ABI) and ctypes (perfbp.check
+#: (pipes and CLOEXEC in launch are not the perf ABI) and ctypes (perfbp.run.check
 #: uses it to allocate the memory cells its self-check watches); add
-#: ``"ctypes": {"perfbp.abi"}`` here to confine every FFI to abi.
+#: ``"ctypes": {"perfbp.kernel.abi"}`` here to confine every FFI to abi.
 RESTRICTED_IMPORTS = {
-    "cffi": {"perfbp.abi"},
-    "mmap": {"perfbp.abi", "perfbp.ring"},
+    "cffi": {"perfbp.kernel.abi"},
+    "mmap": {"perfbp.kernel.abi", "perfbp.kernel.ring"},
 }
 
 
@@ -243,6 +256,12 @@ def check_module(module: str, source: str, path: str, modules: set, exports: set
         arrow = f"(layer {src_layer} -> layer {dst_layer})"
         if target == module:
             continue
+        src_dir, dst_dir = directory_of(module), directory_of(target)
+        if (src_dir in DIRECTORY_ORDER and dst_dir in DIRECTORY_ORDER
+                and DIRECTORY_ORDER.index(dst_dir) > DIRECTORY_ORDER.index(src_dir)
+                and src_layer != UI_LAYER and dst_layer <= src_layer):
+            bad.append(f"{where}: {dst_dir} comes after {src_dir} in DIRECTORY_ORDER")
+            continue
         if src_layer == UI_LAYER:
             if target == FRONT:
                 if imp.name is not None and imp.name != "*" and imp.name not in exports:
@@ -329,7 +348,7 @@ def test_no_import_cycles():
 
 def test_the_check_sees_the_package():
     _, modules, seen = check_package()
-    for module in ("perfbp", "perfbp._uapi", "perfbp.abi", "perfbp.errors"):
+    for module in ("perfbp", "perfbp.kernel._uapi", "perfbp.kernel.abi", "perfbp.errors"):
         assert module in modules
     assert seen >= 10, "too few imports found: is the walker broken?"
 
@@ -343,11 +362,21 @@ def test_layer_map_names_are_well_formed():
     for module, layer in LAYERS.items():
         assert module == PACKAGE or module.startswith(PACKAGE + "."), module
         assert layer in LAYER_NAMES, (module, layer)
+    assert set(DIRECTORY_ORDER) == set(DIRECTORY_LAYERS)
+    for module in ROLES:
+        assert directory_of(module) in DIRECTORY_LAYERS, module
+
+
+def test_every_directory_is_in_the_map():
+    """Each subpackage of perfbp has its place (a new one must be added)."""
+    dirs = {f"{PACKAGE}.{p.name}" for p in PACKAGE_DIR.iterdir()
+            if p.is_dir() and (p / "__init__.py").exists()}
+    assert dirs <= set(DIRECTORY_LAYERS), dirs - set(DIRECTORY_LAYERS)
 
 
 # --- self-tests: the checker can fail --------------------------------------------
 
-MODULES = set(LAYERS)
+MODULES = set(discover()) | set(LAYERS)
 EXPORTS = {"Counter", "Breakpoint", "PerfbpError", "__version__"}
 
 
@@ -360,25 +389,25 @@ def test_self_test_cli_reaching_past_the_front():
     source = (
         "import os\n"
         "from perfbp import Counter, __version__\n"
-        "from . import abi\n"
+        "from .kernel import abi\n"
         "from .errors import PerfbpError\n"
         "def main():\n"
-        "    from perfbp import counter\n"
+        "    from perfbp.kernel import counter\n"
         "    from perfbp import _private_helper\n"
         "    import perfbp\n"
-        "    return perfbp.Counter, perfbp.abi\n"
+        "    return perfbp.Counter, perfbp.kernel.abi\n"
     )
     bad = _check("perfbp.cli", source)
     assert bad == [
-        "perfbp/cli.py:3 imports perfbp.abi (layer 5 -> layer 1): the user interface "
+        "perfbp/cli.py:3 imports perfbp.kernel.abi (layer 5 -> layer 1): the user interface "
         "uses only the public front (from perfbp import ...)",
         "perfbp/cli.py:4 imports perfbp.errors (layer 5 -> layer 0): the user interface "
         "uses only the public front (from perfbp import ...)",
-        "perfbp/cli.py:6 imports perfbp.counter (layer 5 -> layer 3): the user interface "
+        "perfbp/cli.py:6 imports perfbp.kernel.counter (layer 5 -> layer 3): the user interface "
         "uses only the public front (from perfbp import ...)",
         "perfbp/cli.py:7 imports perfbp._private_helper (layer 5 -> layer 4): "
         "_private_helper is not exported by perfbp/__init__.py",
-        "perfbp/cli.py:9 uses perfbp.abi (layer 5 -> layer 1): not exported by "
+        "perfbp/cli.py:9 uses perfbp.kernel (layer 5 -> layer 3): not exported by "
         "perfbp/__init__.py",
     ], bad
 
@@ -389,8 +418,8 @@ def test_self_test_ui_may_use_ui():
 
 def test_self_test_core_touching_the_kernel():
     source = "from ._uapi import PERF_RECORD_SAMPLE\ndef f():\n    from .abi import ffi\n"
-    assert _check("perfbp.records", source) == [
-        "perfbp/records.py:3 imports perfbp.abi (layer 2 -> layer 1): "
+    assert _check("perfbp.kernel.records", source) == [
+        "perfbp/kernel/records.py:3 imports perfbp.kernel.abi (layer 2 -> layer 1): "
         "pure cores must not touch the kernel"]
 
 
@@ -399,32 +428,32 @@ def test_self_test_upward_and_restricted_imports():
         "import cffi\n"
         "import mmap\n"
         "from cffi import FFI\n"
-        "from . import counter\n"
+        "from .kernel import counter\n"
         "import perfbp.cli\n"
         "import importlib\n"
-        "importlib.import_module('perfbp.session')\n"
+        "importlib.import_module('perfbp.run.session')\n"
         "from perfbp import nonexistent\n"
     )
     bad = _check("perfbp.errors", source)
     assert bad == [
-        "perfbp/errors.py:1 imports cffi: only perfbp.abi may import cffi",
-        "perfbp/errors.py:2 imports mmap: only perfbp.abi, perfbp.ring may import mmap",
-        "perfbp/errors.py:3 imports cffi: only perfbp.abi may import cffi",
-        "perfbp/errors.py:4 imports perfbp.counter (layer 0 -> layer 3): "
+        "perfbp/errors.py:1 imports cffi: only perfbp.kernel.abi may import cffi",
+        "perfbp/errors.py:2 imports mmap: only perfbp.kernel.abi, perfbp.kernel.ring may import mmap",
+        "perfbp/errors.py:3 imports cffi: only perfbp.kernel.abi may import cffi",
+        "perfbp/errors.py:4 imports perfbp.kernel.counter (layer 0 -> layer 3): "
         "imports must point downward",
         "perfbp/errors.py:5 imports perfbp.cli (layer 0 -> layer 5): "
         "imports must point downward",
-        "perfbp/errors.py:7 imports perfbp.session (layer 0 -> layer 3): "
+        "perfbp/errors.py:7 imports perfbp.run.session (layer 0 -> layer 3): "
         "imports must point downward",
         "perfbp/errors.py:8 imports perfbp (layer 0 -> layer 4): "
         "imports must point downward",
     ], bad
-    assert _check("perfbp.ring", "import mmap\nfrom . import records\n") == []
-    assert _check("perfbp.abi", "from cffi import FFI\nfrom . import _uapi\n") == []
+    assert _check("perfbp.kernel.ring", "import mmap\nfrom . import records\n") == []
+    assert _check("perfbp.kernel.abi", "from cffi import FFI\nfrom . import _uapi\n") == []
 
 
 def test_self_test_relative_imports_from_the_package_init():
-    source = "from .counter import Counter\nfrom . import cli\n"
+    source = "from .kernel.counter import Counter\nfrom . import cli\n"
     assert _check("perfbp", source, is_package=True) == [
         "perfbp/__init__.py:2 imports perfbp.cli (layer 4 -> layer 5): "
         "imports must point downward"]

@@ -1,4 +1,4 @@
-"""Addresses to source lines (perfbp.lines), checked against binutils.
+"""Addresses to source lines (perfbp.symbols.lines), checked against binutils.
 
 The oracle is ``addr2line -e PROG ADDR`` on programs compiled here with gcc
 (DWARF 5, gcc's default, and DWARF 4; -O0 and -O2; non-PIE and PIE): every
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from perfbp.lines import LineTable, SourceLine, line_table
+from perfbp.symbols.lines import LineTable, SourceLine, line_table
 
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 SOURCES = ("lines_demo.c", "lines_part.c")

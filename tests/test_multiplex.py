@@ -43,11 +43,11 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 import perfbp
-from perfbp import abi
-from perfbp import system
-from perfbp.results import CountResult
-from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
-from perfbp.events import LEDGER
+from perfbp.kernel import abi
+from perfbp.kernel import system
+from perfbp.run.results import CountResult
+from perfbp.kernel._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
+from perfbp.kernel.events import LEDGER
 
 pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 

@@ -40,12 +40,12 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 import perfbp
-from perfbp import abi
-from perfbp import system
-from perfbp.regions import split_range
-from perfbp.spec import parse
-from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
-from perfbp.events import LEDGER
+from perfbp.kernel import abi
+from perfbp.kernel import system
+from perfbp.planning.regions import split_range
+from perfbp.planning.spec import parse
+from perfbp.kernel._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
+from perfbp.kernel.events import LEDGER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PERFBP = [sys.executable, "-m", "perfbp"]
@@ -130,8 +130,8 @@ def wait_for_task_slots() -> None:
 
 HOLDER = r"""
 import ctypes, sys
-from perfbp import abi
-from perfbp._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
+from perfbp.kernel import abi
+from perfbp.kernel._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
 n, cpus = int(sys.argv[1]), [int(c) for c in sys.argv[2].split(",")]
 cells = (ctypes.c_long * 64)()
 fds = []

@@ -7,7 +7,7 @@ Every recording here is made of a workload whose hits are known exactly
 2N + 1 = 20,015 stores; ``tests/workloads/rec_attach.c``: a thread named
 ``recwriter`` calls ``bump()`` N times when told to).  The recordings are
 read back three ways that must agree sample for sample: perfbp's own decoder
-(:func:`perfbp.perfdata.read_recording` + :func:`perfbp.records.decode_bulk`),
+(:func:`perfbp.data.perfdata.read_recording` + :func:`perfbp.kernel.records.decode_bulk`),
 ``perfbp report``, and Debian's ``perf`` (``perf script``, ``perf report``);
 and perf's own recordings of ``mem:`` events are read by ``perfbp report``.
 
@@ -41,9 +41,9 @@ from pathlib import Path
 import pytest
 from conftest import machine_disturbed
 
-from perfbp.perfdata import read_recording
-from perfbp.records import decode_bulk
-from perfbp.report import load_report
+from perfbp.data.perfdata import read_recording
+from perfbp.kernel.records import decode_bulk
+from perfbp.data.report import load_report
 
 pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 

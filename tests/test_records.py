@@ -1,4 +1,4 @@
-"""Decoding perf records (perfbp.records): byte-exact, bulk == one by one, never
+"""Decoding perf records (perfbp.kernel.records): byte-exact, bulk == one by one, never
 crashes on bad input, and right on what the real kernel writes.
 
 Record types covered: SAMPLE (every combination of the sample_type bits perfbp
@@ -8,7 +8,7 @@ perfbp does not decode (Unknown), each without and with sample_id trailers.
 
 The records here are built by hand with :mod:`struct`, following
 ``include/uapi/linux/perf_event.h`` (``enum perf_event_type`` and
-``struct sample_id``), not with anything from perfbp.records: the encoder below
+``struct sample_id``), not with anything from perfbp.kernel.records: the encoder below
 is a second, independent reading of the header.
 """
 
@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perfbp
-from perfbp import records
-from perfbp import system
-from perfbp._uapi import (
+from perfbp.kernel import records
+from perfbp.kernel import system
+from perfbp.kernel._uapi import (
     PERF_FORMAT_GROUP,
     PERF_FORMAT_ID,
     PERF_FORMAT_LOST,
@@ -59,7 +59,7 @@ from perfbp._uapi import (
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
 )
-from perfbp.records import (
+from perfbp.kernel.records import (
     COLUMNS,
     Comm,
     CorruptRecord,
@@ -830,7 +830,7 @@ def test_real_kernel_samples_decode_exactly():
     """1009 stores from this thread into a ctypes cell, sampled on every hit:
     each decoded field is what the kernel must have written, and the bulk and
     one-by-one decoders agree on the raw ring bytes."""
-    from perfbp.sampling import Sampler
+    from perfbp.kernel.sampling import Sampler
 
     cell = (ctypes.c_long * 1)()
     addr = ctypes.addressof(cell)

@@ -1,6 +1,6 @@
-"""Splitting a memory range into debug-register pieces (perfbp.regions).
+"""Splitting a memory range into debug-register pieces (perfbp.planning.regions).
 
-Two independent oracles, neither taken from perfbp.regions:
+Two independent oracles, neither taken from perfbp.planning.regions:
 
 * gdb's x86 rule, transcribed from ``x86_handle_nonaligned_watchpoint``
   (gdb/nat/x86-dregs.c): at each address, ``size_try_array[size - 1][addr %
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import perfbp
-from perfbp.regions import split_range
+from perfbp.planning.regions import split_range
 
 TOP = 1 << 64
 

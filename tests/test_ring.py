@@ -1,5 +1,5 @@
-"""The perf ring protocol (perfbp.ring.Ring) over a fake kernel, and its
-mapping (perfbp.abi.RingMapping) over the real one, in both the x86 path and
+"""The perf ring protocol (perfbp.kernel.ring.Ring) over a fake kernel, and its
+mapping (perfbp.kernel.abi.RingMapping) over the real one, in both the x86 path and
 the compiled-atomics path that weakly ordered machines use.
 
 The fake plays the kernel's side as ``kernel/events/ring_buffer.c`` does:
@@ -27,10 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import perfbp
-from perfbp import abi, ring
-from perfbp import system
-from perfbp.records import ParseConfig, Unknown, iter_records
-from perfbp.ring import Ring, RingOverrun
+from perfbp.kernel import abi, ring
+from perfbp.kernel import system
+from perfbp.kernel.records import ParseConfig, Unknown, iter_records
+from perfbp.kernel.ring import Ring, RingOverrun
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UNKNOWN_TYPE = 99  # records of a type nobody decodes: the ring does not care
@@ -40,7 +40,7 @@ class FakeKernel:
     """A ring's data area and head/tail words, written as the kernel would.
 
     Attributes:
-        data, data_size: what :class:`~perfbp.ring.Ring` reads (the Mapping
+        data, data_size: what :class:`~perfbp.kernel.ring.Ring` reads (the Mapping
             protocol).
         head: the published ``data_head``.
         reserved: the kernel's private head (``rb->head``): records between
@@ -330,7 +330,7 @@ def test_ring_mapping_on_a_real_event():
     """ring_pages=1: a 4 KiB data area, an empty ring at first, and after each
     read the kernel sees the new tail: five rounds of stores, 13 KiB of
     samples through 4 KiB rings, and not one sample lost."""
-    from perfbp.sampling import Sampler
+    from perfbp.kernel.sampling import Sampler
 
     cell = (ctypes.c_long * 1)()
     with Sampler([perfbp.Breakpoint.write(ctypes.addressof(cell), 8)],
@@ -370,8 +370,8 @@ def test_ring_mapping_refuses_a_bad_page_count():
 ATOMICS_SCRIPT = r"""
 import ctypes, json
 import perfbp
-from perfbp import abi
-from perfbp.sampling import Sampler
+from perfbp.kernel import abi
+from perfbp.kernel.sampling import Sampler
 cell = (ctypes.c_long * 1)()
 with Sampler([perfbp.Breakpoint.write(ctypes.addressof(cell), 8)],
              perfbp.Target.this_thread(), ring_pages=1) as s:

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import perfbp
-from perfbp.sampling import Sampler
+from perfbp.kernel.sampling import Sampler
 
 pytestmark = pytest.mark.kernel  # every test arms hardware breakpoints
 

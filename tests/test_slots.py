@@ -1,8 +1,8 @@
-"""The slot model (perfbp.slots.SlotModel) against the real kernel, and alone.
+"""The slot model (perfbp.kernel.slots.SlotModel) against the real kernel, and alone.
 
 The heart of this file is a differential test: hypothesis generates sequences
 of raw ``perf_event_open(PERF_TYPE_BREAKPOINT)`` calls and closes (through
-perfbp.abi, nothing higher) on three threads of this process and on CPU-wide
+perfbp.kernel.abi, nothing higher) on three threads of this process and on CPU-wide
 targets; after every step the kernel's answer (an fd, or an errno) must be
 what the model predicts.  Around it: scenarios with exact expectations (the
 rules of ``kernel/events/hw_breakpoint.c`` one at a time), inherited
@@ -39,8 +39,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perfbp
-from perfbp import abi
-from perfbp._uapi import (
+from perfbp.kernel import abi
+from perfbp.kernel._uapi import (
     HW_BREAKPOINT_EMPTY,
     HW_BREAKPOINT_INVALID,
     HW_BREAKPOINT_R,
@@ -49,8 +49,8 @@ from perfbp._uapi import (
     HW_BREAKPOINT_X,
     PERF_TYPE_BREAKPOINT,
 )
-from perfbp.slots import Reservation, SlotModel, bp_type_of
-from perfbp.system import online_cpus, possible_cpus
+from perfbp.kernel.slots import Reservation, SlotModel, bp_type_of
+from perfbp.kernel.system import online_cpus, possible_cpus
 
 R, W, RW, X = HW_BREAKPOINT_R, HW_BREAKPOINT_W, HW_BREAKPOINT_RW, HW_BREAKPOINT_X
 EMPTY, INVALID = HW_BREAKPOINT_EMPTY, HW_BREAKPOINT_INVALID

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import perfbp
-from perfbp.resolve import find_symbol
+from perfbp.symbols.resolve import find_symbol
 
 REPO = Path(__file__).resolve().parent.parent
 WRITES = 50021  # per demo thread

@@ -191,7 +191,7 @@ def test_a_kernel_without_sigtrap_gets_unsupported(monkeypatch):
     EINVAL to attr.sigtrap; perfbp says Unsupported, with the reason."""
     import errno
 
-    from perfbp import abi
+    from perfbp.kernel import abi
 
     real = abi.perf_event_open
 
@@ -277,7 +277,7 @@ def test_move_that_the_kernel_refuses_rolls_back():
     with perfbp.watch(a[0:1]) as w:
         before = repr(w)
         with pytest.raises(perfbp.InvalidBreakpoint, match="kernel space"):
-            w.move(perfbp.arch.current().task_size_max + (1 << 20), length=16)
+            w.move(perfbp.kernel.arch.current().task_size_max + (1 << 20), length=16)
         assert repr(w) == before and len(w.watch.pieces) == 1
         for i in range(29):
             a[0] = i

@@ -1,0 +1,1 @@
+"""The kernel interface: its layouts and constants (`_uapi`), the one module that calls it (`abi`), and what sits directly on it: breakpoints and targets, counters, sampling rings, the record decoder, the slot model, launching a process."""

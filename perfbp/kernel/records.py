@@ -1,0 +1,678 @@
+"""Decoding perf records: the kernel's ring-buffer and perf.data record format.
+
+Pure Python (and numpy for the bulk path); no kernel needed.  Fields are read
+in the kernel's order (``include/uapi/linux/perf_event.h``,
+``enum perf_event_type``), as the :class:`ParseConfig` derived from the
+opening attr says.  Two paths:
+
+* :func:`parse_record` / :func:`iter_records`: record by record, into small
+  typed records (:class:`Sample`, :class:`Lost`, :class:`Comm`, ...).  A type
+  perfbp does not know comes back as :class:`Unknown`, never as an exception.
+* :func:`decode_bulk`: many fixed-size samples at once into columns (numpy
+  arrays), with the record-by-record path for whatever else is interleaved.
+
+Truncated or corrupt input never crashes either path: the result is data, or
+:class:`CorruptRecord` (a :class:`~perfbp.PerfbpError`).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Optional, Union
+
+from ._uapi import (
+    PERF_FORMAT_GROUP,
+    PERF_FORMAT_ID,
+    PERF_FORMAT_LOST,
+    PERF_FORMAT_TOTAL_TIME_ENABLED,
+    PERF_FORMAT_TOTAL_TIME_RUNNING,
+    PERF_RECORD_COMM,
+    PERF_RECORD_EXIT,
+    PERF_RECORD_FORK,
+    PERF_RECORD_LOST,
+    PERF_RECORD_LOST_SAMPLES,
+    PERF_RECORD_MISC_COMM_EXEC,
+    PERF_RECORD_MMAP,
+    PERF_RECORD_MMAP2,
+    PERF_RECORD_READ,
+    PERF_RECORD_SAMPLE,
+    PERF_RECORD_THROTTLE,
+    PERF_RECORD_UNTHROTTLE,
+    PERF_SAMPLE_ADDR,
+    PERF_SAMPLE_CALLCHAIN,
+    PERF_SAMPLE_CPU,
+    PERF_SAMPLE_ID,
+    PERF_SAMPLE_IDENTIFIER,
+    PERF_SAMPLE_IP,
+    PERF_SAMPLE_PERIOD,
+    PERF_SAMPLE_READ,
+    PERF_SAMPLE_STREAM_ID,
+    PERF_SAMPLE_TID,
+    PERF_SAMPLE_TIME,
+)
+from ..errors import CorruptRecord
+
+PERF_RECORD_MISC_MMAP_BUILD_ID = 1 << 14
+HEADER = struct.Struct("<IHH")
+
+#: sample_type bits whose fields have a fixed size: the bulk path's domain.
+FIXED_SAMPLE_BITS = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
+                     | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_ID
+                     | PERF_SAMPLE_STREAM_ID | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD)
+#: every sample_type bit this decoder understands.
+KNOWN_SAMPLE_BITS = FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """How to decode records: derived from the attr that opened the event.
+
+    Attributes:
+        sample_type: ``attr.sample_type``.
+        sample_id_all: ``attr.sample_id_all`` (non-sample records carry a
+            sample_id trailer).
+        read_format: ``attr.read_format`` (for PERF_SAMPLE_READ).
+    """
+
+    sample_type: int
+    sample_id_all: bool = False
+    read_format: int = 0
+
+    @classmethod
+    def from_attr(cls, attr) -> "ParseConfig":
+        return cls(int(attr.sample_type), bool(attr.sample_id_all), int(attr.read_format))
+
+    @property
+    def sample_id_size(self) -> int:
+        """Bytes of the sample_id trailer on non-sample records."""
+        if not self.sample_id_all:
+            return 0
+        st = self.sample_type
+        n = 0
+        for bit in (PERF_SAMPLE_TID, PERF_SAMPLE_TIME, PERF_SAMPLE_ID, PERF_SAMPLE_STREAM_ID,
+                    PERF_SAMPLE_CPU, PERF_SAMPLE_IDENTIFIER):
+            if st & bit:
+                n += 8
+        return n
+
+    @property
+    def fixed_sample_size(self) -> "int | None":
+        """The size of every PERF_RECORD_SAMPLE when all fields are fixed-size
+        (header included), else None."""
+        if self.sample_type & ~FIXED_SAMPLE_BITS:
+            return None
+        return 8 + 8 * bin(self.sample_type & FIXED_SAMPLE_BITS).count("1")
+
+
+class SampleId(NamedTuple):
+    """The sample_id trailer of a non-sample record (sample_id_all)."""
+
+    pid: Optional[int] = None
+    tid: Optional[int] = None
+    time: Optional[int] = None
+    id: Optional[int] = None
+    stream_id: Optional[int] = None
+    cpu: Optional[int] = None
+
+
+class Sample(NamedTuple):
+    """One PERF_RECORD_SAMPLE: one hit of a watch.
+
+    Fields not in the sample_type are None.  ``ip`` is, on x86, the address of
+    the instruction *after* the access (data breakpoints trap after the
+    access); ``addr`` is the watch's address (``bp_addr``), not the byte
+    touched.
+    """
+
+    id: Optional[int]
+    ip: Optional[int]
+    pid: Optional[int]
+    tid: Optional[int]
+    time: Optional[int]
+    addr: Optional[int]
+    stream_id: Optional[int]
+    cpu: Optional[int]
+    period: Optional[int]
+    callchain: tuple = ()
+    read: tuple = ()
+    misc: int = 0
+
+
+class Lost(NamedTuple):
+    """PERF_RECORD_LOST: ``lost`` records dropped because the ring was full."""
+
+    id: int
+    lost: int
+    sample_id: Optional[SampleId] = None
+
+
+class LostSamples(NamedTuple):
+    """PERF_RECORD_LOST_SAMPLES: samples the PMU dropped."""
+
+    lost: int
+    sample_id: Optional[SampleId] = None
+
+
+class Throttle(NamedTuple):
+    """PERF_RECORD_THROTTLE / UNTHROTTLE."""
+
+    time: int
+    id: int
+    stream_id: int
+    unthrottle: bool
+    sample_id: Optional[SampleId] = None
+
+
+class Comm(NamedTuple):
+    """PERF_RECORD_COMM: a task's command name (``exec``: set by exec)."""
+
+    pid: int
+    tid: int
+    comm: str
+    exec: bool
+    sample_id: Optional[SampleId] = None
+
+
+class Task(NamedTuple):
+    """PERF_RECORD_FORK / PERF_RECORD_EXIT."""
+
+    pid: int
+    ppid: int
+    tid: int
+    ptid: int
+    time: int
+    exit: bool
+    sample_id: Optional[SampleId] = None
+
+
+class Mmap(NamedTuple):
+    """PERF_RECORD_MMAP / MMAP2: a mapping of a file (or anon) in a process.
+
+    For MMAP2 records with a build id (misc & PERF_RECORD_MISC_MMAP_BUILD_ID),
+    ``build_id`` holds it and ``maj/min/ino/ino_generation`` are 0.
+    """
+
+    pid: int
+    tid: int
+    addr: int
+    len: int
+    pgoff: int
+    filename: str
+    maj: int = 0
+    min: int = 0
+    ino: int = 0
+    ino_generation: int = 0
+    prot: int = 0
+    flags: int = 0
+    build_id: bytes = b""
+    v2: bool = False
+    sample_id: Optional[SampleId] = None
+
+
+class Read(NamedTuple):
+    """PERF_RECORD_READ: an event's count (``values`` per the read_format)."""
+
+    pid: int
+    tid: int
+    values: tuple
+    sample_id: Optional[SampleId] = None
+
+
+class Unknown(NamedTuple):
+    """A record type perfbp does not decode: kept as bytes."""
+
+    type: int
+    misc: int
+    data: bytes
+
+
+Record = Union[Sample, Lost, LostSamples, Throttle, Comm, Task, Mmap, Read, Unknown]
+
+_U64 = struct.Struct("<Q")
+_U32x2 = struct.Struct("<II")
+
+
+def _cstring(raw: bytes) -> str:
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode("utf-8", "replace")
+
+
+def _sample_id(body: bytes, cfg: ParseConfig) -> Optional[SampleId]:
+    n = cfg.sample_id_size
+    if not n:
+        return None
+    if len(body) < n:
+        raise CorruptRecord(f"record too short for its sample_id trailer ({len(body)} < {n} bytes)")
+    tail = body[len(body) - n:]
+    st = cfg.sample_type
+    vals = {}
+    off = 0
+    if st & PERF_SAMPLE_TID:
+        vals["pid"], vals["tid"] = _U32x2.unpack_from(tail, off)
+        off += 8
+    if st & PERF_SAMPLE_TIME:
+        vals["time"] = _U64.unpack_from(tail, off)[0]
+        off += 8
+    if st & PERF_SAMPLE_ID:
+        vals["id"] = _U64.unpack_from(tail, off)[0]
+        off += 8
+    if st & PERF_SAMPLE_STREAM_ID:
+        vals["stream_id"] = _U64.unpack_from(tail, off)[0]
+        off += 8
+    if st & PERF_SAMPLE_CPU:
+        vals["cpu"] = _U32x2.unpack_from(tail, off)[0]
+        off += 8
+    if st & PERF_SAMPLE_IDENTIFIER:
+        vals["id"] = _U64.unpack_from(tail, off)[0]
+    return SampleId(**vals)
+
+
+def sample_id_bytes(cfg: ParseConfig, *, pid: int = 0, tid: int = 0, time: int = 0,
+                    id: int = 0, cpu: int = 0) -> bytes:
+    """Encode a sample_id trailer for ``cfg`` (for records perfbp writes)."""
+    if not cfg.sample_id_all:
+        return b""
+    st = cfg.sample_type
+    out = b""
+    if st & PERF_SAMPLE_TID:
+        out += _U32x2.pack(pid & 0xFFFFFFFF, tid & 0xFFFFFFFF)
+    if st & PERF_SAMPLE_TIME:
+        out += _U64.pack(time)
+    if st & PERF_SAMPLE_ID:
+        out += _U64.pack(id)
+    if st & PERF_SAMPLE_STREAM_ID:
+        out += _U64.pack(id)
+    if st & PERF_SAMPLE_CPU:
+        out += _U32x2.pack(cpu, 0)
+    if st & PERF_SAMPLE_IDENTIFIER:
+        out += _U64.pack(id)
+    return out
+
+
+def _read_values(body: bytes, off: int, read_format: int) -> "tuple[tuple, int]":
+    """Decode a ``struct read_format``; return (values, new offset)."""
+    if read_format & PERF_FORMAT_GROUP:
+        nr = _U64.unpack_from(body, off)[0]
+        off += 8
+        head = []
+        for bit in (PERF_FORMAT_TOTAL_TIME_ENABLED, PERF_FORMAT_TOTAL_TIME_RUNNING):
+            if read_format & bit:
+                head.append(_U64.unpack_from(body, off)[0])
+                off += 8
+        per = 1 + bool(read_format & PERF_FORMAT_ID) + bool(read_format & PERF_FORMAT_LOST)
+        if nr > (len(body) - off) // (8 * per):
+            raise CorruptRecord(f"read_format group of {nr} entries does not fit the record")
+        vals = struct.unpack_from(f"<{nr * per}Q", body, off)
+        off += 8 * per * nr
+        return (tuple(head), vals), off
+    n = 1 + sum(bool(read_format & b) for b in (PERF_FORMAT_TOTAL_TIME_ENABLED,
+                                                  PERF_FORMAT_TOTAL_TIME_RUNNING,
+                                                  PERF_FORMAT_ID, PERF_FORMAT_LOST))
+    vals = struct.unpack_from(f"<{n}Q", body, off)
+    return vals, off + 8 * n
+
+
+def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
+    """Decode the body (after the 8-byte header) of a PERF_RECORD_SAMPLE."""
+    st = cfg.sample_type
+    off = 0
+    ident = ip = pid = tid = time = addr = sid = stream = cpu = period = None
+    callchain: tuple = ()
+    read: tuple = ()
+    try:
+        if st & PERF_SAMPLE_IDENTIFIER:
+            ident = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_IP:
+            ip = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_TID:
+            pid, tid = _U32x2.unpack_from(body, off)
+            off += 8
+        if st & PERF_SAMPLE_TIME:
+            time = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_ADDR:
+            addr = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_ID:
+            sid = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_STREAM_ID:
+            stream = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_CPU:
+            cpu = _U32x2.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_PERIOD:
+            period = _U64.unpack_from(body, off)[0]
+            off += 8
+        if st & PERF_SAMPLE_READ:
+            read, off = _read_values(body, off, cfg.read_format)
+        if st & PERF_SAMPLE_CALLCHAIN:
+            nr = _U64.unpack_from(body, off)[0]
+            off += 8
+            if nr > (len(body) - off) // 8:
+                raise CorruptRecord(f"callchain of {nr} entries does not fit the record "
+                                    f"({len(body) - off} bytes left)")
+            callchain = struct.unpack_from(f"<{nr}Q", body, off)
+            off += 8 * nr
+    except struct.error:
+        raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
+                            f"sample_type {st:#x})") from None
+    return Sample(ident if ident is not None else sid, ip, pid, tid, time, addr, stream,
+                  cpu, period, callchain, read, misc)
+
+
+def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record:
+    """Decode one record from its header fields and body.
+
+    Raises:
+        CorruptRecord: the body does not hold what its type promises.
+    """
+    try:
+        if rtype == PERF_RECORD_SAMPLE:
+            return parse_sample(body, cfg, misc)
+        if rtype == PERF_RECORD_LOST:
+            rid, lost = struct.unpack_from("<QQ", body, 0)
+            return Lost(rid, lost, _sample_id(body[16:], cfg))
+        if rtype == PERF_RECORD_LOST_SAMPLES:
+            return LostSamples(_U64.unpack_from(body, 0)[0], _sample_id(body[8:], cfg))
+        if rtype in (PERF_RECORD_THROTTLE, PERF_RECORD_UNTHROTTLE):
+            t, rid, stream = struct.unpack_from("<QQQ", body, 0)
+            return Throttle(t, rid, stream, rtype == PERF_RECORD_UNTHROTTLE,
+                            _sample_id(body[24:], cfg))
+        if rtype == PERF_RECORD_COMM:
+            pid, tid = _U32x2.unpack_from(body, 0)
+            rest = body[8:len(body) - cfg.sample_id_size]
+            return Comm(pid, tid, _cstring(rest), bool(misc & PERF_RECORD_MISC_COMM_EXEC),
+                        _sample_id(body[8:], cfg))
+        if rtype in (PERF_RECORD_FORK, PERF_RECORD_EXIT):
+            pid, ppid, tid, ptid, t = struct.unpack_from("<IIIIQ", body, 0)
+            return Task(pid, ppid, tid, ptid, t, rtype == PERF_RECORD_EXIT,
+                        _sample_id(body[24:], cfg))
+        if rtype == PERF_RECORD_READ:
+            pid, tid = _U32x2.unpack_from(body, 0)
+            values, off = _read_values(body, 8, cfg.read_format)
+            return Read(pid, tid, values, _sample_id(body[off:], cfg))
+        if rtype == PERF_RECORD_MMAP:
+            pid, tid, addr, ln, pgoff = struct.unpack_from("<IIQQQ", body, 0)
+            name = _cstring(body[32:len(body) - cfg.sample_id_size])
+            return Mmap(pid, tid, addr, ln, pgoff, name, sample_id=_sample_id(body[32:], cfg))
+        if rtype == PERF_RECORD_MMAP2:
+            pid, tid, addr, ln, pgoff = struct.unpack_from("<IIQQQ", body, 0)
+            prot, flags = _U32x2.unpack_from(body, 56)
+            name = _cstring(body[64:len(body) - cfg.sample_id_size])
+            sid = _sample_id(body[64:], cfg)
+            if misc & PERF_RECORD_MISC_MMAP_BUILD_ID:
+                size = body[32]
+                build_id = bytes(body[36:36 + min(size, 20)])
+                return Mmap(pid, tid, addr, ln, pgoff, name, prot=prot, flags=flags,
+                            build_id=build_id, v2=True, sample_id=sid)
+            maj, mnr, ino, gen = struct.unpack_from("<IIQQ", body, 32)
+            return Mmap(pid, tid, addr, ln, pgoff, name, maj, mnr, ino, gen, prot, flags,
+                        v2=True, sample_id=sid)
+    except struct.error:
+        raise CorruptRecord(f"record of type {rtype} truncated ({len(body) + 8} bytes)") from None
+    return Unknown(rtype, misc, bytes(body))
+
+
+def _span(buf, offset: int, end: "int | None") -> "tuple[memoryview, int]":
+    """``buf`` as a byte view and the checked end of the records in it.
+
+    Raises:
+        CorruptRecord: ``offset..end`` is not inside the buffer (a perf.data
+            file cut short: its header promises more bytes than there are).
+    """
+    mv = memoryview(buf).cast("B")  # index by bytes, whatever the buffer's format
+    end = len(mv) if end is None else end
+    if not 0 <= offset <= end <= len(mv):
+        raise CorruptRecord(f"records said to span bytes {offset}..{end}, but the "
+                            f"buffer holds {len(mv)} bytes: truncated input")
+    return mv, end
+
+
+def iter_records(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
+                 end: "int | None" = None) -> Iterator[Record]:
+    """Decode consecutive records from ``buf[offset:end]``.
+
+    Raises:
+        CorruptRecord: a header is impossible (size < 8 or past the end).
+    """
+    mv, end = _span(buf, offset, end)
+    pos = offset
+    while pos < end:
+        if end - pos < 8:
+            raise CorruptRecord(f"{end - pos} stray bytes at offset {pos}: truncated record header")
+        rtype, misc, size = HEADER.unpack_from(mv, pos)
+        if size < 8:
+            raise CorruptRecord(f"record at offset {pos} has impossible size {size}")
+        if pos + size > end:
+            raise CorruptRecord(f"record at offset {pos} (type {rtype}, {size} bytes) is "
+                                f"truncated: only {end - pos} bytes left")
+        yield parse_record(rtype, misc, bytes(mv[pos + 8:pos + size]), cfg)
+        pos += size
+
+
+# --- the bulk path -----------------------------------------------------------------
+
+_COLUMN_ORDER = (
+    (PERF_SAMPLE_IDENTIFIER, (("identifier", "<u8"),)),
+    (PERF_SAMPLE_IP, (("ip", "<u8"),)),
+    (PERF_SAMPLE_TID, (("pid", "<u4"), ("tid", "<u4"))),
+    (PERF_SAMPLE_TIME, (("time", "<u8"),)),
+    (PERF_SAMPLE_ADDR, (("addr", "<u8"),)),
+    (PERF_SAMPLE_ID, (("id", "<u8"),)),
+    (PERF_SAMPLE_STREAM_ID, (("stream_id", "<u8"),)),
+    (PERF_SAMPLE_CPU, (("cpu", "<u4"), ("res", "<u4"))),
+    (PERF_SAMPLE_PERIOD, (("period", "<u8"),)),
+)
+COLUMNS = ("ip", "pid", "tid", "time", "addr", "id", "stream_id", "cpu", "period")
+
+
+def sample_dtype(cfg: ParseConfig):
+    """The numpy structured dtype of one fixed-size PERF_RECORD_SAMPLE."""
+    import numpy as np
+
+    fields = [("type", "<u4"), ("misc", "<u2"), ("size", "<u2")]
+    for bit, cols in _COLUMN_ORDER:
+        if cfg.sample_type & bit:
+            fields.extend(cols)
+    return np.dtype(fields)
+
+
+@dataclass
+class SampleColumns:
+    """Samples as columns (numpy arrays of equal length); absent fields are
+    None.  ``id`` holds PERF_SAMPLE_IDENTIFIER or PERF_SAMPLE_ID."""
+
+    ip: object = None
+    pid: object = None
+    tid: object = None
+    time: object = None
+    addr: object = None
+    id: object = None
+    stream_id: object = None
+    cpu: object = None
+    period: object = None
+    #: call stacks (a list of tuples of ips), when the samples carry them
+    callchain: object = None
+
+    def __len__(self) -> int:
+        for name in COLUMNS:
+            col = getattr(self, name)
+            if col is not None:
+                return len(col)
+        return 0
+
+    @classmethod
+    def concat(cls, parts: "list[SampleColumns]") -> "SampleColumns":
+        import numpy as np
+
+        out = cls()
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return out
+        for name in COLUMNS:
+            cols = [getattr(p, name) for p in parts]
+            if all(c is not None for c in cols):
+                setattr(out, name, np.concatenate(cols))
+        if all(p.callchain is not None for p in parts):
+            out.callchain = [c for p in parts for c in p.callchain]
+        return out
+
+    @classmethod
+    def from_samples(cls, samples: "list[Sample]") -> "SampleColumns":
+        import numpy as np
+
+        out = cls()
+        if not samples:
+            return out
+        for name in COLUMNS:
+            vals = [getattr(s, name) for s in samples]
+            if all(v is not None for v in vals):
+                setattr(out, name, np.array(vals, dtype=np.uint64))
+        if any(s.callchain for s in samples):
+            out.callchain = [s.callchain for s in samples]
+        return out
+
+
+_BLOCK = 1 << 16  # the largest block of records checked at once
+_BLOCK_MIN = 1 << 10  # the first block after a record that is not a sample
+_HEADER_MASK = 0xFFFF0000FFFFFFFF  # a header's type and size; misc may vary
+
+
+def _frames(mv, size: int, offset: int, end: int, strict: bool = True):
+    """Walk the records of ``mv[offset:end]``: yield ``(pos, count)`` for a run
+    of ``count`` consecutive fixed-size samples of ``size`` bytes, and
+    ``(pos, 0)`` for any other record (its header is at ``pos``).
+
+    Runs are found with numpy over the records' first words, in blocks that
+    start small after every other record and double while the run goes on,
+    so that a stream with a non-sample record every few thousand samples is
+    looked at about once.  With ``strict=False`` the walk ends quietly at an
+    impossible or cut-short record, yielding ``(pos, -1)``; else that raises
+    :class:`CorruptRecord`.
+    """
+    import numpy as np
+
+    want = PERF_RECORD_SAMPLE | size << 48
+    first_words = np.dtype({"names": ["h"], "formats": ["<u8"], "offsets": [0],
+                            "itemsize": size})
+    pos = offset
+    block = _BLOCK_MIN
+    while pos < end:
+        count = min((end - pos) // size, block)
+        if count:
+            h = np.frombuffer(mv, dtype=first_words, count=count, offset=pos)["h"]
+            bad = (h & _HEADER_MASK) != want
+            good = int(bad.argmax()) if bad.any() else count
+            if good:
+                yield pos, good
+                pos += good * size
+                if good == count:
+                    block = min(block * 2, _BLOCK)
+                    continue
+            block = _BLOCK_MIN
+        # one record that is not a fixed-size sample (or a short tail)
+        if end - pos < 8:
+            if not strict:
+                yield pos, -1
+                return
+            raise CorruptRecord(f"{end - pos} stray bytes at offset {pos}: truncated record header")
+        rtype, _misc, rsize = HEADER.unpack_from(mv, pos)
+        if rsize < 8 or pos + rsize > end:
+            if not strict:
+                yield pos, -1
+                return
+            if rsize < 8:
+                raise CorruptRecord(f"record at offset {pos} has impossible size {rsize}")
+            raise CorruptRecord(f"record at offset {pos} (type {rtype}, {rsize} bytes) is "
+                                f"truncated: only {end - pos} bytes left")
+        yield pos, 0
+        pos += rsize
+
+
+def whole_records_end(buf: "bytes | memoryview", cfg: ParseConfig) -> int:
+    """The offset just past the last whole record in ``buf`` (``len(buf)``
+    when the records fill it exactly): where a recording cut short inside
+    a record is cut back to."""
+    mv, end = _span(buf, 0, None)
+    size = cfg.fixed_sample_size
+    if size is None:
+        pos = 0
+        while pos + 8 <= end:
+            (rsize,) = struct.unpack_from("<H", mv, pos + 6)
+            if rsize < 8 or pos + rsize > end:
+                return pos
+            pos += rsize
+        return pos
+    for pos, count in _frames(mv, size, 0, end, strict=False):
+        if count < 0:
+            return pos
+    return end
+
+
+def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
+                end: "int | None" = None) -> "tuple[SampleColumns, list[Record]]":
+    """Decode a run of records: fixed-size samples into columns at numpy
+    speed, every other record (and samples with variable fields) one by one.
+
+    Returns:
+        ``(columns, others)``: the samples in order as columns, and the
+        non-sample records in order (with samples too when the sample_type
+        has variable-size fields: then ``columns`` is built from them).
+
+    Raises:
+        CorruptRecord: a header is impossible or a record is cut short.
+    """
+    import numpy as np
+
+    mv, end = _span(buf, offset, end)
+    size = cfg.fixed_sample_size
+    others: list[Record] = []
+    if size is None:
+        samples = []
+        for rec in iter_records(mv, cfg, offset, end):
+            (samples if isinstance(rec, Sample) else others).append(rec)
+        return SampleColumns.from_samples(samples), others
+    # first find the runs of fixed-size samples (and decode everything else),
+    # then copy each column once into an array of its final length
+    pieces: list = []  # (pos, count) runs and single Samples, in order
+    total = 0
+    for pos, count in _frames(mv, size, offset, end):
+        if count:
+            pieces.append((pos, count))
+            total += count
+            continue
+        rtype, misc, rsize = HEADER.unpack_from(mv, pos)
+        rec = parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg)
+        if isinstance(rec, Sample):
+            pieces.append(rec)
+            total += 1
+        else:
+            others.append(rec)
+    cols = SampleColumns()
+    if not total:
+        return cols, others
+    dtype = sample_dtype(cfg)
+    fields = [(name, name) for name in COLUMNS if name in dtype.names]
+    if "identifier" in dtype.names:
+        fields.append(("id", "identifier"))
+    out = {attr: np.empty(total, dtype=np.uint64) for attr, _field in fields}
+    k = 0
+    for piece in pieces:
+        if isinstance(piece, Sample):
+            for attr, _field in fields:
+                out[attr][k] = getattr(piece, attr)
+            k += 1
+            continue
+        pos, count = piece
+        arr = np.frombuffer(mv, dtype=dtype, count=count, offset=pos)
+        for attr, field_ in fields:
+            out[attr][k:k + count] = arr[field_]
+        k += count
+    for attr, col in out.items():
+        setattr(cols, attr, col)
+    return cols, others

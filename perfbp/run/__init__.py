@@ -1,0 +1,1 @@
+"""Running watch sessions: one lifecycle, following a launched command, counting, recording, live views, watches on this process, multiplexing, the self-check."""
