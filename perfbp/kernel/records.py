@@ -245,27 +245,33 @@ def _sample_id(body: bytes, cfg: ParseConfig) -> Optional[SampleId]:
     if len(body) < n:
         raise CorruptRecord(f"record too short for its sample_id trailer ({len(body)} < {n} bytes)")
     tail = body[len(body) - n:]
-    st = cfg.sample_type
-    vals = {}
-    off = 0
-    if st & PERF_SAMPLE_TID:
-        vals["pid"], vals["tid"] = _U32x2.unpack_from(tail, off)
-        off += 8
-    if st & PERF_SAMPLE_TIME:
-        vals["time"] = _U64.unpack_from(tail, off)[0]
-        off += 8
-    if st & PERF_SAMPLE_ID:
-        vals["id"] = _U64.unpack_from(tail, off)[0]
-        off += 8
-    if st & PERF_SAMPLE_STREAM_ID:
-        vals["stream_id"] = _U64.unpack_from(tail, off)[0]
-        off += 8
-    if st & PERF_SAMPLE_CPU:
-        vals["cpu"] = _U32x2.unpack_from(tail, off)[0]
-        off += 8
-    if st & PERF_SAMPLE_IDENTIFIER:
-        vals["id"] = _U64.unpack_from(tail, off)[0]
+    vals: dict = {}
+    _unpack_fields(_SAMPLE_ID_TRAILER, cfg.sample_type, tail, 0, vals)
     return SampleId(**vals)
+
+
+#: The sample_id trailer of a non-sample record (sample_id_all), in the
+#: kernel's order (perf_event__output_id_sample): flag, names of its values.
+_SAMPLE_ID_TRAILER = (
+    (PERF_SAMPLE_TID, ("pid", "tid")),
+    (PERF_SAMPLE_TIME, ("time",)),
+    (PERF_SAMPLE_ID, ("id",)),
+    (PERF_SAMPLE_STREAM_ID, ("stream_id",)),
+    (PERF_SAMPLE_CPU, ("cpu", None)),  # cpu, res
+    (PERF_SAMPLE_IDENTIFIER, ("id",)),
+)
+
+
+def _unpack_fields(table, sample_type: int, buf, off: int, into: dict) -> int:
+    """Read the 8-byte fields of ``table`` that ``sample_type`` selects (one
+    u64, or two u32) from ``buf`` at ``off`` into ``into``; return the new
+    offset.  A name None is a reserved half, skipped."""
+    for flag, names in table:
+        if sample_type & flag:
+            values = (_U64 if len(names) == 1 else _U32x2).unpack_from(buf, off)
+            into.update((k, v) for k, v in zip(names, values) if k is not None)
+            off += 8
+    return off
 
 
 def sample_id_bytes(cfg: ParseConfig, *, pid: int = 0, tid: int = 0, time: int = 0,
@@ -313,41 +319,30 @@ def _read_values(body: bytes, off: int, read_format: int) -> "tuple[tuple, int]"
     return vals, off + 8 * n
 
 
+#: The fixed-size fields at the head of a sample, in the kernel's order
+#: (perf_output_sample): the flag, and the names of its one or two values.
+_SAMPLE_HEAD = (
+    (PERF_SAMPLE_IDENTIFIER, ("identifier",)),
+    (PERF_SAMPLE_IP, ("ip",)),
+    (PERF_SAMPLE_TID, ("pid", "tid")),
+    (PERF_SAMPLE_TIME, ("time",)),
+    (PERF_SAMPLE_ADDR, ("addr",)),
+    (PERF_SAMPLE_ID, ("id",)),
+    (PERF_SAMPLE_STREAM_ID, ("stream",)),
+    (PERF_SAMPLE_CPU, ("cpu", None)),  # cpu, res
+    (PERF_SAMPLE_PERIOD, ("period",)),
+)
+
+
 def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
     """Decode the body (after the 8-byte header) of a PERF_RECORD_SAMPLE."""
     st = cfg.sample_type
     off = 0
-    ident = ip = pid = tid = time = addr = sid = stream = cpu = period = None
+    f: dict = {}
     callchain: tuple = ()
     read: tuple = ()
     try:
-        if st & PERF_SAMPLE_IDENTIFIER:
-            ident = _U64.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_IP:
-            ip = _U64.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_TID:
-            pid, tid = _U32x2.unpack_from(body, off)
-            off += 8
-        if st & PERF_SAMPLE_TIME:
-            time = _U64.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_ADDR:
-            addr = _U64.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_ID:
-            sid = _U64.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_STREAM_ID:
-            stream = _U64.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_CPU:
-            cpu = _U32x2.unpack_from(body, off)[0]
-            off += 8
-        if st & PERF_SAMPLE_PERIOD:
-            period = _U64.unpack_from(body, off)[0]
-            off += 8
+        off = _unpack_fields(_SAMPLE_HEAD, st, body, off, f)
         if st & PERF_SAMPLE_READ:
             read, off = _read_values(body, off, cfg.read_format)
         if st & PERF_SAMPLE_CALLCHAIN:
@@ -361,8 +356,11 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
     except struct.error:
         raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
                             f"sample_type {st:#x})") from None
-    return Sample(ident if ident is not None else sid, ip, pid, tid, time, addr, stream,
-                  cpu, period, callchain, read, misc)
+    get = f.get
+    ident = get("identifier")
+    return Sample(ident if ident is not None else get("id"), get("ip"), get("pid"), get("tid"),
+                  get("time"), get("addr"), get("stream"), get("cpu"), get("period"),
+                  callchain, read, misc)
 
 
 def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record:
