@@ -18,6 +18,7 @@ Truncated or corrupt input never crashes either path: the result is data, or
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Optional, Union
 
@@ -244,9 +245,9 @@ def _sample_id(body: bytes, cfg: ParseConfig) -> Optional[SampleId]:
         return None
     if len(body) < n:
         raise CorruptRecord(f"record too short for its sample_id trailer ({len(body)} < {n} bytes)")
-    tail = body[len(body) - n:]
-    vals: dict = {}
-    _unpack_fields(_SAMPLE_ID_TRAILER, cfg.sample_type, tail, 0, vals)
+    layout, ix = _layout(_SAMPLE_ID_TRAILER, cfg.sample_type, _TRAILER_OUT)
+    v = layout.unpack_from(body, len(body) - n) + (None,)
+    vals = {k: v[i] for k, i in zip(_TRAILER_OUT, ix) if i >= 0}
     return SampleId(**vals)
 
 
@@ -262,16 +263,7 @@ _SAMPLE_ID_TRAILER = (
 )
 
 
-def _unpack_fields(table, sample_type: int, buf, off: int, into: dict) -> int:
-    """Read the 8-byte fields of ``table`` that ``sample_type`` selects (one
-    u64, or two u32) from ``buf`` at ``off`` into ``into``; return the new
-    offset.  A name None is a reserved half, skipped."""
-    for flag, names in table:
-        if sample_type & flag:
-            values = (_U64 if len(names) == 1 else _U32x2).unpack_from(buf, off)
-            into.update((k, v) for k, v in zip(names, values) if k is not None)
-            off += 8
-    return off
+_TRAILER_OUT = ("pid", "tid", "time", "id", "stream_id", "cpu")
 
 
 def sample_id_bytes(cfg: ParseConfig, *, pid: int = 0, tid: int = 0, time: int = 0,
@@ -334,15 +326,32 @@ _SAMPLE_HEAD = (
 )
 
 
+_HEAD_OUT = ("identifier", "id", "ip", "pid", "tid", "time", "addr", "stream", "cpu", "period")
+
+
+@lru_cache(maxsize=64)
+def _layout(table, sample_type: int, wanted: "tuple[str, ...]") -> "tuple[struct.Struct, tuple]":
+    """The fields of ``table`` that ``sample_type`` selects, as one struct,
+    and for each name in ``wanted`` its index in the unpacked values (-1:
+    absent; the values get a None appended for it)."""
+    fmt, names = "<", []
+    for flag, ns in table:
+        if sample_type & flag:
+            fmt += "Q" if len(ns) == 1 else "II"
+            names.extend(ns)
+    index = tuple(max((i for i, n in enumerate(names) if n == w), default=-1) for w in wanted)
+    return struct.Struct(fmt), index
+
+
 def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
     """Decode the body (after the 8-byte header) of a PERF_RECORD_SAMPLE."""
     st = cfg.sample_type
-    off = 0
-    f: dict = {}
     callchain: tuple = ()
     read: tuple = ()
     try:
-        off = _unpack_fields(_SAMPLE_HEAD, st, body, off, f)
+        head, ix = _layout(_SAMPLE_HEAD, st, _HEAD_OUT)
+        v = head.unpack_from(body, 0) + (None,)
+        off = head.size
         if st & PERF_SAMPLE_READ:
             read, off = _read_values(body, off, cfg.read_format)
         if st & PERF_SAMPLE_CALLCHAIN:
@@ -356,11 +365,9 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
     except struct.error:
         raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
                             f"sample_type {st:#x})") from None
-    get = f.get
-    ident = get("identifier")
-    return Sample(ident if ident is not None else get("id"), get("ip"), get("pid"), get("tid"),
-                  get("time"), get("addr"), get("stream"), get("cpu"), get("period"),
-                  callchain, read, misc)
+    ident = v[ix[0]]
+    return Sample(ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
+                  v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read, misc)
 
 
 def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record:
