@@ -4,17 +4,38 @@ parsing and symbol lookup in a file.
 
 Internal: the user interfaces (``perfbp.cli``, ``perfbp.cli.tui``) may import
 it (tests/test_layers.py allows them this one path besides the front); it
-is not part of the API and may change.
+is not part of the API and may change.  As in the front, each name's module
+is imported when the name is first used, so a command pays only for what it
+uses.
 """
 
-from .run.check import CheckItem, CheckReport, run_checks
-from .kernel.launch import exit_status, resolve_command
-from .data.report import SORT_KEYS
-from .symbols.resolve import resolve_in_file
-from .planning.spec import WatchSpec
-from .planning.spec import parse as parse_watch
-from .kernel.system import online_cpus, parse_cpu_list, possible_cpus, process_exists
+from importlib import import_module
 
-__all__ = ["CheckItem", "CheckReport", "SORT_KEYS", "WatchSpec", "exit_status",
-           "online_cpus", "parse_cpu_list", "parse_watch", "possible_cpus",
-           "process_exists", "resolve_command", "resolve_in_file", "run_checks"]
+#: name -> (module, name in it)
+_NAMES = {
+    "CheckItem": ("run.check", "CheckItem"),
+    "CheckReport": ("run.check", "CheckReport"),
+    "run_checks": ("run.check", "run_checks"),
+    "exit_status": ("kernel.launch", "exit_status"),
+    "resolve_command": ("kernel.launch", "resolve_command"),
+    "SORT_KEYS": ("data.report", "SORT_KEYS"),
+    "resolve_in_file": ("symbols.resolve", "resolve_in_file"),
+    "WatchSpec": ("planning.spec", "WatchSpec"),
+    "parse_watch": ("planning.spec", "parse"),
+    "online_cpus": ("kernel.system", "online_cpus"),
+    "parse_cpu_list": ("kernel.system", "parse_cpu_list"),
+    "possible_cpus": ("kernel.system", "possible_cpus"),
+    "process_exists": ("kernel.system", "process_exists"),
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    try:
+        module, attr = _NAMES[name]
+    except KeyError:
+        raise AttributeError(f"module 'perfbp._plumbing' has no attribute {name!r}") from None
+    value = getattr(import_module(f"perfbp.{module}"), attr)
+    globals()[name] = value
+    return value

@@ -21,7 +21,6 @@ from .perfdata import (HEADER_NRCPUS, FileAttr, Recording,
                        read_recording, stream_extras)
 from ..kernel._uapi import PERF_SAMPLE_ADDR
 from ..kernel.records import Comm, Lost, LostSamples, Mmap, Read, Task, decode_bulk
-from ..symbols.lines import line_table
 from ..symbols.elf import Location, Symbolizer
 
 SORT_KEYS = ("watch", "symbol", "thread", "cpu")
@@ -537,6 +536,8 @@ def source_of(loc: Location) -> "str | None":
     data breakpoints trap once it is done), so the line is that of ip - 1."""
     if loc.vaddr is None or not loc.dso.startswith("/"):
         return None
+    from ..symbols.lines import line_table  # DWARF: only when a writer is shown
+
     table = line_table(loc.dso)
     if table is None:
         return None
