@@ -18,7 +18,6 @@ Truncated or corrupt input never crashes either path: the result is data, or
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Optional, Union
 
@@ -329,11 +328,23 @@ _SAMPLE_HEAD = (
 _HEAD_OUT = ("identifier", "id", "ip", "pid", "tid", "time", "addr", "stream", "cpu", "period")
 
 
-@lru_cache(maxsize=64)
+_LAYOUTS: dict = {}  # (table id, sample_type) -> _layout's answer: one dict lookup a record
+
+
 def _layout(table, sample_type: int, wanted: "tuple[str, ...]") -> "tuple[struct.Struct, tuple]":
     """The fields of ``table`` that ``sample_type`` selects, as one struct,
     and for each name in ``wanted`` its index in the unpacked values (-1:
-    absent; the values get a None appended for it)."""
+    absent; the values get a None appended for it).  Cached per table and
+    sample_type (the tables are module constants)."""
+    found = _LAYOUTS.get((id(table), sample_type))
+    if found is None:
+        if len(_LAYOUTS) > 256:  # damaged files may bring any sample_type
+            _LAYOUTS.clear()
+        found = _LAYOUTS[(id(table), sample_type)] = _make_layout(table, sample_type, wanted)
+    return found
+
+
+def _make_layout(table, sample_type: int, wanted) -> "tuple[struct.Struct, tuple]":
     fmt, names = "<", []
     for flag, ns in table:
         if sample_type & flag:

@@ -291,7 +291,7 @@ class Run:
             attached target).
         """
         child = self.child
-        pidfd = self._pidfd()
+        pidfd = self.target_pidfd()
         if pidfd is None:
             return "exit", None  # the process is gone already
         poller = select.poll()
@@ -320,7 +320,7 @@ class Run:
                     mux.rotate()
                 if on_wake is not None:
                     on_wake()
-                if any(fd == pidfd for fd, _ev in events) or self._thread_gone():
+                if any(fd == pidfd for fd, _ev in events) or self.target_gone():
                     return (ending.ended_by if ending else "exit"), \
                         (child.wait() if child is not None else None)
                 now = time.monotonic()
@@ -340,7 +340,7 @@ class Run:
             if pidfd >= 0:
                 os.close(pidfd)
 
-    def _pidfd(self) -> "int | None":
+    def target_pidfd(self) -> "int | None":
         """A pidfd that becomes readable when the target ends (-1: none to
         poll, a thread is checked in /proc; None: the process is gone)."""
         if self.child is not None:
@@ -355,7 +355,8 @@ class Run:
                 return -1  # a thread id that is not a process: /proc is polled
         return -1
 
-    def _thread_gone(self) -> bool:
+    def target_gone(self) -> bool:
+        """A watched thread (which has no pidfd to poll) is gone."""
         t = self.target
         return (self.child is None and t.kind == "thread" and t.pid > 0
                 and not os.path.exists(f"/proc/{t.pid}"))

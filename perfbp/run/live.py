@@ -111,13 +111,8 @@ class LiveSession:
             # mappings (MMAP records)
             self._symbolizer().add_proc_maps(self.target.pid)
         self.run.start(self.mux)
-        if self.child is not None:
-            self._pidfd = self.child.pidfd_open()
-        elif self.target.kind == "process":
-            try:
-                self._pidfd = os.pidfd_open(self.target.pid)
-            except OSError:
-                self._pidfd = -1
+        fd = self.run.target_pidfd()
+        self._pidfd = -1 if fd is None else fd
         self.started = time.monotonic()
         self._next = self.started + self.interval
         self._last_tick = self.started
@@ -161,8 +156,7 @@ class LiveSession:
                     self.exit_code = self.child.wait()
                 self._tick(time.monotonic())
                 return ready
-            if self.target.kind == "thread" and self.target.pid > 0 \
-                    and not system.process_exists(self.target.pid):
+            if self.run.target_gone():
                 self.ended_by = "exit"
                 self._tick(time.monotonic())
                 return ready
