@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CC     ?= cc
 
-.PHONY: demo test bench check clean
+.PHONY: demo test bench check ffi clean
 
 $(BIN)/perfbp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(BIN)/perfbp demo/demo
 
 bench: $(BIN)/perfbp
 	$(BIN)/python benchmarks/bench_lifecycle.py
+
+# Rewrite perfbp/kernel/_abi_ffi.py after a change to perfbp/kernel/_uapi.py's CDEF.
+ffi: $(BIN)/perfbp
+	$(BIN)/python -m perfbp.kernel._ffi_build
 
 check: $(BIN)/perfbp
 	$(BIN)/perfbp check

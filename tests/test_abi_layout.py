@@ -591,3 +591,32 @@ def test_a_broken_declaration_fails_against_the_header(probe):
     for needle in ("perf_event_attr.bp_type", "perf_event_attr.precise_ip",
                    "perf_event_attr.bp_addr", "perf_event_attr.mmap_data"):
         assert needle in text, f"{needle!r} not reported in:\n{text}"
+
+
+# --------------------------------------------------------------------------
+# The declarations precompiled for cffi (perfbp.kernel._abi_ffi)
+# --------------------------------------------------------------------------
+
+def test_the_precompiled_declarations_are_current():
+    """``_abi_ffi.py`` is what ``make ffi`` writes for today's ``_uapi.CDEF``."""
+    from perfbp.kernel import _ffi_build
+
+    with open(_ffi_build.PATH) as committed:
+        assert committed.read() == _ffi_build.module_text(), (
+            "perfbp/kernel/_abi_ffi.py is stale: run `make ffi` and commit it")
+
+
+def test_abi_uses_the_precompiled_declarations():
+    from perfbp.kernel import _abi_ffi
+
+    assert abi.ffi is _abi_ffi.ffi
+
+
+@pytest.mark.parametrize("struct", sorted(STRUCTS))
+def test_precompiled_and_parsed_declarations_lay_out_alike(struct, monkeypatch):
+    """Without the precompiled module (a cffi too old to load it), abi parses
+    the cdef itself, and the layout is the same, bit for bit."""
+    monkeypatch.setitem(sys.modules, "perfbp.kernel._abi_ffi", None)  # import fails
+    parsed = abi._load_ffi()
+    assert parsed is not abi.ffi
+    assert cffi_layout(struct, parsed) == cffi_layout(struct, abi.ffi)

@@ -18,7 +18,9 @@ A module may import perfbp modules of its own layer or lower, with two
 exceptions: layer 2 must not import layer 1, and layer 5 may import only
 ``perfbp`` itself (names it exports), ``perfbp._plumbing`` (what the CLI needs
 beyond the API) and other layer-5 modules.  ``cffi`` may be imported by
-perfbp.kernel.abi only; ``mmap`` by perfbp.kernel.abi and perfbp.kernel.ring
+perfbp.kernel.abi and by perfbp.kernel._ffi_build, which precompiles the
+declarations abi loads (perfbp.kernel._abi_ffi, the one user of
+``_cffi_backend``); ``mmap`` by perfbp.kernel.abi and perfbp.kernel.ring
 (which maps the ring buffer).  A new directory must be placed in the map.
 """
 
@@ -50,6 +52,8 @@ DIRECTORY_LAYERS = {
 #: Modules whose role sets them apart in their directory.
 ROLES = {
     "perfbp.kernel._uapi": 0,      # kernel layouts and constants: pure data
+    "perfbp.kernel._abi_ffi": 0,   # _uapi's declarations precompiled for cffi
+    "perfbp.kernel._ffi_build": 0, # writes _abi_ffi (make ffi)
     "perfbp.kernel.abi": 1,        # the only module that calls the kernel
     "perfbp.kernel.arch": 2,       # pure cores: they need no kernel
     "perfbp.kernel.breakpoint": 2,
@@ -113,7 +117,8 @@ UI_LAYER = 5
 #: uses it to allocate the memory cells its self-check watches); add
 #: ``"ctypes": {"perfbp.kernel.abi"}`` here to confine every FFI to abi.
 RESTRICTED_IMPORTS = {
-    "cffi": {"perfbp.kernel.abi"},
+    "cffi": {"perfbp.kernel.abi", "perfbp.kernel._ffi_build"},
+    "_cffi_backend": {"perfbp.kernel._abi_ffi"},
     "mmap": {"perfbp.kernel.abi", "perfbp.kernel.ring"},
 }
 
@@ -436,9 +441,9 @@ def test_self_test_upward_and_restricted_imports():
     )
     bad = _check("perfbp.errors", source)
     assert bad == [
-        "perfbp/errors.py:1 imports cffi: only perfbp.kernel.abi may import cffi",
+        "perfbp/errors.py:1 imports cffi: only perfbp.kernel._ffi_build, perfbp.kernel.abi may import cffi",
         "perfbp/errors.py:2 imports mmap: only perfbp.kernel.abi, perfbp.kernel.ring may import mmap",
-        "perfbp/errors.py:3 imports cffi: only perfbp.kernel.abi may import cffi",
+        "perfbp/errors.py:3 imports cffi: only perfbp.kernel._ffi_build, perfbp.kernel.abi may import cffi",
         "perfbp/errors.py:4 imports perfbp.kernel.counter (layer 0 -> layer 3): "
         "imports must point downward",
         "perfbp/errors.py:5 imports perfbp.cli (layer 0 -> layer 5): "

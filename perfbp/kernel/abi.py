@@ -1,7 +1,8 @@
 """The ABI layer: the only module that touches cffi, the syscall and the ioctls.
 
 It hands the declarations of :mod:`perfbp.kernel._uapi` to cffi (ABI mode, no
-compiler needed at install time), opens events with ``perf_event_open(2)``,
+compiler needed at install time; the declarations come precompiled in
+:mod:`perfbp.kernel._abi_ffi`, see :mod:`perfbp.kernel._ffi_build`), opens events with ``perf_event_open(2)``,
 runs the ``PERF_EVENT_IOC_*`` ioctls and reads counts.  Every failure of a
 call is turned into :class:`OSError` with the call's errno by :func:`_check`,
 the one place that does so; the layers above turn OSError into perfbp's own
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import fcntl as _fcntl
 import os
-import platform
 import struct
 
 from cffi import FFI
@@ -28,11 +28,25 @@ from ._uapi import (
     PERF_FLAG_FD_CLOEXEC,
 )
 
-ffi = FFI()
-ffi.cdef(_uapi.CDEF)
+
+
+def _load_ffi():
+    """The FFI of ``_uapi.CDEF``: the precompiled tables, or the cdef parsed
+    here when this cffi cannot load them (a cffi older than the one that wrote
+    them refuses their version with ImportError)."""
+    try:
+        from ._abi_ffi import ffi as precompiled
+    except ImportError:
+        parsed = FFI()
+        parsed.cdef(_uapi.CDEF)
+        return parsed
+    return precompiled
+
+
+ffi = _load_ffi()
 lib = ffi.dlopen(None)
 
-MACHINE = platform.machine()
+MACHINE = os.uname().machine  # platform.machine(), without importing platform
 try:
     NR_PERF_EVENT_OPEN = _uapi.NR_PERF_EVENT_OPEN[MACHINE]
 except KeyError:  # pragma: no cover - depends on the machine

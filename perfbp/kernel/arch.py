@@ -10,7 +10,7 @@ EINVAL.  Pure Python; no kernel needed.
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import dataclass
 
 from ._uapi import HW_BREAKPOINT_R, HW_BREAKPOINT_RW, HW_BREAKPOINT_W, HW_BREAKPOINT_X
@@ -82,7 +82,7 @@ ARM64 = ArchRules(
 KNOWN = {"x86_64": X86_64, "aarch64": ARM64}
 
 
-_CURRENT = KNOWN.get(platform.machine(), X86_64)
+_CURRENT = KNOWN.get(os.uname().machine, X86_64)
 
 
 def current() -> ArchRules:
