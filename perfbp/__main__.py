@@ -1,3 +1,3 @@
-from perfbp.cli import main
+from perfbp.cli import console
 
-main()
+console()

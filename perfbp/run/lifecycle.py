@@ -29,13 +29,15 @@ import select
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..kernel.breakpoint import Breakpoint
 from ..kernel.counter import Counter
 from ..kernel.events import EventOptions, Target
 from .follow import ExecCheck, HolderArmer, MuxArmer, opening_watches, prepare_run
-from ..kernel.sampling import Sampler
+
+if TYPE_CHECKING:  # imported where a run samples: a counting run needs no ring
+    from ..kernel.sampling import Sampler
 
 #: seconds a command perfbp ends gets between the signal and SIGKILL
 TERM_GRACE = 2.0
@@ -224,6 +226,8 @@ class Run:
                           for bp in w.pieces]
                 options["remove_on_exec"] = [self.arming[wi] == "image"
                                              for wi, _bp, _ek in pieces]
+            from ..kernel.sampling import Sampler
+
             sampler = Sampler([p[1] for p in pieces], self.target, track=True,
                               enable_on_exec=self.at_exec,
                               exclude_kernel=[p[2] for p in pieces], **options)
