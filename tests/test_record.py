@@ -41,7 +41,9 @@ from pathlib import Path
 import pytest
 from conftest import machine_disturbed
 
+import perfbp
 from perfbp.data.perfdata import read_recording
+from perfbp.kernel._uapi import PERF_SAMPLE_ADDR, PERF_SAMPLE_PERIOD
 from perfbp.kernel.records import decode_bulk
 from perfbp.data.report import load_report
 
@@ -56,7 +58,7 @@ EXIT_STATUS = 3            # rec_writers' exit status in the shared recording
 TIMEOUT = 60               # seconds; nothing comes near it unless something hangs
 ADDR_NO_RANDOMIZE = 0x0040000
 SLOT_WAIT = 15             # seconds to wait for slots held by other programs
-SAMPLE_BYTES = 64          # a perfbp sample: header + 7 u64 fields (no callchain)
+SAMPLE_BYTES = 48          # a perfbp sample: header + 5 u64 fields (no callchain)
 
 
 # -- building and running ------------------------------------------------------------
@@ -168,18 +170,18 @@ def workload_tids(stdout: str) -> "tuple[int, int, int]":
     return main, t0, t1
 
 
-def perf_script_samples(perf: str, path: Path) -> "list[tuple[int, int, int, int]]":
-    """(time ns, tid, ip, addr) of every sample, as ``perf script`` prints them."""
-    out = run_perf(perf, "script", "-i", str(path), "-F", "tid,ip,time,addr", "--ns").stdout
+def perf_script_samples(perf: str, path: Path) -> "list[tuple[int, int, int]]":
+    """(time ns, tid, ip) of every sample, as ``perf script`` prints them."""
+    out = run_perf(perf, "script", "-i", str(path), "-F", "tid,ip,time", "--ns").stdout
     rows = []
     for line in out.splitlines():
         if not line.strip():
             continue
-        # "  28954  3461.127538578:           404070           401144"
-        tid, when, addr, ip = line.split()
+        # "  28954  3461.127538578:           401144"
+        tid, when, ip = line.split()
         sec, nsec = when.rstrip(":").split(".")
         assert len(nsec) == 9, line
-        rows.append((int(sec) * 10**9 + int(nsec), int(tid), int(ip, 16), int(addr, 16)))
+        rows.append((int(sec) * 10**9 + int(nsec), int(tid), int(ip, 16)))
     return sorted(rows)
 
 
@@ -188,14 +190,18 @@ def perf_script_fields(perf: str, path: Path, fields: str) -> "list[list[str]]":
     return [line.split() for line in out.splitlines() if line.strip()]
 
 
-def perfbp_samples(path: Path) -> "list[tuple[int, int, int, int]]":
-    """(time ns, tid, ip, addr) of every sample, by perfbp's own decoder."""
+def perfbp_samples(path: Path) -> "list[tuple[int, int, int]]":
+    """(time ns, tid, ip) of every sample, by perfbp's own decoder."""
     rec = read_recording(str(path))
     cols, _others = decode_bulk(rec.data, rec.config)
     if not len(cols):
         return []
-    return sorted(zip(cols.time.tolist(), cols.tid.tolist(), cols.ip.tolist(),
-                      cols.addr.tolist()))
+    return sorted(zip(cols.time.tolist(), cols.tid.tolist(), cols.ip.tolist()))
+
+
+def sampled_addresses(path: Path) -> "set[int]":
+    """The watched addresses the samples hit, as load_samples gives them."""
+    return set(perfbp.load_samples(str(path)).columns["addr"].tolist())
 
 
 class Lines:
@@ -295,9 +301,12 @@ def test_perf_script_lists_exactly_perfbps_samples(kind, perf, request):
     theirs = perf_script_samples(perf, rec.path)
     assert len(ours) == TOTAL
     assert len(theirs) == TOTAL
-    assert theirs == ours  # (time ns, tid, ip, addr), sample for sample
-    assert {addr for _t, _tid, _ip, addr in ours} == {rec.addr}
-    tids = collections.Counter(tid for _t, tid, _ip, _a in ours)
+    assert theirs == ours  # (time ns, tid, ip), sample for sample
+    assert sampled_addresses(rec.path) == {rec.addr}
+    # lean samples: no ADDR (the watch's address) nor PERIOD (1), as perf's
+    assert not read_recording(str(rec.path)).config.sample_type & (
+        PERF_SAMPLE_ADDR | PERF_SAMPLE_PERIOD)
+    tids = collections.Counter(tid for _t, tid, _ip in ours)
     assert tids == {rec.t0: N, rec.t1: N, rec.main: 1}
 
 
@@ -486,7 +495,8 @@ def test_record_running_process(perf, progs, tmp_path):
 
     samples = perfbp_samples(path)
     assert len(samples) == N
-    assert {(tid, a) for _t, tid, _ip, a in samples} == {(run.writer, run.addr)}
+    assert {tid for _t, tid, _ip in samples} == {run.writer}
+    assert sampled_addresses(path) == {run.addr}
 
     # perf names the thread and the function from the synthesized COMM and MMAP2
     rows = perf_script_fields(perf, path, "comm,tid,ip,sym,dso")

@@ -124,3 +124,27 @@ def test_samples_carry_thread_address_and_ip(writer):
     fn = ctypes.cast(lib.write_u64, ctypes.c_void_p).value
     assert fn < ips.pop() < fn + 64
     assert set(batch.watch.tolist()) == {0}
+
+
+def test_samples_leave_out_what_carries_nothing(writer):
+    """PERIOD (1) and ADDR (the watch's, known from the id) are not asked for
+    unless the events may move; then ADDR is there and tells the breakpoint."""
+    from perfbp.kernel._uapi import (PERF_SAMPLE_ADDR, PERF_SAMPLE_CPU, PERF_SAMPLE_IDENTIFIER,
+                                     PERF_SAMPLE_IP, PERF_SAMPLE_TID, PERF_SAMPLE_TIME)
+
+    lib, addr = writer
+    lean = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME
+            | PERF_SAMPLE_CPU)
+    here = perfbp.Target.this_thread()
+    with Sampler([perfbp.Breakpoint.write(addr, 8)], here) as s:
+        assert s.sample_type == lean
+        with pytest.raises(RuntimeError, match="addr=True"):
+            s.slot(0).retarget(perfbp.Breakpoint.write(addr + 8, 8))
+    with Sampler([perfbp.Breakpoint.write(addr, 8)], here, addr=True) as s:
+        assert s.sample_type == lean | PERF_SAMPLE_ADDR
+        lib.write_u64(addr, 7)
+        s.slot(0).retarget(perfbp.Breakpoint.write(addr + 8, 8))
+        lib.write_u64(addr + 8, 11)
+        batch = s.read()
+    addrs = batch.samples.addr.tolist()
+    assert (addrs.count(addr), addrs.count(addr + 8)) == (7, 11)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .perfdata import read_recording
+from .perfdata import FileAttr, read_recording
 from ..kernel.records import COLUMNS, decode_bulk
 
 
@@ -68,6 +68,10 @@ class Samples:
 def load_samples(path: str) -> Samples:
     """Every sample of a recording, as columns.
 
+    ``addr`` is the watched address each sample hit (its breakpoint's
+    ``bp_addr``: a breakpoint's sample never holds the address accessed),
+    whether or not the samples carry it.
+
     Raises:
         CorruptRecording / PerfbpError: the file is not a readable recording.
     """
@@ -83,13 +87,25 @@ def load_samples(path: str) -> Samples:
     event_watch = [order.index(nm) if nm is not None else -1 for nm in names]
     id_map = {i: event_watch[e] for i, e in rec.id_to_event().items()}
     n = len(cols)
+    # a breakpoint's sample carries (as ADDR, when asked) its event's bp_addr:
+    # without ADDR, it is the attr's (the event never moved: see Sampler)
+    event_addr = [FileAttr.decode(ev.attr).bp_addr if ev.is_breakpoint else 0
+                  for ev in rec.events]
     if n and cols.id is not None and id_map:
         keys = np.array(sorted(id_map), dtype=np.uint64)
-        vals = np.array([id_map[int(k)] for k in keys], dtype=np.int64)
         pos = np.minimum(np.searchsorted(keys, cols.id), len(keys) - 1)
-        watch = np.where(keys[pos] == cols.id, vals[pos], 0)
+        found = keys[pos] == cols.id
+        vals = np.array([id_map[int(k)] for k in keys], dtype=np.int64)
+        watch = np.where(found, vals[pos], 0)
+        if cols.addr is None:
+            by_id = rec.id_to_event()
+            addrs = np.array([event_addr[by_id[int(k)]] for k in keys], dtype=np.uint64)
+            cols.addr = np.where(found, addrs[pos], np.uint64(0))
     else:
         watch = np.zeros(n, dtype=np.int64)
+        if cols.addr is None:  # samples without ids: one breakpoint event
+            first = next((a for a, ev in zip(event_addr, rec.events) if ev.is_breakpoint), 0)
+            cols.addr = np.full(n, first, dtype=np.uint64)
     out = {"watch": watch.astype(np.int64)}
     for name in COLUMNS:
         col = getattr(cols, name)

@@ -30,7 +30,6 @@ from ._uapi import (
     PERF_SAMPLE_CPU,
     PERF_SAMPLE_IDENTIFIER,
     PERF_SAMPLE_IP,
-    PERF_SAMPLE_PERIOD,
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
 )
@@ -41,9 +40,14 @@ from .events import (EventOptions, Target, close_event, error_from_oserror, make
 from .records import Lost, ParseConfig, Record, SampleColumns, Task, decode_bulk
 from .ring import Ring
 
+#: What every sample carries: 48 bytes with its header (perf record -c 1: 32,
+#: without the id and the CPU).  Left out because they carry nothing:
+#: PERIOD (the kernel writes the hits since the last sample, which is the
+#: period, ours) and ADDR (a breakpoint's sample holds the event's
+#: ``bp_addr`` at the time, not the address accessed: the watch's, known from
+#: the id), unless the events are moved while they sample (``addr=True``).
 BASE_SAMPLE_TYPE = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
-                    | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU
-                    | PERF_SAMPLE_PERIOD)
+                    | PERF_SAMPLE_TIME | PERF_SAMPLE_CPU)
 DEFAULT_RING_PAGES = 512  # 2 MiB per CPU: ~40,000 samples, ~0.4 s of hits at full rate
 
 
@@ -128,6 +132,11 @@ class Sampler:
             perf needs to name threads and symbolize ips).
         remove_on_exec: per watch (or for all), have the kernel remove its
             events from a task that execs (a watch on a name of the program).
+        addr: have each sample carry the breakpoint's address (PERF_SAMPLE_ADDR)
+            too: needed when the events are moved while they sample (the
+            multiplexer, a name bound while the command runs), where the
+            address tells which breakpoint a sample hit.  Otherwise
+            :meth:`decode` fills ``samples.addr`` from the watch.
 
     Raises:
         PerfbpError: as :class:`~perfbp.Counter`; nothing is left open.
@@ -138,19 +147,17 @@ class Sampler:
                  enabled: bool = True, enable_on_exec: bool = False,
                  exclude_kernel: "bool | None | Sequence[bool | None]" = None,
                  track: bool = False, wakeup_fraction: int = 4,
-                 remove_on_exec: "bool | Sequence[bool]" = False) -> None:
+                 remove_on_exec: "bool | Sequence[bool]" = False, addr: bool = False) -> None:
         if period < 1:
             raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
         self.watches = list(watches)
         self.target = target
         self.period = period
-        self.sample_type = BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if callchain else 0)
-        if period > 1:
-            # perf_swevent_event() (which breakpoints go through) samples
-            # *every* hit, with period = 1, whenever PERF_SAMPLE_PERIOD is in
-            # sample_type, whatever sample_period says; so a real period needs
-            # the PERIOD field left out (the period is known: it is ours).
-            self.sample_type &= ~PERF_SAMPLE_PERIOD
+        # never PERF_SAMPLE_PERIOD: perf_swevent_event() (which breakpoints
+        # go through) samples *every* hit, with period = 1, whenever it is in
+        # sample_type, whatever sample_period says
+        self.sample_type = (BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if callchain else 0)
+                            | (PERF_SAMPLE_ADDR if addr else 0))
         self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST)
         self.ring_pages = ring_pages
         page = 4096
@@ -308,6 +315,10 @@ class Sampler:
             others.extend(recs)
         samples = SampleColumns.concat(parts)
         watch = np.concatenate(watch_parts) if watch_parts else np.zeros(0, dtype=np.int64)
+        if samples.addr is None and len(watch):
+            # unmoved events: each sample's address is its watch's
+            addrs = np.array([bp.address for bp in self.watches] + [0], dtype=np.uint64)
+            samples.addr = addrs[watch]  # watch -1 (an unknown id) -> 0
         if len(watch):
             counts = np.bincount(watch[watch >= 0], minlength=len(self.watches))
             for i in range(len(self.watches)):
@@ -458,6 +469,9 @@ class SamplerSlot:
         import errno as E
 
         s = self.sampler
+        if not s.sample_type & PERF_SAMPLE_ADDR:
+            raise RuntimeError("a Sampler made without addr=True cannot move its events: "
+                               "its samples would not tell which breakpoint they hit")
         inherit = s.target.inherit or s.target.kind == "process"
         for fd in self._fds():
             attr = make_attr(self.breakpoint, inherit, s._opts_of[fd])

@@ -172,6 +172,14 @@ class Run:
                             else self.target.describe())
         self._slots_preview = False  # arm_sampler opened the first turn's pieces
 
+    @property
+    def moves_events(self) -> bool:
+        """Whether an event may be re-pointed while it counts or samples: the
+        watches take turns, or a name of a launched command is bound (or
+        bound again, after an exec) while it runs."""
+        return (not self.plan.fits
+                or (self.child is not None and any(s is not None for s in self.child.specs)))
+
     # -- 2. arm ------------------------------------------------------------------------
     def arm_counters(self) -> "tuple[list[list[Counter]], object]":
         """Counters per watch (one per piece), or a multiplexer when the
@@ -229,7 +237,7 @@ class Run:
             from ..kernel.sampling import Sampler
 
             sampler = Sampler([p[1] for p in pieces], self.target, track=True,
-                              enable_on_exec=self.at_exec,
+                              enable_on_exec=self.at_exec, addr=self.moves_events,
                               exclude_kernel=[p[2] for p in pieces], **options)
             slots = [sampler.slot(j) for j in range(len(pieces))]
             if free:
