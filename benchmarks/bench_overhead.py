@@ -25,8 +25,9 @@ watched mode must see N per thread (perfbp stat's count, perfbp record's
 samples + lost, perf stat's count, perf record's samples).
 
 Per hit: (ns per iteration under the mode - ns per iteration unwatched), in
-microseconds.  Goal: ``perfbp record`` within 5% of ``perfbp stat``
-(record/stat <= 1.05, on the medians), in both variants.  The same ratio
+microseconds.  Goals, on the medians, in both variants: ``perfbp record``
+within 5% of ``perfbp stat`` (record/stat <= 1.05), and no dearer than
+``perf record -c 1`` (perfbp record / perf record <= 1.0).  The same ratio
 on each mode's fastest run is printed too: on a busy machine other
 processes only add time, so it is the steadier figure.
 
@@ -52,6 +53,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +63,7 @@ import time
 import _harness as harness
 
 GOAL_RATIO = 1.05
+GOAL_VS_PERF = 1.0
 DEFAULT_HITS = 500_009
 
 C_SOURCE = r"""
@@ -163,22 +166,45 @@ def mode_commands(mode: str, exe: str, addr: int, hits: int, threads: int,
     raise ValueError(mode)
 
 
+#: runs of one mode that may end in SIGTRAP before the benchmark gives up
+TRAP_RETRIES = 10
+RETRIED = {"trap": 0}
+
+
 def run_mode(mode: str, cmd: "list[str]", env: dict, cwd: str) -> dict:
     """Run once; return the loop's ns per iteration (per thread) and the hits
-    the tool saw (None when it does not say)."""
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-    wall = time.monotonic() - t0
+    the tool saw (None when it does not say).
+
+    A run whose program a SIGTRAP killed is run again (up to TRAP_RETRIES
+    times, counted in RETRIED): some hypervisors now and then deliver a debug
+    exception without its status, which the kernel passes on as a SIGTRAP
+    that kills the program under perf (perfbp's tracer drops those)."""
+    for _attempt in range(TRAP_RETRIES):
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=600)
+        wall = time.monotonic() - t0
+        # perf record dies of the signal; perf stat says so and exits 0
+        if proc.returncode != -signal.SIGTRAP and "Trace/breakpoint trap" not in proc.stderr:
+            break
+        RETRIED["trap"] += 1
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])}... exited {proc.returncode}: "
                            f"{proc.stderr.strip()[-400:]}")
-    ns = _loop_ns(proc.stdout)
+    try:
+        ns = _loop_ns(proc.stdout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{' '.join(cmd[:6])}...: {exc}: {proc.stderr.strip()[-400:]}") \
+            from None
     seen = lost = None
     if mode == "perfbp_stat":
         seen = sum(w["hits"] for w in _json_line(proc.stdout)["watches"])
     elif mode == "perfbp_record":
         j = _json_line(proc.stdout)
-        seen, lost = j["samples"], j["lost"]
+        # hits the kernel missed (a debug exception without its status) are
+        # in neither: perfbp counts them as recovered
+        seen = j["samples"] + sum(w.get("recovered", 0) for w in j["watches"])
+        lost = j["lost"]
     elif mode == "perf_stat":
         for line in proc.stderr.splitlines():
             first = line.split(",")[0].strip()
@@ -268,9 +294,15 @@ def ratio_rows(variant: str, res: dict) -> "list[dict]":
                      "ratio": prec["us_per_hit"] / pst["us_per_hit"], "goal": None,
                      "status": "-"})
     if rec and prec and prec["us_per_hit"] > 0:
+        r = rec["us_per_hit"] / prec["us_per_hit"]
         rows.append({"variant": variant, "label": f"{variant}: perfbp record / perf record",
-                     "ratio": rec["us_per_hit"] / prec["us_per_hit"], "goal": None,
-                     "status": "-"})
+                     "ratio": r, "goal": GOAL_VS_PERF,
+                     "status": "PASS" if r <= GOAL_VS_PERF else "MISS"})
+        if prec.get("us_per_hit_best", 0) > 0:
+            rows.append({"variant": variant,
+                         "label": f"{variant}: perfbp record / perf record, best runs",
+                         "ratio": rec["us_per_hit_best"] / prec["us_per_hit_best"],
+                         "goal": None, "status": "-"})
     if st and pst and pst["us_per_hit"] > 0:
         rows.append({"variant": variant, "label": f"{variant}: perfbp stat / perf stat",
                      "ratio": st["us_per_hit"] / pst["us_per_hit"], "goal": None,
@@ -361,6 +393,10 @@ def main(argv=None) -> int:
            if o["count_ok"] is False]
     if bad:
         warnings.append(f"hit counts off in: {', '.join(bad)}")
+    if RETRIED["trap"]:
+        result["trap_retries"] = RETRIED["trap"]
+        warnings.append(f"{RETRIED['trap']} run(s) ran again after a SIGTRAP killed the "
+                        f"program (debug exceptions delivered without their status)")
     return harness.finish(result, args.json, print_table, warnings)
 
 
