@@ -333,6 +333,9 @@ def test_close_releases_slot(libwork):
         assert info.value.errno == errno.ENOSPC == 28
         assert isinstance(info.value, OSError)
         assert open_fds() == before                 # the failure left no fd
+        # the refusal names perfbp's own four watches, on this thread
+        for i in range(4):
+            assert f"perfbp's mem:{a + 8 * i:#x}/8:w on this thread" in str(info.value)
         held.pop().close()
         with Counter(Breakpoint.write(a + 32, 8)) as fifth:
             libwork.write_u64(a + 32, P1009)
@@ -534,3 +537,29 @@ def test_closed_counter_refuses_every_verb():
             verb()
     assert c.breakpoint.address == ctypes.addressof(cell)
     c.close()  # twice is fine
+
+
+def test_each_thread_s_counters_are_entered_with_its_own_thread_id(libwork):
+    """The calling thread's fast path keeps one attr cache per thread: counters
+    opened in two threads hold slots in the ledger under their own ids."""
+    from perfbp.kernel.events import LEDGER
+
+    a = libwork.scratch
+    made = {}
+
+    def open_one(key, addr):
+        made[key] = (Counter(Breakpoint.write(addr, 8)), threading.get_native_id())
+
+    main = Counter(Breakpoint.write(a, 8))
+    worker = threading.Thread(target=open_one, args=("worker", a + 8))
+    worker.start()
+    worker.join()
+    try:
+        other, other_tid = made["worker"]
+        tasks = {LEDGER._by_fd[c.fds[0]][1] for c in (main, other)}
+        assert tasks == {threading.get_native_id(), other_tid}
+        assert other_tid != threading.get_native_id()
+    finally:
+        main.close()
+        other.close()
+

@@ -21,6 +21,7 @@ from .events import (
     make_attr,
     open_event_fd,
 )
+from .events import open_self as _open_self
 
 
 def _close_all(fds: list[int]) -> None:
@@ -97,6 +98,19 @@ class Counter:
                  target: "Target | None" = None, enabled: bool = True,
                  exclude_kernel: "bool | None" = None, enable_on_exec: bool = False,
                  options: "EventOptions | None" = None) -> None:
+        if (pid == 0 and cpu == -1 and target is None and options is None and not process
+                and not inherit and exclude_kernel is None and not enable_on_exec
+                and type(breakpoint) is Breakpoint):
+            # the calling thread with default options: the hot path, kept lean
+            self.breakpoint = breakpoint
+            self.target = _THIS_THREAD
+            self.options = options = _ENABLED if enabled else _DISABLED
+            self._attrs = self._views = self._attrs_enabled = None
+            self._enabled = enabled
+            self._fds = []  # for __del__, should the open fail
+            self._fds = [_open_self(breakpoint, options)]
+            self._tids = [0]
+            return
         if not isinstance(breakpoint, Breakpoint):
             raise TypeError(f"Counter needs a Breakpoint, not {type(breakpoint).__name__}")
         self.breakpoint = breakpoint

@@ -404,6 +404,54 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
     return fd
 
 
+def open_self(bp: Breakpoint, opts: EventOptions) -> int:
+    """:func:`open_event_fd` for the calling thread (pid 0, any CPU, no
+    inherit): the hot path of ``Counter(bp)``.  Each thread keeps, per
+    options, its attr buffers for user and kernel addresses and its own id.
+
+    Raises:
+        PerfbpError: as :func:`open_event_fd`.
+    """
+    try:
+        entry = _scratch.self_cache[id(opts)]
+    except (AttributeError, KeyError):
+        entry = _self_entry(opts)
+    else:
+        if entry[0] is not opts:
+            entry = _self_entry(opts)
+    exclude_kernel = opts.exclude_kernel
+    if exclude_kernel is None:  # user addresses: perf's :u
+        exclude_kernel = bp[0] + bp[1] - 1 < _TASK_SIZE_MAX
+    view = entry[2] if exclude_kernel else entry[4]
+    _BP_FIELDS.pack_into(view, _BP_FIELDS_AT, ACCESS_TYPES[bp[2]], bp[0], bp[1])
+    if TrapGuard._token is None:
+        TrapGuard.ensure()
+    try:
+        fd = abi.perf_event_open(entry[1] if exclude_kernel else entry[3], 0, -1)
+    except OSError as exc:
+        raise error_from_oserror(exc, bp=bp, pid=0, cpu=-1,
+                                 kernel_mode=not exclude_kernel) from None
+    _LEDGER_FDS[fd] = (bp, entry[5], -1, 0, None)
+    return fd
+
+
+def _self_entry(opts: EventOptions) -> tuple:
+    """``(opts, attr, view, attr, view, thread id)``: this thread's attrs
+    for ``opts`` excluding kernel mode, then not."""
+    cache = getattr(_scratch, "self_cache", None)
+    if cache is None:
+        cache = _scratch.self_cache = {}
+    if len(cache) > 64:
+        cache.clear()
+    parts: list = [opts]
+    for exclude_kernel in (True, False):
+        attr = abi.attr_from_bytes(_template(False, opts))
+        attr.exclude_kernel = 1 if exclude_kernel else 0
+        parts += [attr, abi.attr_view(attr)]
+    entry = cache[id(opts)] = (*parts, _native_id())
+    return entry
+
+
 def tracking_attr(inherit: bool, opts: EventOptions):
     """The attr of a tracking event: a software ``dummy`` event (it counts
     nothing and holds no debug register) that asks for the side-band records
