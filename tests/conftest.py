@@ -19,6 +19,11 @@ with the system's gcc, through the ``build`` fixture.  Python never reads or wri
 * ``run_unprivileged``: run a Python snippet that imports perfbp as root and
   then drops to nobody (uid/gid 65534, no groups, no capabilities).
 
+perfbp keeps a cache of DWARF indexes under ``$XDG_CACHE_HOME/perfbp``
+(perfbp.symbols.dwarf_cache): the session points ``XDG_CACHE_HOME`` at a
+directory of its own, for every test and the perfbp commands they run, so
+that no test reads or writes the user's ``~/.cache``.
+
 Machines that lose debug exceptions.  Some hypervisors now and then deliver
 a breakpoint's debug exception without its status (DR6 empty): the kernel
 then counts nothing and the program gets a SIGTRAP, which kills a workload
@@ -94,6 +99,14 @@ class Builder:
         self._names[name] = key
         self._built[key] = out
         return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_home(tmp_path_factory):
+    """``XDG_CACHE_HOME``: a directory of the session's (see the module's doc)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        yield
 
 
 @pytest.fixture(scope="session")

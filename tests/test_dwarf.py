@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perfbp.symbols import dwarf, dwarf_index
+from perfbp.symbols import dwarf, dwarf_accel, dwarf_cache, dwarf_file, dwarf_index
 from perfbp.symbols.dwarf import Member, parse_expr, resolve_member
 from perfbp.errors import InvalidBreakpoint, PerfbpError, SymbolNotFound
 
@@ -419,14 +419,18 @@ def test_fast_scan_agrees_with_pyelftools_walk(layouts, units):
 
 
 def test_index_is_cached_until_the_file_changes(build_dir):
-    """Resolving again reads nothing; a program rebuilt in place is read anew."""
+    """Resolving again reads no DWARF (the member is remembered); another
+    member of the same file reads it once more, from memory; a program
+    rebuilt in place is read anew."""
     src, exe = build_dir / "rebuilt.c", build_dir / "rebuilt"
     src.write_text("struct { char a; long b; } v;\nint main(void) { return v.a; }\n")
     gcc("-g", "-o", exe, src)
     assert resolve_member(str(exe), "v.b").offset == 8
-    before = dwarf._load_cached.cache_info()
+    before = dwarf_file._load.cache_info()
     assert resolve_member(str(exe), "v.b").offset == 8
-    after = dwarf._load_cached.cache_info()
+    assert dwarf_file._load.cache_info() == before
+    assert resolve_member(str(exe), "v.a").offset == 0
+    after = dwarf_file._load.cache_info()
     assert (after.hits, after.misses) == (before.hits + 1, before.misses)
     src.write_text("struct { char a; int pad[3]; long b; } v;\nint main(void) { return v.a; }\n")
     gcc("-g", "-o", exe, src)
@@ -440,10 +444,11 @@ def test_index_is_cached_until_the_file_changes(build_dir):
 def test_imports_only_stdlib_pyelftools_and_errors():
     """perfbp.symbols.dwarf is a pure core: the standard library, pyelftools, and of
     perfbp only the error hierarchy, system's open_regular (files are
-    opened only when regular: a FIFO named as a debug file cannot hang) and
-    its own variable index, perfbp.symbols.dwarf_index, held to the same rule."""
+    opened only when regular: a FIFO named as a debug file cannot hang),
+    the ELF reader and its own modules (the file, the index, the name
+    tables, the cache), held to the same rule."""
     seen = set()
-    for module in (dwarf, dwarf_index):
+    for module in (dwarf, dwarf_index, dwarf_file, dwarf_accel, dwarf_cache):
         for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
             if isinstance(node, ast.Import):
                 seen |= {alias.name for alias in node.names}
@@ -452,7 +457,8 @@ def test_imports_only_stdlib_pyelftools_and_errors():
     stdlib = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
     for name in seen:
         top = name.split(".")[0]
-        assert name in ("..errors", "..kernel.system", ".dwarf_index") or top == "elftools" \
+        assert name in ("..errors", "..kernel.system", ".dwarf_index", ".dwarf_file",
+                        ".dwarf_accel", ".dwarf_cache", ".elf", ".") or top == "elftools" \
             or top == "__future__" or stdlib is None or top in stdlib, name
     assert "..errors" in seen
 

@@ -7,15 +7,16 @@ the compiler laid it out.  The variable's address comes from elsewhere (the
 symbol table and the load bias, as for a plain name): a watch on
 ``config.flags`` is ``address(config) + offset`` for ``size`` bytes.
 
-What is read, with pyelftools, from the program's own file (or from its
-separate debug file, found by build-id or ``.gnu_debuglink`` as gdb does):
+What is read from the program's own file (or from its separate debug file,
+found by build-id or ``.gnu_debuglink`` as gdb does):
 
-* the ``DW_TAG_variable`` DIEs at file scope, indexed by name once per file
-  (a definition, or a declaration completed by a ``DW_AT_specification``),
-  by :mod:`perfbp.symbols.dwarf_index`'s scan of .debug_info's bytes, which decodes
-  only the top-level DIEs (libpython's 9 MB of DWARF in 0.2 s; pyelftools'
+* the ``DW_TAG_variable`` DIEs at file scope (a definition, or a declaration
+  completed by a ``DW_AT_specification``), found by name through
+  :mod:`perfbp.symbols.dwarf_file`: from the on-disk cache, a name table
+  the toolchain wrote, or :mod:`perfbp.symbols.dwarf_index`'s scan of
+  .debug_info's bytes (libpython's 9 MB of DWARF in 0.15 s; pyelftools'
   DIE walk, its fallback and its check in the tests, takes 3 s);
-* their types, through typedefs and ``const``/``volatile``/``restrict``/
+* with pyelftools, their types, through typedefs and ``const``/``volatile``/``restrict``/
   ``_Atomic``; struct, union and class members by ``DW_AT_name`` (anonymous
   members and base classes searched too) at ``DW_AT_data_member_location``;
   arrays by their ``DW_TAG_subrange_type`` children, one per dimension.
@@ -28,6 +29,10 @@ registers see bytes, so a bitfield member gives its whole storage unit (the
 ``unsigned`` that holds ``mode:3``), marked ``bitfield=True``; writes to its
 neighbours in that unit count as hits too.
 
+A member resolved once is kept in the cache (:mod:`perfbp.symbols.dwarf_cache`)
+under its canonical spelling (``table[3].next`` for ``table[0x3].next``):
+the next run answers it without reading DWARF or importing pyelftools.
+
 Pure Python over files; no kernel.
 """
 
@@ -35,19 +40,15 @@ from __future__ import annotations
 
 import difflib
 import errno
-import os
 import re
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from io import BytesIO
 from typing import Iterator, NamedTuple, Optional, Union
 
-from elftools.dwarf.enums import ENUM_DW_LANG
-
-from .dwarf_index import variable_index
+from . import dwarf_file
+from .dwarf_cache import CachedMember
+from .dwarf_file import DebugFile
 from ..errors import InvalidBreakpoint, SymbolNotFound
-from ..kernel.system import open_regular
 
 __all__ = ["Member", "parse_expr", "resolve_member"]
 
@@ -147,178 +148,38 @@ def parse_expr(expr: str) -> "tuple[str, list[Union[str, int]]]":
 
 
 # --------------------------------------------------------------------------
-# Reading the file: the variables' DIEs by name, once per file
+# The variables' DIEs (found by name by perfbp.symbols.dwarf_file)
 # --------------------------------------------------------------------------
 
 class _Var(NamedTuple):
     die: object            # the DIE that carries (or inherits) DW_AT_type
     type_die: object       # DW_AT_type, or None (a variable of unknown type)
-    definition: bool       # has DW_AT_location (or is not a declaration)
-    external: bool
 
 
-class _Debug:
-    """The DWARF of one file, and its global variables' DIE offsets by name.
-
-    The index is built once, by :func:`perfbp.symbols.dwarf_index.variable_index`
-    (a scan of the bytes, or pyelftools' slower DIE walk should that meet
-    something it does not know); DIEs are parsed by pyelftools only for the
-    names looked up."""
-
-    def __init__(self, path: str, debug_path: str, dwarf) -> None:
-        self.path = path
-        self.debug_path = debug_path
-        self.dwarf = dwarf
-        self.little_endian = dwarf.config.little_endian
-        self.index = variable_index(dwarf)
-        self._complete_types: "Optional[dict[tuple[str, str], object]]" = None
-        self.debug_key: "Optional[tuple[str, int, int, int]]" = None  # a separate file's
-
-    def variables(self, name: str) -> "list[_Var]":
-        """The DIEs of the variables called ``name`` at file scope."""
-        out = []
-        for offset in self.index.get(name, ()):
-            die = self.dwarf.get_DIE_from_refaddr(offset)
-            decl = die
-            if "DW_AT_specification" in die.attributes:
-                decl = die.get_DIE_from_attribute("DW_AT_specification")
-            attrs = die.attributes
-            definition = "DW_AT_location" in attrs or (
-                "DW_AT_declaration" not in attrs and "DW_AT_const_value" not in attrs)
-            type_die = _target(die) if "DW_AT_type" in attrs else _target(decl)
-            external = bool(_attr(die, "DW_AT_external") or _attr(decl, "DW_AT_external"))
-            out.append(_Var(die, type_die, definition, external))
-        return out
-
-    def complete_type(self, tag: str, name: str):
-        """The first complete definition of struct/union/class ``name`` at
-        file scope, or None (read on first use: only declared-only types,
-        such as an ``extern`` variable's in a file built without -g, need it)."""
-        if self._complete_types is None:
-            found: dict[tuple[str, str], object] = {}
-            for cu in self.dwarf.iter_CUs():
-                for die in cu.get_top_DIE().iter_children():
-                    if die.tag in _AGGREGATES and "DW_AT_declaration" not in die.attributes:
-                        found.setdefault((die.tag, _name(die)), die)
-            self._complete_types = found
-        return self._complete_types.get((tag, name))
+def _variable(debug: DebugFile, entry) -> _Var:
+    """The DIE of an index's variable, and its type (from the declaration
+    a DW_AT_specification completes, when the definition has none)."""
+    die = debug.dwarf.get_DIE_from_refaddr(entry.offset)
+    if "DW_AT_type" in die.attributes:
+        return _Var(die, _target(die))
+    decl = die
+    if "DW_AT_specification" in die.attributes:
+        decl = die.get_DIE_from_attribute("DW_AT_specification")
+    return _Var(die, _target(decl))
 
 
-def _file_key(path: str) -> "tuple[str, int, int, int]":
-    st = os.stat(path)
-    return os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _load(path: str) -> _Debug:
-    """The DWARF of ``path`` (cached while the file is unchanged).
-
-    Raises:
-        SymbolNotFound: the file cannot be read, is not ELF, or has no DWARF.
-    """
-    from elftools.common.exceptions import DWARFError, ELFError
-
-    try:
-        key = _file_key(path)
-    except OSError as exc:
-        raise SymbolNotFound(f"cannot read the debug information of {path}: "
-                             f"{exc.strerror}; give the program's path", path=path) from None
-    try:
-        debug = _load_cached(key)
-        if debug.debug_key is not None and _stale(debug.debug_key):
-            _load_cached.cache_clear()  # the separate debug file changed: rare
-            debug = _load_cached(key)
-        return debug
-    except (ELFError, DWARFError, ValueError, KeyError, IndexError) as exc:
-        raise SymbolNotFound(f"cannot read the debug information of {path}: {exc}; "
-                             f"watch by address instead", path=path) from None
-    except OSError as exc:
-        if isinstance(exc, SymbolNotFound):
-            raise
-        raise SymbolNotFound(f"cannot read the debug information of {path}: "
-                             f"{exc.strerror or exc}", path=path) from None
-
-
-@lru_cache(maxsize=16)
-def _load_cached(key: "tuple[str, int, int, int]") -> _Debug:
-    from elftools.elf.elffile import ELFFile
-
-    path = key[0]
-    with open_regular(path) as f:
-        data = f.read()
-    elf = ELFFile(BytesIO(data))
-    debug_path = path
-    if not _has_dwarf(elf):
-        debug_path = _separate_debug_file(path, elf)
-        if debug_path is None:
-            raise SymbolNotFound(
-                f"{path} has no DWARF debug information: rebuild with -g, or "
-                f"watch by address", path=path)
-        with open_regular(debug_path) as f:
-            elf = ELFFile(BytesIO(f.read()))
-    # the DWARF sections are copied out of the file: nothing is kept open
-    debug = _Debug(path, debug_path, elf.get_dwarf_info())
-    debug.debug_key = _file_key(debug_path) if debug_path != path else None
-    return debug
-
-
-def _stale(key: "tuple[str, int, int, int]") -> bool:
-    try:
-        return _file_key(key[0]) != key
-    except OSError:
-        return True
-
-
-def _has_dwarf(elf) -> bool:
-    for name in (".debug_info", ".zdebug_info"):
-        sec = elf.get_section_by_name(name)
-        if sec is not None and sec["sh_type"] != "SHT_NOBITS" and sec["sh_size"]:
-            return True
-    return False
-
-
-def _separate_debug_file(path: str, elf) -> Optional[str]:
-    """The separate debug file of ``path``, where gdb looks for one: by
-    build-id under /usr/lib/debug/.build-id, then by ``.gnu_debuglink`` (its
-    CRC checked) next to the file, in its .debug/, and under /usr/lib/debug.
-
-    pyelftools (0.32+) reads the ``.gnu_debuglink`` section
-    (``ELFFile.get_dwarf_link``), and used here for that; its own following
-    of the link (``get_dwarf_info(follow_links=True)``) is not: it looks only
-    next to the file, not by build-id (a TODO in pyelftools 0.33) nor in
-    .debug/ and /usr/lib/debug, where distributions install debug files, and
-    a CRC that differs raises instead of trying the next place."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    candidates: list[tuple[str, Optional[int]]] = []
-    note_sec = elf.get_section_by_name(".note.gnu.build-id")
-    if note_sec is not None:
-        for note in note_sec.iter_notes():
-            if note["n_type"] == "NT_GNU_BUILD_ID":
-                bid = note["n_desc"]
-                candidates.append((f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug", None))
-    try:
-        link = elf.get_dwarf_link()
-    except ELFError:  # a damaged link: no file to look for there
-        link = None
-    if link is not None:
-        name = link.filename.decode("utf-8", "replace")
-        here = os.path.dirname(path)
-        for d in (here, os.path.join(here, ".debug"), "/usr/lib/debug" + here):
-            candidates.append((os.path.join(d, name), link.checksum))
-    for cand, crc in candidates:
-        if os.path.realpath(cand) == path or not os.path.isfile(cand):
-            continue
-        try:
-            with open_regular(cand) as f:
-                data = f.read()
-            if crc is not None and zlib.crc32(data) != crc:
-                continue
-            if _has_dwarf(ELFFile(BytesIO(data))):
-                return cand
-        except Exception:  # unreadable or not ELF: as if absent, as gdb does
-            continue
-    return None
+def _complete_type(debug: DebugFile, tag: str, name: str):
+    """The first complete definition of struct/union/class ``name`` at
+    file scope, or None (read on first use: only declared-only types,
+    such as an ``extern`` variable's in a file built without -g, need it)."""
+    if debug.complete_types is None:
+        found: dict[tuple[str, str], object] = {}
+        for cu in debug.dwarf.iter_CUs():
+            for die in cu.get_top_DIE().iter_children():
+                if die.tag in _AGGREGATES and "DW_AT_declaration" not in die.attributes:
+                    found.setdefault((die.tag, _name(die)), die)
+        debug.complete_types = found
+    return debug.complete_types.get((tag, name))
 
 
 # --------------------------------------------------------------------------
@@ -332,12 +193,20 @@ _KEYWORDS = {"DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union",
              "DW_TAG_class_type": "class", "DW_TAG_enumeration_type": "enum"}
 # languages whose arrays start at 1 unless DW_AT_lower_bound says otherwise
 # (DWARF 5, table 7.17 "Language default lower bound values")
-_ONE_BASED = frozenset(ENUM_DW_LANG[name] for name in (
-    "DW_LANG_Ada83", "DW_LANG_Ada95", "DW_LANG_Ada2005", "DW_LANG_Ada2012",
-    "DW_LANG_Cobol74", "DW_LANG_Cobol85", "DW_LANG_Fortran77", "DW_LANG_Fortran90",
-    "DW_LANG_Fortran95", "DW_LANG_Fortran03", "DW_LANG_Fortran08", "DW_LANG_Fortran18",
-    "DW_LANG_Julia", "DW_LANG_Modula2", "DW_LANG_Modula3", "DW_LANG_Pascal83",
-    "DW_LANG_PLI"))
+_ONE_BASED = ("DW_LANG_Ada83", "DW_LANG_Ada95", "DW_LANG_Ada2005", "DW_LANG_Ada2012",
+              "DW_LANG_Cobol74", "DW_LANG_Cobol85", "DW_LANG_Fortran77", "DW_LANG_Fortran90",
+              "DW_LANG_Fortran95", "DW_LANG_Fortran03", "DW_LANG_Fortran08",
+              "DW_LANG_Fortran18", "DW_LANG_Julia", "DW_LANG_Modula2", "DW_LANG_Modula3",
+              "DW_LANG_Pascal83", "DW_LANG_PLI")
+
+
+@lru_cache(maxsize=1)
+def _one_based() -> "frozenset[int]":
+    """The DW_LANG codes of :data:`_ONE_BASED` (pyelftools' enums are read
+    on first use: a cached member needs none of pyelftools)."""
+    from elftools.dwarf.enums import ENUM_DW_LANG
+
+    return frozenset(ENUM_DW_LANG[name] for name in _ONE_BASED)
 
 
 def _attr(die, name: str, default=None):
@@ -359,7 +228,7 @@ def _target(die):
     return die.get_DIE_from_attribute("DW_AT_type")
 
 
-def _peel(die, debug: _Debug):
+def _peel(die, debug: DebugFile):
     """``die`` without typedefs and qualifiers, and with a declared-only
     struct replaced by its complete definition when the file has one."""
     while die is not None and (die.tag == "DW_TAG_typedef" or die.tag in _QUALIFIERS):
@@ -367,7 +236,7 @@ def _peel(die, debug: _Debug):
     if die is not None and die.tag in _AGGREGATES and _attr(die, "DW_AT_declaration"):
         if "DW_AT_signature" in die.attributes:
             return _peel(die.get_DIE_from_attribute("DW_AT_signature"), debug)
-        die = debug.complete_type(die.tag, _name(die)) or die
+        die = _complete_type(debug, die.tag, _name(die)) or die
     return die
 
 
@@ -397,7 +266,7 @@ def _constant(die, name: str) -> Optional[int]:
 
 def _dims(array) -> "list[_Dim]":
     lang = _attr(array.cu.get_top_DIE(), "DW_AT_language")
-    default_lower = 1 if lang in _ONE_BASED else 0
+    default_lower = 1 if lang in _one_based() else 0
     dims = []
     for sub in array.iter_children():
         if sub.tag != "DW_TAG_subrange_type":
@@ -422,7 +291,7 @@ class _View(NamedTuple):
     skip: int = 0
 
 
-def _array_of(view: _View, debug: _Debug):
+def _array_of(view: _View, debug: DebugFile):
     """``(array DIE, its dimensions, dimensions already indexed)`` or None."""
     die = view.die if view.skip else _peel(view.die, debug)
     if die is None or die.tag != "DW_TAG_array_type":
@@ -430,7 +299,7 @@ def _array_of(view: _View, debug: _Debug):
     return die, _dims(die), view.skip
 
 
-def _size(view: _View, debug: _Debug) -> Optional[int]:
+def _size(view: _View, debug: DebugFile) -> Optional[int]:
     arr = _array_of(view, debug)
     if arr is not None:
         array, dims, skip = arr
@@ -502,7 +371,7 @@ def _type_name(die, inner: str = "") -> str:
     return _join(_name(die) or tag.replace("DW_TAG_", "<") + ">", inner)
 
 
-def _view_name(view: _View, debug: _Debug) -> str:
+def _view_name(view: _View, debug: DebugFile) -> str:
     if view.skip:
         array, dims, skip = _array_of(view, debug)
         return _type_name(_target(array), _dims_text(dims[skip:]))
@@ -535,7 +404,7 @@ def _member_location(member, expr: str) -> int:
         f"depends on the object's contents; watch it by address", expr=expr)
 
 
-def _members(aggregate, debug: _Debug) -> "Iterator[tuple[str, object, object]]":
+def _members(aggregate, debug: DebugFile) -> "Iterator[tuple[str, object, object]]":
     """``(name, member DIE, None)`` for every named data member, and
     ``("", member DIE, its type)`` for an anonymous struct/union member or a
     base class, whose members are reached through it."""
@@ -554,7 +423,7 @@ def _members(aggregate, debug: _Debug) -> "Iterator[tuple[str, object, object]]"
                 yield "", child, base
 
 
-def _find_member(aggregate, name: str, debug: _Debug, expr: str, depth: int = 0):
+def _find_member(aggregate, name: str, debug: DebugFile, expr: str, depth: int = 0):
     """``(member DIE, offset of its container from aggregate)`` or None."""
     nested = []
     for mname, member, inner in _members(aggregate, debug):
@@ -571,7 +440,7 @@ def _find_member(aggregate, name: str, debug: _Debug, expr: str, depth: int = 0)
     return None
 
 
-def _member_names(aggregate, debug: _Debug, depth: int = 0) -> "list[str]":
+def _member_names(aggregate, debug: DebugFile, depth: int = 0) -> "list[str]":
     names = []
     for mname, _member, inner in _members(aggregate, debug):
         if inner is None:
@@ -582,7 +451,7 @@ def _member_names(aggregate, debug: _Debug, depth: int = 0) -> "list[str]":
 
 
 def _bitfield_unit(member, container_size: Optional[int], base: int,
-                   debug: _Debug) -> "tuple[int, int]":
+                   debug: DebugFile) -> "tuple[int, int]":
     """``(offset, size)`` of the storage unit that holds a bitfield's bits,
     from the start of the member's container (``base`` is the offset of the
     container's part that declares it, for anonymous members)."""
@@ -630,24 +499,47 @@ def resolve_member(path: str, expr: str) -> Member:
             member of something that is not a struct, class or union, a
             pointer to follow, or a part whose size is unknown.
     """
+    name, steps = parse_expr(expr)
+    canonical = name + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps)
+    where = dwarf_file.origin(path)  # None: the full load says why
+    store = dwarf_file.store_for(where.key, where.source) if where is not None else None
+    if store is not None and canonical in store.members:
+        m = store.members[canonical]
+        return Member(m.variable, expr.strip(), m.offset, m.size, m.type_name, m.bitfield)
+    debug = dwarf_file.load(path)
+    if store is not None and store.source != debug.source:  # a later debug file's
+        store = dwarf_file.store_for(where.key, debug.source)
+    debug.store = store
+    try:
+        member = _resolve_in(debug, name, steps, expr)
+        if store is not None:
+            store.add_member(canonical, CachedMember(member.variable, member.offset,
+                                                     member.size, member.type_name,
+                                                     member.bitfield))
+        return member
+    finally:
+        if store is not None and store.dirty:
+            dwarf_file.remember(store)
+
+
+def _resolve_in(debug: DebugFile, name: str, steps: list, expr: str) -> Member:
     from elftools.common.exceptions import DWARFError, ELFError
 
-    name, steps = parse_expr(expr)
-    debug = _load(path)
     try:
         return _resolve(debug, name, steps, expr.strip())
     except (ELFError, DWARFError, KeyError, IndexError, ValueError) as exc:
-        raise SymbolNotFound(f"cannot resolve {expr!r}: the debug information of {path} "
-                             f"is damaged ({exc}); watch by address instead",
-                             path=path, expr=expr) from None
+        raise SymbolNotFound(f"cannot resolve {expr!r}: the debug information of "
+                             f"{debug.path} is damaged ({exc}); watch by address instead",
+                             path=debug.path, expr=expr) from None
 
 
-def _resolve(debug: _Debug, name: str, steps: list, expr: str) -> Member:
-    entries = debug.variables(name)
+def _resolve(debug: DebugFile, name: str, steps: list, expr: str) -> Member:
+    entries = debug.entries(name)
     if not entries:
         raise _unknown_variable(debug, name, expr)
     definitions = [v for v in entries if v.definition]
-    pool = [v for v in definitions if v.external] or definitions or entries
+    pool = [_variable(debug, v)
+            for v in [v for v in definitions if v.external] or definitions or entries]
     if len(pool) == 1:
         return _walk(debug, pool[0], name, steps, expr)
     answers, first_error = set(), None
@@ -669,17 +561,17 @@ def _resolve(debug: _Debug, name: str, steps: list, expr: str) -> Member:
     return answers.pop()
 
 
-def _unknown_variable(debug: _Debug, name: str, expr: str) -> SymbolNotFound:
-    close = difflib.get_close_matches(name, list(debug.index), n=5, cutoff=0.6)
+def _unknown_variable(debug: DebugFile, name: str, expr: str) -> SymbolNotFound:
+    close = difflib.get_close_matches(name, list(debug.index()), n=5, cutoff=0.6)
     if close:
         hint = f"; closest: {', '.join(close)}"
-    elif _symbol_kind(debug.path, name) == "STT_FUNC":
+    elif _symbol_kind(debug.path, name) == "func":
         hint = f"; {name} is a function: watch a variable, or {name}:x to trap its calls"
     elif _symbol_kind(debug.path, name) is not None:
         hint = (f"; {name} is in the symbol table, so the file that defines it was "
                 f"built without -g: rebuild it with -g, or watch {name}+OFFSET/LEN")
     else:
-        hint = (f" (it describes {len(debug.index)}; `readelf --debug-dump=info` "
+        hint = (f" (it describes {len(debug.index())}; `readelf --debug-dump=info` "
                 f"lists them); check the spelling, or watch by address")
     return SymbolNotFound(f"cannot resolve {expr!r}: no global variable {name!r} in the "
                           f"debug information of {debug.path}{hint}",
@@ -687,24 +579,18 @@ def _unknown_variable(debug: _Debug, name: str, expr: str) -> SymbolNotFound:
 
 
 def _symbol_kind(path: str, name: str) -> Optional[str]:
-    """The ELF type (``STT_OBJECT``, ``STT_FUNC`` ...) of a defined symbol
-    ``name`` of ``path``, or None."""
-    from elftools.elf.elffile import ELFFile
+    """The kind (``object``, ``func`` ...: :class:`perfbp.symbols.elf.Symbol`)
+    of a defined symbol ``name`` of ``path``, or None."""
+    from .elf import named_symbols
 
     try:
-        with open_regular(path) as f:
-            elf = ELFFile(f)
-            for table in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(table)
-                for sym in (sec.get_symbol_by_name(name) or []) if sec is not None else []:
-                    if sym["st_shndx"] != "SHN_UNDEF":
-                        return sym["st_info"]["type"]
-    except Exception:  # only a hint in a message: no hint is no harm
+        found = named_symbols(path).get(name)
+    except (OSError, ValueError):  # only a hint in a message: no hint is no harm
         return None
-    return None
+    return found[0].kind if found else None
 
 
-def _walk(debug: _Debug, var: _Var, name: str, steps: list, expr: str) -> Member:
+def _walk(debug: DebugFile, var: _Var, name: str, steps: list, expr: str) -> Member:
     def refuse(what: str) -> InvalidBreakpoint:
         return InvalidBreakpoint(f"cannot resolve {expr!r}: {what}", expr=expr)
 
@@ -780,7 +666,7 @@ def _walk(debug: _Debug, var: _Var, name: str, steps: list, expr: str) -> Member
     return Member(name, expr, offset, size, _view_name(view, debug))
 
 
-def _pointer_refusal(view: _View, debug: _Debug, done: str) -> str:
+def _pointer_refusal(view: _View, debug: DebugFile, done: str) -> str:
     """Why a pointer cannot be indexed or have members here ("" if no pointer)."""
     die = None if view.skip else _peel(view.die, debug)
     if die is not None and die.tag == "DW_TAG_pointer_type":

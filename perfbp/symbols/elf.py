@@ -1,21 +1,325 @@
-"""Turning instruction addresses into ``function+offset (object)``.
+"""ELF files: their headers and tables, and turning instruction addresses
+into ``function+offset (object)``.
+
+:class:`ElfReader` reads what perfbp needs of an ELF file (the file
+header, the program and section headers, the symbol tables, the dynamic
+section, relocations, the build-id note) with :mod:`struct`, from layouts
+declared once in :data:`ELF_LAYOUTS` by the gABI's own field names.
+pyelftools builds an object per symbol through construct: libpython's
+14,000 symbols take it 0.6 s, and its import alone 40 ms; the tables here
+are decoded whole with ``struct.iter_unpack`` (milliseconds).
+pyelftools remains the reader of DWARF (:mod:`perfbp.symbols.dwarf`).
 
 An ip seen in a sample is mapped through the process's mappings (MMAP /
 MMAP2 records, the same ones perf uses) to a file offset in an ELF object,
 then to the object's virtual address through its PT_LOAD segments, then to
-the function that contains it (``.symtab``, else ``.dynsym``), with
-pyelftools.  Pure Python over files; no kernel.
+the function that contains it (``.symtab``, else ``.dynsym``).  Pure Python
+over files; no kernel.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import os
+import struct
+from collections import namedtuple
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 from ..kernel.system import open_regular
+
+# --------------------------------------------------------------------------
+# The layouts (System V gABI, "Object Files"), by ELF class
+# --------------------------------------------------------------------------
+
+#: Each record as ``(field, struct code)`` pairs in the file's order; the
+#: byte order is the file's (``EI_DATA``).  ``Ehdr`` starts after
+#: ``e_ident``'s 16 bytes.
+ELF_LAYOUTS = {
+    64: {
+        "Ehdr": (("e_type", "H"), ("e_machine", "H"), ("e_version", "I"), ("e_entry", "Q"),
+                 ("e_phoff", "Q"), ("e_shoff", "Q"), ("e_flags", "I"), ("e_ehsize", "H"),
+                 ("e_phentsize", "H"), ("e_phnum", "H"), ("e_shentsize", "H"),
+                 ("e_shnum", "H"), ("e_shstrndx", "H")),
+        "Phdr": (("p_type", "I"), ("p_flags", "I"), ("p_offset", "Q"), ("p_vaddr", "Q"),
+                 ("p_paddr", "Q"), ("p_filesz", "Q"), ("p_memsz", "Q"), ("p_align", "Q")),
+        "Shdr": (("sh_name", "I"), ("sh_type", "I"), ("sh_flags", "Q"), ("sh_addr", "Q"),
+                 ("sh_offset", "Q"), ("sh_size", "Q"), ("sh_link", "I"), ("sh_info", "I"),
+                 ("sh_addralign", "Q"), ("sh_entsize", "Q")),
+        "Sym": (("st_name", "I"), ("st_info", "B"), ("st_other", "B"), ("st_shndx", "H"),
+                ("st_value", "Q"), ("st_size", "Q")),
+        "Dyn": (("d_tag", "q"), ("d_val", "Q")),
+        "Rel": (("r_offset", "Q"), ("r_info", "Q")),
+        "Rela": (("r_offset", "Q"), ("r_info", "Q"), ("r_addend", "q")),
+    },
+    32: {
+        "Ehdr": (("e_type", "H"), ("e_machine", "H"), ("e_version", "I"), ("e_entry", "I"),
+                 ("e_phoff", "I"), ("e_shoff", "I"), ("e_flags", "I"), ("e_ehsize", "H"),
+                 ("e_phentsize", "H"), ("e_phnum", "H"), ("e_shentsize", "H"),
+                 ("e_shnum", "H"), ("e_shstrndx", "H")),
+        "Phdr": (("p_type", "I"), ("p_offset", "I"), ("p_vaddr", "I"), ("p_paddr", "I"),
+                 ("p_filesz", "I"), ("p_memsz", "I"), ("p_flags", "I"), ("p_align", "I")),
+        "Shdr": (("sh_name", "I"), ("sh_type", "I"), ("sh_flags", "I"), ("sh_addr", "I"),
+                 ("sh_offset", "I"), ("sh_size", "I"), ("sh_link", "I"), ("sh_info", "I"),
+                 ("sh_addralign", "I"), ("sh_entsize", "I")),
+        "Sym": (("st_name", "I"), ("st_value", "I"), ("st_size", "I"), ("st_info", "B"),
+                ("st_other", "B"), ("st_shndx", "H")),
+        "Dyn": (("d_tag", "i"), ("d_val", "I")),
+        "Rel": (("r_offset", "I"), ("r_info", "I")),
+        "Rela": (("r_offset", "I"), ("r_info", "I"), ("r_addend", "i")),
+    },
+}
+#: ``ELFCLASS32``/``ELFCLASS64`` (``e_ident[EI_CLASS]``) and
+#: ``ELFDATA2LSB``/``ELFDATA2MSB`` (``e_ident[EI_DATA]``).
+EI_CLASS = {1: 32, 2: 64}
+EI_DATA = {1: "<", 2: ">"}
+ET_DYN = 3
+PT_LOAD, PT_INTERP, PT_NOTE = 1, 3, 4
+SHT_RELA, SHT_DYNAMIC, SHT_NOBITS, SHT_REL = 4, 6, 8, 9
+SHN_UNDEF, SHN_XINDEX = 0, 0xFFFF
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_TLS, STT_GNU_IFUNC = 0, 1, 2, 6, 10
+STB_LOCAL = 0
+DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH = 1, 14, 15, 29
+NT_GNU_BUILD_ID = 3
+#: ``(shift, mask)`` of ``r_info`` by class: ``ELF64_R_SYM(i) = i >> 32``,
+#: ``ELF64_R_TYPE(i) = i & 0xffffffff``; ``ELF32_R_SYM(i) = i >> 8``,
+#: ``ELF32_R_TYPE(i) = i & 0xff``.
+R_INFO = {64: (32, 0xFFFFFFFF), 32: (8, 0xFF)}
+#: ``e_machine`` by the names pyelftools gives them (others: ``EM_<number>``).
+E_MACHINE = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S390",
+             40: "EM_ARM", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV",
+             258: "EM_LOONGARCH"}
+
+_RECORDS = {(cls, order, name): (struct.Struct(order + "".join(c for _f, c in fields)),
+                                 namedtuple(f"Elf{cls}_{name}", [f for f, _c in fields]))
+            for cls, layouts in ELF_LAYOUTS.items() for order in EI_DATA.values()
+            for name, fields in layouts.items()}
+
+
+class ElfReader:
+    """The headers of one ELF file, and its sections' bytes on demand.
+
+    Use as a context manager (the file is open inside it).  ``segments``
+    and ``sections`` are lists of ``Phdr`` / ``Shdr`` named tuples with the
+    gABI's field names; ``names`` are the sections' names.
+
+    Raises:
+        OSError: the file cannot be read (or is not a regular file).
+        ValueError: it is not an ELF file, or its headers lie outside it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = open_regular(path)
+        try:
+            self._read_headers()
+        except (struct.error, IndexError, KeyError, UnicodeDecodeError) as exc:
+            self._file.close()
+            raise ValueError(f"{path} is not an ELF file: {exc}") from None
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> "ElfReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``.
+
+        Raises:
+            ValueError: they are not all in the file.
+        """
+        data = os.pread(self._file.fileno(), size, offset) if size else b""
+        if len(data) != size:
+            raise ValueError(f"{self.path}: {size} bytes at {offset:#x} are past its end")
+        return data
+
+    def _read_headers(self) -> None:
+        ident = self.read(0, 16)
+        if ident[:4] != b"\x7fELF":
+            raise ValueError(f"{self.path} is not an ELF file (no ELF magic)")
+        self.elfclass, self.order = EI_CLASS[ident[4]], EI_DATA[ident[5]]
+        fmt, Ehdr = self._record("Ehdr")
+        self.header = Ehdr._make(fmt.unpack(self.read(16, fmt.size)))
+        self.e_type = self.header.e_type
+        self.machine = E_MACHINE.get(self.header.e_machine, f"EM_{self.header.e_machine}")
+        h = self.header
+        self.segments = self._table(h.e_phoff, h.e_phnum, h.e_phentsize, "Phdr") \
+            if h.e_phoff else []
+        self.sections, self.names = [], []
+        if h.e_shoff:
+            shnum, shstrndx = h.e_shnum, h.e_shstrndx
+            if shnum == 0 or shstrndx == SHN_XINDEX:  # counts past 0xff00: in section 0
+                first = self._table(h.e_shoff, 1, h.e_shentsize, "Shdr")[0]
+                shnum = shnum or first.sh_size
+                shstrndx = first.sh_link if shstrndx == SHN_XINDEX else shstrndx
+            self.sections = self._table(h.e_shoff, shnum, h.e_shentsize, "Shdr")
+            if 0 < shstrndx < len(self.sections):
+                names = StringTable(self.data(self.sections[shstrndx]))
+                self.names = [names[s.sh_name] for s in self.sections]
+
+    def _record(self, name: str):
+        return _RECORDS[(self.elfclass, self.order, name)]
+
+    def _table(self, offset: int, count: int, entsize: int, name: str) -> list:
+        fmt, record = self._record(name)
+        if entsize < fmt.size or count > 1 << 20:
+            raise ValueError(f"{self.path}: a table of {count} {name} of {entsize} bytes")
+        data = self.read(offset, count * entsize)
+        return [record._make(fmt.unpack_from(data, i * entsize)) for i in range(count)]
+
+    def _fields(self, name: str, *fields: str) -> "operator.itemgetter":
+        """What picks ``fields``, in that order, from a raw record of layout
+        ``name`` (their order in the file depends on the class)."""
+        order = [f for f, _c in ELF_LAYOUTS[self.elfclass][name]]
+        return operator.itemgetter(*map(order.index, fields))
+
+    def section(self, name: str):
+        """The first section called ``name`` (a ``Shdr``), or None."""
+        try:
+            return self.sections[self.names.index(name)]
+        except ValueError:
+            return None
+
+    def data(self, shdr) -> bytes:
+        """A section's bytes (none for ``SHT_NOBITS``)."""
+        if shdr.sh_type == SHT_NOBITS:
+            return b""
+        return self.read(shdr.sh_offset, shdr.sh_size)
+
+    def rows(self, shdr, name: str, raw: bool = False) -> list:
+        """A section's records of layout ``name`` (``Sym``, ``Dyn``, ``Rela``
+        ...), as named tuples, or as plain tuples in the layout's order
+        (``raw``: three times faster, for tables of thousands).
+
+        Raises:
+            ValueError: the section's entry size does not fit the layout.
+        """
+        fmt, record = self._record(name)
+        entsize = shdr.sh_entsize or fmt.size
+        if entsize < fmt.size:
+            raise ValueError(f"{self.path}: {name} entries of {entsize} bytes")
+        data = self.data(shdr)
+        count = len(data) // entsize
+        if entsize == fmt.size:
+            rows = list(fmt.iter_unpack(data[:count * entsize]))
+        else:
+            rows = [fmt.unpack_from(data, i * entsize) for i in range(count)]
+        return rows if raw else list(map(record._make, rows))
+
+    def symbols(self, name: str) -> "Iterator[tuple[str, int, int, int, int]]":
+        """``(name, st_value, st_size, st_info, st_shndx)`` of each named
+        symbol of the table ``name`` (``.symtab`` or ``.dynsym``; nothing
+        when the file has none)."""
+        sec = self.section(name)
+        if sec is None or not 0 < sec.sh_link < len(self.sections):
+            return
+        strings = StringTable(self.data(self.sections[sec.sh_link]))
+        pick = self._fields("Sym", "st_name", "st_value", "st_size", "st_info", "st_shndx")
+        at = strings.at
+        for st_name, value, size, info, shndx in map(pick, self.rows(sec, "Sym", raw=True)):
+            if st_name:
+                yield at(st_name) or strings[st_name], value, size, info, shndx
+
+    def symbols_named(self, table: str, name: str
+                      ) -> "list[tuple[str, int, int, int, int]]":
+        """:meth:`symbols` of the table ``table`` called ``name``, found
+        without decoding the table: the name's offsets in the string table
+        and then those offsets in the symbols' ``st_name`` (the first field
+        of ``Sym`` in both classes) by :meth:`bytes.find`, in table order."""
+        sec = self.section(table)
+        if sec is None or not 0 < sec.sh_link < len(self.sections) or not name:
+            return []
+        strings, wanted = self.data(self.sections[sec.sh_link]), name.encode() + b"\0"
+        offsets, at = [], strings.find(wanted)
+        while at >= 0:
+            offsets.append(at)
+            at = strings.find(wanted, at + 1)
+        if not offsets:
+            return []
+        fmt, _record = self._record("Sym")
+        entsize = sec.sh_entsize or fmt.size
+        data = self.data(sec)
+        pick = self._fields("Sym", "st_value", "st_size", "st_info", "st_shndx")
+        hits = []
+        for offset in offsets:
+            pattern = struct.pack(self.order + "I", offset)
+            at = data.find(pattern)
+            while at >= 0:
+                if at % entsize == 0 and at + fmt.size <= len(data):
+                    hits.append((at, pick(fmt.unpack_from(data, at))))
+                at = data.find(pattern, at + 1)
+        return [(name, *row) for _at, row in sorted(hits)]
+
+    def defines_any(self, table: str) -> bool:
+        """Whether the table ``table`` has a named, defined symbol of a kind
+        :func:`named_symbols` keeps (read up to the first: a few entries)."""
+        sec = self.section(table)
+        if sec is None or not 0 < sec.sh_link < len(self.sections):
+            return False
+        fmt, record = self._record("Sym")
+        if (sec.sh_entsize or fmt.size) != fmt.size:
+            return any(shndx != SHN_UNDEF and info & 0xF in _KINDS
+                       for _n, _v, _s, info, shndx in self.symbols(table))
+        data = self.data(sec)
+        for row in fmt.iter_unpack(data[:len(data) // fmt.size * fmt.size]):
+            sym = record._make(row)
+            if sym.st_name and sym.st_shndx != SHN_UNDEF and sym.st_info & 0xF in _KINDS:
+                return True
+        return False
+
+    def build_id(self) -> Optional[str]:
+        """The ``NT_GNU_BUILD_ID`` note's bytes in hex, or None."""
+        for seg in self.segments:
+            if seg.p_type != PT_NOTE or seg.p_filesz > 1 << 16:
+                continue
+            data, pos = self.read(seg.p_offset, seg.p_filesz), 0
+            align = 8 if seg.p_align == 8 else 4
+            while pos + 12 <= len(data):
+                namesz, descsz, kind = struct.unpack_from(self.order + "III", data, pos)
+                name_at = pos + 12
+                desc_at = name_at + (namesz + align - 1) // align * align
+                pos = desc_at + (descsz + align - 1) // align * align
+                if kind == NT_GNU_BUILD_ID and data[name_at:name_at + namesz] == b"GNU\0":
+                    return data[desc_at:desc_at + descsz].hex() or None
+        return None
+
+
+class StringTable:
+    """A string table (``.strtab``, ``.dynstr``, ``.shstrtab``) read by
+    offset: split at its NULs once, so that thousands of names cost one
+    dictionary lookup each; an offset inside a string (a suffix two names
+    share) is found by search."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        raw = data.split(b"\0")
+        starts = itertools.accumulate((len(p) + 1 for p in raw), initial=0)
+        parts = (data.decode("ascii").split("\0") if data.isascii() else
+                 [p.decode("utf-8", "replace") for p in raw])
+        # the strings that start after a NUL (the last has no NUL after it)
+        self.at = dict(zip(starts, parts[:-1])).get
+
+    def __getitem__(self, offset: int) -> str:
+        """The NUL-terminated string at ``offset``.
+
+        Raises:
+            ValueError: ``offset`` is outside the table, or no NUL ends it.
+        """
+        found = self.at(offset)
+        if found is not None:
+            return found
+        end = self.data.find(b"\0", offset)
+        if offset >= len(self.data) or end < 0:
+            raise ValueError(f"string offset {offset:#x} outside a table of "
+                             f"{len(self.data)} bytes")
+        return self.data[offset:end].decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -50,32 +354,20 @@ class ElfObject:
     """The function symbols and load segments of one ELF file."""
 
     def __init__(self, path: str) -> None:
-        from elftools.elf.elffile import ELFFile
-
         self.path = path
-        self.segments: list[tuple[int, int, int]] = []  # (p_offset, p_filesz, p_vaddr)
         starts: dict[int, tuple[str, int]] = {}
-        with open_regular(path) as f:
-            elf = ELFFile(f)
-            self.pie_or_shared = elf["e_type"] == "ET_DYN"
-            for seg in elf.iter_segments():
-                if seg["p_type"] == "PT_LOAD":
-                    self.segments.append((seg["p_offset"], seg["p_filesz"], seg["p_vaddr"]))
-            for name in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(name)
-                if sec is None:
-                    continue
-                for sym in sec.iter_symbols():
-                    # pyelftools names STT_GNU_IFUNC (10) "STT_LOOS"
-                    if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC", "STT_LOOS"):
+        with ElfReader(path) as elf:
+            self.pie_or_shared = elf.e_type == ET_DYN
+            self.segments = [(s.p_offset, s.p_filesz, s.p_vaddr)  # (p_offset, p_filesz, p_vaddr)
+                             for s in elf.segments if s.p_type == PT_LOAD]
+            for table in (".symtab", ".dynsym"):
+                for name, addr, size, info, shndx in elf.symbols(table):
+                    if info & 0xF not in (STT_FUNC, STT_GNU_IFUNC) or shndx == SHN_UNDEF:
                         continue
-                    if sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
-                        continue
-                    addr = sym["st_value"]
                     # prefer the first table (.symtab) and sized symbols
-                    if addr not in starts or (starts[addr][1] == 0 and sym["st_size"]):
-                        starts[addr] = (sym.name, sym["st_size"])
-                if starts and name == ".symtab":
+                    if addr not in starts or (starts[addr][1] == 0 and size):
+                        starts[addr] = (name, size)
+                if starts and table == ".symtab":
                     break
         self._addrs = sorted(starts)
         self._syms = [starts[a] for a in self._addrs]
@@ -97,8 +389,7 @@ class ElfObject:
         return name, vaddr - start
 
 
-@dataclass(frozen=True)
-class Symbol:
+class Symbol(NamedTuple):
     """A named symbol of an ELF file (``st_value`` is a link-time address)."""
 
     name: str
@@ -122,35 +413,61 @@ def named_symbols(path: str) -> "dict[str, list[Symbol]]":
     return _named_symbols(real, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def symbols_named(path: str, name: str) -> "list[Symbol]":
+    """``named_symbols(path).get(name, [])``, without reading the whole
+    table when ``.symtab`` has the name (:meth:`ElfReader.symbols_named`:
+    a name among libpython's 14,000 symbols in a millisecond, against 35 ms
+    for the table).
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: it is not ELF.
+    """
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return _symbols_named(real, st.st_ino, st.st_mtime_ns, st.st_size, name)
+
+
+_KINDS = {STT_OBJECT: "object", STT_FUNC: "func", STT_NOTYPE: "notype", STT_TLS: "tls",
+          STT_GNU_IFUNC: "func"}
+
+
+def _add_symbols(out: "dict[str, list[Symbol]]", rows) -> None:
+    """Add the defined data, function and untyped symbols of ``rows``
+    (:meth:`ElfReader.symbols`' tuples) to ``out``, each once."""
+    for name, value, size, info, shndx in rows:
+        kind = _KINDS.get(info & 0xF)
+        if kind is None or shndx == SHN_UNDEF:
+            continue
+        entry = Symbol(name, value, size, kind, info >> 4 == STB_LOCAL)
+        same = out.get(name)
+        if same is None:
+            out[name] = [entry]
+        elif entry not in same:
+            same.append(entry)
+
+
 @lru_cache(maxsize=64)
 def _named_symbols(path: str, _ino: int, _mtime: int, _size: int
                    ) -> "dict[str, list[Symbol]]":
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    kinds = {"STT_OBJECT": "object", "STT_FUNC": "func", "STT_NOTYPE": "notype",
-             "STT_TLS": "tls", "STT_LOOS": "func"}
     out: dict[str, list[Symbol]] = {}
-    with open_regular(path) as f:
-        try:
-            elf = ELFFile(f)
-            for table in (".symtab", ".dynsym"):
-                sec = elf.get_section_by_name(table)
-                if sec is None:
-                    continue
-                for sym in sec.iter_symbols():
-                    kind = kinds.get(sym["st_info"]["type"])
-                    if kind is None or not sym.name or sym["st_shndx"] == "SHN_UNDEF":
-                        continue
-                    entry = Symbol(sym.name, sym["st_value"], sym["st_size"], kind,
-                                   sym["st_info"]["bind"] == "STB_LOCAL")
-                    if entry not in out.setdefault(sym.name, []):
-                        out[sym.name].append(entry)
-                if out and table == ".symtab":
-                    break
-        except ELFError as exc:
-            raise ValueError(f"{path} is not an ELF file: {exc}") from None
+    with ElfReader(path) as elf:
+        for table in (".symtab", ".dynsym"):
+            _add_symbols(out, elf.symbols(table))
+            if out and table == ".symtab":
+                break
     return out
+
+
+@lru_cache(maxsize=256)
+def _symbols_named(path: str, ino: int, mtime: int, size: int, name: str
+                   ) -> "list[Symbol]":
+    found: dict[str, list[Symbol]] = {}
+    with ElfReader(path) as elf:
+        _add_symbols(found, elf.symbols_named(".symtab", name))
+        if found or elf.defines_any(".symtab"):  # named_symbols reads .symtab alone
+            return found.get(name, [])
+    return _named_symbols(path, ino, mtime, size).get(name, [])
 
 
 def load_bias(pid: int, path: str) -> int:
@@ -161,10 +478,11 @@ def load_bias(pid: int, path: str) -> int:
         LookupError: ``path`` is not mapped in the process.
     """
     real = os.path.realpath(path)
-    segments = ElfObject(real).segments if load_object(real) is None else load_object(real).segments
-    if not segments:
+    with ElfReader(real) as elf:
+        loads = [(s.p_vaddr, s.p_offset) for s in elf.segments if s.p_type == PT_LOAD]
+    if not loads:
         raise LookupError(f"{path} has no loadable segments")
-    first_off, _sz, first_vaddr = min(segments, key=lambda sg: sg[2])
+    first_vaddr, first_off = min(loads)
     page = 4096
     with open(f"/proc/{pid}/maps") as f:
         for line in f:

@@ -1,7 +1,7 @@
 """What the dynamic linker knows about a program: its interpreter, the
 libraries it needs and where ld.so finds them, and its copy relocations.
 
-Pure Python over files (pyelftools); no kernel.  Used to resolve a name to
+Pure Python over files (:class:`perfbp.symbols.elf.ElfReader`); no kernel.  Used to resolve a name to
 the object that is really accessed at run time:
 
 - **Copy relocations.**  A non-PIC access from an executable to a library's
@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
-from ..kernel.system import open_regular
 
 #: ``R_<arch>_COPY`` by ELF machine: the relocation that copies a library's
 #: object into the executable.
@@ -105,55 +104,68 @@ def _with_path(img: Image, path: str) -> Image:
 
 @lru_cache(maxsize=128)
 def _image(path: str, _ino: int, _mtime: int, _size: int) -> Image:
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.dynamic import DynamicSection
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.relocation import RelocationSection
+    from .elf import (DT_NEEDED, DT_RPATH, DT_RUNPATH, DT_SONAME, ET_DYN, PT_INTERP, PT_LOAD,
+                      SHT_DYNAMIC, ElfReader, StringTable)
 
     origin = os.path.dirname(os.path.realpath(path))
-    with open_regular(path) as f:
-        try:
-            elf = ELFFile(f)
-            machine = elf["e_machine"]
-            interp = None
-            loads = []
-            for seg in elf.iter_segments():
-                if seg["p_type"] == "PT_INTERP":
-                    interp = seg.get_interp_name()
-                elif seg["p_type"] == "PT_LOAD":
-                    loads.append((seg["p_vaddr"], seg["p_offset"]))
-            needed: list[str] = []
-            rpath: tuple[str, ...] = ()
-            runpath: tuple[str, ...] = ()
-            soname = None
-            copies: dict[str, tuple[int, int]] = {}
-            copy_type = COPY_RELOCATION.get(machine)
-            for sec in elf.iter_sections():
-                if isinstance(sec, DynamicSection):
-                    for tag in sec.iter_tags():
-                        if tag.entry.d_tag == "DT_NEEDED":
-                            needed.append(tag.needed)
-                        elif tag.entry.d_tag == "DT_RPATH":
-                            rpath = _expand(tag.rpath, origin)
-                        elif tag.entry.d_tag == "DT_RUNPATH":
-                            runpath = _expand(tag.runpath, origin)
-                        elif tag.entry.d_tag == "DT_SONAME":
-                            soname = tag.soname
-                elif isinstance(sec, RelocationSection) and copy_type is not None:
-                    if sec["sh_link"] == 0:
-                        continue
-                    symtab = elf.get_section(sec["sh_link"])
-                    for rel in sec.iter_relocations():
-                        if rel["r_info_type"] != copy_type:
-                            continue
-                        sym = symtab.get_symbol(rel["r_info_sym"])
-                        if sym is not None and sym.name:
-                            copies[sym.name] = (rel["r_offset"], sym["st_size"])
-        except ELFError as exc:
-            raise ValueError(f"{path} is not an ELF file: {exc}") from None
+    with ElfReader(path) as elf:
+        interp = None
+        loads = []
+        for seg in elf.segments:
+            if seg.p_type == PT_INTERP:
+                interp = elf.read(seg.p_offset, seg.p_filesz).split(b"\0")[0].decode(
+                    "utf-8", "replace")
+            elif seg.p_type == PT_LOAD:
+                loads.append((seg.p_vaddr, seg.p_offset))
+        needed: list[str] = []
+        rpath: tuple[str, ...] = ()
+        runpath: tuple[str, ...] = ()
+        soname = None
+        for dynamic in elf.sections:
+            if dynamic.sh_type != SHT_DYNAMIC or not 0 < dynamic.sh_link < len(elf.sections):
+                continue
+            strings = StringTable(elf.data(elf.sections[dynamic.sh_link]))
+            for dyn in elf.rows(dynamic, "Dyn"):
+                if dyn.d_tag == DT_NEEDED:
+                    needed.append(strings[dyn.d_val])
+                elif dyn.d_tag == DT_RPATH:
+                    rpath = _expand(strings[dyn.d_val], origin)
+                elif dyn.d_tag == DT_RUNPATH:
+                    runpath = _expand(strings[dyn.d_val], origin)
+                elif dyn.d_tag == DT_SONAME:
+                    soname = strings[dyn.d_val]
+        # a copy relocation is a program's (ld -shared never makes one), and a
+        # program ld.so starts has PT_INTERP: libraries' relocations, 36,000
+        # in libpython, are not read
+        copies = _copy_relocations(elf) if interp is not None else {}
     vaddr, offset = min(loads) if loads else (0, 0)
-    return Image(path, machine, elf.elfclass, elf["e_type"] == "ET_DYN", interp,
+    return Image(path, elf.machine, elf.elfclass, elf.e_type == ET_DYN, interp,
                  tuple(needed), rpath, runpath, soname, copies, (offset, vaddr))
+
+
+def _copy_relocations(elf) -> "dict[str, tuple[int, int]]":
+    """``{name: (r_offset, st_size)}`` of the ``R_*_COPY`` relocations of
+    the ``SHT_REL``/``SHT_RELA`` sections that name a symbol table."""
+    from .elf import R_INFO, SHT_REL, SHT_RELA, StringTable
+
+    copy_type = COPY_RELOCATION.get(elf.machine)
+    copies: dict[str, tuple[int, int]] = {}
+    if copy_type is None:
+        return copies
+    for sec in elf.sections:
+        if sec.sh_type not in (SHT_REL, SHT_RELA) or not 0 < sec.sh_link < len(elf.sections):
+            continue
+        shift, mask = R_INFO[elf.elfclass]  # ELF64_R_SYM, ELF64_R_TYPE
+        found = [(r[0], r[1] >> shift) for r in elf.rows(
+            sec, "Rela" if sec.sh_type == SHT_RELA else "Rel", raw=True) if r[1] & mask == copy_type]
+        if found:
+            symtab = elf.sections[sec.sh_link]
+            syms = elf.rows(symtab, "Sym")
+            strings = StringTable(elf.data(elf.sections[symtab.sh_link]))
+            for r_offset, index in found:
+                if 0 < index < len(syms) and syms[index].st_name:
+                    copies[strings[syms[index].st_name]] = (r_offset, syms[index].st_size)
+    return copies
 
 
 @lru_cache(maxsize=128)

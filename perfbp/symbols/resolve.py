@@ -31,7 +31,7 @@ from ..errors import (InvalidBreakpoint, NoSuchProcess, PerfbpError, PermissionD
                      SymbolNotFound)
 from ..planning.planner import Watch
 from ..planning.spec import WatchSpec, parse
-from .elf import Symbol, load_bias, named_symbols
+from .elf import Symbol, load_bias, named_symbols, symbols_named
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,20 @@ def lookup_symbol(path: str, text: str, spec: "WatchSpec | None" = None
         SymbolNotFound, InvalidBreakpoint: the name, member or index is
             wrong, or the symbol is thread-local.
     """
-    try:
-        sym = find_symbol(path, text)  # gcc names some statics `name.0`
-        _refuse_tls(sym, path, spec)
-        return sym, 0, sym.size
-    except SymbolNotFound:
-        if "." not in text and "[" not in text:
-            raise
+    member = "." in text or "[" in text
+    try:  # gcc names some statics `name.0`; a member is not looked up whole (the
+        # closest names of a miss would cost more than the lookup in a large table)
+        whole = not member or bool(symbols_named(path, text))
+    except (OSError, ValueError):
+        whole = True  # find_symbol says why
+    if whole:
+        try:
+            sym = find_symbol(path, text)
+            _refuse_tls(sym, path, spec)
+            return sym, 0, sym.size
+        except SymbolNotFound:
+            if not member:
+                raise
     from .dwarf import parse_expr, resolve_member
 
     name, _parts = parse_expr(text)
@@ -114,7 +121,7 @@ def _refuse_tls(sym: Symbol, path: str, spec: "WatchSpec | None") -> None:
 def defines(path: str, text: str) -> bool:
     """Whether the ELF file ``path`` defines the variable of ``text``."""
     try:
-        return bool(named_symbols(path).get(_base_name(text)))
+        return bool(symbols_named(path, _base_name(text)))
     except (OSError, ValueError):
         return False
 
@@ -126,12 +133,11 @@ def find_symbol(path: str, name: str) -> Symbol:
         SymbolNotFound: no such symbol (with the closest names), or several.
     """
     try:
-        table = named_symbols(path)
+        found = symbols_named(path, name)
     except (OSError, ValueError) as exc:
         raise SymbolNotFound(f"cannot read symbols of {path}: {exc}") from None
-    found = table.get(name)
     if not found:
-        close = difflib.get_close_matches(name, list(table), n=5, cutoff=0.6)
+        close = difflib.get_close_matches(name, list(named_symbols(path)), n=5, cutoff=0.6)
         hint = (f"; closest: {', '.join(close)}" if close else
                 "; list them with `nm` (a stripped program has none: use an address)")
         raise SymbolNotFound(f"no symbol {name!r} in {path}{hint}")
@@ -224,7 +230,8 @@ class Scope:
                 exe = images.image(self.exe)
             except (OSError, ValueError):
                 exe = None
-            found = exe and images.copy_target(exe, images.aliases(path, sym.value))
+            found = exe and exe.copies and images.copy_target(
+                exe, images.aliases(path, sym.value))
             if found:
                 copied, copy_addr, _copy_size = found
                 obj, value, bias = self.exe, copy_addr + offset, self.bias(0)
