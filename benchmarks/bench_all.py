@@ -63,6 +63,17 @@ def startup_rows(r: dict) -> list:
                  by["perf stat -e mem:ADDR/8:w -- true"], "s", None, None)]
 
 
+def names_rows(r: dict) -> list:
+    member = r.get("member") or {}
+    if "cases" not in member:
+        return [_row(f"named watch in libpython: {member.get('skipped', 'not measured')}",
+                     None, "gdb", None, "s", None, None)]
+    cases, gdb = member["cases"], member["cases"]["gdb"]["wall"]
+    return [_row(f"named member in libpython, {case}", cases[f"perfbp, {case}"]["wall"],
+                 "gdb (run to main)", gdb, "s", cases[f"perfbp, {case}"]["vs_gdb"], goal)
+            for case, goal in (("warm cache", 1.0), ("cold cache", 2.0))]
+
+
 def overhead_rows(r: dict) -> list:
     rows = []
     for variant, res in r["variants"].items():
@@ -85,6 +96,7 @@ def lifecycle_rows(r: dict) -> list:
 #: name -> (script, its arguments, quick arguments, rows from its JSON)
 SUITE = {
     "startup": ("bench_startup.py", [], ["--rounds", "7"], startup_rows),
+    "names": ("bench_follow.py", ["--runs", "9"], ["--runs", "3"], names_rows),
     "overhead": ("bench_overhead.py", ["--hits", "100003", "--rounds", "5"],
                  ["--hits", "30011", "--rounds", "3"], overhead_rows),
     "lifecycle": ("bench_lifecycle.py", [], ["--iterations", "5000", "--rounds", "3"],
