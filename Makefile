@@ -26,7 +26,7 @@ test: $(BIN)/perfbp demo/demo
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/perfbp
-	$(BIN)/python benchmarks/bench_lifecycle.py
+	$(BIN)/python benchmarks/bench_all.py
 
 # Rewrite perfbp/kernel/_abi_ffi.py after a change to perfbp/kernel/_uapi.py's CDEF.
 ffi: $(BIN)/perfbp
