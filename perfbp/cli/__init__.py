@@ -759,6 +759,7 @@ def top(
            "  perfbp slots -w 0x601040/16 -w 0x601080 -p 1234  # would these fit?\n"
            "  perfbp slots --json -w 0x601001/8 -- ./prog      # 1+2+4+1: 4 slots\n"
            "  perfbp slots --probe                             # measure the slots here\n"
+           "  perfbp slots --probe -p 1234                     # a process's, and holders\n"
            "  perfbp slots --probe --json                      # the same for scripts\n",
 )
 def slots(
@@ -772,11 +773,15 @@ def slots(
     """Plan watches onto the debug-register slots without opening anything:
     the pieces each watch takes, the slots per thread and CPU, whether it
     fits and why. With --probe, measure the real capacity instead (like
-    perf's tests/bp_account.c).
+    perf's tests/bp_account.c); with --probe -p PID or -t TID, the free slots
+    of another process's threads, and who holds the rest (gdb, perf).
     """
     if probe:
-        if watch or pid is not None or tid is not None or all_cpus or cpu or command:
-            raise fail("--probe measures this thread's slots: give it no watches or target")
+        if watch or all_cpus or cpu or command:
+            raise fail("--probe measures this thread's slots, or with -p PID or -t TID "
+                       "another's: give it no watches, -a, -C or command")
+        if pid is not None or tid is not None:
+            return _probe_other(resolve_target(pid, tid, False, None, []), as_json)
         result = perfbp.probe()
         if as_json:
             typer.echo(json.dumps({**result, "per_cpu": {str(k): v for k, v in result["per_cpu"].items()},
@@ -811,6 +816,26 @@ def slots(
                f"slot{'s' if plan.slots_needed != 1 else ''}, {plan.free} free "
                f"(capacity {plan.capacity})")
     typer.echo(plan.explanation)
+
+
+def _probe_other(target: "perfbp.Target", as_json: bool) -> None:
+    """``slots --probe -p PID`` / ``-t TID``: each thread's free slots, and
+    who holds the others."""
+    result = perfbp.probe(target=target)
+    if as_json:
+        for t in result["threads"]:
+            t["per_cpu"] = {str(k): v for k, v in t["per_cpu"].items()}
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"free debug-register slots in {result['target']} (of "
+               f"{result['capacity']} per thread):")
+    for t in result["threads"]:
+        cpus = ", ".join(f"CPU {c}: {n}" for c, n in sorted(t["per_cpu"].items()))
+        typer.echo(f"  thread {t['tid']} ({t['comm']}): {t['free']} on every CPU ({cpus})")
+    if any(t["free"] < result["capacity"] for t in result["threads"]):
+        import textwrap
+
+        typer.echo(textwrap.fill(f"the others are {result['held_by']}", 79))
 
 
 @app.command(
