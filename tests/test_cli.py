@@ -411,7 +411,30 @@ def test_killed_command_in_json(demo):
                    "/bin/sh", "-c", "kill -9 $$")
     assert r.returncode == 137
     out = one_json(r.stdout)
-    assert (out["ended_by"], out["exit_code"]) == ("exit", -9)
+    assert (out["ended_by"], out["exit_code"], out["exit_status"]) == ("exit", -9, 137)
+    assert "error" not in out
+
+
+@pytest.mark.parametrize("command", ["record", "stat"])
+def test_a_commands_status_2_is_told_from_perfbps_own(demo, tmp_path, command):
+    """A command that exits 2 makes perfbp exit 2 too; the JSON says the
+    status is the command's (no error), and stderr has no error line."""
+    extra = ["-o", str(tmp_path / "two.data")] if command == "record" else []
+    r = run_perfbp(command, "--json", *extra, "-w", f"{demo.counter:#x}", "--",
+                   "/bin/sh", "-c", "exit 2")
+    assert r.returncode == 2, r.stderr
+    assert "perfbp: error:" not in r.stderr
+    out = one_json(r.stdout)
+    assert (out["exit_code"], out["exit_status"]) == (2, 2) and "error" not in out
+
+
+def test_duration_ends_the_command_and_exits_0(demo):
+    r = run_perfbp("stat", "--json", "-d", "0.3", "-w", f"{demo.counter:#x}", "--",
+                   "/bin/sh", "-c", "sleep 5")
+    assert r.returncode == 0, r.stderr
+    out = one_json(r.stdout)
+    assert (out["ended_by"], out["exit_code"], out["exit_status"]) == \
+        ("duration", -signal.SIGTERM, 0)
 
 
 # -- stat on a running process (-p) ----------------------------------------------------
@@ -542,10 +565,27 @@ def test_intervals_of_a_launched_command(demo):
     out = one_json(r.stdout)
     total = out["watches"][0]["hits"]
     assert total == DEMO_HITS
-    assert isinstance(out["intervals"], list)
     per = [iv["watches"][0]["hits"] for iv in out["intervals"]]
-    # only full intervals are reported: the last, partial one is not
-    assert sum(per) <= total
+    times = [iv["time"] for iv in out["intervals"]]
+    # the last, partial interval too, ending with the run: they add up
+    assert sum(per) == total, per
+    assert times == sorted(times) and times[-1] == out["elapsed_seconds"]
+    assert all(round(t - 0.1 * (i + 1), 6) >= 0 for i, t in enumerate(times[:-1]))
+
+
+def test_an_interval_longer_than_the_run_is_printed_whole(demo):
+    """-I 100000 on a run of a second: one interval, the partial one, with
+    every hit, in the table as in JSON."""
+    r = run_perfbp("stat", "-I", "100000", "-w", f"{demo.counter:#x}", "--", demo.path)
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(rf"^\s+(\d+\.\d{{3}})\s+([\d,]+)  {demo.counter:#x}$", r.stdout, re.M)
+    elapsed = re.search(r"^ (\d+\.\d{3}) seconds \(target ended", r.stdout, re.M).group(1)
+    assert rows == [(elapsed, f"{DEMO_HITS:,}")], r.stdout
+    r = run_perfbp("stat", "--json", "-I", "100000", "-w", f"{demo.counter:#x}", "--",
+                   demo.path)
+    out = one_json(r.stdout)
+    assert [(iv["time"], iv["watches"][0]["hits"]) for iv in out["intervals"]] == \
+        [(out["elapsed_seconds"], DEMO_HITS)]
 
 
 # -- one thread (-t) -----------------------------------------------------------------
@@ -600,6 +640,67 @@ def test_cpu_list_counts_only_those_cpus(run):
         assert rc == 0, err
         hits.append(one_json(out)["watches"][0]["hits"])
     assert hits == [ROUND - lp.lost, 0]
+
+
+# -- CPUs while a command runs (-a -- CMD, -C CPUS -- CMD) -------------------------------
+
+@pytest.fixture(scope="session")
+def fixed_writer(build) -> Path:
+    return build("fixed_writer.c", "-O2", "-Wall", "-Wextra", "-Werror")
+
+
+def _fresh_address() -> int:
+    """A page no process on this machine uses: fixed_writer maps it, and a
+    CPU-wide watch there sees that program's stores alone."""
+    import random
+
+    return 0x2000_0000_0000 + random.randrange(1 << 24) * 4096
+
+
+@pytest.mark.parametrize("cpus, pinned, expected", [
+    (["-a"], 0, ROUND), (["-C", "0"], 0, ROUND), (["-C", "1"], 0, 0),
+], ids=["all-cpus", "its-cpu", "another-cpu"])
+def test_cpus_while_a_command_runs(fixed_writer, cpus, pinned, expected):
+    """perf's -a -- CMD: the CPUs are watched, for as long as the command
+    runs; its exit status is perfbp's."""
+    if not {0, 1} <= set(_online_cpus()):
+        pytest.skip("needs CPUs 0 and 1 online")
+    a = _fresh_address()
+    r = run_perfbp("stat", "--json", *cpus, "-w", f"{a:#x}", "--", str(fixed_writer),
+                   f"{a:#x}", str(ROUND), "7", str(pinned))
+    assert r.returncode == 7, r.stderr
+    out = one_json(r.stdout)
+    where = "CPUs " + ",".join(map(str, _online_cpus())) if cpus == ["-a"] else f"CPU {cpus[1]}"
+    command = f"{fixed_writer} {a:#x} {ROUND} 7 {pinned}"
+    assert re.fullmatch(rf"{where} while command '{re.escape(command)}' \(pid \d+\) runs",
+                        out["target"]), out["target"]
+    assert (out["ended_by"], out["exit_code"], out["exit_status"]) == ("exit", 7, 7)
+    assert out["watches"][0]["hits"] == expected
+    assert f"in {where} while command" in r.stderr and "slot per CPU" in r.stderr
+
+
+def test_record_on_every_cpu_while_a_command_runs(fixed_writer, tmp_path):
+    a = _fresh_address()
+    data = tmp_path / "cpus.data"
+    r = run_perfbp("record", "--json", "-o", str(data), "-a", "-w", f"{a:#x}", "--",
+                   str(fixed_writer), f"{a:#x}", str(ROUND), "0")
+    assert r.returncode == 0, r.stderr
+    out = one_json(r.stdout)
+    [w] = out["watches"]
+    # every hit a sample, but those the machine delivered without their status
+    assert w["hits"] + w.get("recovered", 0) == ROUND and w["kernel_hits"] == w["hits"]
+    assert w["accounted"] and w["lost"] == 0
+    [thread] = w["threads"]  # named from the kernel's COMM record of its exec
+    assert (thread["comm"], thread["samples"]) == ("fixed_writer", w["hits"])
+    assert w["writers"][0]["symbol"] == "main"
+
+
+def test_slots_plans_cpus_for_a_command():
+    r = run_perfbp("slots", "--json", "-a", "-w", "0x601000/16", "--", "/bin/true")
+    assert r.returncode == 0, r.stderr
+    d = one_json(r.stdout)
+    assert (d["fits"], d["slots_needed"]) == (True, 2)
+    assert "on each of CPUs" in d["explanation"]
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -661,6 +762,10 @@ def _bad_inputs(demo, odd_files):
         "no-target": (["-w", a], r"^perfbp: error: no target"),
         "two-targets": (["-w", a, "-p", str(os.getpid()), "--", d], r"more than one target"),
         "two-targets-a-t": (["-w", a, "-a", "-t", str(os.getpid())], r"more than one target"),
+        "two-targets-t-cmd": (["-w", a, "-t", str(os.getpid()), "--", d],
+                              r"more than one target \(-t, -- CMD\)"),
+        "cpus-and-a-name": (["-w", "counter", "-a", "--", d],
+                            r"a name of the command cannot be watched on every CPU"),
         "no-watch": (["--", d], r"no watch given"),
         "five-watches": ([*(x for i in range(5) for x in ("-w", f"{demo.counter + 8 * i:#x}")),
                           "--", d], r"\b4\b.*slots|slots.*\b4\b"),
@@ -675,6 +780,7 @@ def _bad_inputs(demo, odd_files):
 BAD_NAMES = ["misaligned", "length-3", "read-only", "access-q", "modifier-z", "symbol-name",
              "no-such-pid", "pid-0", "no-such-tid", "no-such-path", "not-in-PATH",
              "not-executable", "a-directory", "no-target", "two-targets", "two-targets-a-t",
+             "two-targets-t-cmd", "cpus-and-a-name",
              "no-watch", "five-watches", "offline-cpu", "cpu-not-a-list", "interval-1ms",
              "negative-duration", "zero-duration"]
 

@@ -181,6 +181,21 @@ def test_name_no_program_of_a_script_defines_is_an_error_after_the_run(progs, tm
     assert f"{1 + N2:,}  lib_counter" in r.stdout  # the counts come first
 
 
+def test_json_says_when_the_status_is_perfbps_own_error(progs, tmp_path):
+    """The counts come, then the error: exit 2, and the JSON says 2 is
+    perfbp's (``error``), not the command's (``exit_code`` 0)."""
+    script = tmp_path / "wrapper.sh"
+    script.write_text(f"#!/bin/sh\nexec {progs / 'ctor_prog'} {N2}\n")
+    script.chmod(0o755)
+    r = perfbp_cli("stat", "--json", "-w", "no_such_name", "-w", "lib_counter", "--",
+                   str(script))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (doc["exit_code"], doc["exit_status"]) == (0, 2)
+    assert "no symbol 'no_such_name'" in doc["error"] and doc["error"] in r.stderr
+    assert doc["watches"][1]["hits"] == 1 + N2
+
+
 def test_thread_local_name_is_refused(progs):
     for spec in ("tls_counter", "errno@libc.so.6"):
         r = perfbp_cli("stat", "-w", spec, "--", str(progs / "ctor_prog"), "1")

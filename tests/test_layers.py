@@ -61,6 +61,7 @@ ROLES = {
     "perfbp.kernel.records": 2,
     "perfbp.kernel.ring": 2,
     "perfbp.kernel.slots": 2,
+    "perfbp.kernel.holders": 2,
     "perfbp.planning.regions": 2,
     "perfbp.planning.spec": 2,
     "perfbp.data.perfdata": 2,

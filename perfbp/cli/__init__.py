@@ -118,16 +118,20 @@ def _seconds(option: str, value: "float | None") -> None:
 
 def resolve_target(pid: Optional[int], tid: Optional[int], all_cpus: bool,
                    cpu: Optional[str], command: "list[str]") -> "perfbp.Target | None":
-    """The one target the options name; None means: launch ``command``."""
+    """The one target the options name (CPUs with ``command``: those CPUs
+    while it runs); None means: launch ``command``."""
     given = [name for name, on in (("-p", pid is not None), ("-t", tid is not None),
                                    ("-a", all_cpus), ("-C", cpu is not None),
                                    ("-- CMD", bool(command))) if on]
     if all_cpus and cpu is not None:
         given.remove("-a")  # -a -C 0 means CPU 0, as in perf
+    if (all_cpus or cpu is not None) and command:
+        given.remove("-- CMD")  # -a -- CMD: every CPU while the command runs, as in perf
     if len(given) != 1:
         what = "no target" if not given else "more than one target (" + ", ".join(given) + ")"
         raise fail(f"{what}: give one of -p PID (a process), -t TID (a thread), "
-                   f"-a (all CPUs), -C CPUS, or -- CMD ARGS (a program to run)")
+                   f"-a (all CPUs), -C CPUS, or -- CMD ARGS (a program to run; with -a "
+                   f"or -C: those CPUs while it runs)")
     if pid is not None:
         if pid <= 0:
             raise fail(f"-p {pid} is not a process id: give a positive pid (see ps)")
@@ -341,6 +345,19 @@ def _unresolved(result) -> None:
         raise fail(str(result.unresolved[0]))
 
 
+def _status(result) -> dict:
+    """How a run ends (EXIT STATUS in docs/perfbp.md), as JSON gives it:
+    ``exit_status``, what perfbp exits with, and ``error`` when that is
+    perfbp's own failure (2: a name no program of the run defined);
+    otherwise the command's status when it ended by itself or by a signal
+    (Ctrl-C, kill: 128+N for signal N), and 0 when perfbp ended it (-d) or
+    launched none."""
+    if result.unresolved:
+        return {"exit_status": BAD_INPUT, "error": str(result.unresolved[0])}
+    own = result.exit_code is not None and result.ended_by != "duration"
+    return {"exit_status": plumbing.exit_status(result.exit_code) if own else 0}
+
+
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
@@ -406,7 +423,7 @@ def stat(
             sink.abort()
         raise
     if as_json:
-        out = result.as_dict()
+        out = {**result.as_dict(), **_status(result)}
         if interval:
             out["intervals"] = intervals
         typer.echo(json.dumps(out), file=sink)
@@ -415,8 +432,7 @@ def stat(
     if sink is not None:
         sink.commit()
     _unresolved(result)
-    if result.exit_code is not None and result.ended_by != "duration":
-        raise typer.Exit(plumbing.exit_status(result.exit_code))
+    raise typer.Exit(_status(result)["exit_status"])
 
 
 def _pct(part: int, whole: int) -> str:
@@ -598,14 +614,13 @@ def _record_summary(result, output: str, top: int, as_json: bool) -> None:
         typer.echo(f"perfbp: {line}", err=True)
     if output == "-":  # the reader at the other end of the pipe summarizes
         _unresolved(result)
-        if result.exit_code is not None and result.ended_by != "duration":
-            raise typer.Exit(plumbing.exit_status(result.exit_code))
-        return
+        raise typer.Exit(_status(result)["exit_status"])
     report = perfbp.load_report(result.path, top=top)
     if as_json:
         out = report.as_dict()
         out.update({"target": result.target, "elapsed_seconds": round(result.elapsed, 6),
-                    "ended_by": result.ended_by, "exit_code": result.exit_code})
+                    "ended_by": result.ended_by, "exit_code": result.exit_code,
+                    **_status(result)})
         if result.notes:
             out["notes"] = list(result.notes)
         if result.unattributed:
@@ -619,8 +634,7 @@ def _record_summary(result, output: str, top: int, as_json: bool) -> None:
         typer.echo("")
         _render_report(report, top)
     _unresolved(result)
-    if result.exit_code is not None and result.ended_by != "duration":
-        raise typer.Exit(plumbing.exit_status(result.exit_code))
+    raise typer.Exit(_status(result)["exit_status"])
 
 
 @app.command(
@@ -734,7 +748,8 @@ def top(
     try:
         slots = (session.mux.nslots if session.mux is not None
                  else sum(len(w.pieces) for w in session.watches))
-        tui.run(session, interval=interval, slots=slots, capacity=session.plan.capacity)
+        quit_view = tui.run(session, interval=interval, slots=slots,
+                            capacity=session.plan.capacity)
         session.stop()
         report = session.summary(top_n)
     finally:
@@ -746,9 +761,9 @@ def top(
             typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
                        f"but {f.samples:,} samples + {f.lost:,} lost = {f.samples + f.lost:,}",
                        err=True)
-    # the command's status when it ended by itself; 0 when the user ended the
-    # view (q, Ctrl-C) and perfbp ended the command: that is no failure of it
-    if session.exit_code is not None and session.ended_by == "exit":
+    # the command's status, as stat's (EXIT STATUS in docs/perfbp.md); 0 when
+    # the user quit the view with q and perfbp ended the command, as -d does
+    if session.exit_code is not None and not quit_view:
         raise typer.Exit(plumbing.exit_status(session.exit_code))
 
 
@@ -759,6 +774,7 @@ def top(
            "  perfbp slots -w 0x601040/16 -w 0x601080 -p 1234  # would these fit?\n"
            "  perfbp slots --json -w 0x601001/8 -- ./prog      # 1+2+4+1: 4 slots\n"
            "  perfbp slots --probe                             # measure the slots here\n"
+           "  perfbp slots --probe -p 1234                     # a process's, and holders\n"
            "  perfbp slots --probe --json                      # the same for scripts\n",
 )
 def slots(
@@ -772,11 +788,15 @@ def slots(
     """Plan watches onto the debug-register slots without opening anything:
     the pieces each watch takes, the slots per thread and CPU, whether it
     fits and why. With --probe, measure the real capacity instead (like
-    perf's tests/bp_account.c).
+    perf's tests/bp_account.c); with --probe -p PID or -t TID, the free slots
+    of another process's threads, and who holds the rest (gdb, perf).
     """
     if probe:
-        if watch or pid is not None or tid is not None or all_cpus or cpu or command:
-            raise fail("--probe measures this thread's slots: give it no watches or target")
+        if watch or all_cpus or cpu or command:
+            raise fail("--probe measures this thread's slots, or with -p PID or -t TID "
+                       "another's: give it no watches, -a, -C or command")
+        if pid is not None or tid is not None:
+            return _probe_other(resolve_target(pid, tid, False, None, []), as_json)
         result = perfbp.probe()
         if as_json:
             typer.echo(json.dumps({**result, "per_cpu": {str(k): v for k, v in result["per_cpu"].items()},
@@ -811,6 +831,26 @@ def slots(
                f"slot{'s' if plan.slots_needed != 1 else ''}, {plan.free} free "
                f"(capacity {plan.capacity})")
     typer.echo(plan.explanation)
+
+
+def _probe_other(target: "perfbp.Target", as_json: bool) -> None:
+    """``slots --probe -p PID`` / ``-t TID``: each thread's free slots, and
+    who holds the others."""
+    result = perfbp.probe(target=target)
+    if as_json:
+        for t in result["threads"]:
+            t["per_cpu"] = {str(k): v for k, v in t["per_cpu"].items()}
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"free debug-register slots in {result['target']} (of "
+               f"{result['capacity']} per thread):")
+    for t in result["threads"]:
+        cpus = ", ".join(f"CPU {c}: {n}" for c, n in sorted(t["per_cpu"].items()))
+        typer.echo(f"  thread {t['tid']} ({t['comm']}): {t['free']} on every CPU ({cpus})")
+    if any(t["free"] < result["capacity"] for t in result["threads"]):
+        import textwrap
+
+        typer.echo(textwrap.fill(f"the others are {result['held_by']}", 79))
 
 
 @app.command(

@@ -90,8 +90,9 @@ def plain_lines(session: "perfbp.LiveSession") -> "list[str]":
 
 
 def run(session: "perfbp.LiveSession", *, interval: float, slots: int, capacity: int,
-        interactive: "bool | None" = None) -> None:
-    """Drive the session until the target ends, ``q``, Ctrl-C or SIGTERM."""
+        interactive: "bool | None" = None) -> bool:
+    """Drive the session until the target ends, ``q``, Ctrl-C or SIGTERM;
+    whether the user quit with ``q``."""
     import signal
 
     tty = sys.stdout.isatty() and sys.stdin.isatty() if interactive is None else interactive
@@ -108,14 +109,14 @@ def run(session: "perfbp.LiveSession", *, interval: float, slots: int, capacity:
                 session.poll()
                 for line in plain_lines(session):
                     print(line, flush=True)
-            return
-        _run_tty(session, slots, capacity, stop)
+            return False
+        return _run_tty(session, slots, capacity, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _run_tty(session, slots: int, capacity: int, stop: dict) -> None:
+def _run_tty(session, slots: int, capacity: int, stop: dict) -> bool:
     import termios
     import tty as ttymod
 
@@ -135,9 +136,10 @@ def _run_tty(session, slots: int, capacity: int, stop: dict) -> None:
                 if ready:
                     key = os.read(fd, 16).decode(errors="replace")
                     if "q" in key:
-                        break
+                        return True
                     if "s" in key:
                         sort = (sort + 1) % len(SORTS)
                 live.update(render(session, SORTS[sort], slots, capacity), refresh=True)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    return False

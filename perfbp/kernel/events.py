@@ -138,11 +138,12 @@ class SlotLedger:
     Every event perfbp opens is entered here and removed when closed, so that
     a refusal can be explained: either perfbp's own watches hold the slots
     (named), or — when the model says the breakpoint fits and the kernel
-    still says ENOSPC — something outside perfbp does (gdb, another perf, a
-    system-wide watch).  Entries are cheap tuples, written by
-    :func:`open_event_fd` and removed by :func:`close_event` (opening and
-    closing are hot paths); the :class:`~perfbp.kernel.slots.SlotModel` is built from
-    them only when a plan or an explanation asks (:meth:`snapshot`).
+    still says ENOSPC — something outside perfbp does, named as far as /proc
+    tells (:mod:`perfbp.kernel.holders`: a tracer such as gdb, another perf).
+    Entries are cheap tuples, written by :func:`open_event_fd` and removed by
+    :func:`close_event` (opening and closing are hot paths); the
+    :class:`~perfbp.kernel.slots.SlotModel` is built from them only when a
+    plan or an explanation asks (:meth:`snapshot`).
     """
 
     def __init__(self) -> None:
@@ -180,9 +181,11 @@ class SlotLedger:
             model.check(self.task_of(pid), cpu, bp.bp_type)
         except PerfbpError as exc:
             return f"{exc.message}. Close one of those watches, or watch fewer or shorter ranges"
-        return ("no slot is free, and perfbp's own watches are not what holds them: "
-                "they are held outside perfbp (gdb watchpoints, another perf, a "
-                "system-wide watch, kgdb). End those, or watch fewer or shorter ranges")
+        from . import holders
+
+        found = holders.summary(holders.find(self.task_of(pid) or -1))
+        return (f"no slot is free, and perfbp's own watches are not what holds them: "
+                f"they are {found}. End those, or watch fewer or shorter ranges")
 
     def __len__(self) -> int:
         return len(self._by_fd)

@@ -141,16 +141,22 @@ def process_exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def thread_group(tid: int) -> int | None:
-    """The process (thread-group) id a thread belongs to, or None."""
+def status_field(tid: int, name: str) -> "int | None":
+    """A number from a task's status (``Tgid``, ``PPid``, ``TracerPid``),
+    or None when the task is gone or has no such field."""
     try:
         with open(f"/proc/{tid}/status") as f:
             for line in f:
-                if line.startswith("Tgid:"):
+                if line.startswith(name + ":"):
                     return int(line.split()[1])
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def thread_group(tid: int) -> int | None:
+    """The process (thread-group) id a thread belongs to, or None."""
+    return status_field(tid, "Tgid")
 
 
 def process_owner(pid: int) -> "int | None":

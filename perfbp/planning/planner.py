@@ -224,14 +224,29 @@ def plan(watches: "Sequence", target: "Target | None" = None) -> Plan:
                 rules.shared_slots, held)
 
 
-def probe(limit: int = 64) -> dict:
+def probe(limit: int = 64, *, target: "Target | None" = None) -> dict:
     """Measure the real capacity here, like perf's tests/bp_account.c: how
     many breakpoints this thread can hold (on every CPU, and on each CPU),
-    and whether data and execute breakpoints share slots.
+    and whether data and execute breakpoints share slots.  With ``target``
+    (a thread, or a process: each of its threads), measure that task's free
+    slots instead, and name who holds the others.
+
+    Breakpoints are opened disabled, on this thread or the target's, until
+    the kernel says ENOSPC, and closed at once: the target's free slots are
+    held for those microseconds (a debugger setting a watchpoint in that
+    instant would be refused).
 
     Returns:
         ``{"task_slots": int, "per_cpu": {cpu: int}, "shared_data_execute":
-        bool | None, "cpu_slots": {cpu: int}}``.
+        bool | None, "cpu_slots": {cpu: int}}``; with ``target``:
+        ``{"target": str, "capacity": int, "threads": [{"tid", "comm",
+        "free", "per_cpu": {cpu: int}}], "holders": [...], "held_by": str}``
+        (each holder as :meth:`perfbp.kernel.holders.Holder.as_dict` gives
+        it; ``held_by``: all of them in words).
+
+    Raises:
+        NoSuchProcess, PermissionDenied: the target does not exist, or is
+            not this user's to watch.
     """
     import ctypes
 
@@ -250,11 +265,19 @@ def probe(limit: int = 64) -> dict:
                 if pid == -1:
                     held.append(Counter(bp, pid=-1, cpu=cpu, options=off))
                 else:
-                    held.append(Counter(bp, target=Target.thread(0, cpu=cpu), options=off))
+                    held.append(Counter(bp, target=Target.thread(pid, cpu=cpu), options=off))
             except NoBreakpointSlots:
                 break
         return held
 
+    def count(pid: int, cpu: int) -> int:
+        held = fill(pid, cpu)
+        for c in held:
+            c.close()
+        return len(held)
+
+    if target is not None:
+        return _probe_target(target, count)
     out: dict = {"per_cpu": {}, "cpu_slots": {}}
     held = fill(0, -1)
     out["task_slots"] = len(held)
@@ -270,15 +293,45 @@ def probe(limit: int = 64) -> dict:
         c.close()
     out["shared_data_execute"] = shared
     for cpu in system.online_cpus():
-        held = fill(0, cpu)
-        out["per_cpu"][cpu] = len(held)
-        for c in held:
-            c.close()
+        out["per_cpu"][cpu] = count(0, cpu)
         try:
-            held = fill(-1, cpu)
+            out["cpu_slots"][cpu] = count(-1, cpu)
         except PerfbpError:
-            held = []
-        out["cpu_slots"][cpu] = len(held)
-        for c in held:
-            c.close()
+            out["cpu_slots"][cpu] = 0
     return out
+
+
+#: threads of a process ``probe`` measures (the first, by id)
+PROBED_THREADS = 64
+
+
+def _probe_target(target: Target, count) -> dict:
+    """:func:`probe` of another task: each thread's free slots on every CPU
+    and on each, and who holds the others."""
+    from ..kernel import holders
+
+    if target.kind == "cpus" or target.pid <= 0:
+        raise PerfbpError("probe a thread or a process by its id (this thread: no target)")
+    if target.kind == "process":
+        try:
+            tids = system.thread_ids(target.pid)[:PROBED_THREADS]
+        except ProcessLookupError:
+            raise NoSuchProcess(f"cannot probe the slots of process {target.pid}: it does "
+                                f"not exist (or has exited)", pid=target.pid) from None
+    else:
+        tids = [target.pid]
+    threads = []
+    for tid in tids:
+        try:
+            free = count(tid, -1)
+            per_cpu = {cpu: count(tid, cpu) for cpu in system.online_cpus()}
+        except NoSuchProcess:
+            if len(tids) == 1:
+                raise
+            continue  # a thread that ended meanwhile
+        threads.append({"tid": tid, "comm": system.comm(tid), "free": free,
+                        "per_cpu": per_cpu})
+    found = holders.find(target.pid)
+    return {"target": target.describe(), "capacity": arch.current().data_slots,
+            "threads": threads, "holders": [h.as_dict() for h in found],
+            "held_by": holders.summary(found)}

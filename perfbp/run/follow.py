@@ -797,6 +797,12 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     watches (refusing what does not fit unless ``multiplex`` lets them take
     turns), and fork the command, stopped before exec.
 
+    ``target`` and ``command`` together (CPUs only: perf's ``-a -- CMD``)
+    watch those CPUs for as long as the command runs: the watches are
+    addresses (or kernel names), armed at once on the CPUs, and the command
+    is launched (and traced, unless ``trace`` is False, only to keep it
+    alive through debug exceptions that lost their status).
+
     Returns:
         ``(child or None, watches, plan, arming)``: ``arming[i]`` is
         ``"now"`` (a running target: arm at once), ``"image"`` (a name in a
@@ -811,8 +817,9 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     from ..planning.planner import as_watches, plan
     from ..symbols.resolve import resolve
 
-    if (target is None) == (command is None):
-        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
+    if (target is None) == (command is None) and (target is None or target.kind != "cpus"):
+        raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command "
+                          "(or CPUs and a command: those CPUs while the command runs)")
     items = [parse(w) if isinstance(w, str) else w for w in watches]  # "counter", "0x40/8:rw"
     specs = [w for w in items if isinstance(w, WatchSpec)]
     named = any(s.symbol is not None for s in specs)
@@ -825,6 +832,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     child = None
     if command is not None:
         path = launch.resolve_command(list(command))
+    if target is None:
         if named:
             ws, initial, arming = plan_names(specs, list(command), path)
             wspecs = [s if s.symbol is not None and s.object != "kernel" else None
@@ -839,6 +847,11 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
                              for w in items])
         elif target.kind == "cpus" and all(s.object == "kernel" for s in specs if s.symbol):
             ws = resolve(specs, 0)
+        elif target.kind == "cpus" and command is not None:
+            raise PerfbpError("a name of the command cannot be watched on every CPU (-a or "
+                              "-C with -- CMD): a CPU watch is one address in every process, "
+                              "and the command's names are known only in the command; give "
+                              "the address, or drop -a/-C to watch the command's own threads")
         elif target.kind == "cpus":
             raise PerfbpError("a watch on a symbol needs a process to look the symbol up "
                               "in: use -p PID or -- CMD (or give the address for -a/-C)")
@@ -849,6 +862,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
         # a running process's names hold for its program: removed at exec
         arming = ["image" if isinstance(w, WatchSpec) and w.symbol is not None
                   and w.object != "kernel" else "now" for w in items]
+        initial = wspecs = [None] * len(ws)  # CPUs while a command runs: it binds no name
     the_plan = plan(ws, target)
     if not the_plan.fits and multiplex is None:
         the_plan.require()

@@ -162,14 +162,16 @@ class Run:
             watches, target, command, multiplex, trace)
         child = self.child
         self.multiplex = multiplex
-        self.target = Target.process(child.pid, name=" ".join(command)) if child else target
+        # CPUs and a command (-a -- CMD): the CPUs, armed now, while it runs
+        self.target = target or Target.process(child.pid, name=" ".join(command))
         # a launched command is armed inside its execve; names whose address
         # is not known yet start parked, and the tracer moves them
-        self.at_exec = child is not None
+        self.at_exec = target is None
         self.opening = opening_watches(self.watches, self.arming)
         self.execs = ExecCheck(self.target.pid) if "image" in self.arming else None
-        self.description = (f"command '{' '.join(command)}' (pid {child.pid})" if child
-                            else self.target.describe())
+        launched = f"command '{' '.join(command)}' (pid {child.pid})" if child else ""
+        self.description = (launched if target is None else self.target.describe()
+                            + (f" while {launched} runs" if child else ""))
         self._slots_preview = False  # arm_sampler opened the first turn's pieces
 
     @property

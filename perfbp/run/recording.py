@@ -236,7 +236,8 @@ def _open_output(output: str, stream, run: Run, armed: SampledArming) -> PerfDat
     watch: perf shows the watch's name, and perfbp report merges the pieces
     of a watch back into one), then the tracking event; for a target that
     already runs, the COMM and MMAP2 records synthesized from /proc (a
-    launched command gets the kernel's own, from its exec on)."""
+    launched command gets the kernel's own, from its exec on; CPUs, those of
+    every process, even while a command runs)."""
     sampler = armed.sampler
     names = ([f"perfbp multiplexed slot {i}" for i in range(len(armed.pieces))]
              if armed.mux is not None else [run.watches[wi].label for wi, _bp, _ek in armed.pieces])
@@ -246,7 +247,7 @@ def _open_output(output: str, stream, run: Run, armed: SampledArming) -> PerfDat
         events.append(FileEvent(*sampler.tracking, "dummy:u"))
     writer = (PerfDataPipeWriter(stream.fd, events) if stream is not None
               else PerfDataWriter(output, events))
-    if run.child is None:
+    if run.child is None or run.target.kind == "cpus":
         try:
             tgt = run.target
             pids = (_all_pids() if tgt.kind == "cpus"

@@ -32,10 +32,12 @@ def count(watches: "Sequence", *,
             ``(breakpoint, label, exclude_kernel)`` triples).
         target: a thread, process or CPUs; or None with ``command``.
         command: argv of a program to launch with the watches armed before its
-            first instruction.
+            first instruction; with CPUs as ``target`` (perf's ``-a -- CMD``),
+            a program during which the CPUs are watched (armed first).
         duration: stop after this many seconds.
         interval: call ``on_interval(elapsed, hits_in_this_interval)`` every
-            ``interval`` seconds.
+            ``interval`` seconds, and once more at the end for the last,
+            partial interval: the intervals add up to the totals.
         on_start: called with the target's description and the
             :class:`~perfbp.Plan` of the watches, names resolved (their
             pieces, the slots they take, whether they take turns), once
@@ -57,7 +59,7 @@ def count(watches: "Sequence", *,
     run = Run(watches, target, command, multiplex, trace)
     counters, mux = run.arm_counters()
     ws = run.watches
-    reads = _Reads(ws, counters, mux, on_interval)
+    reads = _Reads(ws, counters, mux, on_interval, run.child)
     failed = True
     try:
         # from the banner on, Ctrl-C and SIGTERM only ask the loop to stop:
@@ -87,25 +89,36 @@ def count(watches: "Sequence", *,
         hits = [WatchHits(w, h.hits + r, h.seen, h.coverage, b, r) for w, h, b, r in
                 zip(run.final_watches([h.watch for h in hits]), hits,
                     outcome.pop("bindings"), outcome.pop("recovered"))]
+    if interval:  # the last, partial interval: the intervals add up to the totals
+        reads.tick(elapsed, [h.hits for h in hits])
     return CountResult(run.description, hits, elapsed, ended_by, exit_code, **outcome)
 
 
 class _Reads:
     """The counts of a session's watches (from their counters, or the
-    multiplexer's estimates), and the hits of each interval."""
+    multiplexer's estimates, plus the hits a launched command's tracer
+    recovered), and the hits of each interval."""
 
-    def __init__(self, watches, counters, mux, on_interval) -> None:
+    def __init__(self, watches, counters, mux, on_interval, child) -> None:
         self.watches, self.counters, self.mux = watches, counters, mux
-        self.on_interval = on_interval
+        self.on_interval, self.child = on_interval, child
         self.last = [0] * len(watches)  # opened just now: every hit since is in an interval
 
     def read_all(self) -> "list[int]":
+        """The events' counts (estimates), without the recovered hits."""
         if self.mux is not None:
             return [h.hits for h in self.mux.read()]
         return [sum(c.read() for c in group) for group in self.counters]
 
-    def tick(self, elapsed: float) -> None:
-        cur = self.read_all()
+    def tick(self, elapsed: float, totals: "list[int] | None" = None) -> None:
+        """Report the hits since the last tick, recovered ones included; with
+        ``totals`` (the final hits, read once the events stopped), those of
+        the last, partial interval."""
+        cur = totals
+        if cur is None:
+            cur = self.read_all()
+            if self.child is not None:
+                cur = [n + r for n, r in zip(cur, self.child.recovered)]
         if self.on_interval:
             self.on_interval(elapsed, [WatchHits(w, n - p) for w, n, p
                                        in zip(self.watches, cur, self.last)])
