@@ -45,8 +45,28 @@ BAD_INPUT = 2
 # -- the options several commands share, defined once ---------------------------------
 Watches = Annotated[Optional[List[str]], typer.Option(
     "-w", "--watch", metavar="SPEC",
-    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k]. LEN 1, 2, "
-         "4 or 8 (default 8); ACCESS w (default), rw, x, or r (not on x86). Repeat for more.")]
+    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k] (each part "
+         "under 'Watch SPEC' below). Repeat for more.")]
+#: The whole -w grammar, at the end of the help of every command that takes -w.
+SPEC_HELP = (
+    "\b\nWatch SPEC: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k]\n"
+    "  ADDR       an address, hex or decimal         0x4040a0\n"
+    "  SYMBOL     a global, found as ld.so finds it  counter\n"
+    "    .MEMBER  a struct member (from DWARF)       config.flags\n"
+    "    [N]      an array element                   table[3], grid[1][2].next\n"
+    "  @OBJECT    in that library or program         environ@libc.so.6\n"
+    "             (file name, soname or path), or    vfs_read@kernel:x\n"
+    "             the kernel\n"
+    "  +OFF       bytes past the start               counter+4\n"
+    "  /LEN       bytes; default: the symbol's size  buf/64\n"
+    "             or 8. Any length: split over\n"
+    "             several debug registers\n"
+    "  :ACCESS    w write (default), rw read or      counter:rw\n"
+    "             write, x execute (r: not on x86)\n"
+    "  :u / :k    user-mode hits only (default for   0x4040a0:w:k\n"
+    "             user addresses) / kernel's too\n"
+    "  mem:       perf's spelling: one register      mem:0x4040a0/8:w\n"
+    "  Quote a SPEC with [ ] for the shell:  -w 'table[3].next@libfoo.so:rw'\n\n")
 Pid = Annotated[Optional[int], typer.Option("-p", "--pid", help="Every thread of this process.")]
 Tid = Annotated[Optional[int], typer.Option("-t", "--tid", help="This thread only.")]
 AllCpus = Annotated[bool, typer.Option("-a", "--all-cpus", help="Every CPU (system-wide).")]
@@ -344,7 +364,7 @@ def _unresolved(result) -> None:
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp stat -w counter -- ./demo/demo         # writes to a global, by name\n"
            "  perfbp stat -w environ@libc.so.6 -- ./prog    # a library's variable\n"
            "  perfbp stat -w config.flags -p 1234           # a struct member (DWARF)\n"
@@ -508,7 +528,7 @@ def _report_csv(report) -> None:
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp record -w counter -- ./demo/demo   # every write, into perfbp.data\n"
            "  perfbp record -w buf/64:rw -p 1234 -d 10  # a 64-byte buffer, 10 s\n"
            "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
@@ -702,7 +722,7 @@ def _report_stdin(top: int, sort: str):
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp top -w counter -- ./demo/demo       # live hits of a global\n"
            "  perfbp top -w counter -w config.flags -p 1234  # beside a running program\n"
            "  perfbp top -w 0x4040a0 -a --interval 2     # all CPUs, every 2 s\n"
@@ -755,7 +775,7 @@ def top(
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp slots -w 0x601040/16 -w 0x601080 -p 1234  # would these fit?\n"
            "  perfbp slots --json -w 0x601001/8 -- ./prog      # 1+2+4+1: 4 slots\n"
            "  perfbp slots --probe                             # measure the slots here\n"
