@@ -357,8 +357,8 @@ def _unresolved(result) -> None:
     """A name no program of the run defined: exit 2 (after the counts)."""
     if result.unresolved:
         for err in result.unresolved[1:]:
-            error(err)
-        raise fail(str(result.unresolved[0]))
+            error(err.message_for("cli"))
+        raise fail(result.unresolved[0].message_for("cli"))
 
 
 @app.command(
@@ -821,7 +821,7 @@ def slots(
             watches = perfbp.resolve_watches(watches, target.pid)
     plan = perfbp.plan(watches, target)
     if as_json:
-        typer.echo(json.dumps(plan.as_dict()))
+        typer.echo(json.dumps({**plan.as_dict(), "explanation": plan.explain("cli")}))
         return
     for w in plan.watches:
         pieces = ", ".join(f"{p.address:#x}/{p.length}" for p in w.pieces)
@@ -830,7 +830,7 @@ def slots(
     typer.echo(f"{'fits' if plan.fits else 'does NOT fit'}: needs {plan.slots_needed} "
                f"slot{'s' if plan.slots_needed != 1 else ''}, {plan.free} free "
                f"(capacity {plan.capacity})")
-    typer.echo(plan.explanation)
+    typer.echo(plan.explain("cli"))
 
 
 @app.command(
@@ -882,7 +882,7 @@ def main(argv: "list[str] | None" = None) -> None:
         error(f"{exc.format_message()} (see perfbp --help)")
         sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
-        error(str(exc))
+        error(exc.message_for("cli"))  # the API's words for what to do, as options
         sys.exit(BAD_INPUT)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("perfbp: interrupted", err=True)

@@ -820,8 +820,8 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
         raise PerfbpError("give every watch as a spec when any of them names a symbol")
     if command is not None and not trace and any(
             s.symbol is not None and s.object != "kernel" for s in specs):
-        raise InvalidBreakpoint("watches on names need perfbp to follow the command "
-                                "(ptrace): without it (--no-ptrace) give addresses")
+        raise InvalidBreakpoint.phrased("watches on names need perfbp to follow the command "
+                                        "(ptrace): without it ({no_trace}) give addresses")
     child = None
     if command is not None:
         path = launch.resolve_command(list(command))
@@ -840,8 +840,9 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
         elif target.kind == "cpus" and all(s.object == "kernel" for s in specs if s.symbol):
             ws = resolve(specs, 0)
         elif target.kind == "cpus":
-            raise PerfbpError("a watch on a symbol needs a process to look the symbol up "
-                              "in: use -p PID or -- CMD (or give the address for -a/-C)")
+            raise PerfbpError.phrased("a watch on a symbol needs a process to look the symbol "
+                                      "up in: give {process} or {command} (or give the "
+                                      "address for {cpus})")
         else:
             pid = target.pid if target.kind == "process" else (
                 system.thread_group(target.pid) or target.pid)

@@ -110,12 +110,12 @@ def _refuse_tls(sym: Symbol, path: str, spec: "WatchSpec | None") -> None:
     if sym.kind != "tls":
         return
     what = spec.text if spec is not None else sym.name
-    raise InvalidBreakpoint(
+    raise InvalidBreakpoint.phrased(
         f"watch {what!r}: {sym.name} is thread-local (STT_TLS in "
         f"{os.path.basename(path)}): every thread has its own copy, at the thread "
         f"pointer plus the module's TLS offset, so no one address is it. Watch one "
-        f"thread's copy by address: find it in that thread (gdb: `p &{sym.name}`), "
-        f"then `-t TID -w ADDR/{sym.size or 8}`")
+        f"thread's copy: find its address in that thread (gdb: `p &{sym.name}`), "
+        f"then watch {{address}} with {{thread}}; it is {sym.size or 8} bytes")
 
 
 def defines(path: str, text: str) -> bool:
@@ -145,10 +145,10 @@ def find_symbol(path: str, name: str) -> Symbol:
     if len(found) > 1 and len(globals_) != 1:
         where = ", ".join(f"{s.value:#x} ({s.size} bytes, {'local' if s.local else 'global'})"
                           for s in found)
-        raise SymbolNotFound(f"symbol {name!r} is ambiguous in {path}: {len(found)} "
-                             f"definitions at {where} (link-time addresses: add the load "
-                             f"bias of a PIE or a library); watch one by address "
-                             f"(-w ADDR/LEN)", errno=errno.EINVAL)
+        raise SymbolNotFound.phrased(f"symbol {name!r} is ambiguous in {path}: {len(found)} "
+                                     f"definitions at {where} (link-time addresses: add the "
+                                     f"load bias of a PIE or a library); watch one by "
+                                     f"{{address}}", errno=errno.EINVAL)
     return globals_[0] if len(found) > 1 else found[0]
 
 
@@ -166,9 +166,10 @@ def kernel_address(spec: WatchSpec) -> WatchSpec:
         why = ("/proc/kallsyms hides kernel addresses from this user "
                "(kernel.kptr_restrict): run as root" if found is not None else
                "/proc/kallsyms does not list it: data symbols appear there only in "
-               "kernels built with CONFIG_KALLSYMS_ALL; functions always do. Give the "
-               "address instead (-w 0xffff...:w)")
-        raise SymbolNotFound(f"watch '{spec.text}': no kernel symbol {spec.symbol!r}: {why}")
+               "kernels built with CONFIG_KALLSYMS_ALL; functions always do. Watch "
+               "{address} instead")
+        raise SymbolNotFound.phrased(f"watch '{spec.text}': no kernel symbol "
+                                     f"{spec.symbol!r}: {why}")
     address, kind = found
     if kind.lower() in "tw" and spec.access != "x":
         raise SymbolNotFound(f"watch '{spec.text}': {spec.symbol} is kernel code: watch "
@@ -251,13 +252,13 @@ def not_found(spec: WatchSpec, searched: "Sequence[str]",
         close = difflib.get_close_matches(spec.object, names, n=4, cutoff=0.4)
         where = (f"is not loaded in process {process}" if process is not None else
                  f"is not among the objects {searched[0]} loads at start")
-        return SymbolNotFound(
+        return SymbolNotFound.phrased(
             f"watch '{spec.text}': {spec.object} {where}"
             + (f" (loaded: {', '.join(close)})" if close else "")
             + "; give the library's soname or path as the program loads it "
               "(`ldd PROGRAM`, /proc/PID/maps)"
             + ("" if process is not None else
-               ", or attach with -p once a library it opens later is loaded"))
+               ", or attach with {process} once a library it opens later is loaded"))
     pool: list[str] = []
     for p in searched:
         try:
