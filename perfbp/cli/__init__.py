@@ -228,6 +228,15 @@ def _banner(watches, description: str, plan: "perfbp.Plan",
     typer.echo(f"perfbp: watching {n} location{'s' if n > 1 else ''} "
                f"({', '.join(w.spec for w in watches)}) in {description}; "
                f"{how}. Ctrl-C to end.", err=True)
+    _warnings(plan.watches)
+
+
+def _warnings(watches) -> None:
+    """One line on stderr for each watch that can never fire (read-only
+    memory)."""
+    for w in watches:
+        if w.warning:
+            typer.echo(f"perfbp: WARNING: {w.warning}", err=True)
 
 
 class _Output:
@@ -826,6 +835,8 @@ def slots(
     for w in plan.watches:
         pieces = ", ".join(f"{p.address:#x}/{p.length}" for p in w.pieces)
         typer.echo(f"{w.label}: {w.describe_pieces()}: {pieces}")
+        if w.warning:
+            typer.echo(f"  WARNING: {w.warning}")
     typer.echo("")
     typer.echo(f"{'fits' if plan.fits else 'does NOT fit'}: needs {plan.slots_needed} "
                f"slot{'s' if plan.slots_needed != 1 else ''}, {plan.free} free "

@@ -34,11 +34,17 @@ class Watch:
         pieces: the breakpoints, one per debug register.
         exclude_kernel: None (default: user addresses exclude kernel-mode
             hits), True or False.
+        warning: why the watch can never fire, when perfbp can tell (a
+            write watch on memory the program maps read-only: no store
+            reaches it, so no x86 data breakpoint fires), or None.  Set
+            where a name or address is resolved in a program
+            (:mod:`perfbp.symbols.resolve`); not part of the watch's identity.
     """
 
     label: str
     pieces: "tuple[Breakpoint, ...]"
     exclude_kernel: "bool | None" = None
+    warning: "str | None" = field(default=None, compare=False)
 
     @classmethod
     def range(cls, address: int, length: int, access: str = "w", *, label: str = "",
@@ -146,7 +152,9 @@ class Plan:
                 "watches": [{"watch": w.label, "address": w.address, "length": w.length,
                              "access": w.access, "slots": len(w.pieces),
                              "pieces": [{"address": p.address, "length": p.length}
-                                        for p in w.pieces]} for w in self.watches]}
+                                        for p in w.pieces],
+                             **({"warning": w.warning} if w.warning else {})}
+                            for w in self.watches]}
 
     def require(self) -> None:
         """Raise :class:`~perfbp.NoBreakpointSlots` with the explanation when

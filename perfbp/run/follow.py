@@ -180,7 +180,7 @@ def shifted(res: Resolution, bias: int) -> Resolution:
     """A link-time resolution moved by a load bias."""
     w = res.watch
     pieces = tuple(Breakpoint(p.address + bias, p.length, p.access) for p in w.pieces)
-    return replace(res, watch=Watch(w.label, pieces, w.exclude_kernel))
+    return replace(res, watch=replace(w, pieces=pieces))
 
 
 @dataclass
@@ -809,7 +809,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     """
     from ..kernel import launch, system
     from ..planning.planner import as_watches, plan
-    from ..symbols.resolve import resolve
+    from ..symbols.resolve import resolve, warn_read_only
 
     if (target is None) == (command is None):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command")
@@ -850,6 +850,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
         # a running process's names hold for its program: removed at exec
         arming = ["image" if isinstance(w, WatchSpec) and w.symbol is not None
                   and w.object != "kernel" else "now" for w in items]
+    ws = warn_read_only(ws, target, path if command is not None else None)
     the_plan = plan(ws, target)
     if not the_plan.fits and multiplex is None:
         the_plan.require()
