@@ -743,10 +743,15 @@ def top(
     interval: Annotated[float, typer.Option("--interval", "-i", metavar="SECONDS",
                                             help="Seconds between screen updates.")] = 1.0,
     top_n: Top = 5, no_ptrace: NoPtrace = False, multiplex: Multiplex = False,
-    slice_ms: SliceMs = 10, command: Command = None,
+    slice_ms: SliceMs = 10,
+    command_output: Annotated[Optional[str], typer.Option(
+        "--command-output", metavar="FILE",
+        help="On a terminal, where a launched command's output goes while the view is "
+             "up (default: a new file in $TMPDIR; the view and the end name it).")] = None,
+    command: Command = None,
 ) -> None:
     """A live view of every hit: per watch the hits, hits per second, a
-    sparkline of the last 60 intervals and the top writer, and the busiest
+    sparkline (one column per interval) and the top writer, and the busiest
     threads. q or Ctrl-C quits and prints the same summary as perfbp record.
     Piped, it prints one line per watch per interval instead.
     """
@@ -758,8 +763,17 @@ def top(
         raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
         raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
-    session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
-                                 interval=interval, trace=args.trace, multiplex=args.multiplex)
+    output = None  # the command must not draw over the view: its output goes to a file
+    if args.command and tui.is_terminal():
+        output = command_output or tui.output_file()
+    try:
+        session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
+                                     interval=interval, trace=args.trace,
+                                     multiplex=args.multiplex, command_output=output)
+    except BaseException:
+        if output is not None and command_output is None:
+            os.unlink(output)  # the file made for it: nothing ran
+        raise
     try:
         slots = (session.mux.nslots if session.mux is not None
                  else sum(len(w.pieces) for w in session.watches))
@@ -770,6 +784,8 @@ def top(
         session.close()
     typer.echo("")
     _render_report(report, top_n)
+    if output is not None:
+        typer.echo(f"perfbp: {tui.output_note(output, made=command_output is None)}", err=True)
     for f in session.figures:
         if not f.complete:
             typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
