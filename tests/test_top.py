@@ -526,6 +526,22 @@ def test_piped_short_target_writers_are_named(steady):
     assert re.search(r"^\s+7 100\.0%  bump_counter\+0x[0-9a-f]+ ", r.stdout, re.M), r.stdout
 
 
+def test_piped_command_output_goes_to_the_file_given(steady, tmp_path):
+    """Piped, a command's output goes where perfbp's does, unless
+    --command-output names a file; without a command to launch, it is
+    refused."""
+    out = tmp_path / "command.out"
+    r = run_piped("-w", "counter", "--interval", "0.2", "--command-output", str(out), "--",
+                  "/bin/sh", "-c", f"{TALK} {steady} 7 0 0")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == TALKED
+    assert "out-11" not in r.stdout and "oops-13" not in r.stderr
+    assert r.stderr == f"perfbp: the command's output ({len(TALKED)} bytes) is in {out}\n"
+    r = run_piped("-w", "counter", "--command-output", str(out), "-p", str(os.getpid()))
+    assert (r.returncode, r.stderr) == (2, "perfbp: error: --command-output is where a "
+                                           "launched command's output goes: give -- CMD\n")
+
+
 def test_piped_rate_counts_the_intervals_real_length(steady):
     # the program's N stores take ~0.15 s: one short interval, ended by its exit
     r = run_piped("-w", "counter", "--interval", "2", "--", str(steady), str(N), "0", "0")

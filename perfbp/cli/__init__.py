@@ -746,8 +746,9 @@ def top(
     slice_ms: SliceMs = 10,
     command_output: Annotated[Optional[str], typer.Option(
         "--command-output", metavar="FILE",
-        help="On a terminal, where a launched command's output goes while the view is "
-             "up (default: a new file in $TMPDIR; the view and the end name it).")] = None,
+        help="Where a launched command's output goes (default: on a terminal, a new file "
+             "in $TMPDIR, so that it cannot draw over the view; the view and the end name "
+             "it).")] = None,
     command: Command = None,
 ) -> None:
     """A live view of every hit: per watch the hits, hits per second, a
@@ -763,9 +764,11 @@ def top(
         raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
         raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
-    output = None  # the command must not draw over the view: its output goes to a file
-    if args.command and tui.is_terminal():
-        output = command_output or tui.output_file()
+    if command_output is not None and not args.command:
+        raise fail("--command-output is where a launched command's output goes: give -- CMD")
+    output = command_output  # the command must not draw over the view: its output to a file
+    if args.command and output is None and tui.is_terminal():
+        output = tui.output_file()
     try:
         session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
                                      interval=interval, trace=args.trace,
