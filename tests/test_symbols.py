@@ -4,8 +4,10 @@ ASLR included; unknown and ambiguous names answered (real kernel)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,91 @@ def test_member_errors_are_one_line(progs):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1, (spec, r.stderr)
         assert fragment in lines[0] and "Traceback" not in r.stderr, (spec, lines[0])
+
+
+# -- a write watch on read-only memory --------------------------------------------------
+
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+
+
+def readelf_read_only_sections(path: str) -> "set[str]":
+    """The sections readelf maps to a loadable segment without W."""
+    out = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True,
+                         check=True).stdout
+    heads, _sep, mapping = out.partition("Section to Segment mapping:")
+    segments = [line.split() for line in heads.splitlines()
+                if line.split()[:1] and line.split()[0].isupper()
+                and line.split()[0] not in ("Type", "Elf", "Entry", "There")]
+    rows = [line.split() for line in mapping.splitlines()[2:] if line.strip()]
+    fixed: set[str] = set()
+    for seg, row in zip(segments, rows):
+        if seg[0] == "LOAD" and "W" not in "".join(seg[6:-1]):  # Flg
+            fixed.update(row[1:])
+    return fixed
+
+
+@pytest.mark.parametrize("which", ["libc", "nopie", "pie"])
+def test_read_only_sections_as_readelf_maps_them(progs, which):
+    """What perfbp calls read-only is what readelf maps to a PT_LOAD without
+    write permission: .rodata and .text are, .data, .bss and .data.rel.ro
+    (relocated by ld.so, then made read-only) are not."""
+    from perfbp.symbols import images
+
+    path = LIBC if which == "libc" else str(progs[which])
+    mine = {name for _lo, _hi, name in images.image(path).read_only}
+    assert mine == readelf_read_only_sections(path)
+    assert {".rodata", ".text"} <= mine and not mine & {".data", ".bss", ".data.rel.ro"}
+
+
+IN6 = ("in6addr_any@libc.so.6{} is in .rodata of libc.so.6, which the program maps "
+       "read-only: no store can reach it, so this write watch can never fire (watch its "
+       "reads with :rw)")
+
+
+@pytest.mark.kernel
+def test_a_write_watch_on_read_only_memory_is_warned_of(progs):
+    """in6addr_any is in libc's .rodata: the write watch counts 0, and the
+    banner, the JSON and the API say why it can never fire; the same name
+    watched for reads, and a written global, are not warned of."""
+    r = perfbp_cli("stat", "--json", "-w", "in6addr_any@libc.so.6/8", "-w", "counter",
+                   "-w", "in6addr_any@libc.so.6/8:rw", "--", str(progs["nopie"]))
+    assert r.returncode == 0, r.stderr
+    ro, counter, reads = json.loads(r.stdout.strip().splitlines()[-1])["watches"]
+    assert (ro["hits"], ro["warning"]) == (0, IN6.format("/8"))
+    assert counter["hits"] == 2 * WRITES and "warning" not in counter
+    assert "warning" not in reads
+    warnings = [line for line in r.stderr.splitlines() if "WARNING" in line]
+    assert warnings == [f"perfbp: WARNING: {IN6.format('/8')}"]
+    result = perfbp.count(["in6addr_any@libc.so.6"], command=[str(progs["nopie"])])
+    assert result.watches[0].hits == 0 and result.watches[0].watch.warning == IN6.format("")
+    here = perfbp.resolve_watches(["in6addr_any@libc.so.6"], os.getpid())
+    assert perfbp.plan(here).watches[0].warning == IN6.format("")
+
+
+@pytest.mark.kernel
+def test_a_write_watch_on_read_only_memory_of_a_running_process():
+    """-p: an address is checked in /proc/PID/maps, a name in its object's
+    ELF headers."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        time.sleep(0.2)  # sleep's libc is mapped
+        (w,) = perfbp.resolve_watches(["in6addr_any@libc.so.6"], proc.pid)
+        with open(f"/proc/{proc.pid}/maps") as f:
+            rows = [line.split() for line in f]
+        (path,) = {r[5] for r in rows if len(r) == 6
+                   and int(r[0].split("-")[0], 16) <= w.address < int(r[0].split("-")[1], 16)}
+        spec = f"{w.address:#x}/8"
+        r = perfbp_cli("stat", "--json", "-w", spec, "-w", "in6addr_any@libc.so.6/8",
+                       "-w", f"{spec}:rw", "-p", str(proc.pid), "-d", "0.1")
+        assert r.returncode == 0, r.stderr
+        by_address, by_name, reads = json.loads(r.stdout.strip().splitlines()[-1])["watches"]
+        assert by_address["warning"] == (
+            f"{spec} is in a read-only mapping (r--p) of {path} in process {proc.pid}: no "
+            f"store can reach it, so this write watch can never fire (watch its reads with :rw)")
+        assert by_name["warning"] == IN6.format("/8")
+        assert "warning" not in reads
+        assert [line for line in r.stderr.splitlines() if "WARNING" in line] == [
+            f"perfbp: WARNING: {by_address['warning']}", f"perfbp: WARNING: {IN6.format('/8')}"]
+    finally:
+        proc.kill()
+        proc.wait()

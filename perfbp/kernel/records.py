@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 from ._uapi import (
     PERF_FORMAT_GROUP,
@@ -487,6 +487,14 @@ _COLUMN_ORDER = (
 COLUMNS = ("ip", "pid", "tid", "time", "addr", "id", "stream_id", "cpu", "period")
 
 
+def shape_repr(kind: str, rows: int, names: "Sequence[str]", extra: str = "") -> str:
+    """A repr of columnar samples that fits a line: the shape and the
+    column names, never the data (``<Samples: 1,009 samples x 6 columns
+    (ip, pid, ...)>``)."""
+    return (f"<{kind}: {rows:,} samples x {len(names)} column{'s' if len(names) != 1 else ''}"
+            f" ({', '.join(names)}){extra}>")
+
+
 def sample_dtype(cfg: ParseConfig):
     """The numpy structured dtype of one fixed-size PERF_RECORD_SAMPLE."""
     import numpy as np
@@ -521,6 +529,11 @@ class SampleColumns:
             if col is not None:
                 return len(col)
         return 0
+
+    def __repr__(self) -> str:
+        names = [n for n in COLUMNS if getattr(self, n) is not None]
+        return shape_repr("SampleColumns", len(self), names,
+                          ", with call stacks" if self.callchain is not None else "")
 
     @classmethod
     def concat(cls, parts: "list[SampleColumns]") -> "SampleColumns":
