@@ -192,6 +192,38 @@ def test_runs_give_the_report_the_columns_give(rec, top, window):
     assert fast[0]["samples"] == sum(n for _k, n, _o in rec[3])
 
 
+def test_writers_in_objects_without_debug_info_need_no_dwarf(build, tmp_path):
+    """A writer in a program built without -g is named from its symbols,
+    with no source line, and neither pyelftools nor numpy is loaded; built
+    with -g, it has its line."""
+    st_ = SAMPLE_TYPES[0]
+    for flag, line in (("-g0", None), ("-g", "lines_demo.c")):
+        exe = build("lines_demo.c", "-O2", flag, "-no-pie", name=f"lines_demo{flag}")
+        nm = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True)
+        (main,) = [int(ln.split()[0], 16) for ln in nm.stdout.splitlines()
+                   if ln.split()[-1] == "main"]
+        name = str(exe).encode().ljust((len(str(exe)) + 8) // 8 * 8, b"\0")
+        mmap = header(1, 0, struct.pack("<IIQQQ", 1000, 1000, 0x400000, 1 << 20, 0) + name
+                      + sample_id_bytes(ParseConfig(st_, True), pid=1000, tid=1000))
+        path = str(tmp_path / f"writer{flag}.data")
+        events = [FileEvent(attr(PERF_TYPE_BREAKPOINT, st_, WATCH_ADDRS[0]), (100,), "")]
+        writer = PerfDataWriter(path, events)
+        writer.write(mmap + sample(st_, (100, main + 4, 1000, 1000, 0, 0), 1) * 50)
+        writer.finish(cmdline=["test"], nr_cpus=(1, 1))
+        code = ("import sys; from perfbp.data.report import load_report; "
+                f"(w,) = load_report({path!r}).watches[0].writers; "
+                "print(w.location, w.source, sorted({'numpy', 'elftools'} & set(sys.modules)))")
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        where, source, loaded = r.stdout.split(" ", 2)
+        assert where == "main+0x4"
+        if line is None:
+            assert (source, loaded.strip()) == ("None", "[]")
+        else:
+            assert source.startswith("lines_demo.c:")
+
+
 def test_long_runs_are_counted_without_columns(tmp_path):
     """Few writers, threads and watches: no window is decoded into columns,
     and the report process loads no numpy."""

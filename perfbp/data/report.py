@@ -24,7 +24,7 @@ from .perfdata import (HEADER_NRCPUS, FileAttr, Recording,
 from ..kernel._uapi import PERF_SAMPLE_ADDR
 from ..kernel.records import (Comm, Lost, LostSamples, Mmap, Read, Task, decode_bulk,
                               sample_runs)
-from ..symbols.elf import Location, Symbolizer
+from ..symbols.elf import Location, Symbolizer, load_object
 
 SORT_KEYS = ("watch", "symbol", "thread", "cpu")
 
@@ -576,6 +576,9 @@ def source_of(loc: Location) -> "str | None":
     data breakpoints trap once it is done), so the line is that of ip - 1."""
     if loc.vaddr is None or not loc.dso.startswith("/"):
         return None
+    obj = load_object(loc.dso)
+    if obj is not None and not obj.has_lines:
+        return None  # stripped, or built without -g: no DWARF to read (nor pyelftools)
     from ..symbols.lines import line_table  # DWARF: only when a writer is shown
 
     table = line_table(loc.dso)

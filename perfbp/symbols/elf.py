@@ -351,13 +351,15 @@ class Location:
 
 
 class ElfObject:
-    """The function symbols and load segments of one ELF file."""
+    """The function symbols and load segments of one ELF file, and whether
+    it has a DWARF line table (``has_lines``: a ``.debug_line`` section)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         starts: dict[int, tuple[str, int]] = {}
         with ElfReader(path) as elf:
             self.pie_or_shared = elf.e_type == ET_DYN
+            self.has_lines = bool({".debug_line", ".zdebug_line"} & set(elf.names))
             self.segments = [(s.p_offset, s.p_filesz, s.p_vaddr)  # (p_offset, p_filesz, p_vaddr)
                              for s in elf.segments if s.p_type == PT_LOAD]
             for table in (".symtab", ".dynsym"):
