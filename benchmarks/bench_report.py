@@ -342,10 +342,18 @@ def _fn(module: str, *names: str):
     return lambda f, n: n in names and f.replace("\\", "/").endswith(f"perfbp/{module}.py")
 
 
+#: the command line's main, as ``python -m perfbp`` runs it but for its exit
+#: (os._exit, which would skip writing cProfile's statistics)
+_DRIVER = "import sys\nfrom perfbp.cli import main\nmain(sys.argv[1:])\n"
+
+
 def profile_report(path: str, env: dict, workdir: str) -> dict:
     """cProfile of one ``perfbp report`` run, split into phases."""
     prof = os.path.join(workdir, "report.prof")
-    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", prof, "-m", "perfbp",
+    driver = os.path.join(workdir, "report_driver.py")
+    with open(driver, "w") as f:
+        f.write(_DRIVER)
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", prof, driver,
                            "report", "-i", path], env=env, cwd=CWD[0], capture_output=True,
                           timeout=600)
     if proc.returncode != 0 or not os.path.exists(prof):
