@@ -93,10 +93,14 @@ E_MACHINE = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S3
              40: "EM_ARM", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV",
              258: "EM_LOONGARCH"}
 
-_RECORDS = {(cls, order, name): (struct.Struct(order + "".join(c for _f, c in fields)),
-                                 namedtuple(f"Elf{cls}_{name}", [f for f, _c in fields]))
-            for cls, layouts in ELF_LAYOUTS.items() for order in EI_DATA.values()
-            for name, fields in layouts.items()}
+@lru_cache(maxsize=None)
+def _record_of(cls: int, order: str, name: str):
+    """The struct and the named tuple of layout ``name`` in an ELF file of
+    class ``cls`` and byte order ``order``: made when first read (the 28 of
+    them cost 10 ms at import, a report reads 4)."""
+    fields = ELF_LAYOUTS[cls][name]
+    return (struct.Struct(order + "".join(c for _f, c in fields)),
+            namedtuple(f"Elf{cls}_{name}", [f for f, _c in fields]))
 
 
 class ElfReader:
@@ -165,7 +169,7 @@ class ElfReader:
                 self.names = [names[s.sh_name] for s in self.sections]
 
     def _record(self, name: str):
-        return _RECORDS[(self.elfclass, self.order, name)]
+        return _record_of(self.elfclass, self.order, name)
 
     def _table(self, offset: int, count: int, entsize: int, name: str) -> list:
         fmt, record = self._record(name)
