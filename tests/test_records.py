@@ -635,17 +635,28 @@ def test_bulk_agrees_on_long_runs():
 # -- runs of alike samples == the columns ------------------------------------------------
 
 #: every field sample_runs may be asked for
-RUN_FIELDS = ("id", "ip", "pid", "tid", "time", "addr", "stream_id", "cpu", "period")
+RUN_FIELDS = ("id", "ip", "pid", "tid", "time", "addr", "stream_id", "cpu", "period",
+              "callchain")
+
+
+def column(cols: SampleColumns, name: str, i: int):
+    """Sample ``i``'s ``name`` in the columns (a call stack: () when none)."""
+    col = getattr(cols, name)
+    if name == "callchain":
+        return () if col is None else col[i]
+    return None if col is None else col[i]
 
 
 def assert_runs_agree(buf, cfg, fields=RUN_FIELDS, min_run=1) -> "list | None":
     """sample_runs gives, sample for sample, the values of decode_bulk's
     columns, the same other records, and runs whose values differ from the
-    run before; or None, and then only for samples with fields of variable
-    size, none of the columns, or runs shorter than ``min_run``."""
+    run before; or None, and then only for samples with read values (or
+    fields perfbp does not know), none of the columns, or runs shorter than
+    ``min_run``."""
     got = records.sample_runs(buf, cfg, fields, min_run=min_run)
     cols, others = decode_bulk(buf, cfg)
-    if cfg.fixed_sample_size is None or not cfg.sample_type & records.FIXED_SAMPLE_BITS:
+    if cfg.sample_type & ~(records.FIXED_SAMPLE_BITS | PERF_SAMPLE_CALLCHAIN) \
+            or not cfg.sample_type & records.FIXED_SAMPLE_BITS:
         assert got is None
         return None
     if got is None:
@@ -653,8 +664,7 @@ def assert_runs_agree(buf, cfg, fields=RUN_FIELDS, min_run=1) -> "list | None":
         return None
     runs, runs_others = got
     assert runs_others == others
-    want = [tuple(getattr(cols, f)[i] if getattr(cols, f) is not None else None
-                  for f in fields) for i in range(len(cols))]
+    want = [tuple(column(cols, f, i) for f in fields) for i in range(len(cols))]
     assert [tuple(v) for v, n in runs for _ in range(n)] == want
     assert all(n > 0 for _v, n in runs)
     assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))
@@ -663,12 +673,21 @@ def assert_runs_agree(buf, cfg, fields=RUN_FIELDS, min_run=1) -> "list | None":
 
 @st.composite
 def alike_streams(draw):
-    """(cfg, bytes): copies of a few samples that differ in their time
-    only, in stretches, with other records between some of them: some of
-    those a sample's copy but for their type (an impostor of type 99)."""
+    """(cfg, bytes): copies of a few samples (with call stacks or not) that
+    differ in their time only, in stretches, with other records between
+    some of them: some of those a sample's copy but for their type (an
+    impostor of type 99)."""
     cfg = draw(configs(variable=False))
+    if draw(st.booleans()):
+        cfg = ParseConfig(cfg.sample_type | PERF_SAMPLE_CALLCHAIN, cfg.sample_id_all,
+                          cfg.read_format)
     r = random.Random(draw(st.integers(0, 2**32)))
-    protos = [make_sample(cfg, r)[0] for _ in range(draw(st.integers(1, 3)))]
+    protos = [make_sample(cfg, r, callchain=draw(st.sampled_from([0, 1, 3, 3, 40])))[0]
+              for _ in range(draw(st.integers(1, 3)))]
+    head = 16 + 8 * bin(cfg.sample_type & records.FIXED_SAMPLE_BITS).count("1")  # to the ips
+    if cfg.sample_type & PERF_SAMPLE_CALLCHAIN and len(protos[0]) > head:
+        # the first sample with another last frame: alike but for its stack
+        protos.append(protos[0][:-8] + struct.pack("<Q", u64(r)))
     # the time's word: after the header, the identifier, the ip and the tid
     at = 8 + 8 * sum(bool(cfg.sample_type & b) for b in FIXED_BITS[:3])
     out = b""
@@ -688,15 +707,16 @@ def alike_streams(draw):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(streams(variable=False), st.sampled_from([RUN_FIELDS, ("id", "pid", "tid", "ip", "cpu"),
-                                                 ("addr",), ()]))
+@given(streams(variable=True), st.sampled_from([RUN_FIELDS, ("id", "pid", "tid", "ip", "cpu"),
+                                                ("addr", "callchain"), ()]))
 def test_runs_agree_with_bulk(stream, fields):
     cfg, recs = stream
     assert_runs_agree(joined(recs), cfg, fields)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(alike_streams(), st.sampled_from([("id", "pid", "tid", "ip", "cpu"), ("addr", "ip"), ()]))
+@given(alike_streams(), st.sampled_from([("id", "pid", "tid", "ip", "cpu", "callchain"),
+                                         ("addr", "ip"), ()]))
 def test_runs_agree_with_bulk_on_alike_samples(stream, fields):
     """Samples alike but for their time: long runs, merged across the other
     records; the time asked for splits them again."""
@@ -710,7 +730,8 @@ def test_runs_agree_with_bulk_on_alike_samples(stream, fields):
 
 def test_runs_give_up_on_short_runs():
     """More than 8 runs, and more than one per MIN_RUN samples: None (the
-    columns are the faster way); long runs of the same samples: a few."""
+    columns are the faster way); long runs of the same samples: a few; read
+    values: None."""
     cfg = ParseConfig(PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME, True)
     r = random.Random(3)
     a, b = make_sample(cfg, r)[0], make_sample(cfg, r)[0]
@@ -719,8 +740,8 @@ def test_runs_give_up_on_short_runs():
     runs, others = records.sample_runs((a * 3000 + b * 3000) * 3, cfg, fields)
     assert [n for _v, n in runs] == [3000] * 6 and others == []
     assert records.sample_runs(b"", cfg, fields) == ([], [])
-    callchains = ParseConfig(cfg.sample_type | PERF_SAMPLE_CALLCHAIN, True)
-    assert records.sample_runs(make_sample(callchains, r)[0], callchains, fields) is None
+    reads = ParseConfig(cfg.sample_type | PERF_SAMPLE_READ, True)
+    assert records.sample_runs(make_sample(reads, r)[0], reads, fields) is None
 
 
 # -- never crash: only PerfbpError ---------------------------------------------------------

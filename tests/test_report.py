@@ -4,11 +4,12 @@ gives the report the general one (numpy columns,
 :func:`perfbp.kernel.records.decode_bulk`) gives, whatever the recording.
 
 The recordings are synthetic, written with perfbp's own writers (file and
-pipe mode): perf's and perfbp's sample formats, one to three watches (events
-sharing a name are one watch), a non-breakpoint event beside them, samples
-of a few writers, threads, CPUs and event ids (some of no event), in runs
-long and short, with other records (COMM, LOST, FINISHED_ROUND) between
-them, and multiplexed recordings whose samples go to watches by address.
+pipe mode): perf's and perfbp's sample formats (with call stacks, -g, or
+not), one to three watches (events sharing a name are one watch), a
+non-breakpoint event beside them, samples of a few writers, threads, CPUs,
+stacks and event ids (some of no event), in runs long and short, with other
+records (COMM, LOST, FINISHED_ROUND) between them, and multiplexed
+recordings whose samples go to watches by address.
 The samples are built here with :mod:`struct`, in the kernel's order
 (``perf_output_sample``).  Recordings made by the kernel and perf are in
 test_record.py.
@@ -25,7 +26,7 @@ import tempfile
 from pathlib import Path
 from unittest import mock
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from perfbp.data import report as report_module
@@ -35,6 +36,7 @@ from perfbp.kernel._uapi import (
     PERF_FORMAT_ID,
     PERF_FORMAT_LOST,
     PERF_SAMPLE_ADDR,
+    PERF_SAMPLE_CALLCHAIN,
     PERF_SAMPLE_CPU,
     PERF_SAMPLE_ID,
     PERF_SAMPLE_IDENTIFIER,
@@ -69,7 +71,16 @@ SAMPLE_TYPES = (
     | PERF_SAMPLE_ADDR | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD,
     PERF_SAMPLE_IP | PERF_SAMPLE_TIME | PERF_SAMPLE_STREAM_ID,
     PERF_SAMPLE_TID | PERF_SAMPLE_ADDR,
+    # -g: perf's, and perfbp's
+    PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_CALLCHAIN,
+    PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME
+    | PERF_SAMPLE_CPU | PERF_SAMPLE_CALLCHAIN,
 )
+PERF_CONTEXT_USER = (-512) & (2**64 - 1)
+#: call stacks: none, user frames (two of one depth), and with perf's
+#: context marker
+STACKS = ((), (0x401136, 0x401200), (0x401136, 0x401210),
+          (PERF_CONTEXT_USER, 0x401136, 0x401300), (PERF_CONTEXT_USER,))
 WATCH_ADDRS = (0x404028, 0x404030, 0x404038)
 
 
@@ -85,8 +96,8 @@ def header(rtype: int, misc: int, body: bytes) -> bytes:
 
 
 def sample(st_: int, key: tuple, time: int) -> bytes:
-    """A PERF_RECORD_SAMPLE: ``key`` is (id, ip, pid, tid, cpu, addr)."""
-    ident, ip, pid, tid, cpu, addr = key
+    """A PERF_RECORD_SAMPLE: ``key`` is (id, ip, pid, tid, cpu, addr, stack)."""
+    ident, ip, pid, tid, cpu, addr, stack = key
     body = b""
     for bit, raw in ((PERF_SAMPLE_IDENTIFIER, struct.pack("<Q", ident)),
                      (PERF_SAMPLE_IP, struct.pack("<Q", ip)),
@@ -96,14 +107,15 @@ def sample(st_: int, key: tuple, time: int) -> bytes:
                      (PERF_SAMPLE_ID, struct.pack("<Q", ident)),
                      (PERF_SAMPLE_STREAM_ID, struct.pack("<Q", ident)),
                      (PERF_SAMPLE_CPU, struct.pack("<II", cpu, 0)),
-                     (PERF_SAMPLE_PERIOD, struct.pack("<Q", 1))):
+                     (PERF_SAMPLE_PERIOD, struct.pack("<Q", 1)),
+                     (PERF_SAMPLE_CALLCHAIN, struct.pack(f"<Q{len(stack)}Q", len(stack), *stack))):
         if st_ & bit:
             body += raw
     return header(PERF_RECORD_SAMPLE, MISC_KERNEL if ip >> 63 else MISC_USER, body)
 
 
 def other(kind: str, cfg: ParseConfig, key: tuple, time: int) -> bytes:
-    ident, _ip, pid, tid, cpu, _addr = key
+    ident, _ip, pid, tid, cpu, _addr, _stack = key
     trailer = sample_id_bytes(cfg, pid=pid, tid=tid, time=time, id=ident, cpu=cpu)
     if kind == "lost":
         return header(PERF_RECORD_LOST, 0, struct.pack("<QQ", ident, 3) + trailer)
@@ -130,7 +142,11 @@ def recordings(draw):
     keys = draw(st.lists(st.tuples(
         st.sampled_from(ids), st.sampled_from([0x401136, 0x401140, 0x7F0000001000]),
         st.sampled_from([1000, 1001]), st.sampled_from([1000, 1002, 1003]),
-        st.integers(0, 2), st.sampled_from(WATCH_ADDRS + (0x10,))), min_size=1, max_size=4))
+        st.integers(0, 2), st.sampled_from(WATCH_ADDRS + (0x10,)), st.sampled_from(STACKS)),
+        min_size=1, max_size=4))
+    if draw(st.booleans()):  # a sample like the first but for its stack's last frame
+        stack = keys[0][6]
+        keys.append(keys[0][:6] + (stack[:-1] + (stack[-1] + 16,) if stack else (0x401136,),))
     runs = draw(st.lists(st.tuples(st.integers(0, len(keys) - 1),
                                    st.sampled_from([1, 2, 5, 100, 1500, 3000]),
                                    st.sampled_from([None, None, "round", "lost", "comm"])),
@@ -169,8 +185,19 @@ def reports(path: str, top: int, window) -> "list[dict]":
             for sort in SORT_KEYS]
 
 
+#: perf -g: one thread's samples from one place, their stacks alike but for
+#: the last frame, one stretch after the other
+STACK_PAIR = (SAMPLE_TYPES[-2],
+              [FileEvent(attr(PERF_TYPE_BREAKPOINT, SAMPLE_TYPES[-2], WATCH_ADDRS[0]), (100,),
+                         "a")],
+              [(100, 0x401136, 1000, 1000, 0, 0, (0x401136, 0x401200)),
+               (100, 0x401136, 1000, 1000, 0, 0, (0x401136, 0x401210))],
+              [(0, 10, None), (1, 10, None), (0, 5, "round"), (0, 5, None)], False, False)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recordings(), st.integers(1, 4), st.sampled_from([None, 4096]))
+@example(STACK_PAIR, 3, None)
 def test_runs_give_the_report_the_columns_give(rec, top, window):
     """Every sort, every window: the same report, whether the samples are
     counted in runs, in columns (sample_runs made to give up), or in runs
@@ -208,7 +235,7 @@ def test_writers_in_objects_without_debug_info_need_no_dwarf(build, tmp_path):
         path = str(tmp_path / f"writer{flag}.data")
         events = [FileEvent(attr(PERF_TYPE_BREAKPOINT, st_, WATCH_ADDRS[0]), (100,), "")]
         writer = PerfDataWriter(path, events)
-        writer.write(mmap + sample(st_, (100, main + 4, 1000, 1000, 0, 0), 1) * 50)
+        writer.write(mmap + sample(st_, (100, main + 4, 1000, 1000, 0, 0, ()), 1) * 50)
         writer.finish(cmdline=["test"], nr_cpus=(1, 1))
         code = ("import sys; from perfbp.data.report import load_report; "
                 f"(w,) = load_report({path!r}).watches[0].writers; "
@@ -231,8 +258,8 @@ def test_long_runs_are_counted_without_columns(tmp_path):
     st_ = SAMPLE_TYPES[0]
     events = [FileEvent(attr(PERF_TYPE_BREAKPOINT, st_, WATCH_ADDRS[0]), (100,), "")]
     runs = [(0, 4000, "round"), (1, 30, None), (0, 20000, "round")] * 3
-    write(path, (st_, events, [(100, 0x401136, 1000, 1000, 0, 0),
-                               (100, 0x401140, 1000, 1002, 0, 0)], runs, False, False))
+    write(path, (st_, events, [(100, 0x401136, 1000, 1000, 0, 0, ()),
+                               (100, 0x401140, 1000, 1002, 0, 0, ())], runs, False, False))
     with mock.patch.object(report_module, "decode_bulk", side_effect=AssertionError):
         rep = load_report(path, window=4096)
     (w,) = rep.watches

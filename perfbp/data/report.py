@@ -392,7 +392,7 @@ class _Tally:
     call stacks.  Its size is that of the distinct keys."""
 
     #: the sample fields counted (beside the watch's)
-    FIELDS = ("pid", "tid", "ip", "cpu")
+    FIELDS = ("pid", "tid", "ip", "cpu", "callchain")
 
     def __init__(self) -> None:
         self.samples = 0
@@ -433,7 +433,7 @@ class _Tally:
         """Count runs of samples alike in the watch's field and
         :attr:`FIELDS` (:func:`~perfbp.kernel.records.sample_runs`): what
         :meth:`add` counts from their columns."""
-        for (key, pid, tid, ip, cpu), n in runs:
+        for (key, pid, tid, ip, cpu, chain), n in runs:
             i = watches.of(key)
             pid = pid or 0
             self.samples += n
@@ -442,6 +442,9 @@ class _Tally:
             self.threads.setdefault(i, _Counter())[(pid, tid or 0)] += n
             if cpu is not None:
                 self.cpus.setdefault(i, _Counter())[cpu] += n
+            if chain:
+                self.stacks.setdefault(i, _Counter())[
+                    (pid, tuple(ip for ip in chain if ip < PERF_CONTEXT_MAX))] += n
 
 
 def _add_pairs(counts: _Counter, a, b) -> None:

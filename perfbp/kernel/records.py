@@ -11,18 +11,21 @@ opening attr says.  Three paths:
 * :func:`decode_bulk`: many fixed-size samples at once into columns (numpy
   arrays), with the record-by-record path for whatever else is interleaved.
 * :func:`sample_runs`: the same samples as runs of samples alike in the
-  fields asked for (a report's common case: few writers, threads and
-  watches), found by comparing the records' bytes in place, without numpy.
+  fields asked for (a report's common case: few writers, threads, stacks
+  and watches), found by comparing the records' bytes in place, without
+  numpy.
 
-Runs of fixed-size samples are found without numpy for all three
-(:func:`_walk`).  Truncated or corrupt input never crashes any path: the
-result is data, or :class:`CorruptRecord` (a :class:`~perfbp.PerfbpError`).
+Runs of samples of one size are found by that comparison (:func:`_walk`)
+for the last two and for :func:`whole_records_end`.  Truncated or corrupt
+input never crashes any path: the result is data, or :class:`CorruptRecord`
+(a :class:`~perfbp.PerfbpError`).
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, NamedTuple, Optional, Union
 
 from ._uapi import (
@@ -590,32 +593,40 @@ def _run_length(cols, avail: int) -> int:
     return good
 
 
-def _walk(mv, size: int, offset: int, end: int, strict: bool = True, alike=()):
+def _walk(mv, size: "int | None", offset: int, end: int, strict: bool = True, alike=()):
     """Walk the records of ``mv[offset:end]``: yield ``(pos, count)`` for a run
-    of ``count`` consecutive fixed-size samples of ``size`` bytes, and
-    ``(pos, 0)`` for any other record (its header is at ``pos``).
+    of ``count`` consecutive samples of ``size`` bytes, and ``(pos, 0)`` for
+    any other record (its header is at ``pos``).  With ``size`` None, samples
+    of any size (a multiple of 8) come in runs, each of the size of its first
+    sample.
 
     With ``alike`` (``(format, index)`` pairs, as :data:`_FRAMING`, which
-    they replace: they must hold the header's type and size), a run's
-    samples are also alike there: a sample that differs starts the next
-    run.  Runs are found by comparing strided memoryviews of the records
-    (C loops, no copies, no numpy), so a run costs a few nanoseconds a
-    sample and a few steps of Python.  With ``strict=False`` the walk ends
-    quietly at an impossible or cut-short record, yielding ``(pos, -1)``;
-    else that raises :class:`CorruptRecord`.
+    they replace: they must hold the header's type and size; or a function
+    of a run's size that gives them), a run's samples are also alike there:
+    a sample that differs starts the next run.  Runs are found by comparing
+    strided memoryviews of the records (C loops, no copies, no numpy), so a
+    run costs a few nanoseconds a sample and a few steps of Python.  With
+    ``strict=False`` the walk ends quietly at an impossible or cut-short
+    record, yielding ``(pos, -1)``; else that raises :class:`CorruptRecord`.
     """
-    spec = [(fmt, index, size // struct.calcsize(fmt)) for fmt, index in alike or _FRAMING]
+    specs: dict = {}  # a run's size -> its columns, (format, index, stride)
     pos = offset
     while pos < end:
-        avail = (end - pos) // size
-        if avail:
+        if end - pos >= 8:
             rtype, _misc, rsize = HEADER.unpack_from(mv, pos)
-            if rtype == PERF_RECORD_SAMPLE and rsize == size:
-                view = mv[pos:pos + avail * size]
+            run = rsize if size is None else size
+            avail = (end - pos) // run if run >= 8 and not run % 8 else 0
+            if rtype == PERF_RECORD_SAMPLE and rsize == run and avail:
+                spec = specs.get(run)
+                if spec is None:
+                    cols = alike(run) if callable(alike) else alike or _FRAMING
+                    spec = specs[run] = [(fmt, index, run // struct.calcsize(fmt))
+                                         for fmt, index in cols]
+                view = mv[pos:pos + avail * run]
                 count = _run_length([view.cast(fmt)[index::step]
                                      for fmt, index, step in spec], avail)
                 yield pos, count
-                pos += count * size
+                pos += count * run
                 continue
         # one record that is not a fixed-size sample (or a short tail)
         if end - pos < 8:
@@ -641,16 +652,7 @@ def whole_records_end(buf: "bytes | memoryview", cfg: ParseConfig) -> int:
     when the records fill it exactly): where a recording cut short inside
     a record is cut back to."""
     mv, end = _span(buf, 0, None)
-    size = cfg.fixed_sample_size
-    if size is None:
-        pos = 0
-        while pos + 8 <= end:
-            (rsize,) = struct.unpack_from("<H", mv, pos + 6)
-            if rsize < 8 or pos + rsize > end:
-                return pos
-            pos += rsize
-        return pos
-    for pos, count in _walk(mv, size, 0, end, strict=False):
+    for pos, count in _walk(mv, cfg.fixed_sample_size, 0, end, strict=False):
         if count < 0:
             return pos
     return end
@@ -741,6 +743,13 @@ def _words_of(sample_type: int, fields) -> "list[int]":
     return sorted(words)
 
 
+def _with_stack(head: list, stack: int, size: int) -> list:
+    """The columns ``head`` and every word of a sample of ``size`` bytes
+    from word ``stack`` on: its call stack (nr and ips), compared whole so
+    that every sample of a run decodes as its first does."""
+    return head + [("Q", w) for w in range(stack, size // 8)]
+
+
 def sample_runs(buf: "bytes | memoryview", cfg: ParseConfig, fields: "tuple[str, ...]",
                 offset: int = 0, end: "int | None" = None, *, min_run: int = MIN_RUN
                 ) -> "tuple[list[list], list[Record]] | None":
@@ -749,33 +758,37 @@ def sample_runs(buf: "bytes | memoryview", cfg: ParseConfig, fields: "tuple[str,
     few watches, at memory speed and without numpy.
 
     Consecutive samples whose ``fields`` (names of :class:`Sample`'s
-    fields: ``id``, ``ip``, ``pid``, ``tid``, ``addr``, ``cpu``...) hold
-    the same values are one run, whatever other records lie between them:
-    ``[values, count]``, the values those of :func:`decode_bulk`'s columns
-    (None for a field the sample_type lacks).  Only the first sample of a
-    stretch of alike fixed-size samples is decoded.
+    fields: ``id``, ``ip``, ``pid``, ``tid``, ``addr``, ``cpu``,
+    ``callchain``...) hold the same values are one run, whatever other
+    records lie between them: ``[values, count]``, the values those of
+    :func:`decode_bulk`'s columns (None for a field the sample_type lacks;
+    ``()`` for a callchain it lacks).  Only the first sample of a stretch
+    of alike samples is decoded: samples with call stacks are alike only
+    with the same stack.
 
     Returns:
         ``(runs, others)``: the runs in order and the non-sample records
         in order; or None when the samples are not in long runs (more
-        than 8 runs and one per ``min_run`` samples on average), or have
-        fields of variable size, or no fields (no columns): then
-        :func:`decode_bulk` is the way.
+        than 8 runs and one per ``min_run`` samples on average), or carry
+        read values (PERF_SAMPLE_READ) or fields perfbp does not know, or
+        no fields (no columns): then :func:`decode_bulk` is the way.
 
     Raises:
         CorruptRecord: a header is impossible or a record is cut short.
     """
-    size = cfg.fixed_sample_size
-    if size is None or not cfg.sample_type & FIXED_SAMPLE_BITS:
-        return None  # variable fields; or no field at all, so no columns
+    fixed = cfg.sample_type & FIXED_SAMPLE_BITS
+    if cfg.sample_type & ~(FIXED_SAMPLE_BITS | PERF_SAMPLE_CALLCHAIN) or not fixed:
+        return None  # read values (or bits unknown); or no field at all, so no columns
     mv, end = _span(buf, offset, end)
     # the whole header word: its type and size, and its misc too (which
     # changes with the ip's mode, user or kernel, so seldom splits a run)
     alike = [("Q", w) for w in [0] + _words_of(cfg.sample_type, fields)]
+    if cfg.sample_type & PERF_SAMPLE_CALLCHAIN:
+        alike = partial(_with_stack, alike, 1 + bin(fixed).count("1"))
     runs: list = []
     others: list[Record] = []
     samples = 0
-    for pos, count in _walk(mv, size, offset, end, alike=alike):
+    for pos, count in _walk(mv, cfg.fixed_sample_size, offset, end, alike=alike):
         rtype, misc, rsize = HEADER.unpack_from(mv, pos)
         rec = parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg)
         if not isinstance(rec, Sample):
