@@ -63,6 +63,12 @@ def startup_rows(r: dict) -> list:
                  by["perf stat -e mem:ADDR/8:w -- true"], "s", None, None)]
 
 
+def report_rows(r: dict) -> list:
+    return [_row(f"report: {row['label']}", row["perfbp"], "perf report --stdio", row["perf"],
+                 "s", row["ratio"], row["goal"])
+            for row in r["rows"] if row["goal"] is not None]
+
+
 def names_rows(r: dict) -> list:
     member = r.get("member") or {}
     if "cases" not in member:
@@ -96,6 +102,8 @@ def lifecycle_rows(r: dict) -> list:
 #: name -> (script, its arguments, quick arguments, rows from its JSON)
 SUITE = {
     "startup": ("bench_startup.py", [], ["--rounds", "7"], startup_rows),
+    "report": ("bench_report.py", ["--no-profile"],
+               ["--samples", "200003", "--rounds", "3", "--no-profile"], report_rows),
     "names": ("bench_follow.py", ["--runs", "9"], ["--runs", "3"], names_rows),
     "overhead": ("bench_overhead.py", ["--hits", "100003", "--rounds", "5"],
                  ["--hits", "30011", "--rounds", "3"], overhead_rows),

@@ -7,12 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import perfbp
+from perfbp.symbols.elf import KernelSymbols
 from perfbp.symbols.resolve import find_symbol
 
 REPO = Path(__file__).resolve().parent.parent
@@ -271,3 +275,51 @@ def test_a_write_watch_on_read_only_memory_of_a_running_process():
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- kernel ips, from /proc/kallsyms's text --------------------------------------------------
+
+#: addresses a few lines share, near each other and 4 KiB, 1 MiB, 256 MiB apart
+BASES = (0xFFFFFFFF81000000, 0xFFFFFFFF81000FF0, 0xFFFFFFFF810FF000, 0xFFFFFFFF8F000000,
+         0xFFFFFFFFC0000000, 0)
+
+
+@st.composite
+def kallsyms(draw):
+    """The text of a /proc/kallsyms: lines of any type, in any order, some
+    of them damaged (an address with a bad digit or in capitals, a line cut
+    short, no space after the address), with or without a last newline."""
+    lines = []
+    for _ in range(draw(st.integers(0, 40))):
+        addr = draw(st.sampled_from(BASES)) + draw(st.one_of(
+            st.sampled_from([0, 8, 0x10, 0xFF0, 0x1000]), st.integers(0, 0x3000)))
+        text = f"{addr:016x}"
+        damage = draw(st.sampled_from([None] * 6 + ["upper", "digit", "short", "space"]))
+        if damage == "upper":
+            text = text.upper()
+        elif damage == "digit":  # not hex (int() would take "_" and " ")
+            at = draw(st.sampled_from([5, 13, 14, 15]))
+            text = text[:at] + draw(st.sampled_from("g_ +")) + text[at + 1:]
+        kind = draw(st.sampled_from("tTwWtTdDbr"))
+        name = draw(st.sampled_from(["f", "do_exit", "x\t[mod]", "", " "]))
+        line = {"short": text[:15], "space": text + kind + " " + name}.get(
+            damage, f"{text} {kind} {name}")
+        lines.append(line)
+    body = "\n".join(lines)
+    return (body + ("\n" if lines and draw(st.booleans()) else "")).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(kallsyms(), st.lists(st.one_of(
+    st.builds(lambda b, d: b + d, st.sampled_from(BASES), st.integers(-0x200000, 0x300000)),
+    st.integers(0, (1 << 64) - 1)), min_size=1, max_size=12))
+def test_kernel_ips_found_by_search_as_by_the_whole_table(text, ips):
+    """A kernel ip's symbol, from a search of the text near the ip, is the
+    one the whole file parsed into a table gives."""
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(text)
+        f.flush()
+        searched, parsed = KernelSymbols(f.name), KernelSymbols(f.name)
+    searched.SEARCHES, parsed.SEARCHES = len(ips), 0
+    ips = [ip % (1 << 64) for ip in ips]
+    assert [searched.resolve(ip) for ip in ips] == [parsed.resolve(ip) for ip in ips]
