@@ -30,7 +30,7 @@ still reported).
 Usage::
 
     python3 benchmarks/bench_all.py [--quick] [--only NAMES] [--keep DIR]
-                                    [--json] [--perfbp DIR]
+                                    [--recordings DIR] [--json] [--perfbp DIR]
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ def run_one(name: str, args, keep: "Path | None") -> "tuple[list, str | None, fl
     script, full, quick, rows_of = SUITE[name]
     argv = [sys.executable, str(HERE / script), "--perfbp", args.perfbp,
             *(quick if args.quick else full)]
+    if name == "report" and args.recordings:
+        argv += ["--keep", args.recordings]  # made once, then reused
     start = time.monotonic()
     done = subprocess.run([*argv, "--json"], capture_output=True, text=True)
     took = time.monotonic() - start
@@ -138,6 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", metavar="NAMES", default=",".join(SUITE),
                     help=f"comma-separated, of: {', '.join(SUITE)}")
     ap.add_argument("--keep", metavar="DIR", help="save each benchmark's JSON and stderr here")
+    ap.add_argument("--recordings", metavar="DIR",
+                    help="where bench_report keeps its 1 M and 5 M sample recordings, made "
+                         "once (a minute or two) and reused by later runs")
     args = harness.parse_args(ap, argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SUITE]
