@@ -61,6 +61,8 @@ class WatchStats:
         samples: samples decoded so far.
         lost: samples the kernel could not write (ring full).
         period: one sample every ``period`` hits.
+        matched: with a value program, the hits that matched its condition
+            (each one a sample, or lost); None without one.
     """
 
     breakpoint: Breakpoint
@@ -69,12 +71,16 @@ class WatchStats:
     lost: int
     period: int = 1
     contexts: int = 1
+    matched: "int | None" = None
 
     @property
     def complete(self) -> bool:
         """Every hit is accounted for: ``(samples + lost) * period``
         equals the hits, up to one partial stride per event instance (each
-        thread on each CPU counts its own period: ``contexts``)."""
+        thread on each CPU counts its own period: ``contexts``).  With a
+        value program, every matching hit: ``samples + lost == matched``."""
+        if self.matched is not None:
+            return self.samples + self.lost == self.matched
         if self.period == 1:
             return self.samples + self.lost == self.hits
         spare = self.hits - (self.samples + self.lost) * self.period
@@ -83,6 +89,8 @@ class WatchStats:
     @property
     def missing(self) -> int:
         """Hits neither sampled nor reported lost (0 when complete)."""
+        if self.matched is not None:
+            return self.matched - self.samples - self.lost
         if self.period == 1:
             return self.hits - self.samples - self.lost
         return 0 if self.complete else self.hits // self.period - self.samples - self.lost
@@ -137,6 +145,11 @@ class Sampler:
             multiplexer, a name bound while the command runs), where the
             address tells which breakpoint a sample hit.  Otherwise
             :meth:`decode` fills ``samples.addr`` from the watch.
+        programs: per watch, a :class:`~perfbp.kernel.values.ValueProgram`
+            (made with ``emit=True``) or None: attached to each of the
+            watch's events before they are enabled, so only the hits that
+            match its condition become samples (``period`` must be 1).  The
+            caller keeps and closes them.
 
     Raises:
         PerfbpError: as :class:`~perfbp.Counter`; nothing is left open.
@@ -147,9 +160,14 @@ class Sampler:
                  enabled: bool = True, enable_on_exec: bool = False,
                  exclude_kernel: "bool | None | Sequence[bool | None]" = None,
                  track: bool = False, wakeup_fraction: int = 4,
-                 remove_on_exec: "bool | Sequence[bool]" = False, addr: bool = False) -> None:
+                 remove_on_exec: "bool | Sequence[bool]" = False, addr: bool = False,
+                 programs: "Sequence | None" = None) -> None:
         if period < 1:
             raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
+        self.programs = list(programs) if programs is not None else [None] * len(watches)
+        if period != 1 and any(p is not None for p in self.programs):
+            raise InvalidBreakpoint(f"a condition sees every hit: period {period} "
+                                    f"(every {period}th hit) cannot go with it")
         self.watches = list(watches)
         self.target = target
         self.period = period
@@ -223,6 +241,8 @@ class Sampler:
             self._map_ring(tfd, cpu)
         fd = open_event_fd(bp, pid, cpu, inherit, opts, self.target)
         self._events.append((fd, widx, cpu, pid))
+        if self.programs[widx] is not None:
+            self.programs[widx].attach(fd)
         self._opts_of[fd] = opts  # what MODIFY_ATTRIBUTES must reproduce
         if widx not in self._attr_of:
             self._attr_of[widx] = abi.attr_bytes(make_attr(bp, inherit, opts))
@@ -381,8 +401,10 @@ class Sampler:
         opened = [0] * len(self.watches)
         for _fd, widx, _cpu, _tid in self._events:
             opened[widx] += 1
-        return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus))
-                for bp, h, s, l, n in zip(self.watches, hits, self._samples, lost, opened)]
+        matched = [None if p is None else p.tally().matched for p in self.programs]
+        return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus), m)
+                for bp, h, s, l, n, m in zip(self.watches, hits, self._samples, lost, opened,
+                                             matched)]
 
     def slot(self, watch: int) -> "SamplerSlot":
         """The events of one watch as a movable slot (for multiplexing)."""
