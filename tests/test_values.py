@@ -39,6 +39,7 @@ from perfbp.kernel.condition import Tally, parse
 from perfbp.kernel.counter import Counter
 from perfbp.kernel.events import EventOptions, Target
 from perfbp.kernel.sampling import Sampler
+from perfbp.kernel import values
 from perfbp.kernel.values import ValueProgram
 
 from test_condition import cases  # noqa: E402  (tests/ is on sys.path)
@@ -243,6 +244,28 @@ def test_sampling_a_process_two_threads_and_a_child(values_prog, text):
     assert st.complete and st.missing == 0
 
 
+def test_a_full_ring_loses_matching_samples_and_says_how_many(values_prog):
+    text = "new & 1 == 0"  # half the stores: more than a one-page ring holds
+    with ValuesRun(values_prog) as run:
+        bp = Breakpoint.write(run.addr, 8)
+        with ValueProgram.for_breakpoint(bp, text) as prog, \
+                Sampler([bp], Target.process(run.proc.pid), programs=[prog],
+                        ring_pages=1) as s:
+            _writers, lost = run.go()  # not drained while it runs
+            s.read()
+            (st,) = s.stats()
+            tally = prog.tally()
+            run.end()
+    seen, want = expected(text, lost)
+    assert (st.hits, tally.matched) == (len(seen), sum(want.values()))
+    assert st.lost > 0 and st.samples + st.lost == tally.matched
+    assert st.complete
+
+
+def test_values_are_available_here():
+    assert values.unavailable() is None
+
+
 def test_counting_a_process_two_threads_and_a_child(values_prog):
     with ValuesRun(values_prog) as run:
         bp = Breakpoint.write(run.addr, 8)
@@ -265,13 +288,15 @@ def test_counting_a_process_two_threads_and_a_child(values_prog):
 
 def test_nobody_is_told_what_is_missing(run_unprivileged):
     out = run_unprivileged(r"""
-from perfbp.kernel.values import ValueProgram
+from perfbp.kernel import values
 try:
-    ValueProgram("new == 0", 8)
+    values.ValueProgram("new == 0", 8)
 except perfbp.PerfbpError as e:
     RESULT["refused"] = {"error": type(e).__name__, "errno": e.errno, "message": str(e)}
+RESULT["unavailable"] = str(values.unavailable())
 """)
     refused = out["refused"]
+    assert out["unavailable"] == refused["message"]
     assert (refused["error"], refused["errno"]) == ("PermissionDenied", errno.EPERM)
     assert refused["message"] == (
         "cannot make the map that keeps the values of 'new == 0' on 8-byte values in the "

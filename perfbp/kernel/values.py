@@ -151,6 +151,17 @@ class ValueProgram:
         return f"<ValueProgram {self.describe()}, {'emits' if self.emit else 'counts'}>"
 
 
+def unavailable() -> "PerfbpError | None":
+    """Why values cannot be tested in the kernel here, or None when they
+    can: a program is loaded (and closed again) to find out, as perfbp
+    check does."""
+    try:
+        ValueProgram("new == 0", 8, name="perfbp_check").close()
+    except PerfbpError as exc:
+        return exc
+    return None
+
+
 def bpf_error(exc: OSError, action: str, prog: ValueProgram) -> PerfbpError:
     """The error for a refused ``bpf(2)`` or ``PERF_EVENT_IOC_SET_BPF``: what
     was asked, what is missing, and what to do, in one line."""
