@@ -233,6 +233,17 @@ def test_a_broken_condition_is_one_line_with_its_column(text, message, column):
     assert isinstance(err, InvalidBreakpoint) and err.errno == 22  # EINVAL: bad input
 
 
+def test_the_error_survives_pickling():
+    import pickle
+
+    with pytest.raises(InvalidCondition) as info:
+        parse("new === 1")
+    back = pickle.loads(pickle.dumps(info.value))
+    assert (type(back), str(back), back.column, back.text, back.errno) == (
+        InvalidCondition, str(info.value), 6, "new === 1", 22)
+    assert back.caret() == info.value.caret()
+
+
 def test_a_long_condition_is_cut_in_the_message_but_not_in_the_caret():
     text = "new == 1 or " * 10 + "new == 2 ="
     with pytest.raises(InvalidCondition) as info:
