@@ -939,3 +939,21 @@ def test_report_is_the_same_whatever_the_window(rec_nopie, tmp_path, cut):
         for window in (4096, 100) if sort == "watch" else (4096,):
             got = load_report(str(path), top=1000, sort=sort, window=window).as_dict()
             assert got == want, (sort, window)
+
+
+def test_perfbp_report_says_the_period_of_perfs_recording(perf, progs, tmp_path):
+    """perf record -c 3: one sample every third hit of each thread (the two
+    writers' N each, main's one store never reaches a third); the table says
+    the period, since such a file holds no final count, and JSON has it."""
+    addr = counter_address(progs, "nopie")
+    path = tmp_path / "perf-c3.data"
+    perf_records_a_whole_run(perf, "record", "-N", "-e", f"mem:{addr:#x}/8:w:u", "-c", "3",
+                             "-o", str(path), "--", str(progs["nopie"]), str(N))
+    samples = 2 * (N // 3)
+    assert len(perf_script_samples(perf, path)) == samples
+    r = run_perfbp("report", "-i", str(path))
+    assert r.returncode == 0, r.stderr
+    assert (f"  samples {samples:,}   lost 0   (1 sample every 3 hits: about "
+            f"{3 * samples:,} hits)") in r.stdout.splitlines(), r.stdout
+    (w,) = json.loads(run_perfbp("report", "-i", str(path), "--format", "json").stdout)["watches"]
+    assert (w["hits"], w["period"]) == (samples, 3)

@@ -500,6 +500,8 @@ def _render_report(report, top: int) -> None:
                 line += ": every hit accounted for"
             else:
                 line += ": MISMATCH (samples + lost != hits)"
+        elif sampled:  # perf's -c N: no final count in the file, but the period
+            line += f"   (1 sample every {w.period:,} hits: about {w.hits * w.period:,} hits)"
         typer.echo(line)
         if w.writers:
             typer.echo("  writers (instruction after the access):")
