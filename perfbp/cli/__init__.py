@@ -200,10 +200,10 @@ class _SpecView:
 
 
 def _banner(watches, description: str, plan: "perfbp.Plan",
-            target: "perfbp.Target | None") -> None:
+            target: "perfbp.Target | None", debug_note: "RunArgs | None" = None) -> None:
     """The start line: the watches as given, and the slots the run's plan
     (names resolved, ranges split) takes in each thread, or on each CPU for
-    a CPU target."""
+    a CPU target; then, given ``debug_note``, :func:`_debug_note`'s hint."""
     n = len(watches)
     slots = plan.slots_needed
     per = "per CPU" if target is not None and target.kind == "cpus" else "per thread"
@@ -212,6 +212,24 @@ def _banner(watches, description: str, plan: "perfbp.Plan",
     typer.echo(f"perfbp: watching {n} location{'s' if n > 1 else ''} "
                f"({', '.join(w.spec for w in watches)}) in {description}; "
                f"{how}. Ctrl-C to end.", err=True)
+    if debug_note is not None:
+        _debug_note(debug_note)
+
+
+def _debug_note(args: RunArgs) -> None:
+    """The start's hint for ``record`` and ``top``, whose reports name the
+    program's functions and lines: when the program (the command, or the
+    process of -p/-t) is stripped and no debug file of it was found."""
+    if args.command:
+        program = plumbing.resolve_command(list(args.command))
+    elif args.target is not None and args.target.kind != "cpus" and args.target.pid > 0:
+        program = f"/proc/{args.target.pid}/exe"
+    else:
+        return
+    why = plumbing.missing_debug(program)
+    if why is not None:
+        typer.echo(f"perfbp: note: {why}: the report will show its code as addresses; "
+                   f"{plumbing.INSTALL_DEBUG}", err=True)
 
 
 class _Output:
@@ -580,8 +598,9 @@ def record(
                                command=args.command, duration=duration, period=period,
                                callchain=callchain, ring_pages=ring_pages,
                                cmdline=["perfbp", "record"] + sys.argv[2:],
-                               on_start=lambda d, plan: _banner(result_watches(args.watches),
-                                                                d, plan, args.target),
+                               on_start=lambda d, plan: _banner(
+                                   result_watches(args.watches), d, plan, args.target,
+                                   debug_note=args),
                                multiplex=args.multiplex, trace=args.trace)
     except perfbp.PerfbpError as exc:
         if exc.errno != errno.EPIPE:
@@ -746,6 +765,7 @@ def top(
     session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
                                  interval=interval, trace=args.trace, multiplex=args.multiplex)
     try:
+        _debug_note(args)
         slots = (session.mux.nslots if session.mux is not None
                  else sum(len(w.pieces) for w in session.watches))
         quit_view = tui.run(session, interval=interval, slots=slots,
