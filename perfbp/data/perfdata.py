@@ -385,11 +385,17 @@ def stream_extras(rec: "Recording", others: "list") -> None:
         (first,) = _U64.unpack_from(r.data, 0)
         if r.type == PERF_RECORD_HEADER_FEATURE and first < 256:
             rec.features.setdefault(first, r.data[8:])
-        elif r.type == PERF_RECORD_HEADER_BUILD_ID:  # the table, one record an object
-            rec.features[HEADER_BUILD_ID] = rec.features.get(HEADER_BUILD_ID, b"") + \
-                HEADER.pack(0, r.misc, HEADER.size + len(r.data)) + r.data
         elif r.type == PERF_RECORD_HEADER_EVENT_TYPE and first == PERFBP_META_MARK:
             rec.features[HEADER_PERFBP] = r.data[8:].rstrip(b"\0")
+        elif r.type == PERF_RECORD_HEADER_BUILD_ID:  # the table, one record an object
+            rec.features[HEADER_BUILD_ID] = rec.features.get(HEADER_BUILD_ID, b"") + \
+                _table_entry(r)
+
+
+def _table_entry(r) -> bytes:
+    """A stream's PERF_RECORD_HEADER_BUILD_ID record as an entry of the
+    HEADER_BUILD_ID table."""
+    return HEADER.pack(0, r.misc, HEADER.size + len(r.data)) + r.data
 
 
 def feature_sections(feats: "list[tuple[int, bytes]]", table_off: int) -> "tuple[bytes, bytes]":
@@ -568,8 +574,17 @@ class Recording:
 
     @property
     def build_ids(self) -> "list[BuildId]":
-        """The build-id table (HEADER_BUILD_ID; a stream's build-id records)."""
-        return parse_build_ids(self.features.get(HEADER_BUILD_ID, b""))
+        """The build-id table: the HEADER_BUILD_ID feature, or a stream's
+        PERF_RECORD_HEADER_BUILD_ID records (read from the stream when no
+        report has read them yet)."""
+        raw = self.features.get(HEADER_BUILD_ID)
+        if raw is None and self.pipe:
+            from ..kernel.records import Unknown, decode_bulk
+
+            raw = b"".join(_table_entry(r) for chunk in self.chunks()
+                           for r in decode_bulk(chunk, self.config)[1]
+                           if isinstance(r, Unknown) and r.type == PERF_RECORD_HEADER_BUILD_ID)
+        return parse_build_ids(raw or b"")
 
     @property
     def cmdline(self) -> "list[str]":
