@@ -285,6 +285,9 @@ def check_counts_and_writers(exe: Path, whole: Path, tmp_path: Path, env=None) -
         ("bump", source_line("counter = i;"), 2 * N), ("main", source_line("counter = -1;"), 1)]
     assert "perfbp: note:" not in r.stderr
     assert bump_offset > 0
+    r = perfbp("report", "-i", tmp_path / "s.data", "--format", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert writers(json.loads(r.stdout)) == writers(got)
 
 
 @pytest.mark.kernel
@@ -335,6 +338,7 @@ def test_debug_file_in_the_real_usr_lib_debug(full, tmp_path):
 
 @pytest.mark.kernel
 def test_stripped_program_without_debug_file_gets_a_hint_at_the_start(full, tmp_path):
+    """record and top say so when they start, as a name it lacks does."""
     exe = tmp_path / "bin" / "writers"
     exe.parent.mkdir()
     split(full["nopie"], exe).unlink()
@@ -355,6 +359,9 @@ def test_stripped_program_without_debug_file_gets_a_hint_at_the_start(full, tmp_
     (w,) = doc["watches"]
     assert {x["symbol"] for x in w["writers"]} == {None}  # addresses: no names known
     assert sum(x["samples"] for x in w["writers"]) == 2 * N + 1
+
+    r = perfbp("top", "-w", hex(counter), "--interval", "0.2", "--", exe, N)  # piped
+    assert r.returncode == 0 and r.stderr.splitlines() == err[1:2], r.stderr
 
     r = perfbp("stat", "-w", "counter", "--", exe, N)
     assert r.returncode == 2
