@@ -201,6 +201,15 @@ def test_order_and_checks(full, places, tmp_path):
     assert not {"counter", "N", "bump"} & elf.named_symbols(str(exe)).keys()  # .dynsym alone
 
 
+def test_nothing_to_find_a_debug_file_by(build, places):
+    exe = build("rec_writers.c", *FLAGS, "-no-pie", "-s", "-Wl,--build-id=none",
+                name="writers_no_build_id")
+    assert elf.debug_file(str(exe)) is None
+    assert elf.missing_debug(str(exe)) == (
+        "writers_no_build_id is stripped and no debug file of it was found (it has "
+        "neither a build-id nor a .gnu_debuglink to find one by)")
+
+
 def test_debuginfod_cache_is_found_as_elfutils_finds_it(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

@@ -130,7 +130,8 @@ def find(path: str, build_id: Optional[str], debuglink: "Optional[tuple[str, int
 
 def places(path: str, build_id: Optional[str],
            debuglink: "Optional[tuple[str, int]]") -> str:
-    """Where :func:`find` looks, in words, for a message."""
+    """Where :func:`find` looks, in words, for a message ("" when it has
+    nothing to look by)."""
     shown: list[str] = []
     for cand in candidates(path, build_id, debuglink):
         if cand.how != "debuglink":
@@ -138,7 +139,7 @@ def places(path: str, build_id: Optional[str],
         elif cand.path.startswith(os.path.dirname(path) + "/") and "/.debug/" not in cand.path:
             shown.append(f"{os.path.basename(cand.path)} (its .gnu_debuglink) beside it, in "
                          f".debug/ and under {' and '.join(DEBUG_ROOTS)}")
-    return ", ".join(shown) or "nowhere: it has neither a build-id nor a .gnu_debuglink"
+    return ", ".join(shown)
 
 
 @lru_cache(maxsize=64)

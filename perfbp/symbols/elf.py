@@ -585,8 +585,10 @@ def missing_debug(path: str) -> Optional[str]:
     if facts.symtab or debug_file(path) is not None:
         return None
     real = os.path.realpath(path)
+    where = debuginfo.places(real, facts.build_id, facts.debuglink)
     return (f"{os.path.basename(real)} is stripped and no debug file of it was found "
-            f"(looked for {debuginfo.places(real, facts.build_id, facts.debuglink)})")
+            + (f"(looked for {where})" if where else
+               "(it has neither a build-id nor a .gnu_debuglink to find one by)"))
 
 
 #: What to do about :func:`missing_debug`, for messages.
