@@ -15,12 +15,11 @@ $(BIN)/perfbp: pyproject.toml
 demo/demo: demo/demo.c
 	$(CC) -O2 -g -fno-omit-frame-pointer -pthread -no-pie -o $@ $<
 
-# Count the writes to the demo's global `counter` (2 threads x 50021 writes).
+# The story in a few seconds (demo/story): the writes to the demo's global
+# `counter` (2 threads x 50021), by name; who wrote it, to the source line;
+# what a fifth watch gets.  `make check` first if watchpoints may not work here.
 demo: $(BIN)/perfbp demo/demo
-	@$(BIN)/perfbp check
-	@ADDR=$$(printf '0x%x' 0x$$(nm demo/demo | awk '$$3 == "counter" {print $$1}')); \
-	echo; echo "\$$ perfbp stat -w mem:$$ADDR/8:w -- demo/demo"; \
-	$(BIN)/perfbp stat -w mem:$$ADDR/8:w -- demo/demo
+	@PERFBP=$(BIN)/perfbp sh demo/story
 
 test: $(BIN)/perfbp demo/demo
 	$(BIN)/python -m pytest -q

@@ -197,12 +197,20 @@ def print_warning(result: dict) -> None:
         print(f"WARNING: {result['warning']}")
 
 
-def print_ratios(head: str, rows: "list[dict]", width: int, digits: int) -> None:
+def print_ratios(head: str, rows: "list[dict]", width: int, digits: int,
+                 sides: "tuple[tuple[str, str, str], ...]" = ()) -> None:
     """A blank line, then a table of ratios against their goals: each row's
-    ``label``, ``ratio`` (to ``digits`` decimals), ``goal`` (None: none) and
-    ``status``; the first column ``width`` wide."""
+    ``label``, ``ratio`` (to ``digits`` decimals; None: ``-``), ``goal``
+    (None: none) and ``status``; the first column ``width`` wide.  Each of
+    ``sides``, ``(key, title, format)``, is a column before the ratio: the
+    row's value for ``key`` (None: ``-``) in that format (``"8.3f"``)."""
     print()
-    print_header(f"{head:{width}} {'ratio':>8} {'goal':>8}  status")
+    print_header(f"{head:{width}}" + "".join(f" {title:>{int(fmt.split('.')[0])}}"
+                                            for _k, title, fmt in sides)
+                 + f" {'ratio':>8} {'goal':>8}  status")
     for row in rows:
         goal = f"<={row['goal']:g}" if row.get("goal") else "-"
-        print(f"{row['label']:{width}} {row['ratio']:7.{digits}f}x {goal:>8}  {row['status']}")
+        values = "".join(f" {'-':>{int(fmt.split('.')[0])}}" if row.get(key) is None
+                         else f" {row[key]:{fmt}}" for key, _t, fmt in sides)
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:7.{digits}f}x"
+        print(f"{row['label']:{width}}{values} {ratio:>8} {goal:>8}  {row['status']}")

@@ -30,7 +30,7 @@ still reported).
 Usage::
 
     python3 benchmarks/bench_all.py [--quick] [--only NAMES] [--keep DIR]
-                                    [--json] [--perfbp DIR]
+                                    [--recordings DIR] [--json] [--perfbp DIR]
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ def startup_rows(r: dict) -> list:
                  stat / base, r["goal"]),
             _row("  (for context) perf stat -e mem:ADDR -- true", None, "perf stat",
                  by["perf stat -e mem:ADDR/8:w -- true"], "s", None, None)]
+
+
+def report_rows(r: dict) -> list:
+    return [_row(f"report: {row['label']}", row["perfbp"], "perf report --stdio", row["perf"],
+                 "s", row["ratio"], row["goal"])
+            for row in r["rows"] if row["goal"] is not None]
 
 
 def names_rows(r: dict) -> list:
@@ -96,6 +102,8 @@ def lifecycle_rows(r: dict) -> list:
 #: name -> (script, its arguments, quick arguments, rows from its JSON)
 SUITE = {
     "startup": ("bench_startup.py", [], ["--rounds", "7"], startup_rows),
+    "report": ("bench_report.py", ["--no-profile"],
+               ["--samples", "200003", "--rounds", "3", "--no-profile"], report_rows),
     "names": ("bench_follow.py", ["--runs", "9"], ["--runs", "3"], names_rows),
     "overhead": ("bench_overhead.py", ["--hits", "100003", "--rounds", "5"],
                  ["--hits", "30011", "--rounds", "3"], overhead_rows),
@@ -109,6 +117,8 @@ def run_one(name: str, args, keep: "Path | None") -> "tuple[list, str | None, fl
     script, full, quick, rows_of = SUITE[name]
     argv = [sys.executable, str(HERE / script), "--perfbp", args.perfbp,
             *(quick if args.quick else full)]
+    if name == "report" and args.recordings:
+        argv += ["--keep", args.recordings]  # made once, then reused
     start = time.monotonic()
     done = subprocess.run([*argv, "--json"], capture_output=True, text=True)
     took = time.monotonic() - start
@@ -130,6 +140,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", metavar="NAMES", default=",".join(SUITE),
                     help=f"comma-separated, of: {', '.join(SUITE)}")
     ap.add_argument("--keep", metavar="DIR", help="save each benchmark's JSON and stderr here")
+    ap.add_argument("--recordings", metavar="DIR",
+                    help="where bench_report keeps its 1 M and 5 M sample recordings, made "
+                         "once (a minute or two) and reused by later runs")
     args = harness.parse_args(ap, argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SUITE]

@@ -48,26 +48,11 @@ import tempfile
 import time
 
 import _harness as harness
-import bench_report  # its setup, build and run_timed: one way to measure
+import bench_report  # its program, setup, build and run_timed: one way to measure
 
 GOAL_RECORD_MB = 120
 GOAL_REPORT_EXTRA_MB = 60
 SLOT_WAIT = 30  # seconds to wait while other programs hold every debug register
-
-C_SOURCE = r"""
-#include <signal.h>
-#include <stdlib.h>
-volatile long counter;
-static void on_trap(int sig) { (void)sig; }
-int main(int argc, char **argv)
-{
-    long n = argc > 1 ? atol(argv[1]) : 1000003;
-    signal(SIGTRAP, on_trap);
-    for (long i = 0; i < n; i++)
-        counter = i;
-    return 0;
-}
-"""
 
 
 def run(cmd: "list[str]", env: dict) -> dict:
@@ -189,7 +174,6 @@ def main(argv=None) -> int:
     load_before = harness.load_average()
     workdir = tempfile.mkdtemp(prefix="perfbp-bench-memory-")
     bench_report.CWD[0] = workdir
-    bench_report.C_SOURCE = C_SOURCE
     try:
         try:
             exe, addr = bench_report.build(workdir)

@@ -2,8 +2,14 @@
 
 Every error perfbp raises on purpose is a :class:`PerfbpError`, which is also an
 :class:`OSError` carrying the errno the kernel would give (or gave).  Each
-message says what was asked, why it cannot be done, and what to do instead, so
-the command line can print it as it is.
+message says what was asked, why it cannot be done, and what to do instead.
+
+What to do is said in the words of the caller's front: ``str(err)`` names the
+Python API's arguments (``multiplex=``, ``command=[...]``), and the command
+line prints :meth:`PerfbpError.message_for` ``("cli")``, which names its options
+(``--multiplex``, ``-- CMD``).  A message written as a template names each
+option once, as ``{multiplex}`` (:data:`TERMS`), and :meth:`PerfbpError.phrased`
+builds the error from it.
 
 This module is pure data: it imports nothing from perfbp.
 """
@@ -12,6 +18,31 @@ from __future__ import annotations
 
 import errno as _errno
 from typing import Any
+
+#: What a message may tell the user to give, as each front spells it:
+#: ``(the Python API, the command line)``.
+TERMS = {
+    "multiplex": ("multiplex=SECONDS (count, record, LiveSession: the length of a turn)",
+                  "--multiplex"),
+    "command": ("command=[PROGRAM, ARGS...]", "-- CMD"),
+    "process": ("target=Target.process(PID)", "-p PID"),
+    "thread": ("target=Target.thread(TID)", "-t TID"),
+    "cpus": ("target=Target.cpus(...)", "-a or -C"),
+    "address": ("its address (Watch.range(ADDR, LEN))", "its address (-w ADDR/LEN)"),
+    "no_trace": ("trace=False", "--no-ptrace"),
+    "probe": ("perfbp.probe()", "`perfbp slots --probe`"),
+}
+FRONTS = ("api", "cli")
+_TERM = r"\{(" + "|".join(TERMS) + r")\}"  # compiled on first use (re's cache)
+
+
+def phrase(template: str, front: str = "api") -> str:
+    """``template`` with each ``{term}`` of :data:`TERMS` in ``front``'s
+    words (``"api"`` or ``"cli"``); any other text is left as it is."""
+    import re
+
+    i = FRONTS.index(front)
+    return re.sub(_TERM, lambda m: TERMS[m.group(1)][i], template)
 
 
 class PerfbpError(OSError):
@@ -24,6 +55,7 @@ class PerfbpError(OSError):
     """
 
     default_errno: int = _errno.EIO
+    _template: "str | None" = None
 
     def __init__(self, message: str, *, errno: int | None = None, **context: Any) -> None:
         code = self.default_errno if errno is None else errno
@@ -31,15 +63,30 @@ class PerfbpError(OSError):
         self.message = message
         self.context = context
 
+    @classmethod
+    def phrased(cls, template: str, **kwargs: Any) -> "PerfbpError":
+        """The error whose message is ``template`` (see :func:`phrase`):
+        ``str()`` speaks the API's words, :meth:`message_for` any front's."""
+        err = cls(phrase(template), **kwargs)
+        err._template = template
+        return err
+
+    def message_for(self, front: str) -> str:
+        """The message in ``front``'s words: ``"api"`` (``str(err)``) or
+        ``"cli"`` (the options of the ``perfbp`` command)."""
+        return self.message if self._template is None else phrase(self._template, front)
+
     def __str__(self) -> str:
         return self.message
 
     def __reduce__(self):  # keep pickling (multiprocessing) working
-        return (_rebuild, (type(self), self.message, self.errno, self.context))
+        return (_rebuild, (type(self), self.message, self.errno, self.context, self._template))
 
 
-def _rebuild(cls, message, code, context):
-    return cls(message, errno=code, **context)
+def _rebuild(cls, message, code, context, template=None):
+    err = cls(message, errno=code, **context)
+    err._template = template
+    return err
 
 
 class NoBreakpointSlots(PerfbpError):

@@ -993,7 +993,7 @@ def test_check_json():
 # -- help ------------------------------------------------------------------------------
 
 HELPS = [["--help"], ["stat", "--help"], ["check", "--help"], ["record", "--help"],
-         ["report", "--help"], ["slots", "--help"]]
+         ["report", "--help"], ["slots", "--help"], ["top", "--help"]]
 
 
 def _help(args: "list[str]") -> str:
@@ -1023,6 +1023,29 @@ def test_help_fits_80_columns(args):
     """Output fits 80 columns (a terminal's width, as bcc's tools keep to)."""
     wide = [line for line in _help(args).splitlines() if len(line) > 80]
     assert not wide, wide
+
+
+@pytest.mark.parametrize("command", ["stat", "record", "top", "slots"])
+def test_help_shows_the_whole_watch_spec_grammar(command):
+    """Every command that takes -w explains each part of a SPEC, with an
+    example of each that perfbp parses; members and elements included."""
+    from perfbp import _plumbing
+
+    text = _help([command, "--help"])
+    assert "(each part under 'Watch SPEC' below)" in " ".join(text.split())
+    block = text.split("\n  Watch SPEC: ", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert block[0] == "[mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k]"
+    parts = [line.split()[0] for line in block[1:] if re.match(r"^ {4}(?: {2})?\S", line)]
+    assert parts == ["ADDR", "SYMBOL", ".MEMBER", "[N]", "@OBJECT", "+OFF", "/LEN",
+                     ":ACCESS", ":u", "mem:", "Quote"]
+    # the examples: the last column (after two spaces), on the lines that have one
+    found = [re.search(r"\s{2}([^ ]+(?:, [^ ]+)*)$", line) for line in block[1:-1]]
+    specs = [e for m in found if m for e in m.group(1).split(", ")]
+    assert specs == ["0x4040a0", "counter", "config.flags", "table[3]", "grid[1][2].next",
+                     "environ@libc.so.6", "vfs_read@kernel:x", "counter+4", "buf/64",
+                     "counter:rw", "0x4040a0:w:k", "mem:0x4040a0/8:w"], block
+    for spec in specs:
+        _plumbing.parse_watch(spec)  # raises on a SPEC perfbp would refuse
 
 
 # -- the banner: the slots the watches really take, per thread or per CPU --------------

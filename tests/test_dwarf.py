@@ -219,7 +219,9 @@ def test_static_variables_of_different_layouts_are_ambiguous(units):
     with pytest.raises(SymbolNotFound) as err:
         resolve_member(str(units["g"]), "dup.b")
     msg = str(err.value)
-    assert "'dup' names 2 static variables" in msg and "watch one by address" in msg
+    assert "'dup' names 2 static variables" in msg
+    assert msg.endswith("watch one by its address (Watch.range(ADDR, LEN))")  # the API's words
+    assert err.value.message_for("cli").endswith("watch one by its address (-w ADDR/LEN)")
     assert "\n" not in msg
     # the whole of dup is 16 bytes in both files: not ambiguous
     assert resolve_member(str(units["g"]), "dup").size == 16

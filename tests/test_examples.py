@@ -56,3 +56,39 @@ def test_kernel_function_calls():
     else:
         assert r.returncode == 0, r.stdout + r.stderr
         assert int(re.search(r"ran (\d+) times", r.stdout).group(1)) > 0
+
+
+def test_the_demo_tells_the_whole_story():
+    """``make demo`` runs demo/story: a variable by name (no address from
+    nm), who wrote it (record, then report with the source line), and what
+    a fifth watch gets (refused, exit 2, with the fix)."""
+    import shlex
+
+    make = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True)
+    assert "sh demo/story" in make.stdout, make.stdout
+    subprocess.run(["make", "-s", "demo/demo"], cwd=REPO, check=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO),
+               PERFBP=shlex.join([sys.executable, "-m", "perfbp"]))
+    r = subprocess.run(["sh", "demo/story"], cwd=REPO, capture_output=True, text=True,
+                       timeout=180, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    shown = re.findall(r"^\$ perfbp (.*)$", out, re.M)
+    assert shown == [
+        "stat -w counter -- demo/demo",
+        "record -o demo/demo.data -w counter -w config.flags -- demo/demo",
+        "report -i demo/demo.data",
+        "stat -w counter -w config.flags -w config.level -w config.limit -w 'table[0]' "
+        "-- demo/demo"], out
+    # 1: exact, by name (hits the machine delivered without status are recovered)
+    assert re.search(r"^\s+100,042  counter  \(mem:0x[0-9a-f]+/8:w\)$", out, re.M), out
+    # 2: the writers, with their source lines
+    assert re.search(r"^\s+[\d,]+ 100\.0%  bump\+0x[0-9a-f]+ \(demo\.c:26\)\s+demo$", out,
+                     re.M), out
+    assert re.search(r"^\s+1 100\.0%  main\+0x[0-9a-f]+ \(demo\.c:41\)\s+demo$", out, re.M), out
+    # 3: the fifth watch
+    err = [line for line in r.stderr.splitlines() if line.startswith("perfbp: error:")]
+    assert err == [next(line for line in r.stderr.splitlines() if "5 watches" in line)]
+    assert "5 watches need 5 debug-register slots" in err[0] and "--multiplex" in err[0]
+    assert out.rstrip().endswith("(exit status 2: refused before anything ran; --multiplex "
+                                 "lets them take turns)")

@@ -201,7 +201,18 @@ def test_thread_local_name_is_refused(progs):
         r = perfbp_cli("stat", "-w", spec, "--", str(progs / "ctor_prog"), "1")
         assert r.returncode == 2 and "Traceback" not in r.stderr
         (line,) = r.stderr.splitlines()
-        assert "thread-local (STT_TLS" in line and "-t TID -w ADDR/" in line
+        assert "thread-local (STT_TLS" in line and \
+            "then watch its address (-w ADDR/LEN) with -t TID; it is " in line
+
+
+def test_thread_local_name_is_refused_in_the_apis_words(progs):
+    with pytest.raises(perfbp.InvalidBreakpoint) as info:
+        perfbp.count(["tls_counter"], command=[str(progs / "ctor_prog"), "1"])
+    msg = str(info.value)
+    assert "thread-local (STT_TLS" in msg
+    assert ("then watch its address (Watch.range(ADDR, LEN)) with "
+            "target=Target.thread(TID); it is ") in msg
+    assert "-t TID" not in msg and "-w " not in msg
 
 
 def test_pid_names_stop_at_exec(progs, tmp_path):

@@ -21,8 +21,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from perfbp.symbols import lines
 from perfbp.symbols.lines import LineTable, SourceLine, line_table
 
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
@@ -263,3 +267,44 @@ def test_building_a_2mb_table_takes_under_a_second(tmp_path):
     (f1,) = [int(ln.split()[0], 16) for ln in run("nm", str(prog)).splitlines()
              if ln.split()[-1] == f"f1_{n - 1}"]
     assert brief(table.lookup(f1)) == addr2line(prog, [f1])[0] == ("unit1.c", 8 * (n - 1) + 2)
+
+
+def numpy_ranges(rows: list) -> tuple:
+    """The ranges of the rows, as LineTable built them with numpy: the
+    reference for :func:`perfbp.symbols.lines._ranges`."""
+    try:
+        table = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+    except OverflowError:
+        top = (1 << 64) - 1
+        table = np.array([[min(max(v, 0), top) for v in row] for row in rows],
+                         dtype=np.uint64).reshape(-1, 4)
+    addr, fid = table[:, 0], table[:, 1]
+    keep = (fid[:-1] != lines._END) & (addr[1:] > addr[:-1])
+    starts, ends = addr[:-1][keep], addr[1:][keep]
+    cols = table[:-1][keep]
+    order = np.argsort(starts, kind="stable")
+    starts, ends, cols = starts[order], ends[order], cols[order]
+    if len(starts) > 1:
+        np.minimum(ends[:-1], starts[1:], out=ends[:-1])
+        nonempty = ends > starts
+        starts, ends, cols = starts[nonempty], ends[nonempty], cols[nonempty]
+    return (starts.tolist(), ends.tolist(), cols[:, 1].astype(np.int32).tolist(),
+            cols[:, 2].astype(np.int64).tolist(), cols[:, 3].astype(np.int64).tolist())
+
+
+VALUES = st.one_of(st.integers(0, 40), st.sampled_from([0, 1 << 63, (1 << 64) - 1, 1 << 64, -1]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(VALUES, st.integers(0, 3), VALUES, VALUES), max_size=8),
+                max_size=6))
+def test_ranges_as_numpy_made_them(sequences):
+    """Sequences that overlap, share addresses, go backwards, or ran a
+    register past 64 bits (a damaged program): the ranges are those the
+    numpy columns were, value for value."""
+    rows = []
+    for seq in sequences:
+        rows += seq
+        if seq:
+            rows.append((seq[-1][0] + 1, lines._END, 0, 0))
+    assert [list(col) for col in lines._ranges(rows)] == list(numpy_ranges(rows))

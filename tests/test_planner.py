@@ -283,7 +283,7 @@ def test_exactly_four_fits(ranges, needed):
     p = perfbp.plan(ws)
     assert (p.slots_needed, p.capacity, p.free, p.fits) == (needed, NSLOTS, NSLOTS, True)
     assert "It fits (0 left)" in p.explanation
-    assert "does not fit" not in p.explanation and "--multiplex" not in p.explanation
+    assert "does not fit" not in p.explanation and "multiplex" not in p.explanation
     for w in ws:
         assert w.label in p.explanation
     p.require()  # does not raise
@@ -308,11 +308,16 @@ def test_one_more_does_not_fit(ranges, needed):
         assert f"{w.label}: {w.describe_pieces()}" in p.explanation
     assert "4 per thread and per CPU" in p.explanation
     assert f"it does not fit ({NSLOTS} free)" in p.explanation
-    assert "--multiplex" in p.explanation
+    # the API's words for what to do; the command line's in explain("cli")
+    assert "give multiplex=SECONDS (count, record, LiveSession" in p.explanation
+    assert "--multiplex" not in p.explanation
+    assert p.explain("cli") == p.explanation.replace(
+        "multiplex=SECONDS (count, record, LiveSession: the length of a turn)", "--multiplex")
     with pytest.raises(perfbp.NoBreakpointSlots) as info:
         p.require()
     assert info.value.errno == 28
     assert str(info.value) == p.explanation
+    assert info.value.message_for("cli") == p.explain("cli")
 
 
 def test_plan_as_dict():
@@ -353,7 +358,7 @@ def test_free_drops_by_exactly_the_watches_perfbp_holds(held):
     text = p.explanation
     assert text.startswith("1 watch needs 4 debug-register slots in this thread (")
     assert f"perfbp's own open watches hold {held} there ({'; '.join(names)})" in text
-    assert f"it does not fit ({NSLOTS - held} free)" in text and "--multiplex" in text
+    assert f"it does not fit ({NSLOTS - held} free)" in text and "multiplex=" in text
     if held < NSLOTS:
         assert f"It fits ({NSLOTS - held - 1} left)" in one.explanation
     assert perfbp.plan([want], perfbp.Target.this_thread()).free == NSLOTS  # closed again
@@ -594,10 +599,24 @@ def test_stat_refuses_more_than_four_slots(specs, needed):
     args = [a for s in specs for a in ("-w", s)]
     err = one_error_line(run_perfbp("stat", *args, "--", "/bin/true"))
     expected = perfbp.plan([perfbp.Watch.from_spec(parse(s)) for s in specs])
-    assert err == f"perfbp: error: {expected.explanation}"
+    assert err == f"perfbp: error: {expected.explain('cli')}"
     assert f"need{'s' if len(specs) == 1 else ''} {needed} debug-register slots" in err
-    assert "4 per thread" in err and "--multiplex" in err
+    assert "4 per thread" in err and "--multiplex" in err and "multiplex=" not in err
     assert "Ctrl-C" not in err
+
+
+def test_count_refuses_more_than_four_slots_in_the_apis_words():
+    """The API's error names the API's argument, not the command line's
+    option: the same refusal as above, from perfbp.count."""
+    ws = [perfbp.Watch.range(BASE + 8 * i, 8) for i in range(5)]
+    with pytest.raises(perfbp.NoBreakpointSlots) as info:
+        perfbp.count(ws, command=["/bin/true"])
+    msg = str(info.value)
+    assert msg == perfbp.plan(ws).explanation
+    assert "or give multiplex=SECONDS (count, record, LiveSession: the length of a turn) " \
+        "to rotate the watches" in msg
+    assert "--multiplex" not in msg and "perfbp slots" not in msg
+    assert "or give --multiplex to rotate the watches" in info.value.message_for("cli")
 
 
 # -- the CLI: ranges split over several registers, counted as one watch ---------------

@@ -610,18 +610,18 @@ def test_bulk_agrees_on_samples_whose_size_is_not_the_fixed_size(stream, seed):
     assert_bulk_agrees(joined(recs), cfg, [w for _, w in recs])
 
 
-def test_bulk_agrees_across_block_boundaries():
-    """More samples than one numpy block (records._BLOCK), with other records
-    just before, at and after the block edges."""
+def test_bulk_agrees_on_long_runs():
+    """Long runs of samples (the walk's steps double while a run goes on),
+    with other records just before, at and after powers of two."""
     cfg = ParseConfig(bits_of(-1, FIXED_BITS), True)
     r = random.Random(65537)
-    n = records._BLOCK + 1009
+    n = (1 << 16) + 1009
     raw, _ = make_sample(cfg, r)
     size = len(raw)
     base = np.frombuffer(b"".join(make_sample(cfg, r)[0] for _ in range(64)), dtype=np.uint8)
     samples = np.tile(base, n // 64 + 1)[: n * size].tobytes()
     pieces = []
-    cuts = sorted({0, 1, records._BLOCK - 1, records._BLOCK, records._BLOCK + 1, n})
+    cuts = sorted({0, 1, 2, 1023, 1024, 1025, 1 << 16, (1 << 16) + 1, n})
     for a, b in zip(cuts, cuts[1:]):
         pieces.append(samples[a * size:b * size])
         pieces.append(make(OTHER_KINDS[b % len(OTHER_KINDS)], cfg, r)[0])
@@ -629,6 +629,119 @@ def test_bulk_agrees_across_block_boundaries():
     cols, others = assert_bulk_agrees(buf, cfg)
     assert len(cols) == n
     assert len(others) == len(cuts) - 1
+    assert_runs_agree(buf, cfg)
+
+
+# -- runs of alike samples == the columns ------------------------------------------------
+
+#: every field sample_runs may be asked for
+RUN_FIELDS = ("id", "ip", "pid", "tid", "time", "addr", "stream_id", "cpu", "period",
+              "callchain")
+
+
+def column(cols: SampleColumns, name: str, i: int):
+    """Sample ``i``'s ``name`` in the columns (a call stack: () when none)."""
+    col = getattr(cols, name)
+    if name == "callchain":
+        return () if col is None else col[i]
+    return None if col is None else col[i]
+
+
+def assert_runs_agree(buf, cfg, fields=RUN_FIELDS, min_run=1) -> "list | None":
+    """sample_runs gives, sample for sample, the values of decode_bulk's
+    columns, the same other records, and runs whose values differ from the
+    run before; or None, and then only for samples with read values (or
+    fields perfbp does not know), none of the columns, or runs shorter than
+    ``min_run``."""
+    got = records.sample_runs(buf, cfg, fields, min_run=min_run)
+    cols, others = decode_bulk(buf, cfg)
+    if cfg.sample_type & ~(records.FIXED_SAMPLE_BITS | PERF_SAMPLE_CALLCHAIN) \
+            or not cfg.sample_type & records.FIXED_SAMPLE_BITS:
+        assert got is None
+        return None
+    if got is None:
+        assert min_run > 1
+        return None
+    runs, runs_others = got
+    assert runs_others == others
+    want = [tuple(column(cols, f, i) for f in fields) for i in range(len(cols))]
+    assert [tuple(v) for v, n in runs for _ in range(n)] == want
+    assert all(n > 0 for _v, n in runs)
+    assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))
+    return runs
+
+
+@st.composite
+def alike_streams(draw):
+    """(cfg, bytes): copies of a few samples (with call stacks or not) that
+    differ in their time only, in stretches, with other records between
+    some of them: some of those a sample's copy but for their type (an
+    impostor of type 99)."""
+    cfg = draw(configs(variable=False))
+    if draw(st.booleans()):
+        cfg = ParseConfig(cfg.sample_type | PERF_SAMPLE_CALLCHAIN, cfg.sample_id_all,
+                          cfg.read_format)
+    r = random.Random(draw(st.integers(0, 2**32)))
+    protos = [make_sample(cfg, r, callchain=draw(st.sampled_from([0, 1, 3, 3, 40])))[0]
+              for _ in range(draw(st.integers(1, 3)))]
+    head = 16 + 8 * bin(cfg.sample_type & records.FIXED_SAMPLE_BITS).count("1")  # to the ips
+    if cfg.sample_type & PERF_SAMPLE_CALLCHAIN and len(protos[0]) > head:
+        # the first sample with another last frame: alike but for its stack
+        protos.append(protos[0][:-8] + struct.pack("<Q", u64(r)))
+    # the time's word: after the header, the identifier, the ip and the tid
+    at = 8 + 8 * sum(bool(cfg.sample_type & b) for b in FIXED_BITS[:3])
+    out = b""
+    for which, count, other in draw(st.lists(st.tuples(
+            st.integers(0, len(protos) - 1), st.integers(1, 300),
+            st.sampled_from([None, None, "impostor"] + OTHER_KINDS)), max_size=12)):
+        for _ in range(count):
+            raw = bytearray(protos[which])
+            if cfg.sample_type & PERF_SAMPLE_TIME:
+                struct.pack_into("<Q", raw, at, u64(r))
+            out += raw
+        if other == "impostor":
+            out += struct.pack("<I", 99) + protos[which][4:]
+        elif other:
+            out += make(other, cfg, r)[0]
+    return cfg, out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(variable=True), st.sampled_from([RUN_FIELDS, ("id", "pid", "tid", "ip", "cpu"),
+                                                ("addr", "callchain"), ()]))
+def test_runs_agree_with_bulk(stream, fields):
+    cfg, recs = stream
+    assert_runs_agree(joined(recs), cfg, fields)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(alike_streams(), st.sampled_from([("id", "pid", "tid", "ip", "cpu", "callchain"),
+                                         ("addr", "ip"), ()]))
+def test_runs_agree_with_bulk_on_alike_samples(stream, fields):
+    """Samples alike but for their time: long runs, merged across the other
+    records; the time asked for splits them again."""
+    cfg, buf = stream
+    runs = assert_runs_agree(buf, cfg, fields)
+    if runs is not None and not fields:
+        assert len(runs) <= 1
+    assert_runs_agree(buf, cfg, fields + ("time",))
+    assert_runs_agree(buf, cfg, fields, min_run=records.MIN_RUN)
+
+
+def test_runs_give_up_on_short_runs():
+    """More than 8 runs, and more than one per MIN_RUN samples: None (the
+    columns are the faster way); long runs of the same samples: a few; read
+    values: None."""
+    cfg = ParseConfig(PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME, True)
+    r = random.Random(3)
+    a, b = make_sample(cfg, r)[0], make_sample(cfg, r)[0]
+    fields = ("ip", "pid", "tid")
+    assert records.sample_runs((a + b) * 100, cfg, fields) is None
+    runs, others = records.sample_runs((a * 3000 + b * 3000) * 3, cfg, fields)
+    assert [n for _v, n in runs] == [3000] * 6 and others == []
+    assert records.sample_runs(b"", cfg, fields) == ([], [])
+    reads = ParseConfig(cfg.sample_type | PERF_SAMPLE_READ, True)
+    assert records.sample_runs(make_sample(reads, r)[0], reads, fields) is None
 
 
 # -- never crash: only PerfbpError ---------------------------------------------------------
@@ -657,15 +770,35 @@ def decode_both(buf, cfg) -> "list | None":
         except perfbp.PerfbpError as exc:
             assert isinstance(exc, OSError) and exc.errno
             recs = None
+        assert records.whole_records_end(buf, cfg) == whole_end(buf)
+        try:
+            runs = records.sample_runs(buf, cfg, RUN_FIELDS, min_run=1)
+        except perfbp.PerfbpError:
+            assert recs is None, "sample_runs raised where iter_records did not"
+            runs = "raised"
         try:
             cols, others = decode_bulk(buf, cfg)
         except perfbp.PerfbpError:
             assert recs is None, "decode_bulk raised where iter_records did not"
+            assert runs == "raised" or runs is None, "sample_runs did not raise"
             return None
     assert recs is not None, "iter_records raised where decode_bulk did not"
     assert others == [x for x in recs if not isinstance(x, Sample)]
     columns_equal(cols, SampleColumns.from_samples([x for x in recs if isinstance(x, Sample)]))
+    assert_runs_agree(buf, cfg)
     return recs
+
+
+def whole_end(buf) -> int:
+    """Where the records of ``buf`` stop being whole: the chain of sizes
+    followed to the first impossible or cut-short record."""
+    pos = 0
+    while pos + 8 <= len(buf):
+        (size,) = struct.unpack_from("<H", buf, pos + 6)
+        if size < 8 or pos + size > len(buf):
+            break
+        pos += size
+    return pos
 
 
 ANY_CONFIG = st.one_of(
@@ -720,6 +853,7 @@ def test_truncated_streams_at_every_length(stream):
     with deadline():
         for cut in range(len(buf) + 1):
             piece = buf[:cut]
+            assert records.whole_records_end(piece, cfg) == max(b for b in bounds if b <= cut)
             if cut in bounds:
                 n = sorted(bounds).index(cut)
                 assert decode_both(piece, cfg) == want[:n]

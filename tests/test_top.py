@@ -6,11 +6,13 @@ The workload is ``tests/workloads/top_steady.c``: ``top_steady N M STATUS
 ``bump_counter``) and to ``busier`` exactly M times (in ``bump_busier``),
 then, given a FIFO, waits on it (the test never opens it for writing, so the
 program stays alive with its counts final until perfbp ends it; ``noterm``:
-ignoring SIGTERM), and exits with STATUS.  It prints nothing, so the
-terminal shows perfbp's view alone.
+ignoring SIGTERM), and exits with STATUS.  It prints nothing; a test of a
+command that prints runs it from ``sh -c``.  Its ``_PyRuntime`` (never
+written) gives long names: ``_PyRuntime.ceval.gil.switch_number``,
+``_PyRuntime.ceval.gil.locked``.
 
-The terminal is a detached tmux session of 120x40 on a tmux server of this
-test run's own (``tmux -L``), one session per test (or module fixture),
+The terminal is a detached tmux session of 120x40 (or narrower) on a tmux
+server of this test run's own (``tmux -L``), one session per test (or module fixture),
 always killed at the end.  Its command line is the only shell in this file:
 ``/bin/sh -c "unset COLUMNS LINES; cd ROOT && PYTHON -m perfbp top ...;
 echo perfbp-exit-status $?; sleep 60"``, so that the pane outlives perfbp
@@ -41,6 +43,7 @@ TMUX = shutil.which("tmux") or "/usr/bin/tmux"
 SOCKET = f"perfbp-test-top-{os.getpid()}"  # this run's own tmux server
 
 N = 20011             # top_steady: stores to `counter` (a prime)
+N_FIRST = 1009        # ... a few milliseconds of them, before the first frame
 N_QUIET = 10007       # the sort test: `counter` ...
 N_BUSY = 20011        # ... and `busier`, the busier watch
 EXIT_STATUS = 7       # top_steady's exit status when it ends by itself
@@ -134,10 +137,11 @@ def summary_lines(text: str, n: int, writer: str = "bump_counter") -> None:
 # -- a real terminal: tmux -------------------------------------------------------------
 
 class Terminal:
-    """``perfbp top ARGS`` in a detached tmux session of 120x40."""
+    """``perfbp top ARGS`` in a detached tmux session of ``width`` x 40."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, width: int = 120) -> None:
         self.name = f"{name}-{os.getpid()}"
+        self.width = width
 
     def _tmux(self, *args: str, check: bool = True) -> str:
         proc = subprocess.run([TMUX, "-L", SOCKET, "-f", "/dev/null", *args],
@@ -152,7 +156,7 @@ class Terminal:
         # started before tmux sized the window may have exported 80x24)
         line = (f"unset COLUMNS LINES; cd {shlex.quote(str(REPO_ROOT))} && "
                 f"{shlex.join(argv)}; echo {EXIT_MARK} $?; sleep 60")
-        self._tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40",
+        self._tmux("new-session", "-d", "-s", self.name, "-x", str(self.width), "-y", "40",
                    "/bin/sh", "-c", line)
 
     def screen(self, history: bool = False) -> str:
@@ -211,8 +215,8 @@ def terminal(request, steady):
     and so is any copy of the workload left behind."""
     made: list[Terminal] = []
 
-    def make() -> Terminal:
-        t = Terminal(f"{request.node.name[:40]}-{len(made)}")
+    def make(width: int = 120) -> Terminal:
+        t = Terminal(f"{request.node.name[:40]}-{len(made)}", width)
         made.append(t)
         return t
 
@@ -236,7 +240,7 @@ def start_armed(term: Terminal, *args: str) -> "tuple[str, int]":
         if not no_free_slot(text) or time.monotonic() > deadline:
             raise AssertionError(f"perfbp top did not start:\n{text}")
         time.sleep(0.5)
-    m = re.search(r"perfbp top  command '.*?'\s+\(pid\s+(\d+)\)", text, re.S)
+    m = re.search(r"perfbp top  command\s+'.*?'\s+\(pid\s+(\d+)\)", text, re.S)
     assert m, text
     return text, int(m.group(1))
 
@@ -349,15 +353,118 @@ def test_s_sorts_by_hits(terminal, fifo, steady):
 
 def test_terminal_target_ends_by_itself(terminal, steady):
     """The target exits on its own: the view ends, the summary follows, and
-    perfbp exits with the program's status."""
+    perfbp exits with the program's status.  The program printed nothing:
+    the file its output would have gone to is removed, and the end says so."""
     term = terminal()
-    _, pid = start_armed(term, "-w", "counter", "--interval", "0.5", "--",
-                         str(steady), str(N), "0", str(EXIT_STATUS))
+    header, pid = start_armed(term, "-w", "counter", "--interval", "0.5", "--",
+                              str(steady), str(N), "0", str(EXIT_STATUS))
     assert term.exit_status() == EXIT_STATUS
     final = term.screen(history=True)
     summary_lines(final, N)
     assert "Traceback" not in final and "WARNING" not in final
     assert not alive(pid, steady)
+    out = output_file(header)
+    assert re.search(r"^perfbp: the command printed nothing$", final, re.M), final
+    assert not os.path.exists(out)
+
+
+# -- 2b. the first frame, long names, the command's output ---------------------------
+
+def output_file(screen: str) -> str:
+    """Where the view says the launched command's output goes."""
+    m = re.search(r"^the command's output: (\S+)$", screen, re.M)
+    assert m, screen
+    return m.group(1)
+
+
+def test_the_first_frame_comes_at_once_with_live_counts(terminal, fifo, steady):
+    """--interval 30: the first frame does not wait for the first interval
+    to end, and what it shows is live: the hits the program made before it
+    (N_FIRST stores right after exec: a few milliseconds), one sparkline
+    column for that first interval, the busiest thread."""
+    term = terminal()
+    first, pid = start_armed(term, "-w", "counter", "--interval", "30", "--",
+                             str(steady), str(N_FIRST), "0", "0", str(fifo))
+    elapsed = float(re.search(r"\b(\d+\.\d) s, lost", first).group(1))
+    assert elapsed < 30, first  # not the end of the first interval
+    _, hits, row = watch_row(first, "counter")
+    assert hits > 0, first
+    assert re.search(r"\blast 20×30s\b", first), first
+    spark = re.match(r"^counter\s+[\d,]+\s+[\d,]+  (.{20})  bump_counter\+0x", row)
+    assert spark and spark.group(1).strip() in "▁▂▃▄▅▆▇█" and spark.group(1)[-1] != " ", row
+    assert thread_samples(first, "top_steady", pid) is not None, first
+    term.keys("q")
+    assert term.exit_status() == 0
+
+
+LONG = ["_PyRuntime.ceval.gil.switch_number", "_PyRuntime.ceval.gil.locked"]
+
+
+@pytest.mark.parametrize("width", [120, 72])
+def test_long_names_whole_when_they_fit_else_cut_in_the_middle(terminal, fifo, steady, width):
+    """120 columns: both names whole.  72: each cut in the middle, both
+    members still shown, the two told apart (cut at the end they would both
+    be ``_PyRuntime.ceval.gil.…``); the table within the width."""
+    term = terminal(width)
+    args = [a for name in LONG for a in ("-w", name)]
+    screen, _pid = start_armed(term, *args, "-w", "counter", "--interval", "0.5", "--",
+                               str(steady), str(N_FIRST), "0", "0", str(fifo))
+    screen = term.wait_for(lambda s: "bump_counter" in s, "the top writer")
+    rows = [line for line in screen.splitlines() if line.startswith("_")]
+    assert len(rows) == 2, screen
+    names = [row.split()[0] for row in rows]
+    if width == 120:
+        assert names == LONG, screen
+    else:
+        switch, locked = names
+        assert switch != locked and "…" in switch and "…" in locked, screen
+        assert switch.endswith("switch_number") and locked.endswith("locked"), screen
+        assert switch.startswith("_PyRunti") and locked.startswith("_PyRunti"), screen
+    assert all(len(line) <= width for line in screen.splitlines())
+    assert [watch_row(screen, n)[1] for n in names] == [0, 0]
+    term.keys("q")
+    assert term.exit_status() == 0
+
+
+TALK = ("for i in 1 2 3 4 5; do echo out-$((i * 11)); echo oops-$((i * 13)) >&2; "
+        "sleep 0.1; done; exec")
+TALKED = "".join(f"out-{i * 11}\noops-{i * 13}\n" for i in range(1, 6))
+
+
+def test_a_commands_output_goes_to_a_file_not_over_the_view(terminal, steady, tmp_path):
+    """A command that prints while the view is up: not a line of it on the
+    terminal; the view names the file (--command-output), the end says
+    where and how much, and the file holds it all, stdout and stderr."""
+    out = tmp_path / "command.out"
+    term = terminal()
+    header, _pid = start_armed(term, "-w", "counter", "--interval", "0.2", "--command-output",
+                               str(out), "--", "/bin/sh", "-c",
+                               f"{TALK} {steady} {N} 0 {EXIT_STATUS}")
+    assert output_file(header) == str(out)
+    assert term.exit_status() == EXIT_STATUS
+    final = term.screen(history=True)
+    assert "out-11" not in final and "oops-13" not in final, final
+    summary_lines(final, N)
+    assert re.search(rf"^perfbp: the command's output \({len(TALKED)} bytes\) is in "
+                     rf"{re.escape(str(out))}$", final, re.M), final
+    assert out.read_text() == TALKED
+
+
+def test_a_commands_output_goes_to_a_new_file_by_default(terminal, steady):
+    term = terminal()
+    header, _pid = start_armed(term, "-w", "counter", "--interval", "0.2", "--", "/bin/sh",
+                               "-c", f"{TALK} {steady} {N} 0 {EXIT_STATUS}")
+    out = Path(output_file(header))
+    try:
+        assert out.parent == Path(os.environ.get("TMPDIR", "/tmp"))
+        assert out.name.startswith("perfbp-top-") and out.suffix == ".out"
+        assert term.exit_status() == EXIT_STATUS
+        final = term.screen(history=True)
+        assert "out-11" not in final and "oops-13" not in final, final
+        assert f"perfbp: the command's output ({len(TALKED)} bytes) is in {out}" in final
+        assert out.read_text() == TALKED and out.stat().st_mode & 0o777 == 0o600
+    finally:
+        out.unlink(missing_ok=True)
 
 
 # -- 3. not a terminal: plain lines ----------------------------------------------------
@@ -434,6 +541,22 @@ def test_piped_on_every_cpu_while_a_command_runs(build):
     assert (int(last.group(3)), int(last.group(5)) + recovered) == (N, N), last.group(0)
     assert re.search(rf"^\s+{N - recovered:,} 100\.0%  fixed_writer/\d+$", r.stdout, re.M), \
         r.stdout
+
+
+def test_piped_command_output_goes_to_the_file_given(steady, tmp_path):
+    """Piped, a command's output goes where perfbp's does, unless
+    --command-output names a file; without a command to launch, it is
+    refused."""
+    out = tmp_path / "command.out"
+    r = run_piped("-w", "counter", "--interval", "0.2", "--command-output", str(out), "--",
+                  "/bin/sh", "-c", f"{TALK} {steady} 7 0 0")
+    assert r.returncode == 0, r.stderr
+    assert out.read_text() == TALKED
+    assert "out-11" not in r.stdout and "oops-13" not in r.stderr
+    assert r.stderr == f"perfbp: the command's output ({len(TALKED)} bytes) is in {out}\n"
+    r = run_piped("-w", "counter", "--command-output", str(out), "-p", str(os.getpid()))
+    assert (r.returncode, r.stderr) == (2, "perfbp: error: --command-output is where a "
+                                           "launched command's output goes: give -- CMD\n")
 
 
 def test_piped_rate_counts_the_intervals_real_length(steady):

@@ -160,6 +160,9 @@ def test_sampling_watch_gives_every_hit_as_columns():
     assert set(cols.tid.tolist()) == {threading.get_native_id()}
     assert set(cols.addr.tolist()) == {a[4:5].__array_interface__["data"][0]}
     assert (np.diff(cols.time.astype(np.int64)) >= 0).sum() >= N - 2  # time-ordered per CPU
+    # a repr for a notebook: the shape and the columns, not 1,009 values of each
+    assert repr(cols) == "<SampleColumns: 1,009 samples x 7 columns (ip, pid, tid, time, " \
+        "addr, id, cpu)>"
 
 
 def test_recording_back_as_columns_and_frames(tmp_path):
@@ -183,7 +186,8 @@ def test_recording_back_as_columns_and_frames(tmp_path):
     assert df.groupby("tid").size().sort_values().tolist() == [1, 50021, 50021]
     pl = samples.to_polars()
     assert pl.height == 100043 and set(pl.columns) >= {"watch", "ip", "tid", "time", "cpu", "addr"}
-    assert "100,043 samples of 2 watches" in repr(samples)
+    assert repr(samples) == ("<Samples: 100,043 samples x 7 columns (watch, ip, pid, tid, "
+                             "time, addr, cpu), of 2 watches (counter, config.flags)>")
 
 
 def test_a_kernel_without_sigtrap_gets_unsupported(monkeypatch):

@@ -45,8 +45,28 @@ BAD_INPUT = 2
 # -- the options several commands share, defined once ---------------------------------
 Watches = Annotated[Optional[List[str]], typer.Option(
     "-w", "--watch", metavar="SPEC",
-    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k]. LEN 1, 2, "
-         "4 or 8 (default 8); ACCESS w (default), rw, x, or r (not on x86). Repeat for more.")]
+    help="What to watch: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k] (each part "
+         "under 'Watch SPEC' below). Repeat for more.")]
+#: The whole -w grammar, at the end of the help of every command that takes -w.
+SPEC_HELP = (
+    "\b\nWatch SPEC: [mem:]ADDR|SYMBOL[@OBJECT][+OFF][/LEN][:ACCESS][:u|k]\n"
+    "  ADDR       an address, hex or decimal         0x4040a0\n"
+    "  SYMBOL     a global, found as ld.so finds it  counter\n"
+    "    .MEMBER  a struct member (from DWARF)       config.flags\n"
+    "    [N]      an array element                   table[3], grid[1][2].next\n"
+    "  @OBJECT    in that library or program         environ@libc.so.6\n"
+    "             (file name, soname or path), or    vfs_read@kernel:x\n"
+    "             the kernel\n"
+    "  +OFF       bytes past the start               counter+4\n"
+    "  /LEN       bytes; default: the symbol's size  buf/64\n"
+    "             or 8. Any length: split over\n"
+    "             several debug registers\n"
+    "  :ACCESS    w write (default), rw read or      counter:rw\n"
+    "             write, x execute (r: not on x86)\n"
+    "  :u / :k    user-mode hits only (default for   0x4040a0:w:k\n"
+    "             user addresses) / kernel's too\n"
+    "  mem:       perf's spelling: one register      mem:0x4040a0/8:w\n"
+    "  Quote a SPEC with [ ] for the shell:  -w 'table[3].next@libfoo.so:rw'\n\n")
 Pid = Annotated[Optional[int], typer.Option("-p", "--pid", help="Every thread of this process.")]
 Tid = Annotated[Optional[int], typer.Option("-t", "--tid", help="This thread only.")]
 AllCpus = Annotated[bool, typer.Option("-a", "--all-cpus", help="Every CPU (system-wide).")]
@@ -212,8 +232,17 @@ def _banner(watches, description: str, plan: "perfbp.Plan",
     typer.echo(f"perfbp: watching {n} location{'s' if n > 1 else ''} "
                f"({', '.join(w.spec for w in watches)}) in {description}; "
                f"{how}. Ctrl-C to end.", err=True)
+    _warnings(plan.watches)
     if debug_note is not None:
         _debug_note(debug_note)
+
+
+def _warnings(watches) -> None:
+    """One line on stderr for each watch that can never fire (read-only
+    memory)."""
+    for w in watches:
+        if w.warning:
+            typer.echo(f"perfbp: WARNING: {w.warning}", err=True)
 
 
 def _debug_note(args: RunArgs) -> None:
@@ -359,8 +388,8 @@ def _unresolved(result) -> None:
     """A name no program of the run defined: exit 2 (after the counts)."""
     if result.unresolved:
         for err in result.unresolved[1:]:
-            error(err)
-        raise fail(str(result.unresolved[0]))
+            error(err.message_for("cli"))
+        raise fail(result.unresolved[0].message_for("cli"))
 
 
 def _status(result) -> dict:
@@ -379,7 +408,7 @@ def _status(result) -> dict:
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp stat -w counter -- ./demo/demo         # writes to a global, by name\n"
            "  perfbp stat -w environ@libc.so.6 -- ./prog    # a library's variable\n"
            "  perfbp stat -w config.flags -p 1234           # a struct member (DWARF)\n"
@@ -542,7 +571,7 @@ def _report_csv(report) -> None:
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp record -w counter -- ./demo/demo   # every write, into perfbp.data\n"
            "  perfbp record -w buf/64:rw -p 1234 -d 10  # a 64-byte buffer, 10 s\n"
            "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
@@ -735,7 +764,7 @@ def _report_stdin(top: int, sort: str):
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp top -w counter -- ./demo/demo       # live hits of a global\n"
            "  perfbp top -w counter -w config.flags -p 1234  # beside a running program\n"
            "  perfbp top -w 0x4040a0 -a --interval 2     # all CPUs, every 2 s\n"
@@ -747,10 +776,16 @@ def top(
     interval: Annotated[float, typer.Option("--interval", "-i", metavar="SECONDS",
                                             help="Seconds between screen updates.")] = 1.0,
     top_n: Top = 5, no_ptrace: NoPtrace = False, multiplex: Multiplex = False,
-    slice_ms: SliceMs = 10, command: Command = None,
+    slice_ms: SliceMs = 10,
+    command_output: Annotated[Optional[str], typer.Option(
+        "--command-output", metavar="FILE",
+        help="Where a launched command's output goes (default: on a terminal, a new file "
+             "in $TMPDIR, so that it cannot draw over the view; the view and the end name "
+             "it).")] = None,
+    command: Command = None,
 ) -> None:
     """A live view of every hit: per watch the hits, hits per second, a
-    sparkline of the last 60 intervals and the top writer, and the busiest
+    sparkline (one column per interval) and the top writer, and the busiest
     threads. q or Ctrl-C quits and prints the same summary as perfbp record.
     Piped, it prints one line per watch per interval instead.
     """
@@ -762,8 +797,19 @@ def top(
         raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
         raise fail(f"--interval {interval} is too short: give at least 0.05 seconds")
-    session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
-                                 interval=interval, trace=args.trace, multiplex=args.multiplex)
+    if command_output is not None and not args.command:
+        raise fail("--command-output is where a launched command's output goes: give -- CMD")
+    output = command_output  # the command must not draw over the view: its output to a file
+    if args.command and output is None and tui.is_terminal():
+        output = tui.output_file()
+    try:
+        session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
+                                     interval=interval, trace=args.trace,
+                                     multiplex=args.multiplex, command_output=output)
+    except BaseException:
+        if output is not None and command_output is None:
+            os.unlink(output)  # the file made for it: nothing ran
+        raise
     try:
         _debug_note(args)
         slots = (session.mux.nslots if session.mux is not None
@@ -776,6 +822,8 @@ def top(
         session.close()
     typer.echo("")
     _render_report(report, top_n)
+    if output is not None:
+        typer.echo(f"perfbp: {tui.output_note(output, made=command_output is None)}", err=True)
     for f in session.figures:
         if not f.complete:
             typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
@@ -790,7 +838,7 @@ def top(
 @app.command(
     cls=PlainCommand,
     context_settings={"allow_interspersed_args": False},
-    epilog="\b\nExamples:\n"
+    epilog=SPEC_HELP + "\b\nExamples:\n"
            "  perfbp slots -w 0x601040/16 -w 0x601080 -p 1234  # would these fit?\n"
            "  perfbp slots --json -w 0x601001/8 -- ./prog      # 1+2+4+1: 4 slots\n"
            "  perfbp slots --probe                             # measure the slots here\n"
@@ -841,16 +889,18 @@ def slots(
             watches = perfbp.resolve_watches(watches, target.pid)
     plan = perfbp.plan(watches, target)
     if as_json:
-        typer.echo(json.dumps(plan.as_dict()))
+        typer.echo(json.dumps({**plan.as_dict(), "explanation": plan.explain("cli")}))
         return
     for w in plan.watches:
         pieces = ", ".join(f"{p.address:#x}/{p.length}" for p in w.pieces)
         typer.echo(f"{w.label}: {w.describe_pieces()}: {pieces}")
+        if w.warning:
+            typer.echo(f"  WARNING: {w.warning}")
     typer.echo("")
     typer.echo(f"{'fits' if plan.fits else 'does NOT fit'}: needs {plan.slots_needed} "
                f"slot{'s' if plan.slots_needed != 1 else ''}, {plan.free} free "
                f"(capacity {plan.capacity})")
-    typer.echo(plan.explanation)
+    typer.echo(plan.explain("cli"))
 
 
 def _probe_other(target: "perfbp.Target", as_json: bool) -> None:
@@ -922,7 +972,7 @@ def main(argv: "list[str] | None" = None) -> None:
         error(f"{exc.format_message()} (see perfbp --help)")
         sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
-        error(str(exc))
+        error(exc.message_for("cli"))  # the API's words for what to do, as options
         sys.exit(BAD_INPUT)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("perfbp: interrupted", err=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .perfdata import FileAttr, read_recording
-from ..kernel.records import COLUMNS, decode_bulk
+from ..kernel.records import COLUMNS, decode_bulk, shape_repr
 
 
 @dataclass
@@ -61,8 +61,10 @@ class Samples:
         return frame.with_columns(pl.Series("watch", names, dtype=pl.Categorical))
 
     def __repr__(self) -> str:
-        return (f"<Samples: {len(self):,} samples of {len(self.watches)} watches, "
-                f"columns {', '.join(self.columns)}>")
+        shown = ", ".join(self.watches[:4]) + (", ..." if len(self.watches) > 4 else "")
+        n = len(self.watches)
+        return shape_repr("Samples", len(self), list(self.columns),
+                          f", of {n} watch{'es' if n != 1 else ''} ({shown})")
 
 
 def load_samples(path: str) -> Samples:

@@ -1,7 +1,8 @@
 """``perfbp report``: who touched the watched memory, from a recording.
 
 Reads perfbp's recordings and perf's own recordings of ``mem:`` events
-(``perf record -e mem:ADDR/LEN:ACCESS``), decodes the samples in bulk, and
+(``perf record -e mem:ADDR/LEN:ACCESS``), decodes the samples in bulk (as
+runs of alike samples where they come in runs, the common case), and
 groups them per watch: hits (samples), lost samples, the writers (ip as
 function+offset in its object), the threads, the CPUs.  When the recording
 was made by perfbp, it also carries the kernel's own hit count per watch
@@ -11,6 +12,7 @@ for.
 
 from __future__ import annotations
 
+import bisect
 import errno
 from collections import Counter as _Counter
 from dataclasses import dataclass, field
@@ -20,8 +22,9 @@ from ..errors import CorruptRecord, CorruptRecording, PerfbpError
 from .perfdata import (HEADER_NRCPUS, FileAttr, Recording,
                        read_recording, stream_extras)
 from ..kernel._uapi import PERF_SAMPLE_ADDR
-from ..kernel.records import Comm, Lost, LostSamples, Mmap, Read, Task, decode_bulk
-from ..symbols.elf import Location, Symbolizer
+from ..kernel.records import (Comm, Lost, LostSamples, Mmap, Read, Task, decode_bulk,
+                              sample_runs)
+from ..symbols.elf import Location, Symbolizer, load_object
 
 SORT_KEYS = ("watch", "symbol", "thread", "cpu")
 
@@ -193,11 +196,11 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
             # watches at its end (nothing can be rewritten in a pipe): read
             # them first, since the description says how samples map to watches
             for chunk in rec.chunks(window):
-                stream_extras(rec, decode_bulk(chunk, rec.config)[1])
+                stream_extras(rec, _decoded(chunk, rec, ())[2])
         names, order, event_watch, id_map = _watches_of(rec)
         by_addr = bool(rec.meta.get("multiplexed")) and bool(
             rec.config.sample_type & PERF_SAMPLE_ADDR)
-        tally, others = _count_samples(rec, window, id_map, by_addr)
+        tally, others = _count_samples(rec, window, _Watches(rec, id_map, by_addr))
     except CorruptRecord as exc:
         raise CorruptRecording(f"{path}: {exc.message}") from None
     if all(nm is None for nm in names):
@@ -241,38 +244,34 @@ def _watches_of(rec: Recording):
     return names, order, event_watch, id_map
 
 
-def _count_samples(rec: Recording, window, id_map, by_addr: bool):
+def _decoded(chunk, rec: Recording, fields: "tuple[str, ...]"):
+    """One window of records decoded: ``(runs, None, others)`` with the
+    runs of samples alike in ``fields`` (:func:`~perfbp.kernel.records.sample_runs`:
+    the common case, few distinct values, at memory speed), else ``(None,
+    columns, others)`` (:func:`~perfbp.kernel.records.decode_bulk`)."""
+    got = sample_runs(chunk, rec.config, fields)
+    if got is not None:
+        return got[0], None, got[1]
+    cols, others = decode_bulk(chunk, rec.config)
+    return None, cols, others
+
+
+def _count_samples(rec: Recording, window, watches: "_Watches"):
     """Decode the data a window at a time and count the samples per watch
     (:class:`_Tally`); keep the records whose history is replayed.
 
     Raises:
         CorruptRecord: a record is damaged.
     """
-    import numpy as np
-
-    if by_addr:
-        # a multiplexed recording: its events are slots that took turns, so
-        # samples are told apart by address (perfbp's own header feature
-        # says which watch has which)
-        defs = rec.meta.get("watches", [])
-        pairs = sorted((int(a), i) for i, d in enumerate(defs) for a, _n in d.get("pieces", []))
-        table = _Lookup([a for a, _ in pairs], [i for _, i in pairs])
-    else:
-        table = _Lookup(sorted(id_map), [id_map[k] for k in sorted(id_map)])
     tally = _Tally()
     others: list = []
     for chunk in rec.chunks(window):
-        cols, recs = decode_bulk(chunk, rec.config)
+        runs, cols, recs = _decoded(chunk, rec, (watches.field,) + _Tally.FIELDS)
         others.extend(r for r in recs if isinstance(r, _REPLAYED))
-        if not len(cols):
-            continue
-        if by_addr:
-            widx = table.find(cols.addr, len(cols))
-        elif cols.id is not None and id_map:
-            widx = table.find(cols.id, len(cols))
-        else:
-            widx = np.zeros(len(cols), dtype=np.int64)
-        tally.add(cols, widx)
+        if runs is not None:
+            tally.add_runs(runs, watches)
+        elif len(cols):
+            tally.add(cols, watches.of_all(cols))
     return tally, others
 
 
@@ -343,23 +342,47 @@ def _watch_report(rec: Recording, i: int, name: str, event_watch, tally, history
 _REPLAYED = (Mmap, Comm, Task, Lost, LostSamples, Read)
 
 
-class _Lookup:
-    """A sorted table of keys (event ids, or addresses) to watch indices."""
+class _Watches:
+    """Which watch a sample is of: by its event id (``id_map``), or, in a
+    multiplexed recording (``by_addr``), by its address (perfbp's own
+    header feature says which watch has which); watch 0 when the samples
+    carry no id or the events none (a lone event)."""
 
-    def __init__(self, keys, watches) -> None:
+    def __init__(self, rec: Recording, id_map: dict, by_addr: bool) -> None:
+        if by_addr:
+            defs = rec.meta.get("watches", [])
+            pairs = sorted((int(a), i) for i, d in enumerate(defs)
+                           for a, _n in d.get("pieces", []))
+        else:
+            pairs = sorted(id_map.items())
+        #: the sample field that says the watch
+        self.field = "addr" if by_addr else "id"
+        self.by_addr = by_addr
+        self.ids = bool(id_map)
+        # sorted keys (event ids, or addresses) and their watch indices
+        self.keys = [k for k, _ in pairs]
+        self.watches = [w for _, w in pairs]
+
+    def of(self, value: "int | None") -> int:
+        """The watch of one sample's :attr:`field` value; -1 for none."""
+        if not self.by_addr and (value is None or not self.ids):
+            return 0
+        i = bisect.bisect_left(self.keys, value)
+        return self.watches[i] if i < len(self.keys) and self.keys[i] == value else -1
+
+    def of_all(self, cols):
+        """:meth:`of` for every sample of the columns ``cols``, as an array."""
         import numpy as np
 
-        self.keys = np.array(keys, dtype=np.uint64)
-        self.watches = np.array(watches, dtype=np.int64)
-
-    def find(self, values, n: int):
-        """The watch of each value; -1 where there is none."""
-        import numpy as np
-
-        if not len(self.keys):
+        n = len(cols)
+        values = cols.addr if self.by_addr else cols.id
+        if not self.by_addr and (values is None or not self.ids):
+            return np.zeros(n, dtype=np.int64)
+        if not self.keys:
             return np.full(n, -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, values), len(self.keys) - 1)
-        return np.where(self.keys[pos] == values, self.watches[pos], -1)
+        keys = np.array(self.keys, dtype=np.uint64)
+        pos = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+        return np.where(keys[pos] == values, np.array(self.watches, dtype=np.int64)[pos], -1)
 
 
 class _Tally:
@@ -367,6 +390,9 @@ class _Tally:
     decoded, chunk by chunk: per watch index (-1: samples of no watch), the
     samples, the (pid, ip) pairs, the (pid, tid) pairs, the CPUs and the
     call stacks.  Its size is that of the distinct keys."""
+
+    #: the sample fields counted (beside the watch's)
+    FIELDS = ("pid", "tid", "ip", "cpu", "callchain")
 
     def __init__(self) -> None:
         self.samples = 0
@@ -402,6 +428,23 @@ class _Tally:
                     if chains[j]:
                         stacks[(int(pids[j]), tuple(ip for ip in chains[j]
                                                     if ip < PERF_CONTEXT_MAX))] += 1
+
+    def add_runs(self, runs, watches: _Watches) -> None:
+        """Count runs of samples alike in the watch's field and
+        :attr:`FIELDS` (:func:`~perfbp.kernel.records.sample_runs`): what
+        :meth:`add` counts from their columns."""
+        for (key, pid, tid, ip, cpu, chain), n in runs:
+            i = watches.of(key)
+            pid = pid or 0
+            self.samples += n
+            self.hits[i] = self.hits.get(i, 0) + n
+            self.writers.setdefault(i, _Counter())[(pid, ip or 0)] += n
+            self.threads.setdefault(i, _Counter())[(pid, tid or 0)] += n
+            if cpu is not None:
+                self.cpus.setdefault(i, _Counter())[cpu] += n
+            if chain:
+                self.stacks.setdefault(i, _Counter())[
+                    (pid, tuple(ip for ip in chain if ip < PERF_CONTEXT_MAX))] += n
 
 
 def _add_pairs(counts: _Counter, a, b) -> None:
@@ -536,6 +579,9 @@ def source_of(loc: Location) -> "str | None":
     data breakpoints trap once it is done), so the line is that of ip - 1."""
     if loc.vaddr is None or not loc.dso.startswith("/"):
         return None
+    obj = load_object(loc.dso)
+    if obj is not None and not obj.has_lines:
+        return None  # stripped, or built without -g: no DWARF to read (nor pyelftools)
     from ..symbols.lines import line_table  # DWARF: only when a writer is shown
 
     table = line_table(loc.dso)

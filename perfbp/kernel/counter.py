@@ -170,9 +170,9 @@ class Counter:
             try:
                 tids = system.thread_ids(pid)
             except ProcessLookupError:
-                raise NoSuchProcess(
+                raise NoSuchProcess.phrased(
                     f"cannot watch process {pid}: it does not exist (or has exited). "
-                    f"Check the id with ps, or start the program with -- CMD.",
+                    f"Check the id with ps, or start the program with {{command}}.",
                     pid=pid) from None
             new = [t for t in tids if t not in seen]
             if not new:

@@ -528,9 +528,9 @@ def error_from_oserror(exc: OSError, *, bp: "Breakpoint | None" = None, pid: int
                                 errno=code, **ctx)
     if code == E.ESRCH:
         who = f"process or thread {pid}" if pid > 0 else where
-        return NoSuchProcess(f"{asked}: {who} does not exist (or has exited). "
-                             f"Check the id with ps, or start the program with -- CMD.",
-                             errno=code, **ctx)
+        return NoSuchProcess.phrased(f"{asked}: {who} does not exist (or has exited). "
+                                     f"Check the id with ps, or start the program with "
+                                     f"{{command}}.", errno=code, **ctx)
     if code == E.EINVAL:
         online = system.online_cpus()
         if cpu >= 0 and cpu not in online:

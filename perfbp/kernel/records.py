@@ -3,23 +3,30 @@
 Pure Python (and numpy for the bulk path); no kernel needed.  Fields are read
 in the kernel's order (``include/uapi/linux/perf_event.h``,
 ``enum perf_event_type``), as the :class:`ParseConfig` derived from the
-opening attr says.  Two paths:
+opening attr says.  Three paths:
 
 * :func:`parse_record` / :func:`iter_records`: record by record, into small
   typed records (:class:`Sample`, :class:`Lost`, :class:`Comm`, ...).  A type
   perfbp does not know comes back as :class:`Unknown`, never as an exception.
 * :func:`decode_bulk`: many fixed-size samples at once into columns (numpy
   arrays), with the record-by-record path for whatever else is interleaved.
+* :func:`sample_runs`: the same samples as runs of samples alike in the
+  fields asked for (a report's common case: few writers, threads, stacks
+  and watches), found by comparing the records' bytes in place, without
+  numpy.
 
-Truncated or corrupt input never crashes either path: the result is data, or
-:class:`CorruptRecord` (a :class:`~perfbp.PerfbpError`).
+Runs of samples of one size are found by that comparison (:func:`_walk`)
+for the last two and for :func:`whole_records_end`.  Truncated or corrupt
+input never crashes any path: the result is data, or :class:`CorruptRecord`
+(a :class:`~perfbp.PerfbpError`).
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Union
+from functools import partial
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 from ._uapi import (
     PERF_FORMAT_GROUP,
@@ -487,6 +494,14 @@ _COLUMN_ORDER = (
 COLUMNS = ("ip", "pid", "tid", "time", "addr", "id", "stream_id", "cpu", "period")
 
 
+def shape_repr(kind: str, rows: int, names: "Sequence[str]", extra: str = "") -> str:
+    """A repr of columnar samples that fits a line: the shape and the
+    column names, never the data (``<Samples: 1,009 samples x 6 columns
+    (ip, pid, ...)>``)."""
+    return (f"<{kind}: {rows:,} samples x {len(names)} column{'s' if len(names) != 1 else ''}"
+            f" ({', '.join(names)}){extra}>")
+
+
 def sample_dtype(cfg: ParseConfig):
     """The numpy structured dtype of one fixed-size PERF_RECORD_SAMPLE."""
     import numpy as np
@@ -522,6 +537,11 @@ class SampleColumns:
                 return len(col)
         return 0
 
+    def __repr__(self) -> str:
+        names = [n for n in COLUMNS if getattr(self, n) is not None]
+        return shape_repr("SampleColumns", len(self), names,
+                          ", with call stacks" if self.callchain is not None else "")
+
     @classmethod
     def concat(cls, parts: "list[SampleColumns]") -> "SampleColumns":
         import numpy as np
@@ -554,43 +574,73 @@ class SampleColumns:
         return out
 
 
-_BLOCK = 1 << 16  # the largest block of records checked at once
-_BLOCK_MIN = 1 << 10  # the first block after a record that is not a sample
-_HEADER_MASK = 0xFFFF0000FFFFFFFF  # a header's type and size; misc may vary
+#: the columns that make a record a fixed-size sample, as ``(format, index)``
+#: of a value in the record viewed as an array of that format: its type (u32
+#: at byte 0) and its size (u16 at byte 6); misc may vary
+_FRAMING = (("I", 0), ("H", 3))
 
 
-def _frames(mv, size: int, offset: int, end: int, strict: bool = True):
+def _alike(cols, lo: int, hi: int) -> bool:
+    """Whether items ``lo - 1`` to ``hi - 1`` are equal, in every column."""
+    return all(c[lo:hi] == c[lo - 1:hi - 1] for c in cols)
+
+
+def _run_length(cols, avail: int) -> int:
+    """How many items, from the first, equal the first in every column (1
+    to ``avail``): a gallop (steps that double) to past the first change,
+    then a halving search for it, so that it costs about the run's own
+    length whatever follows it."""
+    good, step = 1, 1
+    while good < avail:
+        hi = min(avail, good + step)
+        if _alike(cols, good, hi):
+            good, step = hi, step * 2
+            continue
+        while hi - good > 1:  # the first change is in [good, hi)
+            mid = (good + hi) // 2
+            if _alike(cols, good, mid):
+                good = mid
+            else:
+                hi = mid
+        break
+    return good
+
+
+def _walk(mv, size: "int | None", offset: int, end: int, strict: bool = True, alike=()):
     """Walk the records of ``mv[offset:end]``: yield ``(pos, count)`` for a run
-    of ``count`` consecutive fixed-size samples of ``size`` bytes, and
-    ``(pos, 0)`` for any other record (its header is at ``pos``).
+    of ``count`` consecutive samples of ``size`` bytes, and ``(pos, 0)`` for
+    any other record (its header is at ``pos``).  With ``size`` None, samples
+    of any size (a multiple of 8) come in runs, each of the size of its first
+    sample.
 
-    Runs are found with numpy over the records' first words, in blocks that
-    start small after every other record and double while the run goes on,
-    so that a stream with a non-sample record every few thousand samples is
-    looked at about once.  With ``strict=False`` the walk ends quietly at an
-    impossible or cut-short record, yielding ``(pos, -1)``; else that raises
-    :class:`CorruptRecord`.
+    With ``alike`` (``(format, index)`` pairs, as :data:`_FRAMING`, which
+    they replace: they must hold the header's type and size; or a function
+    of a run's size that gives them), a run's samples are also alike there:
+    a sample that differs starts the next run.  Runs are found by comparing
+    strided memoryviews of the records (C loops, no copies, no numpy), so a
+    run costs a few nanoseconds a sample and a few steps of Python.  With
+    ``strict=False`` the walk ends quietly at an impossible or cut-short
+    record, yielding ``(pos, -1)``; else that raises :class:`CorruptRecord`.
     """
-    import numpy as np
-
-    want = PERF_RECORD_SAMPLE | size << 48
-    first_words = np.dtype({"names": ["h"], "formats": ["<u8"], "offsets": [0],
-                            "itemsize": size})
+    specs: dict = {}  # a run's size -> its columns, (format, index, stride)
     pos = offset
-    block = _BLOCK_MIN
     while pos < end:
-        count = min((end - pos) // size, block)
-        if count:
-            h = np.frombuffer(mv, dtype=first_words, count=count, offset=pos)["h"]
-            bad = (h & _HEADER_MASK) != want
-            good = int(bad.argmax()) if bad.any() else count
-            if good:
-                yield pos, good
-                pos += good * size
-                if good == count:
-                    block = min(block * 2, _BLOCK)
-                    continue
-            block = _BLOCK_MIN
+        if end - pos >= 8:
+            rtype, _misc, rsize = HEADER.unpack_from(mv, pos)
+            run = rsize if size is None else size
+            avail = (end - pos) // run if run >= 8 and not run % 8 else 0
+            if rtype == PERF_RECORD_SAMPLE and rsize == run and avail:
+                spec = specs.get(run)
+                if spec is None:
+                    cols = alike(run) if callable(alike) else alike or _FRAMING
+                    spec = specs[run] = [(fmt, index, run // struct.calcsize(fmt))
+                                         for fmt, index in cols]
+                view = mv[pos:pos + avail * run]
+                count = _run_length([view.cast(fmt)[index::step]
+                                     for fmt, index, step in spec], avail)
+                yield pos, count
+                pos += count * run
+                continue
         # one record that is not a fixed-size sample (or a short tail)
         if end - pos < 8:
             if not strict:
@@ -615,16 +665,7 @@ def whole_records_end(buf: "bytes | memoryview", cfg: ParseConfig) -> int:
     when the records fill it exactly): where a recording cut short inside
     a record is cut back to."""
     mv, end = _span(buf, 0, None)
-    size = cfg.fixed_sample_size
-    if size is None:
-        pos = 0
-        while pos + 8 <= end:
-            (rsize,) = struct.unpack_from("<H", mv, pos + 6)
-            if rsize < 8 or pos + rsize > end:
-                return pos
-            pos += rsize
-        return pos
-    for pos, count in _frames(mv, size, 0, end, strict=False):
+    for pos, count in _walk(mv, cfg.fixed_sample_size, 0, end, strict=False):
         if count < 0:
             return pos
     return end
@@ -657,7 +698,7 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     # then copy each column once into an array of its final length
     pieces: list = []  # (pos, count) runs and single Samples, in order
     total = 0
-    for pos, count in _frames(mv, size, offset, end):
+    for pos, count in _walk(mv, size, offset, end):
         if count:
             pieces.append((pos, count))
             total += count
@@ -692,3 +733,86 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     for attr, col in out.items():
         setattr(cols, attr, col)
     return cols, others
+
+
+# --- runs of alike samples: the bulk path without numpy ---------------------------------
+
+#: the fields of :class:`Sample` that each word of a sample's head holds
+_WORD_FIELDS = {"identifier": "id", "stream": "stream_id"}
+#: at most one run per this many samples, on average, before
+#: :func:`sample_runs` gives up (numpy's columns are then the faster way)
+MIN_RUN = 1024
+
+
+def _words_of(sample_type: int, fields) -> "list[int]":
+    """The u64 words of a fixed-size sample (0: the header) that hold
+    ``fields`` (names of :class:`Sample`'s fields), in the kernel's order."""
+    words, word = set(), 1
+    for flag, names in _SAMPLE_HEAD:
+        if sample_type & flag:
+            if any(_WORD_FIELDS.get(n, n) in fields for n in names if n):
+                words.add(word)
+            word += 1
+    return sorted(words)
+
+
+def _with_stack(head: list, stack: int, size: int) -> list:
+    """The columns ``head`` and every word of a sample of ``size`` bytes
+    from word ``stack`` on: its call stack (nr and ips), compared whole so
+    that every sample of a run decodes as its first does."""
+    return head + [("Q", w) for w in range(stack, size // 8)]
+
+
+def sample_runs(buf: "bytes | memoryview", cfg: ParseConfig, fields: "tuple[str, ...]",
+                offset: int = 0, end: "int | None" = None, *, min_run: int = MIN_RUN
+                ) -> "tuple[list[list], list[Record]] | None":
+    """Decode a run of records as runs of samples alike in ``fields``: what
+    a report counts, for the common case of few writers, few threads and
+    few watches, at memory speed and without numpy.
+
+    Consecutive samples whose ``fields`` (names of :class:`Sample`'s
+    fields: ``id``, ``ip``, ``pid``, ``tid``, ``addr``, ``cpu``,
+    ``callchain``...) hold the same values are one run, whatever other
+    records lie between them: ``[values, count]``, the values those of
+    :func:`decode_bulk`'s columns (None for a field the sample_type lacks;
+    ``()`` for a callchain it lacks).  Only the first sample of a stretch
+    of alike samples is decoded: samples with call stacks are alike only
+    with the same stack.
+
+    Returns:
+        ``(runs, others)``: the runs in order and the non-sample records
+        in order; or None when the samples are not in long runs (more
+        than 8 runs and one per ``min_run`` samples on average), or carry
+        read values (PERF_SAMPLE_READ) or fields perfbp does not know, or
+        no fields (no columns): then :func:`decode_bulk` is the way.
+
+    Raises:
+        CorruptRecord: a header is impossible or a record is cut short.
+    """
+    fixed = cfg.sample_type & FIXED_SAMPLE_BITS
+    if cfg.sample_type & ~(FIXED_SAMPLE_BITS | PERF_SAMPLE_CALLCHAIN) or not fixed:
+        return None  # read values (or bits unknown); or no field at all, so no columns
+    mv, end = _span(buf, offset, end)
+    # the whole header word: its type and size, and its misc too (which
+    # changes with the ip's mode, user or kernel, so seldom splits a run)
+    alike = [("Q", w) for w in [0] + _words_of(cfg.sample_type, fields)]
+    if cfg.sample_type & PERF_SAMPLE_CALLCHAIN:
+        alike = partial(_with_stack, alike, 1 + bin(fixed).count("1"))
+    runs: list = []
+    others: list[Record] = []
+    samples = 0
+    for pos, count in _walk(mv, cfg.fixed_sample_size, offset, end, alike=alike):
+        rtype, misc, rsize = HEADER.unpack_from(mv, pos)
+        rec = parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg)
+        if not isinstance(rec, Sample):
+            others.append(rec)
+            continue
+        values = tuple(getattr(rec, f) for f in fields)
+        samples += count or 1
+        if runs and runs[-1][0] == values:
+            runs[-1][1] += count or 1
+            continue
+        if len(runs) >= 8 + samples // min_run:
+            return None
+        runs.append([values, count or 1])
+    return runs, others

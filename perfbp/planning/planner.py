@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 from ..kernel import arch, system
 from ..kernel.breakpoint import Breakpoint
-from ..errors import NoBreakpointSlots, NoSuchProcess, PerfbpError
+from ..errors import NoBreakpointSlots, NoSuchProcess, PerfbpError, phrase
 from ..kernel.events import LEDGER, Target
 from .regions import split_range
 
@@ -34,11 +34,17 @@ class Watch:
         pieces: the breakpoints, one per debug register.
         exclude_kernel: None (default: user addresses exclude kernel-mode
             hits), True or False.
+        warning: why the watch can never fire, when perfbp can tell (a
+            write watch on memory the program maps read-only: no store
+            reaches it, so no x86 data breakpoint fires), or None.  Set
+            where a name or address is resolved in a program
+            (:mod:`perfbp.symbols.resolve`); not part of the watch's identity.
     """
 
     label: str
     pieces: "tuple[Breakpoint, ...]"
     exclude_kernel: "bool | None" = None
+    warning: "str | None" = field(default=None, compare=False)
 
     @classmethod
     def range(cls, address: int, length: int, access: str = "w", *, label: str = "",
@@ -116,7 +122,9 @@ class Plan:
             minus what perfbp's own open events hold; slots held outside
             perfbp are invisible until the kernel refuses).
         fits: ``slots_needed <= free``.
-        explanation: the plain-words account.
+        explanation: the plain-words account (what to do named as the
+            Python API names it; :meth:`explain` for the command line's
+            words).
     """
 
     watches: "list[Watch]"
@@ -129,6 +137,12 @@ class Plan:
     tasks: int = 1
     shared_data_execute: bool = True
     held_by_perfbp: "list[str]" = field(default_factory=list)
+    template: str = field(default="", repr=False, compare=False)
+
+    def explain(self, front: str = "api") -> str:
+        """The explanation in ``front``'s words (``"api"`` or ``"cli"``: see
+        :func:`perfbp.errors.phrase`)."""
+        return phrase(self.template, front) if self.template else self.explanation
 
     def as_dict(self) -> dict:
         return {"fits": self.fits, "slots_needed": self.slots_needed,
@@ -138,13 +152,15 @@ class Plan:
                 "watches": [{"watch": w.label, "address": w.address, "length": w.length,
                              "access": w.access, "slots": len(w.pieces),
                              "pieces": [{"address": p.address, "length": p.length}
-                                        for p in w.pieces]} for w in self.watches]}
+                                        for p in w.pieces],
+                             **({"warning": w.warning} if w.warning else {})}
+                            for w in self.watches]}
 
     def require(self) -> None:
         """Raise :class:`~perfbp.NoBreakpointSlots` with the explanation when
         the plan does not fit."""
         if not self.fits:
-            raise NoBreakpointSlots(self.explanation)
+            raise NoBreakpointSlots.phrased(self.template or self.explanation)
 
 
 def _tasks_of(target: "Target | None") -> "list":
@@ -215,13 +231,13 @@ def plan(watches: "Sequence", target: "Target | None" = None) -> Plan:
     if fits:
         text += (f". It fits ({free - needed} left). Slots held outside perfbp (gdb, "
                  f"another perf, a system-wide watch) show only when opening; "
-                 f"`perfbp slots --probe` measures them for a thread.")
+                 f"{{probe}} measures them for a thread.")
     else:
         text += (f": it does not fit ({free} free). Remove a watch or shorten a range, "
-                 f"or use --multiplex to rotate the watches through the slots "
+                 f"or give {{multiplex}} to rotate the watches through the slots "
                  f"(counts become estimates).")
-    return Plan(ws, where, needed, rules.data_slots, free, fits, text, len(tasks),
-                rules.shared_slots, held)
+    return Plan(ws, where, needed, rules.data_slots, free, fits, phrase(text), len(tasks),
+                rules.shared_slots, held, text)
 
 
 def probe(limit: int = 64, *, target: "Target | None" = None) -> dict:

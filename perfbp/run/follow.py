@@ -180,7 +180,7 @@ def shifted(res: Resolution, bias: int) -> Resolution:
     """A link-time resolution moved by a load bias."""
     w = res.watch
     pieces = tuple(Breakpoint(p.address + bias, p.length, p.access) for p in w.pieces)
-    return replace(res, watch=Watch(w.label, pieces, w.exclude_kernel))
+    return replace(res, watch=replace(w, pieces=pieces))
 
 
 @dataclass
@@ -815,7 +815,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
     """
     from ..kernel import launch, system
     from ..planning.planner import as_watches, plan
-    from ..symbols.resolve import resolve
+    from ..symbols.resolve import resolve, warn_read_only
 
     if (target is None) == (command is None) and (target is None or target.kind != "cpus"):
         raise PerfbpError("give exactly one target: a process, thread, CPUs, or a command "
@@ -827,8 +827,8 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
         raise PerfbpError("give every watch as a spec when any of them names a symbol")
     if command is not None and not trace and any(
             s.symbol is not None and s.object != "kernel" for s in specs):
-        raise InvalidBreakpoint("watches on names need perfbp to follow the command "
-                                "(ptrace): without it (--no-ptrace) give addresses")
+        raise InvalidBreakpoint.phrased("watches on names need perfbp to follow the command "
+                                        "(ptrace): without it ({no_trace}) give addresses")
     child = None
     if command is not None:
         path = launch.resolve_command(list(command))
@@ -853,8 +853,9 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
                               "and the command's names are known only in the command; give "
                               "the address, or drop -a/-C to watch the command's own threads")
         elif target.kind == "cpus":
-            raise PerfbpError("a watch on a symbol needs a process to look the symbol up "
-                              "in: use -p PID or -- CMD (or give the address for -a/-C)")
+            raise PerfbpError.phrased("a watch on a symbol needs a process to look the symbol "
+                                      "up in: give {process} or {command} (or give the "
+                                      "address for {cpus})")
         else:
             pid = target.pid if target.kind == "process" else (
                 system.thread_group(target.pid) or target.pid)
@@ -863,6 +864,7 @@ def prepare_run(watches: "Sequence", target, command: "Sequence[str] | None",
         arming = ["image" if isinstance(w, WatchSpec) and w.symbol is not None
                   and w.object != "kernel" else "now" for w in items]
         initial = wspecs = [None] * len(ws)  # CPUs while a command runs: it binds no name
+    ws = warn_read_only(ws, target, path if command is not None else None)
     the_plan = plan(ws, target)
     if not the_plan.fits and multiplex is None:
         the_plan.require()

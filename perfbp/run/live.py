@@ -4,30 +4,37 @@
 :class:`LiveSession` arms watches on a target (launch, attach, CPUs; names
 resolved as everywhere else), samples every hit through the per-CPU rings,
 and after each :meth:`LiveSession.poll` holds per watch: the kernel's hit
-count, samples, lost samples, the hits of every interval (for rates and
-sparklines), the busiest writers (symbolized: function+offset, source line)
-and threads.  :meth:`LiveSession.summary` gives the same
+count, samples, lost samples, the rate of every interval (for sparklines),
+the busiest writers (symbolized: function+offset, source line) and
+threads.  :meth:`LiveSession.summary` gives the same
 :class:`~perfbp.data.report.Report` that ``perfbp record`` prints at the end.
+
+A launched command's output can be kept apart from a live view
+(``command_output=``): its standard output and error go to a file, its
+standard input is ``/dev/null``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
 import time
 from collections import Counter as _Counter
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..errors import PerfbpError
 from ..kernel import system
 from ..kernel.events import Target
 from ..data.report import Report, ThreadHits, WatchReport, Writer, writers_of
 from .lifecycle import TERM_GRACE, Run
 from ..symbols.elf import Symbolizer
 
-HISTORY = 60  # seconds of rates kept for sparklines
+HISTORY = 60  # intervals of rates kept for sparklines
 
 
 @dataclass
@@ -39,8 +46,12 @@ class LiveWatch:
         hits: the kernel's count so far.
         samples: samples decoded so far.
         lost: samples the kernel could not write.
-        history: hits per interval, newest last (``HISTORY`` of them).
+        history: hits per second of each interval, newest last (the last
+            ``HISTORY`` intervals; the first may be shorter than the others:
+            see :meth:`LiveSession.start`).
         rate: hits per second over the last interval.
+        recovered: hits included in ``hits`` that have no sample (the
+            machine delivered their debug exception without its status).
     """
 
     label: str
@@ -60,8 +71,9 @@ class LiveWatch:
 
     @property
     def complete(self) -> bool:
-        """samples + lost == hits (hits seen while watched, when multiplexed)."""
-        return self.samples + self.lost == self.hits
+        """samples + lost == hits (hits seen while watched, when multiplexed),
+        the recovered hits, which have no sample, left out."""
+        return self.samples + self.lost == self.hits - self.recovered
 
 
 class LiveSession:
@@ -71,17 +83,30 @@ class LiveSession:
         watches: watch specs or :class:`~perfbp.Watch` objects.
         target / command: as :func:`perfbp.count`.
         interval: seconds between figure updates.
+        command_output: a file for the launched command's standard output
+            and standard error (created mode 0600, or emptied; not through a
+            symbolic link); its standard input is then ``/dev/null``.  For a
+            live view on a terminal, which the command's output would
+            otherwise draw over.  None: the command shares perfbp's.
 
     Raises:
-        PerfbpError: as :func:`perfbp.record`; nothing is left open.
+        PerfbpError: as :func:`perfbp.record`, or ``command_output`` cannot
+            be written (or is given without ``command``); nothing is left
+            open.
     """
 
     def __init__(self, watches: "Sequence", *, target: "Target | None" = None,
                  command: "Sequence[str] | None" = None, interval: float = 1.0,
                  ring_pages: "int | None" = None, multiplex: "float | None" = None,
-                 trace: bool = True) -> None:
+                 trace: bool = True, command_output: "str | None" = None) -> None:
+        import numpy  # noqa: F401 - the first drain decodes with it: loaded before arming
         self.interval = interval
-        self.run = run = Run(watches, target, command, multiplex, trace)
+        if command_output is not None and command is None:
+            raise PerfbpError("command_output= is where a launched command's output goes: "
+                              "give command=[...] too, or leave it out", errno=errno.EINVAL)
+        self.command_output = command_output
+        with _command_stdio(command_output):  # what the command is forked with
+            self.run = run = Run(watches, target, command, multiplex, trace)
         options = {} if ring_pages is None else {"ring_pages": ring_pages}
         armed = run.arm_sampler(wakeup_fraction=8, **options)
         self.child, self.watches, self.target = run.child, run.watches, run.target
@@ -102,9 +127,17 @@ class LiveSession:
         self._pidfd = -1
         self._next = None
         self._last_tick = None
+        self.updates = 0  # how many times the figures were updated
 
-    def start(self) -> None:
-        """Let the target run (a launched command starts now)."""
+    def start(self, first: "float | None" = None) -> None:
+        """Let the target run (a launched command starts now).
+
+        Args:
+            first: seconds to the first update of the figures, when it
+                should come sooner than one interval (a live view's first
+                frame, with live counts); the next ones follow every
+                ``interval`` from it.
+        """
         if self.child is None and self.target.kind == "process":
             # mapped before the events opened (an attached process runs): read
             # the maps now, while they exist; the kernel reports later
@@ -114,7 +147,8 @@ class LiveSession:
         fd = self.run.target_pidfd()
         self._pidfd = -1 if fd is None else fd
         self.started = time.monotonic()
-        self._next = self.started + self.interval
+        self._next = self.started + (self.interval if first is None else min(first,
+                                                                            self.interval))
         self._last_tick = self.started
 
     @property
@@ -233,10 +267,11 @@ class LiveSession:
                     f.address = bound[-1].resolution.watch.address
         span = now - self._last_tick if self._last_tick is not None else self.interval
         self._last_tick = now
+        self.updates += 1
         for i, f in enumerate(self.figures):
             delta = hits[i] - self._last_hits[i]
-            f.history.append(delta)
             f.rate = delta / span if span > 0 else 0.0
+            f.history.append(f.rate)
             f.hits, f.lost = hits[i], lost[i]
             self._last_hits[i] = hits[i]
 
@@ -280,9 +315,21 @@ class LiveSession:
             self.exit_code = self.child.wait()
 
     def writers(self, watch: int, top: int = 3) -> "list[Writer]":
-        """The busiest writers of a watch so far, symbolized."""
+        """The busiest writers of a watch so far, symbolized, with their
+        source lines."""
         busiest = _Counter(dict(self.figures[watch].writers.most_common(64)))
         return writers_of(self._symbolizer(), busiest, top)
+
+    def top_writers(self, watch: int, top: int = 1) -> "list[str]":
+        """The busiest writers of a watch so far as function+offset, without
+        their source lines: what a live view shows, with no DWARF read (the
+        first line table costs a frame ~0.2 s here, pyelftools' import and
+        the demo's table; a large library's costs more)."""
+        sym = self._symbolizer()
+        named: _Counter = _Counter()
+        for (pid, ip), n in self.figures[watch].writers.most_common(64):
+            named[str(sym.resolve(pid, ip))] += n
+        return [name for name, _n in named.most_common(top)]
 
     def threads(self, top: int = 5) -> "list[ThreadHits]":
         """The busiest threads over every watch."""
@@ -334,3 +381,40 @@ class LiveSession:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def _command_stdio(path: "str | None"):
+    """While a command is forked: this process's standard input is
+    ``/dev/null`` and its standard output and error are the file ``path``
+    (the child inherits them), then its own again.  Nothing when ``path``
+    is None.
+
+    Raises:
+        PerfbpError: the file cannot be opened for writing.
+    """
+    if path is None:
+        yield
+        return
+    import sys
+
+    try:
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                      | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PerfbpError(f"cannot write the command's output to {path!r}: {exc.strerror}; "
+                          f"give another file", errno=exc.errno) from None
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]  # close-on-exec: the command never sees them
+    try:
+        for fd, new in ((0, null), (1, out), (2, out)):
+            os.dup2(new, fd)
+        yield
+    finally:
+        for fd, old in zip((0, 1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+        os.close(out)
+        os.close(null)

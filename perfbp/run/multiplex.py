@@ -103,11 +103,11 @@ class Multiplexer:
         self.watches = list(watches)
         self.slice = slice_seconds or DEFAULT_SLICE
         if (target.kind == "process" or target.inherit) and _kernel_version() < MODIFIES_CHILDREN:
-            raise Unsupported(
+            raise Unsupported.phrased(
                 f"cannot multiplex on {target.describe()}: Linux "
                 f"{system.kernel_release()} does not move the watches of the threads and "
                 f"children a process starts (that needs Linux 5.13); watch at most as "
-                f"many locations as there are free slots, or watch one thread (-t)")
+                f"many locations as there are free slots, or watch one thread ({{thread}})")
         kinds = {w.exclude_kernel for w in self.watches}
         if len(kinds) > 1:
             raise InvalidBreakpoint("multiplexed watches must all count kernel-mode hits "

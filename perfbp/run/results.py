@@ -64,6 +64,8 @@ class WatchHits:
             out["bindings"] = [b.as_dict() for b in self.bindings]
         if self.recovered:
             out["recovered"] = self.recovered
+        if w.warning:
+            out["warning"] = w.warning
         return out
 
 

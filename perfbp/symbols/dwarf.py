@@ -553,11 +553,10 @@ def _resolve(debug: DebugFile, name: str, steps: list, expr: str) -> Member:
     if len(answers) > 1:
         where = ", ".join(f"{m.size} bytes at +{m.offset} ({m.type_name})"
                           for m in sorted(answers, key=lambda m: (m.offset, m.size)))
-        raise SymbolNotFound(
+        raise SymbolNotFound.phrased(
             f"cannot resolve {expr!r}: {name!r} names {len(pool)} static variables in "
             f"{debug.path} and the part differs between them ({where}); watch one by "
-            f"address (-w ADDR/LEN)", errno=errno.EINVAL, path=debug.path,
-            expr=expr)
+            f"{{address}}", errno=errno.EINVAL, path=debug.path, expr=expr)
     return answers.pop()
 
 

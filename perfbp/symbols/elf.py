@@ -94,10 +94,14 @@ E_MACHINE = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S3
              40: "EM_ARM", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV",
              258: "EM_LOONGARCH"}
 
-_RECORDS = {(cls, order, name): (struct.Struct(order + "".join(c for _f, c in fields)),
-                                 namedtuple(f"Elf{cls}_{name}", [f for f, _c in fields]))
-            for cls, layouts in ELF_LAYOUTS.items() for order in EI_DATA.values()
-            for name, fields in layouts.items()}
+@lru_cache(maxsize=None)
+def _record_of(cls: int, order: str, name: str):
+    """The struct and the named tuple of layout ``name`` in an ELF file of
+    class ``cls`` and byte order ``order``: made when first read (the 28 of
+    them cost 10 ms at import, a report reads 4)."""
+    fields = ELF_LAYOUTS[cls][name]
+    return (struct.Struct(order + "".join(c for _f, c in fields)),
+            namedtuple(f"Elf{cls}_{name}", [f for f, _c in fields]))
 
 
 class ElfReader:
@@ -166,7 +170,7 @@ class ElfReader:
                 self.names = [names[s.sh_name] for s in self.sections]
 
     def _record(self, name: str):
-        return _RECORDS[(self.elfclass, self.order, name)]
+        return _record_of(self.elfclass, self.order, name)
 
     def _table(self, offset: int, count: int, entsize: int, name: str) -> list:
         fmt, record = self._record(name)
@@ -352,8 +356,10 @@ class Location:
 
 
 class ElfObject:
-    """The function symbols and load segments of one ELF file; the symbols of
-    a stripped one from its separate debug file (:func:`debug_file`)."""
+    """The function symbols and load segments of one ELF file, and whether
+    it has a DWARF line table (``has_lines``: a ``.debug_line`` section);
+    the symbols and lines of a stripped one from its separate debug file
+    (:func:`debug_file`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -362,6 +368,8 @@ class ElfObject:
         with ElfReader(path) as elf, (ElfReader(symbols) if symbols != path
                                       else contextlib.nullcontext(elf)) as tables:
             self.pie_or_shared = elf.e_type == ET_DYN
+            self.has_lines = (bool({".debug_line", ".zdebug_line"} & set(elf.names))
+                              or file_with(path, "lines") != path)
             self.segments = [(s.p_offset, s.p_filesz, s.p_vaddr)  # (p_offset, p_filesz, p_vaddr)
                              for s in elf.segments if s.p_type == PT_LOAD]
             for table in (".symtab", ".dynsym"):
@@ -674,16 +682,30 @@ class KernelSymbols:
     """Kernel text symbols from /proc/kallsyms (addresses need root or
     kernel.kptr_restrict=0; without them kernel ips stay raw).
 
-    The file (~120,000 lines, 5 MB) is parsed with numpy: every line starts
-    with a fixed-width hex address, a space, the type letter, a space and the
-    name; names are decoded only for the symbols looked up."""
+    Every line of the file (~120,000 lines, 5 MB) starts with a fixed-width
+    hex address, a space, the type letter, a space and the name.  The
+    symbol of an ip is the text symbol (``t``, ``T``, ``w``, ``W``) at the
+    greatest nonzero address at or below it, the file's first line at that
+    address; its name is decoded only when looked up.  A report meets few
+    kernel ips, so each is found by a search of the text for the lines
+    whose address shares the ip's leading hex digits (:meth:`_near`),
+    without parsing the file; past :data:`SEARCHES` of them, or when the
+    search finds nothing near, the whole file is parsed once with numpy
+    (:meth:`_table`) and searched in bulk."""
+
+    #: ips found by a text search (1 to 3 ms each) before the whole file is
+    #: parsed instead (numpy's import and the parse: 70 ms)
+    SEARCHES = 24
+    #: the leading hex digits an ip's symbol is looked for under, as digits
+    #: left out: 3 (the ip's 4 KiB), 4 (64 KiB), 5 (1 MiB), then 7 (256 MiB)
+    _SPANS = (3, 4, 5, 7)
 
     def __init__(self, path: str = "/proc/kallsyms") -> None:
-        import numpy as np
-
         self._data = b""
-        self._addrs = np.zeros(0, dtype=np.uint64)
-        self._name_at = np.zeros(0, dtype=np.int64)
+        self._width = 0
+        self._lower = b""
+        self._parsed = None
+        self._searches = 0
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -692,6 +714,20 @@ class KernelSymbols:
         width = data.find(b" ")
         if not data or not 0 < width <= 16:
             return
+        self._data = data
+        self._width = width
+
+    def _table(self):
+        """``(addresses, name offsets)``: every text symbol's first line, in
+        address order, as numpy arrays (the whole file, parsed once)."""
+        import numpy as np
+
+        if self._parsed is not None:
+            return self._parsed
+        data, width = self._data, self._width
+        self._parsed = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+        if not data:
+            return self._parsed
         buf = np.frombuffer(data, dtype=np.uint8)
         ends = np.flatnonzero(buf == 10)
         if not len(ends) or ends[-1] != len(buf) - 1:
@@ -721,23 +757,65 @@ class KernelSymbols:
         addrs, starts = addrs[order], starts[order]
         first = np.ones(len(addrs), dtype=bool)
         first[1:] = addrs[1:] != addrs[:-1]
-        self._data = data
-        self._addrs = addrs[first]
-        self._name_at = starts[first] + width + 3
+        self._parsed = (addrs[first], starts[first] + width + 3)
+        return self._parsed
 
-    def _name(self, i: int) -> str:
-        start = int(self._name_at[i])
+    def _near(self, ip: int) -> "tuple[int, int] | None":
+        """``(address, name offset)`` of the symbol of ``ip`` from a text
+        search, or None when it found none near ``ip``.
+
+        The addresses that share the ip's first ``width - k`` hex digits
+        are an interval that holds the ip: if a symbol in it lies at or
+        below the ip, the greatest such is the greatest in the whole file."""
+        width = self._width
+        if ip >= 1 << (4 * width):
+            return None
+        if not self._lower:  # "\n" first: every line then follows one
+            self._lower = b"\n" + self._data.lower()
+        digits = f"{ip:0{width}x}".encode()
+        for k in self._SPANS:
+            if k >= width:
+                break
+            best = self._best_under(b"\n" + digits[:width - k], ip)
+            if best is not None:
+                return best
+        return None
+
+    def _best_under(self, prefix: bytes, ip: int) -> "tuple[int, int] | None":
+        """The greatest text symbol at or below ``ip`` among the lines
+        that start with ``prefix`` (after its newline), case aside."""
+        data, width, best = self._data, self._width, None
+        pos = self._lower.find(prefix)
+        while pos >= 0:
+            start = pos  # the line's offset in data: _lower has one byte more
+            end = data.find(b"\n", start)
+            end = len(data) if end < 0 else end
+            head = data[start:start + width]
+            if (start + width + 3 < end and data[start + width] == 32
+                    and data[start + width + 1] in b"tTwW"
+                    and not head.translate(None, b"0123456789abcdefABCDEF")):
+                addr = int(head, 16)
+                if 0 < addr <= ip and (best is None or addr > best[0]):
+                    best = (addr, start + width + 3)
+            pos = self._lower.find(prefix, end)
+        return best
+
+    def _name(self, start: int) -> str:
         end = self._data.find(b"\n", start)
         raw = self._data[start:end if end >= 0 else len(self._data)]
         return raw.split()[0].decode("utf-8", "replace") if raw.strip() else ""
 
     def resolve(self, ip: int) -> Location:
-        import numpy as np
-
-        i = int(np.searchsorted(self._addrs, np.uint64(ip), side="right")) - 1
-        if i < 0:
+        found = None
+        if self._data and self._searches < self.SEARCHES:
+            self._searches += 1
+            found = self._near(ip)
+        if found is None and self._data:
+            found = _nearest_in(self._table(), ip)
+        if found is None:
             return Location(ip, "[kernel.kallsyms]", None)
-        return Location(ip, "[kernel.kallsyms]", self._name(i), ip - int(self._addrs[i]))
+        addr, name_at = found
+        return Location(ip, "[kernel.kallsyms]", self._name(name_at), ip - addr)
 
     def lookup(self, name: str) -> "int | None":
         """The address of a kernel text symbol by name (first match)."""
@@ -750,6 +828,16 @@ class KernelSymbols:
                 return int(parts[0], 16) or None
             pos = self._data.find(b" " + raw + b"\n", pos + 1)
         return None
+
+
+def _nearest_in(table, ip: int) -> "tuple[int, int] | None":
+    """The ``(address, name offset)`` of :meth:`KernelSymbols._table` at the
+    greatest address at or below ``ip``, or None."""
+    import numpy as np
+
+    addrs, name_at = table
+    i = int(np.searchsorted(addrs, np.uint64(ip), side="right")) - 1
+    return (int(addrs[i]), int(name_at[i])) if i >= 0 else None
 
 
 def kernel_symbol_any(name: str, path: str = "/proc/kallsyms") -> "tuple[int, str] | None":

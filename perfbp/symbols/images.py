@@ -13,6 +13,9 @@ the object that is really accessed at run time:
   copy.  The library's original is dead.  :func:`copy_target` finds the
   copy, also when it was made under an alias of the same object (the
   executable copies ``__environ``, the user asks for ``environ``).
+- **Read-only memory.**  :func:`read_only_at` names the section of an
+  address that the program maps without write permission (``.rodata``,
+  ``.text``: a ``PT_LOAD`` without ``PF_W``), where no store can land.
 - **Library search.**  :func:`library_closure` lists the libraries the
   program loads at start, in ld.so's breadth-first load order, found as
   ld.so finds them (``DT_RPATH``, ``LD_LIBRARY_PATH``, ``DT_RUNPATH``, the
@@ -33,6 +36,8 @@ from typing import Optional
 #: object into the executable.
 COPY_RELOCATION = {"EM_X86_64": 5, "EM_386": 5, "EM_AARCH64": 1024, "EM_ARM": 20,
                    "EM_PPC64": 19, "EM_RISCV": 4, "EM_S390": 9}
+#: ``p_flags``' write bit and ``sh_flags``' allocated bit (gABI).
+PF_W, SHF_ALLOC = 0x2, 0x2
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,12 @@ class Image:
         copies: ``R_*_COPY`` relocations: symbol name -> (link-time address
             of the copy, size).
         first_load: ``(p_offset, p_vaddr)`` of the lowest ``PT_LOAD``.
+        read_only: ``(start, end, name)`` link-time ranges mapped without
+            write permission: each allocated section of a ``PT_LOAD``
+            without ``PF_W`` (a file without section headers: the segment,
+            named ``a read-only segment``).  ``.data.rel.ro`` is not among
+            them: its segment is writable (ld.so relocates it, then
+            ``PT_GNU_RELRO`` makes it read-only).
     """
 
     path: str
@@ -66,6 +77,7 @@ class Image:
     soname: Optional[str]
     copies: "dict[str, tuple[int, int]]"
     first_load: "tuple[int, int]"
+    read_only: "tuple[tuple[int, int, str], ...]" = ()
 
     def names(self) -> "set[str]":
         """What a user may call this object: its file name, its soname, its
@@ -117,6 +129,7 @@ def _image(path: str, _ino: int, _mtime: int, _size: int) -> Image:
                     "utf-8", "replace")
             elif seg.p_type == PT_LOAD:
                 loads.append((seg.p_vaddr, seg.p_offset))
+        read_only = _read_only_ranges(elf)
         needed: list[str] = []
         rpath: tuple[str, ...] = ()
         runpath: tuple[str, ...] = ()
@@ -140,7 +153,38 @@ def _image(path: str, _ino: int, _mtime: int, _size: int) -> Image:
         copies = _copy_relocations(elf) if interp is not None else {}
     vaddr, offset = min(loads) if loads else (0, 0)
     return Image(path, elf.machine, elf.elfclass, elf.e_type == ET_DYN, interp,
-                 tuple(needed), rpath, runpath, soname, copies, (offset, vaddr))
+                 tuple(needed), rpath, runpath, soname, copies, (offset, vaddr), read_only)
+
+
+def _read_only_ranges(elf) -> "tuple[tuple[int, int, str], ...]":
+    """:attr:`Image.read_only` from the headers: the allocated sections that
+    lie in a loadable segment without ``PF_W`` (the segments themselves when
+    the file has no section headers)."""
+    from .elf import PT_LOAD
+
+    fixed = [(s.p_vaddr, s.p_vaddr + s.p_memsz) for s in elf.segments
+             if s.p_type == PT_LOAD and not s.p_flags & PF_W]
+    if not elf.sections:
+        return tuple((lo, hi, "a read-only segment") for lo, hi in fixed)
+    return tuple((s.sh_addr, s.sh_addr + s.sh_size, name)
+                 for s, name in zip(elf.sections, elf.names or [""] * len(elf.sections))
+                 if s.sh_flags & SHF_ALLOC and s.sh_size
+                 and any(lo <= s.sh_addr and s.sh_addr + s.sh_size <= hi for lo, hi in fixed))
+
+
+def read_only_at(path: str, vaddr: int, length: int) -> Optional[str]:
+    """The section (``.rodata``, ``.text`` ...) that holds all of the
+    ``length`` bytes at link-time address ``vaddr`` of ``path`` when the
+    program maps it without write permission; None when a store can reach
+    any of them, or the file cannot be read."""
+    try:
+        ranges = image(path).read_only
+    except (OSError, ValueError):
+        return None
+    for lo, hi, name in ranges:
+        if lo <= vaddr and vaddr + max(length, 1) <= hi:
+            return name or "a read-only section"
+    return None
 
 
 def _copy_relocations(elf) -> "dict[str, tuple[int, int]]":

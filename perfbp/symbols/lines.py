@@ -10,7 +10,7 @@ address is the row whose range ``[row.address, next_row.address)`` contains it.
 :class:`LineTable` runs every line program of a file once (pyelftools decodes
 the headers and the file tables, DWARF 2 to 5; the byte code is run here,
 several times faster than pyelftools' own row decoder), flattens all sequences
-into sorted numpy columns, and answers :meth:`LineTable.lookup` by binary
+into sorted columns (arrays), and answers :meth:`LineTable.lookup` by binary
 search.  Addresses are the file's link-time virtual addresses: the ``vaddr``
 :mod:`perfbp.symbols.elf` computes from an ip (``ElfObject.vaddr_of_offset``).
 
@@ -33,6 +33,7 @@ import bisect
 import os
 import posixpath
 import struct
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -96,7 +97,7 @@ class LineTable:
     """Every row of every line program of one ELF file, sorted by address.
 
     Built once per file (see :func:`line_table` for the cached, forgiving
-    front).  Rows are kept as four numpy columns of ranges: ``starts``,
+    front).  Rows are kept as columns (arrays) of ranges: ``starts``,
     ``ends`` (exclusive), a file index into ``files``, ``lines``, ``columns``.
 
     Sequences of code the linker discarded (a COMDAT duplicate, a function
@@ -119,7 +120,6 @@ class LineTable:
     """
 
     def __init__(self, path: str) -> None:
-        import numpy as np
         from elftools.common.exceptions import DWARFError, ELFError
         from elftools.elf.elffile import ELFFile
 
@@ -135,12 +135,18 @@ class LineTable:
                     raise ValueError(f"{path} has no line information (.debug_line): "
                                      "build it with -g, or read its separate debug file")
                 self._little = elf.little_endian
+                sections = list(elf.iter_sections())
                 code = [] if elf["e_type"] == "ET_REL" else [
-                    (s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in elf.iter_sections()
+                    (s["sh_addr"], s["sh_addr"] + s["sh_size"]) for s in sections
                     if s["sh_flags"] & (SHF_ALLOC | SHF_EXECINSTR) == SHF_ALLOC | SHF_EXECINSTR
                     and s["sh_size"]]
                 self._code_starts = sorted(code)
-                dwarf = elf.get_dwarf_info(follow_links=False)
+                # relocations of the DWARF sections (.rela.debug_line...), which
+                # relocatable objects have: without them, asking pyelftools to
+                # apply them costs a walk of every section header per section
+                relocate = any(s.name.startswith(".rel") and "debug" in s.name
+                               for s in sections)
+                dwarf = elf.get_dwarf_info(relocate_dwarf_sections=relocate, follow_links=False)
                 if dwarf.debug_line_sec is None:
                     raise ValueError(f"{path} has an empty .debug_line")
                 stream = dwarf.debug_line_sec.stream
@@ -164,30 +170,7 @@ class LineTable:
             except (ELFError, DWARFError) as exc:
                 raise ValueError(f"{path}: not an ELF file or damaged DWARF: {exc}") from None
 
-        try:
-            table = np.array(rows, dtype=np.uint64).reshape(-1, 4)
-        except OverflowError:  # a damaged program ran a register out of 64 bits
-            top = (1 << 64) - 1
-            table = np.array([[min(max(v, 0), top) for v in row] for row in rows],
-                             dtype=np.uint64).reshape(-1, 4)
-        addr, fid = table[:, 0], table[:, 1]
-        # a row's range ends at the next row; rows that end a sequence are no
-        # range, and a range that is empty (the next row has the same address)
-        # yields to that row: the last row at an address wins
-        keep = (fid[:-1] != _END) & (addr[1:] > addr[:-1])
-        starts, ends = addr[:-1][keep], addr[1:][keep]
-        cols = table[:-1][keep]
-        order = np.argsort(starts, kind="stable")
-        starts, ends, cols = starts[order], ends[order], cols[order]
-        if len(starts) > 1:  # overlapping sequences: the later start wins
-            np.minimum(ends[:-1], starts[1:], out=ends[:-1])
-            nonempty = ends > starts
-            starts, ends, cols = starts[nonempty], ends[nonempty], cols[nonempty]
-        self.starts = starts
-        self.ends = ends
-        self.file_index = cols[:, 1].astype(np.int32)
-        self.lines = cols[:, 2].astype(np.int64)
-        self.columns = cols[:, 3].astype(np.int64)
+        self.starts, self.ends, self.file_index, self.lines, self.columns = _ranges(rows)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -204,17 +187,15 @@ class LineTable:
             line program covers it or the compiler marked it line 0 (code
             with no source line of its own).
         """
-        import numpy as np
-
         if not 0 <= vaddr < 1 << 64 or not len(self.starts):
             return None
-        i = int(np.searchsorted(self.starts, np.uint64(vaddr), side="right")) - 1
-        if i < 0 or vaddr >= int(self.ends[i]):
+        i = bisect.bisect_right(self.starts, vaddr) - 1
+        if i < 0 or vaddr >= self.ends[i]:
             return None
-        line = int(self.lines[i])
+        line = self.lines[i]
         if line == 0:
             return None
-        return SourceLine(self.files[self.file_index[i]], line, int(self.columns[i]))
+        return SourceLine(self.files[self.file_index[i]], line, self.columns[i])
 
     def lookup_before(self, vaddr: int) -> Optional[SourceLine]:
         """The source line of the instruction that ends just before ``vaddr``:
@@ -371,6 +352,53 @@ class LineTable:
         name_end = data.index(b"\0", pos)
         dir_index, _ = uleb128(data, name_end + 1)
         return self._file_id(_join(dirs, dir_index, _text(data[pos:name_end])))
+
+
+_U64_TOP = (1 << 64) - 1
+
+
+def _ranges(rows: list) -> tuple:
+    """``(starts, ends, file ids, lines, columns)`` (arrays, by start) of
+    the address ranges of the rows ``(address, file id, line, column)``
+    of every sequence kept, each closed by a row of file id ``_END``.
+
+    A row's range ends at the next row's address; a row that ends a
+    sequence is no range, and a range that is empty (the next row has the
+    same address) yields to that row: the last row at an address wins.
+    Where sequences overlap, the one that starts later wins.  The values
+    are held as 64-bit registers: a damaged program that ran one past 64
+    bits is clamped to them, and lines and columns of 2**63 and more read
+    negative."""
+    addrs = _u64([row[0] for row in rows])
+    keep = [i for i, (fid, a, b) in enumerate(zip([row[1] for row in rows], addrs, addrs[1:]))
+            if fid != _END and b > a]
+    keep.sort(key=addrs.__getitem__)  # stable: equal starts keep their order
+    starts = [addrs[i] for i in keep]
+    ends = [addrs[i + 1] for i in keep]
+    # overlapping sequences: the later start wins
+    ends[:-1] = [e if e <= s else s for e, s in zip(ends, starts[1:])]
+    nonempty = [j for j, (s, e) in enumerate(zip(starts, ends)) if e > s]
+    if len(nonempty) < len(keep):
+        keep = [keep[j] for j in nonempty]
+        starts = [starts[j] for j in nonempty]
+        ends = [ends[j] for j in nonempty]
+    return (array("Q", starts), array("Q", ends), array("i", [rows[i][1] for i in keep]),
+            array("q", _signed(_u64([rows[i][2] for i in keep]))),
+            array("q", _signed(_u64([rows[i][3] for i in keep]))))
+
+
+def _u64(values: list) -> list:
+    """``values`` as 64-bit registers hold them: clamped to 0 .. 2**64 - 1."""
+    if values and (min(values) < 0 or max(values) > _U64_TOP):
+        return [min(max(v, 0), _U64_TOP) for v in values]
+    return values
+
+
+def _signed(values: list) -> list:
+    """64-bit registers read as signed: 2**63 and more are negative."""
+    if values and max(values) >> 63:
+        return [v - (1 << 64) if v >> 63 else v for v in values]
+    return values
 
 
 # standard opcodes that take no operands and change nothing a row keeps

@@ -15,6 +15,11 @@ or in the files alone (planning):
   address: it is refused with how to watch one thread's copy.
 - An unknown name gets the closest names; an ambiguous one (a ``static``
   defined in several files) lists the candidates.
+- A write watch on memory the program maps read-only (``.rodata``,
+  ``.text``: a segment without write permission) can never fire, since no
+  store reaches it: the watch carries a warning that says so
+  (:attr:`Watch.warning`), from the ELF headers of the object the name lives
+  in, or for an address in a running process from its ``/proc/PID/maps``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from . import images
@@ -31,8 +36,8 @@ from ..errors import (InvalidBreakpoint, NoSuchProcess, PerfbpError, PermissionD
                      SymbolNotFound)
 from ..planning.planner import Watch
 from ..planning.spec import WatchSpec, parse
-from .elf import (INSTALL_DEBUG, Symbol, load_bias, missing_debug, named_symbols,
-                  symbols_named)
+from .elf import (INSTALL_DEBUG, KERNEL_START, Symbol, load_bias, missing_debug,
+                  named_symbols, symbols_named)
 
 
 @dataclass(frozen=True)
@@ -111,12 +116,12 @@ def _refuse_tls(sym: Symbol, path: str, spec: "WatchSpec | None") -> None:
     if sym.kind != "tls":
         return
     what = spec.text if spec is not None else sym.name
-    raise InvalidBreakpoint(
+    raise InvalidBreakpoint.phrased(
         f"watch {what!r}: {sym.name} is thread-local (STT_TLS in "
         f"{os.path.basename(path)}): every thread has its own copy, at the thread "
         f"pointer plus the module's TLS offset, so no one address is it. Watch one "
-        f"thread's copy by address: find it in that thread (gdb: `p &{sym.name}`), "
-        f"then `-t TID -w ADDR/{sym.size or 8}`")
+        f"thread's copy: find its address in that thread (gdb: `p &{sym.name}`), "
+        f"then watch {{address}} with {{thread}}; it is {sym.size or 8} bytes")
 
 
 def defines(path: str, text: str) -> bool:
@@ -146,10 +151,10 @@ def find_symbol(path: str, name: str) -> Symbol:
     if len(found) > 1 and len(globals_) != 1:
         where = ", ".join(f"{s.value:#x} ({s.size} bytes, {'local' if s.local else 'global'})"
                           for s in found)
-        raise SymbolNotFound(f"symbol {name!r} is ambiguous in {path}: {len(found)} "
-                             f"definitions at {where} (link-time addresses: add the load "
-                             f"bias of a PIE or a library); watch one by address "
-                             f"(-w ADDR/LEN)", errno=errno.EINVAL)
+        raise SymbolNotFound.phrased(f"symbol {name!r} is ambiguous in {path}: {len(found)} "
+                                     f"definitions at {where} (link-time addresses: add the "
+                                     f"load bias of a PIE or a library); watch one by "
+                                     f"{{address}}", errno=errno.EINVAL)
     return globals_[0] if len(found) > 1 else found[0]
 
 
@@ -167,9 +172,10 @@ def kernel_address(spec: WatchSpec) -> WatchSpec:
         why = ("/proc/kallsyms hides kernel addresses from this user "
                "(kernel.kptr_restrict): run as root" if found is not None else
                "/proc/kallsyms does not list it: data symbols appear there only in "
-               "kernels built with CONFIG_KALLSYMS_ALL; functions always do. Give the "
-               "address instead (-w 0xffff...:w)")
-        raise SymbolNotFound(f"watch '{spec.text}': no kernel symbol {spec.symbol!r}: {why}")
+               "kernels built with CONFIG_KALLSYMS_ALL; functions always do. Watch "
+               "{address} instead")
+        raise SymbolNotFound.phrased(f"watch '{spec.text}': no kernel symbol "
+                                     f"{spec.symbol!r}: {why}")
     address, kind = found
     if kind.lower() in "tw" and spec.access != "x":
         raise SymbolNotFound(f"watch '{spec.text}': {spec.symbol} is kernel code: watch "
@@ -239,7 +245,70 @@ class Scope:
         if bias is None:
             bias = self.bias(i)
         watch = Watch.from_spec(spec.resolved(value + bias, size))
+        section = images.read_only_at(obj, value, watch.length) if watch.access == "w" else None
+        if section is not None:
+            watch = _never_fires(watch, f"{section} of {os.path.basename(obj)}, which the "
+                                        f"program maps read-only")
         return Resolution(watch, obj, path, copied)
+
+
+def _never_fires(watch: Watch, where: str) -> Watch:
+    """``watch`` with the warning that no store reaches ``where``."""
+    return replace(watch, warning=(
+        f"{watch.label} is in {where}: no store can reach it, so this write watch can "
+        f"never fire (watch its reads with :rw)"))
+
+
+def warn_read_only(ws: "Sequence[Watch]", target, exe: "str | None" = None) -> "list[Watch]":
+    """``ws``, each write watch that no store can reach with its warning
+    (:attr:`Watch.warning`): on ``target``, a running process or thread
+    (``target.kind``), from its ``/proc/PID/maps``; for a program about to be
+    launched (``exe``, a non-PIE executable: its addresses are its link-time
+    ones), from its ELF headers.  A name's watch has its warning already
+    (:meth:`Scope.resolve`); CPU targets are not checked (an address there
+    means something else in every process, while a command runs too)."""
+    if target is not None and target.kind == "cpus":
+        return list(ws)
+    pid = None
+    if target is not None and target.kind in ("process", "thread"):
+        pid = (target.pid if target.kind == "process" else
+               system.thread_group(target.pid) or target.pid) or os.getpid()
+    fixed = None
+    if pid is None and exe is not None:
+        try:
+            fixed = None if images.image(exe).shared else exe
+        except (OSError, ValueError):
+            fixed = None
+    out = []
+    for w in ws:
+        where = None
+        if w.warning is None and w.access == "w" and 0 < w.address < KERNEL_START:
+            if pid is not None:
+                where = _read_only_mapping(pid, w.address, w.length)
+            elif fixed is not None:
+                section = images.read_only_at(fixed, w.address, w.length)
+                where = (f"{section} of {os.path.basename(fixed)}, which the program maps "
+                         f"read-only") if section else None
+        out.append(w if where is None else _never_fires(w, where))
+    return out
+
+
+def _read_only_mapping(pid: int, address: int, length: int) -> "str | None":
+    """Which mapping of ``pid`` without write permission holds all the
+    ``length`` bytes at ``address`` (as /proc/PID/maps names it), or None."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= address < hi:
+                    if "w" in parts[1] or address + length > hi:
+                        return None
+                    name = parts[5].strip() if len(parts) == 6 else "anonymous memory"
+                    return f"a read-only mapping ({parts[1]}) of {name} in process {pid}"
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def not_found(spec: WatchSpec, searched: "Sequence[str]",
@@ -252,13 +321,13 @@ def not_found(spec: WatchSpec, searched: "Sequence[str]",
         close = difflib.get_close_matches(spec.object, names, n=4, cutoff=0.4)
         where = (f"is not loaded in process {process}" if process is not None else
                  f"is not among the objects {searched[0]} loads at start")
-        return SymbolNotFound(
+        return SymbolNotFound.phrased(
             f"watch '{spec.text}': {spec.object} {where}"
             + (f" (loaded: {', '.join(close)})" if close else "")
             + "; give the library's soname or path as the program loads it "
               "(`ldd PROGRAM`, /proc/PID/maps)"
             + ("" if process is not None else
-               ", or attach with -p once a library it opens later is loaded"))
+               ", or attach with {process} once a library it opens later is loaded"))
     pool: list[str] = []
     for p in searched:
         try:

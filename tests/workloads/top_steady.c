@@ -11,8 +11,9 @@
  * hurried, which perfbp must not hang on.
  *
  * Nothing else writes either global (both are volatile, so -O2 keeps every
- * store), and the program prints nothing: on a terminal its output would
- * mix with perfbp's live view.
+ * store), and the program prints nothing.  `_PyRuntime` is never written: it
+ * gives the view long names that differ only at their end, as CPython's do
+ * (`_PyRuntime.ceval.gil.switch_number`, `_PyRuntime.ceval.gil.locked`).
  *
  * A safety net: alarm(60), so that a test that dies before releasing the
  * FIFO (or killing the program) leaves nothing behind for long.
@@ -25,6 +26,9 @@
 
 volatile long counter;
 volatile long busier;
+struct gil { long switch_number; long locked; };
+struct ceval { struct gil gil; };
+struct { struct ceval ceval; } _PyRuntime;
 
 __attribute__((noinline)) static void bump_counter(long n)
 {
