@@ -136,9 +136,9 @@ def places(path: str, build_id: Optional[str],
     for cand in candidates(path, build_id, debuglink):
         if cand.how != "debuglink":
             shown.append(cand.path)
-        elif cand.path.startswith(os.path.dirname(path) + "/") and "/.debug/" not in cand.path:
-            shown.append(f"{os.path.basename(cand.path)} (its .gnu_debuglink) beside it, in "
-                         f".debug/ and under {' and '.join(DEBUG_ROOTS)}")
+        elif not any(s.startswith(f"{debuglink[0]} ") for s in shown):  # the first, for all
+            shown.append(f"{debuglink[0]} (its .gnu_debuglink) beside it, in .debug/ and "
+                         f"under {' and '.join(DEBUG_ROOTS)}")
     return ", ".join(shown)
 
 
