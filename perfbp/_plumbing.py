@@ -22,6 +22,7 @@ _NAMES = {
     "SORT_KEYS": ("data.report", "SORT_KEYS"),
     "resolve_in_file": ("symbols.resolve", "resolve_in_file"),
     "missing_debug": ("symbols.elf", "missing_debug"),
+    "reported_programs": ("symbols.resolve", "reported_programs"),
     "INSTALL_DEBUG": ("symbols.elf", "INSTALL_DEBUG"),
     "WatchSpec": ("planning.spec", "WatchSpec"),
     "parse_watch": ("planning.spec", "parse"),

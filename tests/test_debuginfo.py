@@ -371,6 +371,15 @@ def test_stripped_program_without_debug_file_gets_a_hint_at_the_start(full, tmp_
 
     r = perfbp("top", "-w", hex(counter), "--interval", "0.2", "--", exe, N)  # piped
     assert r.returncode == 0 and r.stderr.splitlines() == err[1:2], r.stderr
+    # a wrapper's command line: the note is about the program it names by
+    # path, not the shell (stripped too, on Debian) nor what it runs by name
+    for program, noted in ((exe, True), (full["nopie"], False)):
+        doc, r = perfbp_json("record", "--json", "-w", hex(counter), "-o",
+                             tmp_path / "w.data", "--", "/bin/sh", "-c",
+                             f"echo start >&2; exec {program} {N}")
+        assert sum(x["samples"] for x in doc["watches"][0]["writers"]) == 2 * N + 1
+        notes = [line for line in r.stderr.splitlines() if line.startswith("perfbp: note:")]
+        assert notes == (err[1:2] if noted else []), r.stderr
 
     r = perfbp("stat", "-w", "counter", "--", exe, N)
     assert r.returncode == 2

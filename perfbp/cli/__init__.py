@@ -247,18 +247,21 @@ def _warnings(watches) -> None:
 
 def _debug_note(args: RunArgs) -> None:
     """The start's hint for ``record`` and ``top``, whose reports name the
-    program's functions and lines: when the program (the command, or the
-    process of -p/-t) is stripped and no debug file of it was found."""
+    program's functions and lines: when the program (the command, or what
+    a wrapper's command line names by path; the process of -p/-t) is
+    stripped and no debug file of it was found."""
     if args.command:
-        program = plumbing.resolve_command(list(args.command))
+        command = list(args.command)
+        programs = plumbing.reported_programs(command, plumbing.resolve_command(command))
     elif args.target is not None and args.target.kind != "cpus" and args.target.pid > 0:
-        program = f"/proc/{args.target.pid}/exe"
+        programs = [f"/proc/{args.target.pid}/exe"]
     else:
         return
-    why = plumbing.missing_debug(program)
-    if why is not None:
-        typer.echo(f"perfbp: note: {why}: the report will show its code as addresses; "
-                   f"{plumbing.INSTALL_DEBUG}", err=True)
+    for program in programs:
+        why = plumbing.missing_debug(program)
+        if why is not None:
+            typer.echo(f"perfbp: note: {why}: the report will show its code as addresses; "
+                       f"{plumbing.INSTALL_DEBUG}", err=True)
 
 
 class _Output:

@@ -569,6 +569,16 @@ def command_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
     return out
 
 
+def reported_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
+    """The programs whose code a recording of ``argv`` is about: those its
+    command line names by a path, which a wrapper runs (``sh -c './prog'``,
+    ``env X=1 ./prog``), else ``exe`` itself.  A program named by a bare
+    word (``echo`` in a shell line, ``timeout``'s command) is left out:
+    what a wrapper runs on the way is not what is watched."""
+    paths = {w for w in _command_words(argv) if "/" in w}
+    return [p for p in command_programs(argv, exe)[1:] if p in paths] or [exe]
+
+
 def resolve_for_command(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe: str,
                         env: "dict[str, str] | None" = None
                         ) -> "list[tuple[Resolution | Watch | None, int]]":
