@@ -220,10 +220,10 @@ class _SpecView:
 
 
 def _banner(watches, description: str, plan: "perfbp.Plan",
-            target: "perfbp.Target | None") -> None:
+            target: "perfbp.Target | None", debug_note: "RunArgs | None" = None) -> None:
     """The start line: the watches as given, and the slots the run's plan
     (names resolved, ranges split) takes in each thread, or on each CPU for
-    a CPU target."""
+    a CPU target; then, given ``debug_note``, :func:`_debug_note`'s hint."""
     n = len(watches)
     slots = plan.slots_needed
     per = "per CPU" if target is not None and target.kind == "cpus" else "per thread"
@@ -233,6 +233,8 @@ def _banner(watches, description: str, plan: "perfbp.Plan",
                f"({', '.join(w.spec for w in watches)}) in {description}; "
                f"{how}. Ctrl-C to end.", err=True)
     _warnings(plan.watches)
+    if debug_note is not None:
+        _debug_note(debug_note)
 
 
 def _warnings(watches) -> None:
@@ -241,6 +243,25 @@ def _warnings(watches) -> None:
     for w in watches:
         if w.warning:
             typer.echo(f"perfbp: WARNING: {w.warning}", err=True)
+
+
+def _debug_note(args: RunArgs) -> None:
+    """The start's hint for ``record`` and ``top``, whose reports name the
+    program's functions and lines: when the program (the command, or what
+    a wrapper's command line names by path; the process of -p/-t) is
+    stripped and no debug file of it was found."""
+    if args.command:
+        command = list(args.command)
+        programs = plumbing.reported_programs(command, plumbing.resolve_command(command))
+    elif args.target is not None and args.target.kind != "cpus" and args.target.pid > 0:
+        programs = [f"/proc/{args.target.pid}/exe"]
+    else:
+        return
+    for program in programs:
+        why = plumbing.missing_debug(program)
+        if why is not None:
+            typer.echo(f"perfbp: note: {why}: the report will show its code as addresses; "
+                       f"{plumbing.INSTALL_DEBUG}", err=True)
 
 
 class _Output:
@@ -611,8 +632,9 @@ def record(
                                command=args.command, duration=duration, period=period,
                                callchain=callchain, ring_pages=ring_pages,
                                cmdline=["perfbp", "record"] + sys.argv[2:],
-                               on_start=lambda d, plan: _banner(result_watches(args.watches),
-                                                                d, plan, args.target),
+                               on_start=lambda d, plan: _banner(
+                                   result_watches(args.watches), d, plan, args.target,
+                                   debug_note=args),
                                multiplex=args.multiplex, trace=args.trace)
     except perfbp.PerfbpError as exc:
         if exc.errno != errno.EPIPE:
@@ -794,6 +816,7 @@ def top(
             os.unlink(output)  # the file made for it: nothing ran
         raise
     try:
+        _debug_note(args)
         slots = (session.mux.nslots if session.mux is not None
                  else sum(len(w.pieces) for w in session.watches))
         quit_view = tui.run(session, interval=interval, slots=slots,
