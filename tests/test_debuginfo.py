@@ -432,3 +432,22 @@ def test_recordings_carry_build_ids(full, tmp_path):
     table = read_recording(str(theirs)).build_ids
     assert {(b.build_id, b.path) for b in table} == buildid_list(theirs, tmp_path)
     assert BuildId(str(whole), build_id(whole)) in table  # a user-space object (misc)
+
+
+def test_a_debuginfod_file_of_another_user_is_not_taken(full, places, tmp_path):
+    """The debuginfod cache is found through HOME or the environment: a file
+    there owned by someone else (root running with a user's HOME) is passed
+    over; the same file owned by the one running (or root) is used."""
+    _root, cache = places
+    exe, beside = installed(full["nopie"], "beside", places, tmp_path)
+    bid = build_id(exe)
+    in_cache = cache / bid / "debuginfo"
+    in_cache.parent.mkdir(parents=True)
+    shutil.copy(beside, in_cache)
+    beside.unlink()
+    assert elf.debug_file(str(exe)) == str(in_cache)
+    os.chown(in_cache, 65534, 65534)  # nobody's
+    assert elf.debug_file(str(exe)) is None
+    os.chown(in_cache, os.geteuid(), os.getegid())
+    assert elf.debug_file(str(exe)) == str(in_cache)
+

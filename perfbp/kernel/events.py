@@ -9,6 +9,7 @@ why the kernel refused it and what to do instead.
 from __future__ import annotations
 
 import errno as E
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -183,7 +184,11 @@ class SlotLedger:
             return f"{exc.message}. Close one of those watches, or watch fewer or shorter ranges"
         from . import holders
 
-        found = holders.summary(holders.find(self.task_of(pid) or -1))
+        try:
+            found = holders.summary(holders.find(self.task_of(pid) or -1))
+        except Exception:  # /proc read mid-change, or odd: the refusal still explains
+            found = ("held outside perfbp (gdb watchpoints, another perf, a system-wide "
+                     "watch, kgdb)")
         return (f"no slot is free, and perfbp's own watches are not what holds them: "
                 f"they are {found}. End those, or watch fewer or shorter ranges")
 
@@ -191,11 +196,9 @@ class SlotLedger:
         return len(self._by_fd)
 
 
-_current_thread = threading.current_thread
-
-
 def _native_id() -> int:
-    return _current_thread().native_id
+    # gettid(2): Thread.native_id is not updated in a forked child (3.11)
+    return threading.get_native_id()
 
 
 LEDGER = SlotLedger()
@@ -284,6 +287,15 @@ def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
 
 
 _scratch = threading.local()
+
+
+def _forget_after_fork() -> None:
+    # a forked child's thread has another id: open_self must not enter its
+    # events in the ledger under the parent's (its attr buffers are fine)
+    _scratch.__dict__.pop("self_cache", None)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 _BP_FIELDS = struct.Struct("<IQQ")  # bp_type, bp_addr, bp_len: contiguous at offset 52
 _BP_FIELDS_AT = abi.ffi.offsetof("struct perf_event_attr", "bp_type")
 if (abi.ffi.offsetof("struct perf_event_attr", "bp_addr"),
@@ -400,9 +412,9 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
     except OSError as exc:
         raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target,
                                  kernel_mode=not exclude_kernel) from None
-    # pid 0 is the calling thread: the ledger needs its id (the Thread
-    # object caches it; gettid(2) would cost a syscall)
-    _LEDGER_FDS[fd] = (bp, _current_thread().native_id if pid == 0 else (None if pid < 0 else pid),
+    # pid 0 is the calling thread: the ledger needs its id (gettid(2); the
+    # hot path, open_self, keeps it per thread)
+    _LEDGER_FDS[fd] = (bp, _native_id() if pid == 0 else (None if pid < 0 else pid),
                        cpu, pid, target)
     return fd
 

@@ -120,6 +120,10 @@ def find(path: str, build_id: Optional[str], debuglink: "Optional[tuple[str, int
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
+        if cand.how == "debuginfod" and st.st_uid not in (0, os.geteuid()):
+            # the cache comes from HOME or the environment: root run with a
+            # user's (sudo -E) must not take that user's word for a program
+            continue
         if cand.crc is not None and _crc32(os.path.realpath(cand.path), st.st_ino,
                                            st.st_size, st.st_mtime_ns) != cand.crc:
             continue

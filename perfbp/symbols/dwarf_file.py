@@ -150,7 +150,10 @@ class DebugFile:
 
         if self._index is None and (self.store is None or self.store.names is None):
             table = self.name_table()
-            units = table.lookup(name) if table is not None else None
+            try:
+                units = table.lookup(name) if table is not None else None
+            except (ValueError, struct.error, IndexError, KeyError):
+                units = None  # a damaged table: the full index answers
             if units:
                 try:
                     found = scan_units(self.dwarf, units).get(name)

@@ -120,6 +120,7 @@ class ElfReader:
         self.path = path
         self._file = open_regular(path)
         try:
+            self.size = os.fstat(self._file.fileno()).st_size
             self._read_headers()
         except (struct.error, IndexError, KeyError, UnicodeDecodeError) as exc:
             self._file.close()
@@ -140,6 +141,8 @@ class ElfReader:
         Raises:
             ValueError: they are not all in the file.
         """
+        if offset < 0 or size < 0 or offset + size > self.size:  # before any allocation
+            raise ValueError(f"{self.path}: {size} bytes at {offset:#x} are past its end")
         data = os.pread(self._file.fileno(), size, offset) if size else b""
         if len(data) != size:
             raise ValueError(f"{self.path}: {size} bytes at {offset:#x} are past its end")
