@@ -1,6 +1,6 @@
 """What the command line needs beyond the public API: launch status, CPU
 lists, process checks, the report's sort keys, the self-check, watch-spec
-parsing and symbol lookup in a file.
+and call-graph parsing and symbol lookup in a file.
 
 Internal: the user interfaces (``perfbp.cli``, ``perfbp.cli.tui``) may import
 it (tests/test_layers.py allows them this one path besides the front); it
@@ -13,6 +13,7 @@ from importlib import import_module
 
 #: name -> (module, name in it)
 _NAMES = {
+    "CallGraph": ("kernel.sampling", "CallGraph"),
     "CheckItem": ("run.check", "CheckItem"),
     "CheckReport": ("run.check", "CheckReport"),
     "run_checks": ("run.check", "run_checks"),

@@ -557,6 +557,7 @@ def _report_csv(report) -> None:
            "  perfbp record -w counter -- ./demo/demo   # every write, into perfbp.data\n"
            "  perfbp record -w buf/64:rw -p 1234 -d 10  # a 64-byte buffer, 10 s\n"
            "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
+           "  perfbp record --call-graph dwarf -w counter -- ./prog  # no frame pointers\n"
            "  perfbp record --period 100 -w 0x4040a0 -a  # every 100th hit, all CPUs\n"
            "  perfbp record -o run1.data -w table[3] -- ./prog  # another file\n"
            "  perfbp record -o - -w counter -- ./prog | perf report -i -  # a pipe\n"
@@ -573,8 +574,14 @@ def record(
     period: Annotated[int, typer.Option(
         "--period", "-c", metavar="N",
         help="Sample every Nth hit (hit counts stay exact).")] = 1,
-    callchain: Annotated[bool, typer.Option("-g", "--callchain",
-                                            help="Record user call stacks.")] = False,
+    callchain: Annotated[bool, typer.Option(
+        "-g", "--callchain",
+        help="Record call stacks by the frame pointers (--call-graph fp).")] = False,
+    call_graph: Annotated[Optional[str], typer.Option(
+        "--call-graph", metavar="fp|dwarf[,SIZE]",
+        help="How to record call stacks: fp (as -g), or dwarf: SIZE bytes of user stack "
+             "(default 8192) and the registers in each sample, unwound by report with "
+             "the CFI; right in code built without frame pointers.")] = None,
     ring_pages: Annotated[Optional[int], typer.Option(
         "--ring-pages", metavar="PAGES",
         help="Ring buffer pages per CPU (power of two; default 512).")] = None,
@@ -584,8 +591,9 @@ def record(
     """Sample every hit into a recording perf can read, then summarize who
     touched each watch.
 
-    Each hit becomes a sample (ip, thread, time, CPU, address; -g adds the
-    call stack). At the end perfbp checks that samples + lost samples equal
+    Each hit becomes a sample (ip, thread, time, CPU, address; -g or
+    --call-graph adds the call stack). At the end perfbp checks that
+    samples + lost samples equal
     the kernel's own hit count, per watch, and says so. With -- CMD the exit
     status is the command's; bad input exits 2.
     """
@@ -604,10 +612,11 @@ def record(
                                    or ring_pages > MAX_RING_PAGES):
         raise fail(f"--ring-pages {shown(str(ring_pages))} must be a power of two from 1 "
                    f"to {MAX_RING_PAGES} (1 GiB a CPU: the most the kernel maps)")
+    graph = plumbing.CallGraph.parse(call_graph if call_graph is not None else callchain)
     try:
         result = perfbp.record(args.watches, output, target=args.target,
                                command=args.command, duration=duration, period=period,
-                               callchain=callchain, ring_pages=ring_pages,
+                               callchain=graph or False, ring_pages=ring_pages,
                                cmdline=["perfbp", "record"] + sys.argv[2:],
                                on_start=lambda d, plan: _banner(result_watches(args.watches),
                                                                 d, plan, args.target),

@@ -24,7 +24,7 @@ input never crashes any path: the result is data, or :class:`CorruptRecord`
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
@@ -52,8 +52,12 @@ from ._uapi import (
     PERF_SAMPLE_ID,
     PERF_SAMPLE_IDENTIFIER,
     PERF_SAMPLE_IP,
+    PERF_SAMPLE_BRANCH_STACK,
     PERF_SAMPLE_PERIOD,
+    PERF_SAMPLE_RAW,
     PERF_SAMPLE_READ,
+    PERF_SAMPLE_REGS_USER,
+    PERF_SAMPLE_STACK_USER,
     PERF_SAMPLE_STREAM_ID,
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
@@ -67,8 +71,11 @@ HEADER = struct.Struct("<IHH")
 FIXED_SAMPLE_BITS = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
                      | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_ID
                      | PERF_SAMPLE_STREAM_ID | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD)
+#: the user stack and the registers to unwind it from (``--call-graph dwarf``)
+USER_STACK_BITS = PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER
 #: every sample_type bit this decoder understands.
-KNOWN_SAMPLE_BITS = FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
+KNOWN_SAMPLE_BITS = (FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
+                     | USER_STACK_BITS)
 
 
 @dataclass(frozen=True)
@@ -80,15 +87,19 @@ class ParseConfig:
         sample_id_all: ``attr.sample_id_all`` (non-sample records carry a
             sample_id trailer).
         read_format: ``attr.read_format`` (for PERF_SAMPLE_READ).
+        sample_regs_user: ``attr.sample_regs_user`` (for
+            PERF_SAMPLE_REGS_USER: one u64 per bit set, in bit order).
     """
 
     sample_type: int
     sample_id_all: bool = False
     read_format: int = 0
+    sample_regs_user: int = 0
 
     @classmethod
     def from_attr(cls, attr) -> "ParseConfig":
-        return cls(int(attr.sample_type), bool(attr.sample_id_all), int(attr.read_format))
+        return cls(int(attr.sample_type), bool(attr.sample_id_all), int(attr.read_format),
+                   int(attr.sample_regs_user))
 
     @property
     def sample_id_size(self) -> int:
@@ -130,6 +141,12 @@ class Sample(NamedTuple):
     the instruction *after* the access (data breakpoints trap after the
     access); ``addr`` is the watch's address (``bp_addr``), not the byte
     touched.
+
+    With PERF_SAMPLE_REGS_USER and PERF_SAMPLE_STACK_USER (``--call-graph
+    dwarf``): ``regs_abi`` (PERF_SAMPLE_REGS_ABI_64 = 2, 0 when the task had
+    no user registers: a kernel thread), ``regs`` (the user registers of
+    ``sample_regs_user``, in bit order) and ``stack`` (the bytes the kernel
+    copied from the user stack pointer up, ``dyn_size`` of them).
     """
 
     id: Optional[int]
@@ -144,6 +161,9 @@ class Sample(NamedTuple):
     callchain: tuple = ()
     read: tuple = ()
     misc: int = 0
+    regs_abi: int = 0
+    regs: tuple = ()
+    stack: bytes = b""
 
 
 class Lost(NamedTuple):
@@ -380,12 +400,45 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
                                     f"({len(body) - off} bytes left)")
             callchain = struct.unpack_from(f"<{nr}Q", body, off)
             off += 8 * nr
+        user = _user_stack(body, off, cfg) if st & USER_STACK_BITS else (0, (), b"")
     except struct.error:
         raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
                             f"sample_type {st:#x})") from None
     ident = v[ix[0]]
     return Sample(ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
-                  v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read, misc)
+                  v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read, misc,
+                  *user)
+
+
+def _user_stack(body: bytes, off: int, cfg: ParseConfig) -> "tuple[int, tuple, bytes]":
+    """``(regs_abi, regs, stack)`` of a sample's PERF_SAMPLE_REGS_USER and
+    PERF_SAMPLE_STACK_USER, which start at ``off`` (after the callchain):
+    ``u64 abi; u64 regs[popcount(sample_regs_user)]`` (no regs when abi is
+    0), then ``u64 size; char data[size]; u64 dyn_size`` (only the size when
+    it is 0), ``dyn_size`` being how much of ``data`` the kernel could copy.
+    Nothing when the sample has RAW or BRANCH_STACK fields (between the
+    callchain and these), which perfbp does not decode."""
+    st = cfg.sample_type
+    if st & (PERF_SAMPLE_RAW | PERF_SAMPLE_BRANCH_STACK):
+        return 0, (), b""
+    abi, regs, stack = 0, (), b""
+    if st & PERF_SAMPLE_REGS_USER:
+        abi = _U64.unpack_from(body, off)[0]
+        off += 8
+        if abi:
+            n = bin(cfg.sample_regs_user).count("1")
+            regs = struct.unpack_from(f"<{n}Q", body, off)
+            off += 8 * n
+    if st & PERF_SAMPLE_STACK_USER:
+        size = _U64.unpack_from(body, off)[0]
+        off += 8
+        if size:
+            if size > len(body) - off - 8:
+                raise CorruptRecord(f"user stack of {size} bytes does not fit the record "
+                                    f"({len(body) - off} bytes left)")
+            (dyn,) = _U64.unpack_from(body, off + size)
+            stack = body[off:off + min(dyn, size)]
+    return abi, regs, stack
 
 
 def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record:
@@ -690,6 +743,9 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     size = cfg.fixed_sample_size
     others: list[Record] = []
     if size is None:
+        # the columns have no user stacks: leave them undecoded (they come
+        # last of what perfbp decodes, and are most of the bytes)
+        cfg = replace(cfg, sample_type=cfg.sample_type & ~USER_STACK_BITS)
         samples = []
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)
