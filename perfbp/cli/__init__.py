@@ -508,10 +508,7 @@ def _render_report(report, top: int) -> None:
                 typer.echo(f"    {wr.samples:>12,} {_pct(wr.samples, w.hits)}  "
                            f"{where:<32} {wr.location.short_dso}")
         if w.stacks:
-            typer.echo("  call stacks:")
-            for frames, n in w.stacks[:top]:
-                typer.echo(f"    {n:>12,} {_pct(n, w.hits)}  " + " <- ".join(
-                    str(f) for f in frames[:6]) + (" ..." if len(frames) > 6 else ""))
+            _render_stacks(w, top)
         if w.threads:
             typer.echo("  threads:")
             for t in w.threads[:top]:
@@ -527,6 +524,28 @@ def _render_report(report, top: int) -> None:
             extra = f"  {g['dso']}" if g.get("dso") else ""
             typer.echo(f"{g['samples']:>14,}  {_pct(g['samples'], report.samples)}  {g['key']}{extra}")
         typer.echo("")
+
+
+#: frames shown of a call stack, innermost first
+STACK_FRAMES = 12
+
+
+def _render_stacks(w, top: int) -> None:
+    """A watch's call stacks, a frame a line (innermost first); a
+    frame-pointer stack that cannot be true ends with ``<- ??`` where it
+    went wrong, and a hint says how to record true ones."""
+    typer.echo("  call stacks" + (" (frame pointers)" if w.call_graph == "fp" else "") + ":")
+    for stack in w.stacks[:top]:
+        frames = [str(f) for f in stack.frames] + ([] if stack.reliable else ["??"])
+        typer.echo(f"    {stack.samples:>12,} {_pct(stack.samples, w.hits)}  {frames[0]}")
+        for f in frames[1:STACK_FRAMES]:
+            typer.echo(f"{'':25}<- {f}")
+        if len(frames) > STACK_FRAMES:
+            typer.echo(f"{'':25}<- ... ({len(frames) - STACK_FRAMES} more)")
+    if not all(stack.reliable for stack in w.stacks[:top]):
+        typer.echo("  ??: unreliable: the frame pointers lead nowhere there (code built "
+                   "without\n    them); record with --call-graph dwarf to unwind with the "
+                   "CFI instead")
 
 
 def _report_csv(report) -> None:

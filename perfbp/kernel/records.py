@@ -724,6 +724,25 @@ def whole_records_end(buf: "bytes | memoryview", cfg: ParseConfig) -> int:
     return end
 
 
+def non_samples(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
+                end: "int | None" = None) -> "list[Record]":
+    """The records of ``buf[offset:end]`` that are not samples, decoded;
+    the samples are stepped over undecoded (in runs of one size): what a
+    reader needs before the samples (the mappings a stack is unwound
+    through; a stream's features, at its end).
+
+    Raises:
+        CorruptRecord: a header is impossible or a record is cut short.
+    """
+    mv, end = _span(buf, offset, end)
+    out: list[Record] = []
+    for pos, count in _walk(mv, None, offset, end):
+        rtype, misc, rsize = HEADER.unpack_from(mv, pos)
+        if not count and rtype != PERF_RECORD_SAMPLE:
+            out.append(parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg))
+    return out
+
+
 def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
                 end: "int | None" = None) -> "tuple[SampleColumns, list[Record]]":
     """Decode a run of records: fixed-size samples into columns at numpy
