@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 from ._uapi import (
@@ -748,10 +748,16 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     """Decode a run of records: fixed-size samples into columns at numpy
     speed, every other record (and samples with variable fields) one by one.
 
+    Samples with user stacks (``--call-graph dwarf``) are variable in
+    principle and of one size in practice (a stack copy cut short makes
+    one shorter): they too come in runs of one size, whose fixed fields
+    numpy reads in place; their kernel callchains are decoded one by one
+    where a run has any (a kernel-mode hit's), and their registers and
+    stack bytes not at all (the columns do not hold them).
+
     Returns:
         ``(columns, others)``: the samples in order as columns, and the
-        non-sample records in order (with samples too when the sample_type
-        has variable-size fields: then ``columns`` is built from them).
+        non-sample records in order.
 
     Raises:
         CorruptRecord: a header is impossible or a record is cut short.
@@ -761,36 +767,48 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     mv, end = _span(buf, offset, end)
     size = cfg.fixed_sample_size
     others: list[Record] = []
-    if size is None:
-        # the columns have no user stacks: leave them undecoded (they come
-        # last of what perfbp decodes, and are most of the bytes)
-        cfg = replace(cfg, sample_type=cfg.sample_type & ~USER_STACK_BITS)
+    stacks = (size is None and cfg.sample_type & USER_STACK_BITS
+              and not cfg.sample_type & PERF_SAMPLE_READ)
+    if size is None and not stacks:
         samples = []
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)
         return SampleColumns.from_samples(samples), others
-    # first find the runs of fixed-size samples (and decode everything else),
-    # then copy each column once into an array of its final length
-    pieces: list = []  # (pos, count) runs and single Samples, in order
+    if stacks:
+        # the columns have no user stacks: leave them undecoded (they come
+        # last of what perfbp decodes, and are most of the bytes)
+        cfg = replace(cfg, sample_type=cfg.sample_type & ~USER_STACK_BITS)
+    chains = [] if cfg.sample_type & PERF_SAMPLE_CALLCHAIN else None
+    # first find the runs of samples of one size (and decode everything
+    # else), then copy each column once into an array of its final length
+    pieces: list = []  # (pos, count, dtype) runs and single Samples, in order
     total = 0
     for pos, count in _walk(mv, size, offset, end):
-        if count:
-            pieces.append((pos, count))
+        rsize = HEADER.unpack_from(mv, pos)[2]
+        dtype = _run_dtype(cfg, rsize) if count else None
+        if dtype is not None and (
+                chains is None or not np.frombuffer(mv, dtype, count, pos)["nr"].any()):
+            pieces.append((pos, count, dtype))
             total += count
+            if chains is not None:
+                chains.extend([()] * count)
             continue
-        rtype, misc, rsize = HEADER.unpack_from(mv, pos)
-        rec = parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg)
-        if isinstance(rec, Sample):
-            pieces.append(rec)
-            total += 1
-        else:
-            others.append(rec)
+        for rpos in range(pos, pos + max(count, 1) * rsize, rsize):
+            rtype, misc, _size = HEADER.unpack_from(mv, rpos)
+            rec = parse_record(rtype, misc, bytes(mv[rpos + 8:rpos + rsize]), cfg)
+            if isinstance(rec, Sample):
+                pieces.append(rec)
+                total += 1
+                if chains is not None:
+                    chains.append(rec.callchain)
+            else:
+                others.append(rec)
     cols = SampleColumns()
     if not total:
         return cols, others
-    dtype = sample_dtype(cfg)
-    fields = [(name, name) for name in COLUMNS if name in dtype.names]
-    if "identifier" in dtype.names:
+    names = sample_dtype(cfg).names
+    fields = [(name, name) for name in COLUMNS if name in names]
+    if "identifier" in names:
         fields.append(("id", "identifier"))
     out = {attr: np.empty(total, dtype=np.uint64) for attr, _field in fields}
     k = 0
@@ -800,14 +818,34 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
                 out[attr][k] = getattr(piece, attr)
             k += 1
             continue
-        pos, count = piece
+        pos, count, dtype = piece
         arr = np.frombuffer(mv, dtype=dtype, count=count, offset=pos)
         for attr, field_ in fields:
             out[attr][k:k + count] = arr[field_]
         k += count
     for attr, col in out.items():
         setattr(cols, attr, col)
+    if chains is not None and any(chains):
+        cols.callchain = chains
     return cols, others
+
+
+@lru_cache(maxsize=64)
+def _run_dtype(cfg: ParseConfig, size: int):
+    """The dtype of a sample of ``size`` bytes: :func:`sample_dtype`'s
+    fields, then the callchain's length (``nr``) when the sample has one,
+    then the rest of the record, unread; None when ``size`` cannot hold
+    them (a damaged record, decoded alone to say so)."""
+    import numpy as np
+
+    head = sample_dtype(cfg)
+    fields = [(n, head.fields[n][0]) for n in head.names]
+    if cfg.sample_type & PERF_SAMPLE_CALLCHAIN:
+        fields.append(("nr", "<u8"))
+    rest = size - head.itemsize - (8 if cfg.sample_type & PERF_SAMPLE_CALLCHAIN else 0)
+    if rest < 0:
+        return None
+    return np.dtype(fields + ([("rest", f"V{rest}")] if rest else []))
 
 
 # --- runs of alike samples: the bulk path without numpy ---------------------------------

@@ -410,7 +410,7 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
     chunks = sampler.drain()
     if not chunks:
         return 0
-    writer.write(b"".join(chunks) + FINISHED_ROUND)
+    writer.write(b"".join([*chunks, FINISHED_ROUND]))  # one copy
     batch = sampler.decode(chunks)
     if on_batch:
         on_batch(batch, sampler)
