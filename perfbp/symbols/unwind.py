@@ -512,10 +512,12 @@ def _after_call(sym: Symbolizer, pid: int, ip: int) -> bool:
         return False
     obj = load_object(m.path)
     offset = ip - m.start + m.pgoff
-    if obj is None or not any(p_off + 7 <= offset <= p_off + p_size
-                              for p_off, p_size, _v in obj.segments):
+    vaddr = obj.vaddr_of_offset(offset) if obj is not None else None
+    if vaddr is None or not any(p_off + 7 <= offset <= p_off + p_size
+                                for p_off, p_size, _v in obj.segments):
         return False
-    return is_after_call(_code_before(m.path, offset))
+    return is_after_call(_code_before(m.path, offset), lambda displacement: any(
+        v <= vaddr + displacement < v + size for _o, size, v in obj.segments))
 
 
 @lru_cache(maxsize=4096)
@@ -528,14 +530,16 @@ def _code_before(path: str, offset: int) -> bytes:
         return b""
 
 
-def is_after_call(code: bytes) -> bool:
+def is_after_call(code: bytes, lands=lambda displacement: True) -> bool:
     """Whether ``code`` (the bytes before an address) ends with an x86-64
-    call: ``e8`` and a 32-bit displacement, or ``ff /2`` (an indirect call
-    through a register or memory) whose ModRM, SIB and displacement end
-    exactly there.  Prefixes (REX, segment) come before the opcode and do
-    not change where it is."""
+    call: ``e8`` and a 32-bit displacement from the address to a target
+    ``lands(displacement)`` accepts (in the object's code: the bytes of
+    other instructions often hold an ``e8`` five from their end), or ``ff
+    /2`` (an indirect call through a register or memory) whose ModRM, SIB
+    and displacement end exactly there.  Prefixes (REX, segment) come
+    before the opcode and do not change where it is."""
     n = len(code)
-    if n >= 5 and code[n - 5] == 0xE8:
+    if n >= 5 and code[n - 5] == 0xE8 and lands(struct.unpack_from("<i", code, n - 4)[0]):
         return True
     for k in range(2, min(n, 7) + 1):
         if code[n - k] != 0xFF:
