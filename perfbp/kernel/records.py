@@ -400,14 +400,18 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
                                     f"({len(body) - off} bytes left)")
             callchain = struct.unpack_from(f"<{nr}Q", body, off)
             off += 8 * nr
-        user = _user_stack(body, off, cfg) if st & USER_STACK_BITS else (0, (), b"")
+        user = _user_stack(body, off, cfg) if st & USER_STACK_BITS else _NO_USER_STACK
     except struct.error:
         raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
                             f"sample_type {st:#x})") from None
     ident = v[ix[0]]
-    return Sample(ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
-                  v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read, misc,
-                  *user)
+    return _make_sample((ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
+                         v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read,
+                         misc) + user)
+
+
+_NO_USER_STACK = (0, (), b"")
+_make_sample = Sample._make
 
 
 def _user_stack(body: bytes, off: int, cfg: ParseConfig) -> "tuple[int, tuple, bytes]":
