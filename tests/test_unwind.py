@@ -232,6 +232,38 @@ def test_the_unwinder_reuses_an_unwind_only_while_it_holds(dwarf_recording):
 
 # -- without a kernel ------------------------------------------------------------------------
 
+def test_user_stacks_of_another_architecture_are_not_unwound(tmp_path):
+    """A recording made on aarch64 numbers its registers otherwise: its
+    user stacks are left alone, and the report says so."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from perfbp.data import perfdata
+    from perfbp.data.perfdata import FileEvent, PerfDataWriter
+    from perfbp.kernel._uapi import (PERF_SAMPLE_CALLCHAIN, PERF_SAMPLE_IP,
+                                     PERF_SAMPLE_REGS_USER, PERF_SAMPLE_STACK_USER,
+                                     PERF_SAMPLE_TID)
+
+    st = (PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_CALLCHAIN | PERF_SAMPLE_REGS_USER
+          | PERF_SAMPLE_STACK_USER)
+    mask = (1 << 33) - 1
+    attr = bytearray(128)
+    struct.pack_into("<IIQQQQQIIQQ", attr, 0, 5, 128, 0, 1, st, 0, 0, 0, 2, 0x404028, 8)
+    struct.pack_into("<QI", attr, 80, mask, 64)
+    regs = struct.pack(f"<Q{bin(mask).count('1')}Q", 2, *range(33))
+    body = struct.pack("<QIIQ", 0x401000, 1, 1, 0) + regs + struct.pack("<Q", 64) + bytes(64) \
+        + struct.pack("<Q", 64)
+    path = str(tmp_path / "arm.data")
+    writer = PerfDataWriter(path, [FileEvent(bytes(attr), (), "w")])
+    writer.write(struct.pack("<IHH", 9, 2, 8 + len(body)) + body)
+    with mock.patch.object(perfdata.os, "uname", return_value=SimpleNamespace(
+            nodename="h", release="6.18", machine="aarch64")):
+        writer.finish(cmdline=["test"], nr_cpus=(1, 1))
+    report = load_report(path)
+    assert report.watches[0].hits == 1 and not report.watches[0].stacks
+    assert any("recorded on aarch64 are not unwound" in n for n in report.notes)
+
+
 @pytest.mark.parametrize("value, mode, size", [
     (True, "fp", 8192), ("fp", "fp", 8192), ("dwarf", "dwarf", 8192),
     ("dwarf,4096", "dwarf", 4096), ("dwarf,100", "dwarf", 104), ("dwarf,0x10", "dwarf", 16),

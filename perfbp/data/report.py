@@ -20,9 +20,9 @@ from typing import NamedTuple
 
 from ..kernel.arch import TYPE_NAMES
 from ..errors import CorruptRecord, CorruptRecording, PerfbpError
-from .perfdata import (HEADER_NRCPUS, FileAttr, Recording,
+from .perfdata import (HEADER_ARCH, HEADER_NRCPUS, FileAttr, Recording,
                        read_recording, stream_extras)
-from ..kernel._uapi import PERF_SAMPLE_ADDR, PERF_SAMPLE_CALLCHAIN
+from ..kernel._uapi import PERF_SAMPLE_ADDR, PERF_SAMPLE_CALLCHAIN, PERF_SAMPLE_REGS_ABI_64
 from ..kernel.records import (USER_STACK_BITS, Comm, Lost, LostSamples, Mmap, Read, Sample,
                               Task, decode_bulk, iter_records, non_samples, sample_runs)
 from ..symbols.elf import Location, Symbolizer, load_object
@@ -235,6 +235,13 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
         by_addr = bool(rec.meta.get("multiplexed")) and bool(
             rec.config.sample_type & PERF_SAMPLE_ADDR)
         watches_of = _Watches(rec, id_map, by_addr)
+        arch = _arch(rec)
+        if user_stacks and arch not in (None, "x86_64"):
+            user_stacks = False  # registers numbered otherwise: not unwound
+            notes_before = [f"the user stacks recorded on {arch} are not unwound (perfbp "
+                            f"unwinds x86-64's): the call stacks show their kernel part"]
+        else:
+            notes_before = []
         if user_stacks:
             history = _replay([r for r in first if isinstance(r, _REPLAYED)], id_map)
             from ..symbols.unwind import Unwinder
@@ -262,7 +269,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
                              alone=len(order) == 1)
                for i, name in enumerate(order)]
     lost = max(history.lost, sum(w.lost or 0 for w in watches))
-    notes = list(rec.meta.get("notes", []))
+    notes = list(rec.meta.get("notes", [])) + notes_before
     if rec.meta.get("sideband_lost"):
         notes.append(f"{rec.meta['sideband_lost']:,} thread and mapping records were lost "
                      f"(ring full): some threads or code may show as [unknown]")
@@ -337,7 +344,7 @@ def _count_unwound(rec: Recording, window, watches: "_Watches", unwinder) -> "_T
             if not isinstance(s, Sample):
                 continue
             chain = tuple(ip for ip in s.callchain if ip < PERF_CONTEXT_MAX)
-            if s.regs_abi and s.stack:
+            if s.regs_abi == PERF_SAMPLE_REGS_ABI_64 and s.stack:
                 chain += unwinder.unwind(s.pid or 0, s.regs, s.stack)
             values = (getattr(s, field_), s.pid, s.tid, s.ip, s.cpu, chain)
             if runs and runs[-1][0] == values:
@@ -611,6 +618,13 @@ def _call_stacks(stacks: _Counter, sym: Symbolizer, graph: "str | None",
     return [CallStack([sym.resolve(pid, ip) for ip in chain], n, reliable)
             for (pid, chain, reliable), n in sorted(
                 sorted(merged.items()), key=lambda kv: -kv[1])[:top]]
+
+
+def _arch(rec: Recording) -> "str | None":
+    """The machine the recording was made on (HEADER_ARCH: ``uname -m``),
+    None when unknown."""
+    raw = rec.features.get(HEADER_ARCH, b"")[4:]  # struct perf_header_string
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
 
 
 def _online_cpus(rec: Recording) -> int:
