@@ -167,15 +167,8 @@ def test_frame_pointer_stacks_of_such_code_are_unreliable(prog, tmp_path):
     """-g on the same code: the kernel's walk follows rbp, which holds a
     number, and finds no caller of store; the report does not show that as
     a stack: it is unreliable, cut where it went wrong, with the hint."""
-    for _attempt in range(4):
-        path = tmp_path / "fp.data"
-        result = perfbp.record(["counter"], str(path), command=[str(prog), str(N_FP)],
-                               callchain=True)
-        if not (result.recovered and any(result.recovered)) and not result.unattributed:
-            break
-    (st,) = result.stats
-    assert (st.hits, st.samples, st.lost) == (N_FP, N_FP, 0)
-    (w,) = load_report(str(path)).watches
+    path = tmp_path / "fp.data"
+    w = record_fp(prog, path)
     assert w.call_graph == "fp"
     (stack,) = w.stacks
     assert isinstance(stack, CallStack)
@@ -188,6 +181,40 @@ def test_frame_pointer_stacks_of_such_code_are_unreliable(prog, tmp_path):
     doc = json.loads(run_perfbp("report", "-i", str(path), "--format", "json").stdout)
     assert doc["watches"][0]["stacks"] == [{"samples": N_FP, "frames": ["store+0xa"],
                                             "reliable": False}]
+
+
+def record_fp(exe: Path, path: Path):
+    """``record(callchain=True)`` of ``exe N_FP`` until the machine lost no
+    hit (conftest); the one watch's report."""
+    for _attempt in range(4):
+        result = perfbp.record(["counter"], str(path), command=[str(exe), str(N_FP)],
+                               callchain=True)
+        if not any(result.recovered) and not result.unattributed:
+            break
+    (st,) = result.stats
+    assert (st.hits, st.samples, st.lost) == (N_FP, N_FP, 0)
+    (w,) = load_report(str(path)).watches
+    return w
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("leaf", [False, True])
+def test_frame_pointer_stacks_of_code_that_keeps_them(build, tmp_path, leaf):
+    """Built with frame pointers, store called from b: when store sets one
+    up (it calls a function), the walk is the chain and is shown as such;
+    when it is a leaf that sets none up, the walk starts in b's frame and
+    misses b, which the CFI of store tells: unreliable, cut after store."""
+    flags = ["-O2", "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror"]
+    exe = build("unwind_chain.c", *flags, *([] if leaf else ["-DSTORE_CALLS"]),
+                name=f"unwind_chain_fp{'_leaf' if leaf else ''}")
+    w = record_fp(exe, tmp_path / "fp.data")
+    (stack,) = w.stacks
+    names = [f.symbol for f in stack.frames]
+    if leaf:
+        assert (names, stack.reliable) == (["store"], False)
+    else:
+        assert tuple(names[:4]) == CHAIN and stack.reliable
+        assert stack.frames[4].short_dso.startswith("libc.so")
 
 
 @pytest.mark.kernel

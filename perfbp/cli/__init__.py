@@ -543,9 +543,9 @@ def _render_stacks(w, top: int) -> None:
         if len(frames) > STACK_FRAMES:
             typer.echo(f"{'':25}<- ... ({len(frames) - STACK_FRAMES} more)")
     if not all(stack.reliable for stack in w.stacks[:top]):
-        typer.echo("  ??: unreliable: the frame pointers lead nowhere there (code built "
-                   "without\n    them); record with --call-graph dwarf to unwind with the "
-                   "CFI instead")
+        typer.echo("  ??: unreliable: the walk of the frame pointers went wrong there (code "
+                   "built\n    without them, or a function that sets none up); record with "
+                   "--call-graph\n    dwarf to unwind with the CFI instead")
 
 
 def _report_csv(report) -> None:

@@ -65,9 +65,10 @@ class CallStack(NamedTuple):
         samples: the samples with this stack.
         reliable: False for a stack the kernel walked by frame pointers
             that cannot be true (:func:`~perfbp.symbols.unwind.broken_frame`:
-            a caller that is no return address, or none at all): ``frames``
-            stop before the first false one, and the stack is not to be
-            believed beyond them.  Code built without frame pointers gives
+            a caller that is no return address, none at all, or one the
+            walk missed, the hit's function keeping no frame pointer):
+            ``frames`` stop before the first false one, and the stack is
+            not to be believed beyond them.  Code built without frame pointers gives
             these; ``callchain="dwarf"`` records stacks unwound with its CFI.
     """
 

@@ -48,6 +48,7 @@ PERF_REGS_X86_64 = ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip", "flags
 DWARF_REGS_X86_64 = ("ax", "dx", "cx", "bx", "si", "di", "bp", "sp", "r8", "r9", "r10",
                      "r11", "r12", "r13", "r14", "r15", "ip")
 SP, RA = 7, 16
+_RBP = 6  # the frame pointer
 _U64 = struct.Struct("<Q")
 #: frames at most, as perf's PERF_MAX_STACK_DEPTH
 MAX_FRAMES = 127
@@ -377,7 +378,7 @@ class Unwinder:
         while len(chain) < MAX_FRAMES:
             step = self._steps.get((pid, lookup), False)
             if step is False:
-                step = self._steps[(pid, lookup)] = self._locate(pid, lookup)
+                step = self._steps[(pid, lookup)] = _row_at(self.sym, pid, lookup)
             if step is None:
                 break
             for reg in step[2]:
@@ -411,16 +412,19 @@ class Unwinder:
                 (words, words.unpack_from(stack)), found)
         return found
 
-    def _locate(self, pid: int, ip: int):
-        """The compiled CFI row for the address ``ip`` of process ``pid``."""
-        space = self.sym.spaces.get(pid)
-        m = space.find(ip) if space is not None else None
-        if m is None or not m.path.startswith("/"):
-            return None
-        obj = load_object(m.path)
-        table = frame_table(m.path) if obj is not None else None
-        vaddr = obj.vaddr_of_offset(ip - m.start + m.pgoff) if table is not None else None
-        return table.step(vaddr) if vaddr is not None else None
+
+
+def _row_at(sym: Symbolizer, pid: int, ip: int):
+    """The compiled CFI row for the address ``ip`` of process ``pid``
+    (None: in no object, or in one without CFI for it)."""
+    space = sym.spaces.get(pid)
+    m = space.find(ip) if space is not None else None
+    if m is None or not m.path.startswith("/"):
+        return None
+    obj = load_object(m.path)
+    table = frame_table(m.path) if obj is not None else None
+    vaddr = obj.vaddr_of_offset(ip - m.start + m.pgoff) if table is not None else None
+    return table.step(vaddr) if vaddr is not None else None
 
 
 @lru_cache(maxsize=1024)
@@ -490,13 +494,20 @@ def broken_frame(sym: Symbolizer, pid: int, chain: "tuple[int, ...]") -> "int | 
     return address: in a mapped object, right after a call instruction.
     A stack of one user frame is broken too: every function was called by
     one, so the walk failed at its first step (rbp held no frame pointer).
-    Kernel frames are the kernel's own unwinder's and are trusted.
+    And where the CFI says that the hit's function keeps its frame by the
+    stack pointer (it has not made rbp its frame pointer: a leaf, or code
+    built without them), the walk began in its caller's frame and skipped
+    its caller: the second frame is false.  Kernel frames are the kernel's
+    own unwinder's and are trusted.
     """
     user = [i for i, ip in enumerate(chain) if ip < KERNEL_START]
     if not user:
         return None
     if len(user) == 1:
         return len(chain)
+    row = _row_at(sym, pid, chain[user[0]])
+    if row is not None and row[0][0] is not None and row[0][0] != _RBP:
+        return user[1]
     for i in user[1:]:
         if not _after_call(sym, pid, chain[i]):
             return i

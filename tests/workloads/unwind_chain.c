@@ -12,15 +12,29 @@
  * are numbers), and each function keeps values in callee-saved registers,
  * so each frame has its own size in its CFI.  The calls are not tail calls
  * (each caller uses the result afterwards): every frame is on the stack.
+ *
+ * With -DSTORE_CALLS store calls an empty function after its store: it is
+ * no leaf, so built with -fno-omit-frame-pointer it sets up a frame (a leaf
+ * sets up none, and a walk of the frame pointers from it misses b).
  */
 #include <stdlib.h>
 
 volatile long counter;
 long sink;
 
+#ifdef STORE_CALLS
+__attribute__((noipa)) void after(long v)
+{
+    (void)v;
+}
+#endif
+
 __attribute__((noipa)) long store(long v)
 {
     counter = v;
+#ifdef STORE_CALLS
+    after(v);
+#endif
     return v ^ 0x55;
 }
 
