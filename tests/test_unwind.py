@@ -163,6 +163,29 @@ def test_perf_unwinds_perfbps_recording_to_the_same_frames(dwarf_recording):
 
 
 @pytest.mark.kernel
+def test_a_running_process_is_unwound_from_the_mappings_perfbp_reads(prog, tmp_path):
+    """-p: the mappings come from /proc (code and the rest: perf's unwinder
+    finds a PIE's .eh_frame_hdr in its read-only segment); every sample,
+    by perfbp and by perf, has the chain."""
+    proc = subprocess.Popen([str(prog), "1000000000"], stdout=subprocess.DEVNULL)
+    try:
+        path = tmp_path / "attach.data"
+        r = run_perfbp("record", "--json", "--call-graph", "dwarf,1024", "-o", str(path),
+                       "-w", "counter", "-p", str(proc.pid), "-d", "0.3")
+        assert r.returncode == 0, r.stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    (w,) = json_line(r.stdout)["watches"]
+    assert w["hits"] > 100 and w["accounted"] is True
+    assert [tuple(f.split("+")[0] for f in s["frames"][:4]) for s in w["stacks"]] == [CHAIN]
+    assert w["stacks"][0]["samples"] == w["hits"]
+    stacks = perf_script_stacks(path)
+    assert len(stacks) == w["hits"]
+    assert {tuple(sym.split("+")[0] for _a, sym, _d in s[:4]) for s in stacks} == {CHAIN}
+
+
+@pytest.mark.kernel
 def test_frame_pointer_stacks_of_such_code_are_unreliable(prog, tmp_path):
     """-g on the same code: the kernel's walk follows rbp, which holds a
     number, and finds no caller of store; the report does not show that as
