@@ -163,6 +163,34 @@ def test_perf_unwinds_perfbps_recording_to_the_same_frames(dwarf_recording):
 
 
 @pytest.mark.kernel
+def test_code_with_only_debug_frame_is_unwound_with_it(build, tmp_path):
+    """Built without unwind tables but with -g, the program's functions
+    have CFI in .debug_frame only (.eh_frame keeps the C runtime's):
+    perfbp report finds it there (perf 6.1 reads .eh_frame only)."""
+    exe = build("unwind_chain.c", "-O2", "-fomit-frame-pointer", "-g",
+                "-fno-asynchronous-unwind-tables", "-fno-unwind-tables",
+                name="unwind_chain_debug_frame")
+    sections = subprocess.run(["readelf", "-S", "-W", str(exe)], check=True,
+                              capture_output=True, text=True).stdout
+    assert ".debug_frame" in sections
+    n = 1009
+    for _attempt in range(4):
+        path = tmp_path / "debug_frame.data"
+        r = run_perfbp("record", "--json", "--call-graph", "dwarf,1024", "-o", str(path),
+                       "-w", "counter", "--", str(exe), str(n))
+        assert r.returncode == 0, r.stderr
+        doc = json_line(r.stdout)
+        if not machine_disturbed(doc):
+            break
+    (w,) = doc["watches"]
+    assert (w["hits"], w["lost"], w["kernel_hits"]) == (n, 0, n)
+    (stack,) = w["stacks"]
+    assert stack["samples"] == n
+    names = [f.split("+")[0] for f in stack["frames"]]
+    assert tuple(names[:4]) == CHAIN and names[-1] == "_start"
+
+
+@pytest.mark.kernel
 def test_a_running_process_is_unwound_from_the_mappings_perfbp_reads(prog, tmp_path):
     """-p: the mappings come from /proc (code and the rest: perf's unwinder
     finds a PIE's .eh_frame_hdr in its read-only segment); every sample,

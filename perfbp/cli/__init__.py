@@ -603,7 +603,8 @@ def record(
              "the CFI; right in code built without frame pointers.")] = None,
     ring_pages: Annotated[Optional[int], typer.Option(
         "--ring-pages", metavar="PAGES",
-        help="Ring buffer pages per CPU (power of two; default 512).")] = None,
+        help="Ring buffer pages per CPU (power of two; default 512, 4096 with "
+             "--call-graph dwarf).")] = None,
     top: Top = 5, as_json: Json = False, no_ptrace: NoPtrace = False,
     multiplex: Multiplex = False, slice_ms: SliceMs = 10, command: Command = None,
 ) -> None:
