@@ -196,10 +196,12 @@ def _covering(table: "tuple[list[int], list]", vaddr: int):
 
 def _row_step(fde, vaddr: int, parser):
     """The row of ``fde``'s table that holds at ``vaddr``, compiled:
-    ``(cfa, rules)``, ``cfa`` being ``(register, offset)`` or ``(None,
-    ops)``, and ``rules`` ``(register, kind, argument)`` for every register
-    the row gives a rule (the return address's included: undefined when the
-    row has none, which ends the stack)."""
+    ``(cfa, rules, reads, sets)``, ``cfa`` being ``(register, offset)`` or
+    ``(None, ops)``; ``rules`` ``(register, kind, argument)`` for every
+    register the row gives a rule (the return address's included:
+    undefined when the row has none, which ends the stack); ``reads`` the
+    registers the row's rules read, ``sets`` those it gives values (the
+    stack pointer too: the CFA is the caller's)."""
     table = fde.get_decoded().table
     row = None
     for line in table:
@@ -411,7 +413,6 @@ class Unwinder:
                 (reg, regs[self.index[reg]]) for reg in used - {SP, RA})),
                 (words, words.unpack_from(stack)), found)
         return found
-
 
 
 def _row_at(sym: Symbolizer, pid: int, ip: int):
