@@ -23,11 +23,11 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+import conftest
 from conftest import machine_disturbed
 
 import perfbp
@@ -38,8 +38,6 @@ from perfbp.kernel.sampling import CallGraph
 from perfbp.symbols.elf import Symbolizer
 from perfbp.symbols.unwind import Unwinder, is_after_call, regs_index
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PERFBP = [sys.executable, "-m", "perfbp"]
 N_DWARF = 3001    # stores recorded with their stacks: 8.4 KB a sample, 25 MB
 N_FP = 1009       # stores recorded with the kernel's frame-pointer walk
 #: runs of a recording while the machine loses hits (conftest): at its worst
@@ -66,16 +64,8 @@ def prog(build) -> Path:
 
 
 def run_perfbp(*args: str) -> subprocess.CompletedProcess:
-    """``perfbp ARGS`` to completion; again while another program holds
-    every debug-register slot CPU-wide (another test suite, gdb: ENOSPC)."""
-    deadline = time.monotonic() + SLOT_WAIT
-    while True:
-        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
-            return r
-        time.sleep(0.5)
-
+    """``perfbp ARGS`` (conftest's: waiting for slots another program holds)."""
+    return conftest.run_perfbp(*args, timeout=TIMEOUT, slot_wait=SLOT_WAIT)
 
 def record_api(*args, **kw):
     """:func:`perfbp.record`, again while the slots are held elsewhere."""
