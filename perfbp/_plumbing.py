@@ -1,7 +1,7 @@
 """What the command line needs beyond the public API: launch status, CPU
 lists, process checks, the report's sort keys, the self-check, watch-spec
-parsing, symbol lookup in a file, and whether a program's debug
-information is missing.
+parsing, call-graph parsing, symbol lookup in a file, and whether a
+program's debug information is missing.
 
 Internal: the user interfaces (``perfbp.cli``, ``perfbp.cli.tui``) may import
 it (tests/test_layers.py allows them this one path besides the front); it
@@ -14,6 +14,7 @@ from importlib import import_module
 
 #: name -> (module, name in it)
 _NAMES = {
+    "CallGraph": ("kernel.sampling", "CallGraph"),
     "CheckItem": ("run.check", "CheckItem"),
     "CheckReport": ("run.check", "CheckReport"),
     "run_checks": ("run.check", "run_checks"),

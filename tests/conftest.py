@@ -64,6 +64,25 @@ WORKLOADS = TESTS_DIR / "workloads"
 NOBODY = 65534
 
 
+PERFBP = [sys.executable, "-m", "perfbp"]
+
+
+def run_perfbp(*args: str, timeout: float = 60, slot_wait: float = 15,
+               **kw) -> subprocess.CompletedProcess:
+    """``perfbp ARGS`` to completion, from the repository root (``kw`` go
+    to :func:`subprocess.run`).  While another program holds every
+    debug-register slot CPU-wide (another test suite, gdb), arming fails
+    with ENOSPC, rightly: it is run again until the slots come back, for
+    up to ``slot_wait`` seconds."""
+    deadline = time.monotonic() + slot_wait
+    while True:
+        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
+
+
 def _gcc(args: "list[str]", cwd: "Path | None" = None) -> None:
     proc = subprocess.run(["gcc", *args], capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:

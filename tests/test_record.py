@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import pytest
+import conftest
 from conftest import machine_disturbed
 
 import perfbp
@@ -111,18 +112,10 @@ def counter_address(progs: dict, kind: str) -> int:
 
 
 def run_perfbp(*args: str, no_aslr: bool = False, **kw) -> subprocess.CompletedProcess:
-    """``perfbp ARGS`` to completion, from the repository root.  While another
-    program holds every debug-register slot CPU-wide (another test suite,
-    gdb), arming fails with ENOSPC, rightly: wait for the slots to come back."""
-    deadline = time.monotonic() + SLOT_WAIT
-    while True:
-        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=TIMEOUT, stdin=subprocess.DEVNULL,
-                           preexec_fn=_no_aslr if no_aslr else None, **kw)
-        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
-            return r
-        time.sleep(0.5)
-
+    """``perfbp ARGS`` (conftest's: waiting for slots another program holds),
+    with address-space randomization off when ``no_aslr``."""
+    return conftest.run_perfbp(*args, timeout=TIMEOUT, slot_wait=SLOT_WAIT,
+                               preexec_fn=_no_aslr if no_aslr else None, **kw)
 
 def run_perf(perf: str, *args: str, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run([perf, *args], capture_output=True, text=True, timeout=TIMEOUT,

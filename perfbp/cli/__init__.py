@@ -531,10 +531,7 @@ def _render_report(report, top: int) -> None:
                 typer.echo(f"    {wr.samples:>12,} {_pct(wr.samples, w.hits)}  "
                            f"{where:<32} {wr.location.short_dso}")
         if w.stacks:
-            typer.echo("  call stacks:")
-            for frames, n in w.stacks[:top]:
-                typer.echo(f"    {n:>12,} {_pct(n, w.hits)}  " + " <- ".join(
-                    str(f) for f in frames[:6]) + (" ..." if len(frames) > 6 else ""))
+            _render_stacks(w, top)
         if w.threads:
             typer.echo("  threads:")
             for t in w.threads[:top]:
@@ -550,6 +547,28 @@ def _render_report(report, top: int) -> None:
             extra = f"  {g['dso']}" if g.get("dso") else ""
             typer.echo(f"{g['samples']:>14,}  {_pct(g['samples'], report.samples)}  {g['key']}{extra}")
         typer.echo("")
+
+
+#: frames shown of a call stack, innermost first
+STACK_FRAMES = 12
+
+
+def _render_stacks(w, top: int) -> None:
+    """A watch's call stacks, a frame a line (innermost first); a
+    frame-pointer stack that cannot be true ends with ``<- ??`` where it
+    went wrong, and a hint says how to record true ones."""
+    typer.echo("  call stacks" + (" (frame pointers)" if w.call_graph == "fp" else "") + ":")
+    for stack in w.stacks[:top]:
+        frames = [str(f) for f in stack.frames] + ([] if stack.reliable else ["??"])
+        typer.echo(f"    {stack.samples:>12,} {_pct(stack.samples, w.hits)}  {frames[0]}")
+        for f in frames[1:STACK_FRAMES]:
+            typer.echo(f"{'':25}<- {f}")
+        if len(frames) > STACK_FRAMES:
+            typer.echo(f"{'':25}<- ... ({len(frames) - STACK_FRAMES} more)")
+    if not all(stack.reliable for stack in w.stacks[:top]):
+        typer.echo("  ??: unreliable: the walk of the frame pointers went wrong there (code "
+                   "built\n    without them, or a function that sets none up); record with "
+                   "--call-graph\n    dwarf to unwind with the CFI instead")
 
 
 def _report_csv(report) -> None:
@@ -580,6 +599,7 @@ def _report_csv(report) -> None:
            "  perfbp record -w counter -- ./demo/demo   # every write, into perfbp.data\n"
            "  perfbp record -w buf/64:rw -p 1234 -d 10  # a 64-byte buffer, 10 s\n"
            "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
+           "  perfbp record --call-graph dwarf -w counter -- ./prog  # no frame pointers\n"
            "  perfbp record --period 100 -w 0x4040a0 -a  # every 100th hit, all CPUs\n"
            "  perfbp record -o run1.data -w table[3] -- ./prog  # another file\n"
            "  perfbp record -o - -w counter -- ./prog | perf report -i -  # a pipe\n"
@@ -596,19 +616,27 @@ def record(
     period: Annotated[int, typer.Option(
         "--period", "-c", metavar="N",
         help="Sample every Nth hit (hit counts stay exact).")] = 1,
-    callchain: Annotated[bool, typer.Option("-g", "--callchain",
-                                            help="Record user call stacks.")] = False,
+    callchain: Annotated[bool, typer.Option(
+        "-g", "--callchain",
+        help="Record call stacks by the frame pointers (--call-graph fp).")] = False,
+    call_graph: Annotated[Optional[str], typer.Option(
+        "--call-graph", metavar="fp|dwarf[,SIZE]",
+        help="How to record call stacks: fp (as -g), or dwarf: SIZE bytes of user stack "
+             "(default 8192) and the registers in each sample, unwound by report with "
+             "the CFI; right in code built without frame pointers.")] = None,
     ring_pages: Annotated[Optional[int], typer.Option(
         "--ring-pages", metavar="PAGES",
-        help="Ring buffer pages per CPU (power of two; default 512).")] = None,
+        help="Ring buffer pages per CPU (power of two; default 512, 4096 with "
+             "--call-graph dwarf).")] = None,
     top: Top = 5, as_json: Json = False, no_ptrace: NoPtrace = False,
     multiplex: Multiplex = False, slice_ms: SliceMs = 10, command: Command = None,
 ) -> None:
     """Sample every hit into a recording perf can read, then summarize who
     touched each watch.
 
-    Each hit becomes a sample (ip, thread, time, CPU, address; -g adds the
-    call stack). At the end perfbp checks that samples + lost samples equal
+    Each hit becomes a sample (ip, thread, time, CPU, address; -g or
+    --call-graph adds the call stack). At the end perfbp checks that
+    samples + lost samples equal
     the kernel's own hit count, per watch, and says so. With -- CMD the exit
     status is the command's; bad input exits 2.
     """
@@ -627,10 +655,11 @@ def record(
                                    or ring_pages > MAX_RING_PAGES):
         raise fail(f"--ring-pages {shown(str(ring_pages))} must be a power of two from 1 "
                    f"to {MAX_RING_PAGES} (1 GiB a CPU: the most the kernel maps)")
+    graph = plumbing.CallGraph.parse(call_graph if call_graph is not None else callchain)
     try:
         result = perfbp.record(args.watches, output, target=args.target,
                                command=args.command, duration=duration, period=period,
-                               callchain=callchain, ring_pages=ring_pages,
+                               callchain=graph or False, ring_pages=ring_pages,
                                cmdline=["perfbp", "record"] + sys.argv[2:],
                                on_start=lambda d, plan: _banner(
                                    result_watches(args.watches), d, plan, args.target,

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from typing import Iterator
 
 from .._version import __version__ as version
-from ..kernel._uapi import PERF_FORMAT_LOST
+from ..kernel._uapi import PERF_FORMAT_LOST, PERF_SAMPLE_REGS_USER
 from ..errors import CorruptRecording, PerfbpError
 from ..kernel.records import HEADER, ParseConfig, whole_records_end
 
@@ -646,9 +646,9 @@ def _meta_problem(meta) -> "str | None":
     return None
 
 
-#: The first 72 bytes of ``struct perf_event_attr`` (PERF_ATTR_SIZE_VER1),
+#: The first 96 bytes of ``struct perf_event_attr`` (PERF_ATTR_SIZE_VER3),
 #: all a reader of a recording needs; the bit fields are in ``flags``.
-_ATTR_VER1 = struct.Struct("<IIQQQQQIIQQ")
+_ATTR_VER3 = struct.Struct("<IIQQQQQIIQQQQIi")
 
 
 class FileAttr(NamedTuple):
@@ -666,11 +666,15 @@ class FileAttr(NamedTuple):
     bp_type: int
     bp_addr: int         # config1
     bp_len: int          # config2
+    branch_sample_type: int
+    sample_regs_user: int
+    sample_stack_user: int
+    clockid: int
 
     @classmethod
     def decode(cls, raw: bytes) -> "FileAttr":
-        return cls._make(_ATTR_VER1.unpack(bytes(raw[:_ATTR_VER1.size]).ljust(
-            _ATTR_VER1.size, b"\0")))
+        return cls._make(_ATTR_VER3.unpack(bytes(raw[:_ATTR_VER3.size]).ljust(
+            _ATTR_VER3.size, b"\0")))
 
     @property
     def freq(self) -> bool:
@@ -691,13 +695,13 @@ class FileAttr(NamedTuple):
 def _config_for(events: "list[FileEvent]", path: str) -> ParseConfig:
     if not events:
         raise CorruptRecording(f"{path} has no events (attrs): not a recording perfbp can read")
-    confs = {(a.sample_type, a.sample_id_all, a.read_format)
+    confs = {(a.sample_type, a.sample_id_all, a.read_format,
+              a.sample_regs_user if a.sample_type & PERF_SAMPLE_REGS_USER else 0)
              for a in (FileAttr.decode(ev.attr) for ev in events)}
     if len(confs) > 1:
         raise CorruptRecording(f"{path} mixes events with different sample formats; "
                                f"perfbp reads recordings whose events share one format")
-    st, sid_all, rf = confs.pop()
-    return ParseConfig(st, sid_all, rf)
+    return ParseConfig(*confs.pop())
 
 
 def _pread(f, offset: int, size: int, path: str) -> bytes:

@@ -15,7 +15,8 @@ import threading
 from dataclasses import dataclass
 
 from . import abi, system
-from ._uapi import PERF_COUNT_SW_DUMMY, PERF_TYPE_BREAKPOINT, PERF_TYPE_SOFTWARE
+from ._uapi import (PERF_COUNT_SW_DUMMY, PERF_SAMPLE_STACK_USER, PERF_TYPE_BREAKPOINT,
+                    PERF_TYPE_SOFTWARE)
 from .arch import ACCESS_TYPES, current as _current_arch
 from .breakpoint import Breakpoint
 from ..errors import (
@@ -104,6 +105,9 @@ class EventOptions:
         sample_period: 0 counts only; N makes every Nth hit a sample.
         sample_type, wakeup_events, sample_id_all, mmap, comm, task: sampling
             options for the ring buffer (see :mod:`perfbp.kernel.sampling`).
+        exclude_callchain_kernel, exclude_callchain_user, sample_regs_user,
+            sample_stack_user: what a sample's call stack holds (the
+            kernel's walk, or the registers and stack bytes to unwind).
         sigtrap, sig_data: synchronous SIGTRAP in the thread that hit.
         remove_on_exec: the kernel removes the event from a task that execs
             (Linux 5.13+): a watch on a name of one program never watches
@@ -126,6 +130,9 @@ class EventOptions:
     sample_max_stack: int = 0
     read_format: int = 0
     exclude_callchain_kernel: bool = False
+    exclude_callchain_user: bool = False
+    sample_regs_user: int = 0
+    sample_stack_user: int = 0
     remove_on_exec: bool = False
 
 
@@ -234,6 +241,8 @@ def _build_template(inherit: bool, opts: EventOptions) -> bytes:
             attr.wakeup_events = opts.wakeup_events
         attr.sample_id_all = opts.sample_id_all
         attr.sample_max_stack = opts.sample_max_stack
+        attr.sample_regs_user = opts.sample_regs_user
+        attr.sample_stack_user = opts.sample_stack_user
     attr.mmap = opts.mmap
     attr.mmap2 = opts.mmap
     attr.comm = opts.comm
@@ -241,6 +250,7 @@ def _build_template(inherit: bool, opts: EventOptions) -> bytes:
     attr.task = opts.task
     attr.read_format = opts.read_format
     attr.exclude_callchain_kernel = opts.exclude_callchain_kernel
+    attr.exclude_callchain_user = opts.exclude_callchain_user
     if opts.remove_on_exec:
         attr.remove_on_exec = 1
     if opts.sigtrap:
@@ -481,6 +491,11 @@ def tracking_attr(inherit: bool, opts: EventOptions):
 
     attr = abi.attr_from_bytes(_template(inherit, replace(
         opts, mmap=True, comm=True, task=True, remove_on_exec=False, sigtrap=False)))
+    # samples with user stacks (a dwarf call graph): the mappings without
+    # code too, as perf records them, for the unwinders that read an
+    # object's CFI through the process's memory (perf's libunwind finds a
+    # PIE's .eh_frame_hdr in its read-only segment by address)
+    attr.mmap_data = 1 if opts.sample_type & PERF_SAMPLE_STACK_USER else 0
     attr.type = PERF_TYPE_SOFTWARE
     attr.config = PERF_COUNT_SW_DUMMY
     attr.exclude_kernel = 1  # side-band records do not depend on it; paranoid 2 needs it

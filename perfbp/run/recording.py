@@ -23,10 +23,11 @@ from ..data.perfdata import (PERF_RECORD_FINISHED_ROUND, BuildId, FileEvent,
                              PerfDataPipeWriter, PerfDataWriter)
 from .lifecycle import Run, SampledArming, StopRequest
 from ..kernel.records import ParseConfig, iter_records, sample_id_bytes
-from ..kernel.sampling import Sampler, WatchStats
+from ..kernel.sampling import CallGraph, Sampler, WatchStats
 
 FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
 PERF_RECORD_MISC_USER = 2
+PERF_RECORD_MISC_MMAP_DATA = 1 << 13
 PROT_EXEC = 4
 MAP_PRIVATE, MAP_SHARED = 2, 1
 
@@ -106,8 +107,11 @@ def _record(rtype: int, misc: int, body: bytes) -> bytes:
 
 def synthesize_process(pid: int, config: ParseConfig) -> bytes:
     """COMM records for every thread of ``pid`` and MMAP2 records for its
-    executable mappings, from /proc, as perf synthesizes them."""
-    from ..kernel._uapi import PERF_RECORD_COMM, PERF_RECORD_MMAP2
+    executable mappings (every mapping when the samples carry user stacks,
+    as the tracking event then asks the kernel for: see
+    :func:`~perfbp.kernel.events.tracking_attr`), from /proc, as perf
+    synthesizes them."""
+    from ..kernel._uapi import PERF_RECORD_COMM, PERF_RECORD_MMAP2, PERF_SAMPLE_STACK_USER
 
     out = bytearray()
     try:
@@ -130,17 +134,19 @@ def synthesize_process(pid: int, config: ParseConfig) -> bytes:
             continue
         rng, perms, off, dev, ino = parts[:5]
         path = parts[5].strip() if len(parts) > 5 else ""
-        if "x" not in perms:
+        if "x" not in perms and not config.sample_type & PERF_SAMPLE_STACK_USER:
             continue
         start, end = (int(x, 16) for x in rng.split("-"))
         maj, mnr = (int(x, 16) for x in dev.split(":"))
-        prot = (1 if "r" in perms else 0) | (2 if "w" in perms else 0) | PROT_EXEC
+        prot = (1 if "r" in perms else 0) | (2 if "w" in perms else 0) \
+            | (PROT_EXEC if "x" in perms else 0)
         flags = MAP_SHARED if "s" in perms else MAP_PRIVATE
         name = (path or "//anon").encode() + b"\0"
         name = name.ljust((len(name) + 7) // 8 * 8, b"\0")
         body = struct.pack("<IIQQQIIQQII", pid, pid, start, end - start, int(off, 16),
                            maj, mnr, int(ino), 0, prot, flags) + name
-        out += _record(PERF_RECORD_MMAP2, PERF_RECORD_MISC_USER,
+        out += _record(PERF_RECORD_MMAP2, PERF_RECORD_MISC_USER
+                       | (0 if "x" in perms else PERF_RECORD_MISC_MMAP_DATA),
                        body + _sample_id_trailer(config, pid, pid))
     return bytes(out)
 
@@ -184,7 +190,8 @@ def _all_pids() -> "list[int]":
 
 def record(watches: "Sequence", output: str, *,
            target: "Target | None" = None, command: "Sequence[str] | None" = None,
-           duration: "float | None" = None, period: int = 1, callchain: bool = False,
+           duration: "float | None" = None, period: int = 1,
+           callchain: "bool | str" = False,
            ring_pages: "int | None" = None,
            on_start: "Callable[[str, Plan], None] | None" = None,
            on_batch: "Callable[[object, Sampler], None] | None" = None,
@@ -200,7 +207,12 @@ def record(watches: "Sequence", output: str, *,
             ``.old``; a symlink is refused).
         target / command, on_start: as :func:`perfbp.count`.
         period: sample every Nth hit (hits stay exact).
-        callchain: record user call stacks.
+        callchain: record call stacks: ``True`` or ``"fp"`` (the kernel
+            walks the frame pointers), ``"dwarf"`` or ``"dwarf,SIZE"`` (each
+            sample carries the user registers and SIZE bytes of stack, 8192
+            by default, which :func:`~perfbp.load_report` unwinds with the
+            objects' CFI: right in code built without frame pointers), as
+            perf's ``--call-graph``.
         on_batch: called with each decoded :class:`~perfbp.kernel.sampling.Batch`.
         multiplex: when the watches need more slots than there are, let them
             take turns in slices of this many seconds (the sampling events
@@ -214,6 +226,7 @@ def record(watches: "Sequence", output: str, *,
     Raises:
         PerfbpError: bad input, privilege, slots, process, output path.
     """
+    callchain = CallGraph.parse(callchain)  # bad input is refused before anything runs
     stream = _StdoutStream() if output == "-" else None
     try:
         run = Run(watches, target, command, multiplex, trace)
@@ -437,7 +450,7 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
     chunks = sampler.drain()
     if not chunks:
         return 0
-    writer.write(b"".join(chunks) + FINISHED_ROUND)
+    writer.write(b"".join([*chunks, FINISHED_ROUND]))  # one copy
     batch = sampler.decode(chunks)
     if on_batch:
         on_batch(batch, sampler)
