@@ -421,7 +421,7 @@ def _status(result) -> dict:
            "  perfbp stat -w 0x4011c0:x -- ./prog           # executions of an instruction\n"
            "  perfbp stat -w 0xffffffff81e0b940:x:k -a -d 5 # kernel code, all CPUs, 5 s\n"
            "  perfbp stat -I 1000 -w 0x4040a0 -p 1234       # hits per second\n"
-           "  perfbp stat -w 0x601000/64 -- ./prog          # a range, split over 8 slots\n"
+           "  perfbp stat -w 0x601000/32 -- ./prog          # a range, split over 4 slots\n"
            "  perfbp stat --multiplex -w 0x601000/64 -w 0x601040 -- ./prog  # > 4 slots\n"
            "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n",
 )
