@@ -1,6 +1,7 @@
 """What the command line needs beyond the public API: launch status, CPU
 lists, process checks, the report's sort keys, the self-check, watch-spec
-parsing and symbol lookup in a file.
+parsing, call-graph parsing, symbol lookup in a file, and whether a
+program's debug information is missing.
 
 Internal: the user interfaces (``perfbp.cli``, ``perfbp.cli.tui``) may import
 it (tests/test_layers.py allows them this one path besides the front); it
@@ -13,6 +14,7 @@ from importlib import import_module
 
 #: name -> (module, name in it)
 _NAMES = {
+    "CallGraph": ("kernel.sampling", "CallGraph"),
     "CheckItem": ("run.check", "CheckItem"),
     "CheckReport": ("run.check", "CheckReport"),
     "run_checks": ("run.check", "run_checks"),
@@ -20,6 +22,9 @@ _NAMES = {
     "resolve_command": ("kernel.launch", "resolve_command"),
     "SORT_KEYS": ("data.report", "SORT_KEYS"),
     "resolve_in_file": ("symbols.resolve", "resolve_in_file"),
+    "missing_debug": ("symbols.elf", "missing_debug"),
+    "reported_programs": ("symbols.resolve", "reported_programs"),
+    "INSTALL_DEBUG": ("symbols.elf", "INSTALL_DEBUG"),
     "WatchSpec": ("planning.spec", "WatchSpec"),
     "parse_watch": ("planning.spec", "parse"),
     "online_cpus": ("kernel.system", "online_cpus"),

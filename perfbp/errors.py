@@ -31,6 +31,7 @@ TERMS = {
     "address": ("its address (Watch.range(ADDR, LEN))", "its address (-w ADDR/LEN)"),
     "no_trace": ("trace=False", "--no-ptrace"),
     "probe": ("perfbp.probe()", "`perfbp slots --probe`"),
+    "call_graph": ("callchain=", "--call-graph "),
 }
 FRONTS = ("api", "cli")
 _TERM = r"\{(" + "|".join(TERMS) + r")\}"  # compiled on first use (re's cache)

@@ -20,9 +20,11 @@ with the system's gcc, through the ``build`` fixture.  Python never reads or wri
   then drops to nobody (uid/gid 65534, no groups, no capabilities).
 
 perfbp keeps a cache of DWARF indexes under ``$XDG_CACHE_HOME/perfbp``
-(perfbp.symbols.dwarf_cache): the session points ``XDG_CACHE_HOME`` at a
-directory of its own, for every test and the perfbp commands they run, so
-that no test reads or writes the user's ``~/.cache``.
+(perfbp.symbols.dwarf_cache), and reads debug files from the debuginfod
+client's cache (``$DEBUGINFOD_CACHE_PATH``, perfbp.symbols.debuginfo): the
+session points both at directories of its own, for every test and the
+perfbp commands they run, so that no test reads or writes the user's
+``~/.cache``.
 
 Machines that lose debug exceptions.  Some hypervisors now and then deliver
 a breakpoint's debug exception without its status (DR6 empty): the kernel
@@ -60,6 +62,25 @@ REPO_ROOT = TESTS_DIR.parent
 WORKLOADS = TESTS_DIR / "workloads"
 
 NOBODY = 65534
+
+
+PERFBP = [sys.executable, "-m", "perfbp"]
+
+
+def run_perfbp(*args: str, timeout: float = 60, slot_wait: float = 15,
+               **kw) -> subprocess.CompletedProcess:
+    """``perfbp ARGS`` to completion, from the repository root (``kw`` go
+    to :func:`subprocess.run`).  While another program holds every
+    debug-register slot CPU-wide (another test suite, gdb), arming fails
+    with ENOSPC, rightly: it is run again until the slots come back, for
+    up to ``slot_wait`` seconds."""
+    deadline = time.monotonic() + slot_wait
+    while True:
+        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
+            return r
+        time.sleep(0.5)
 
 
 def _gcc(args: "list[str]", cwd: "Path | None" = None) -> None:
@@ -103,9 +124,11 @@ class Builder:
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_home(tmp_path_factory):
-    """``XDG_CACHE_HOME``: a directory of the session's (see the module's doc)."""
+    """``XDG_CACHE_HOME`` and ``DEBUGINFOD_CACHE_PATH``: directories of the
+    session's (see the module's doc)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        mp.setenv("DEBUGINFOD_CACHE_PATH", str(tmp_path_factory.mktemp("debuginfod-cache")))
         yield
 
 

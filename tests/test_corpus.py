@@ -3,9 +3,9 @@ lost, nothing hangs): every mutant ends in under 10 s with exit 0 or 2 and
 no traceback.
 
 The seeds are made at test time on a small C workload (rec_writers): by
-``perfbp record`` (with and without -g, one multiplexed, one in pipe mode),
-and by ``perf record -e mem:ADDR/8:w`` (file and pipe mode, with and
-without -g).  From them :func:`mutants` makes :data:`COUNT` mutants with ``random.Random(SEED)``:
+``perfbp record`` (with and without -g, with ``--call-graph dwarf``, one
+multiplexed, one in pipe mode), and by ``perf record -e mem:ADDR/8:w``
+(file and pipe mode, with and without -g, with ``--call-graph dwarf``).  From them :func:`mutants` makes :data:`COUNT` mutants with ``random.Random(SEED)``:
 bit flips, truncations at every boundary the format has (header, attrs,
 ids, records, feature sections), header and attr fields set to 0, huge or
 negative, record sizes and types corrupted, feature sections garbled,
@@ -124,6 +124,13 @@ def seeds(workdir, build) -> "dict[str, bytes]":
                           d / "perf-g.data"),
         "perf-pipe": _record([*perf, "-g", "-o", "-", "--", *work], d / "perf-pipe.data",
                              stdout_is_data=True),
+        # user stacks, unwound by the report (a damaged one must end it,
+        # never hang it): perfbp's and perf's
+        "perfbp-dwarf": _record([*perfbp, "--call-graph", "dwarf,1024", "-o",
+                                 str(d / "perfbp-dwarf.data"), "-w", "counter", "--", *work],
+                                d / "perfbp-dwarf.data"),
+        "perf-dwarf": _record([*perf, "--call-graph", "dwarf,1024", "-o",
+                               str(d / "perf-dwarf.data"), "--", *work], d / "perf-dwarf.data"),
     }
     return {name: path.read_bytes() for name, path in made.items()}
 
@@ -553,7 +560,7 @@ def test_corpus_is_large_and_varied(corpus):
     assert len(corpus) >= 500
     kinds = {kind.split("+")[0] for _i, _n, kind, _p, _o in corpus}
     assert kinds == set(MUTATIONS)
-    assert len({n for _i, n, _k, _p, _o in corpus}) == 7
+    assert len({n for _i, n, _k, _p, _o in corpus}) == 9
 
 
 def test_report_survives_every_mutant_in_process(corpus, capsys):

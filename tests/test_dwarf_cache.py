@@ -485,3 +485,22 @@ def test_old_files_are_pruned(own_cache):
     assert len([n for n in names if n.endswith(".idx")]) == dwarf_cache.MAX_FILES
     assert {f"{i:040x}.idx" for i in range(4)}.isdisjoint(names)
     assert "f" * 40 + ".idx" in names and fresh.name in names and stale.name not in names
+
+
+def test_a_name_table_that_breaks_on_lookup_falls_back_to_the_scan(layout, monkeypatch):
+    """A damaged .gdb_index or .debug_names may fail only when a name is
+    looked up (a count past its end: struct.error): the full index answers,
+    with gdb's addresses."""
+
+    from perfbp.symbols import dwarf_file
+
+    class Broken:
+        section, units = ".gdb_index", 1
+
+        def lookup(self, name):
+            raise struct.error("unpack_from requires a buffer of at least 67108860 bytes")
+
+    monkeypatch.setattr(dwarf_file.DebugFile, "name_table", lambda self: Broken())
+    monkeypatch.setenv("PERFBP_NO_CACHE", "1")
+    forget()
+    assert answers(layout) == gdb_answers(layout)

@@ -110,10 +110,13 @@ def files(built) -> "list[Path]":
 
 
 def test_symbols_as_readelf_lists_them(built):
+    """As readelf lists them in the file that holds the object's symbols:
+    itself, or for a stripped one its debug file when one is installed
+    (libc6-dbg's for libc and ld.so, here)."""
     for path in files(built):
         got = {name: {(s.value, s.size, s.kind, s.local) for s in syms}
                for name, syms in elf.named_symbols(str(path)).items()}
-        assert got == readelf_symbols(path), path
+        assert got == readelf_symbols(Path(elf.file_with(str(path), "symtab"))), path
 
 
 def test_one_name_is_found_as_in_the_whole_table(built):
@@ -178,3 +181,29 @@ def test_not_elf_and_truncated_files_are_value_errors(tmp_path, built):
             elf.named_symbols(str(path))
         with pytest.raises(ValueError):
             images.image(str(path))
+
+
+@pytest.mark.parametrize("size", [1 << 40, 1 << 62, (1 << 64) - 1])
+def test_a_section_larger_than_the_file_is_a_value_error(tmp_path, size):
+    """A header may claim any size: it is checked against the file before
+    anything is read or allocated (a MemoryError or OverflowError would be a
+    traceback), and the debug-file lookups that read the section say no."""
+    import struct
+
+    evil = tmp_path / "evil_true"
+    shutil.copy("/bin/true", evil)
+    with elf.ElfReader("/bin/true") as r:
+        h = r.header
+        at = h.e_shoff + r.names.index(".gnu_debuglink") * h.e_shentsize + 32  # sh_size
+    with open(evil, "r+b") as f:
+        f.seek(at)
+        f.write(struct.pack("<Q", size))
+    with elf.ElfReader(str(evil)) as r:
+        with pytest.raises(ValueError, match="past its end"):
+            r.data(r.sections[r.names.index(".gnu_debuglink")])
+    for lookup in (lambda: elf.debug_facts(str(evil)), lambda: elf.missing_debug(str(evil)),
+                   lambda: elf.file_with(str(evil), "symtab")):
+        try:
+            lookup()
+        except ValueError:
+            pass

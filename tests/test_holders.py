@@ -249,8 +249,13 @@ def test_perf_record_mem_events_are_named(target, started, tmp_path):
     (["perf", "record", "-e", "mem:0x10/8", "-p", "99"], None, set(),  # a CPU: anywhere
      ("perf", ("mem:0x10/8",), "process 99")),
     (["gdb", "-p", "12"], {12}, set(), None),
+    # another process's command line is any text: "²" and "٣" are digits to
+    # str.isdigit, not ids
+    (["perf", "record", "-e", "mem:0x10/8:w", "-p", "\u00b2,12,\u0663"], {12}, set(),
+     ("perf", ("mem:0x10/8:w",), "process 12")),
 ], ids=["perf-p", "perf-elsewhere", "perf-cycles", "perf-a", "perf-C", "perf-child",
-        "perf-not-child", "perf-breakpoint-pmu", "perfbp-t", "perf-p-for-a-cpu", "not-perf"])
+        "perf-not-child", "perf-breakpoint-pmu", "perfbp-t", "perf-p-for-a-cpu", "not-perf",
+        "perf-p-unicode-digits"])
 def test_what_a_command_line_says(argv, watched, family, expected):
     got = holders.claim(argv, 5, watched, family)
     assert (got if got is None else (got.name, got.breakpoints, got.on)) == expected
@@ -269,3 +274,33 @@ def test_summary_names_the_sure_then_the_possible():
 def test_probe_of_cpus_is_refused():
     with pytest.raises(perfbp.PerfbpError, match="probe a thread or a process"):
         perfbp.probe(target=perfbp.Target.cpus([0]))
+
+
+def test_a_thread_named_with_any_bytes_is_still_read():
+    """prctl(PR_SET_NAME) takes any bytes and /proc shows them raw: the
+    thread's process, name and the holders' scan still work."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    named, done = threading.Event(), threading.Event()
+    tid = []
+
+    def oddly_named():
+        libc.prctl(15, b"\xff\xfebad\x80", 0, 0, 0)  # PR_SET_NAME
+        tid.append(threading.get_native_id())
+        named.set()
+        done.wait(10)
+
+    t = threading.Thread(target=oddly_named)
+    t.start()
+    try:
+        assert named.wait(10)
+        assert system.thread_group(tid[0]) == os.getpid()
+        assert system.comm(tid[0]) == "\ufffd\ufffdbad\ufffd"
+        assert system.status_field(tid[0], "PPid") == os.getppid()
+        holders.find(tid[0])  # reads every process's /proc: no exception
+    finally:
+        done.set()
+        t.join()
+

@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+import conftest
 import perfbp
 from perfbp.kernel import abi
 from perfbp.kernel import system
@@ -101,16 +102,8 @@ def perf_fds() -> "set[int]":
 
 
 def run_perfbp(*args: str) -> subprocess.CompletedProcess:
-    """``perfbp ARGS`` from the repository root; rerun while another program
-    holds the slots (ENOSPC), for up to SLOT_WAIT seconds."""
-    deadline = time.monotonic() + SLOT_WAIT
-    while True:
-        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
-            return r
-        time.sleep(0.5)
-
+    """``perfbp ARGS`` (conftest's), waiting up to SLOT_WAIT seconds for slots."""
+    return conftest.run_perfbp(*args, timeout=TIMEOUT, slot_wait=SLOT_WAIT)
 
 def count_retrying(*args, **kwargs) -> CountResult:
     """perfbp.count, rerun while another program holds the slots."""

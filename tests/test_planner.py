@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+import conftest
 import perfbp
 from perfbp.kernel import abi
 from perfbp.kernel import system
@@ -48,7 +49,6 @@ from perfbp.kernel._uapi import HW_BREAKPOINT_W, PERF_TYPE_BREAKPOINT
 from perfbp.kernel.events import LEDGER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PERFBP = [sys.executable, "-m", "perfbp"]
 NSLOTS = 4                # x86-64: DR0-DR3 per thread and per CPU
 TIMEOUT = 30              # seconds for one CLI run; none comes near it
 SLOT_WAIT = 30            # seconds to wait for slots held by other programs
@@ -191,16 +191,8 @@ class HeldOutside:
 
 
 def run_perfbp(*args: str) -> subprocess.CompletedProcess:
-    """``perfbp ARGS`` to completion, from the repository root; rerun while
-    another program holds the slots (ENOSPC) for up to SLOT_WAIT seconds."""
-    deadline = time.monotonic() + SLOT_WAIT
-    while True:
-        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
-            return r
-        time.sleep(0.5)
-
+    """``perfbp ARGS`` (conftest's), waiting up to SLOT_WAIT seconds for slots."""
+    return conftest.run_perfbp(*args, timeout=TIMEOUT, slot_wait=SLOT_WAIT)
 
 def one_error_line(r: subprocess.CompletedProcess) -> str:
     """perfbp refused as bad input: status 2, one line on stderr, no output."""

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import pytest
+import conftest
 from conftest import machine_disturbed
 
 import perfbp
@@ -111,18 +112,10 @@ def counter_address(progs: dict, kind: str) -> int:
 
 
 def run_perfbp(*args: str, no_aslr: bool = False, **kw) -> subprocess.CompletedProcess:
-    """``perfbp ARGS`` to completion, from the repository root.  While another
-    program holds every debug-register slot CPU-wide (another test suite,
-    gdb), arming fails with ENOSPC, rightly: wait for the slots to come back."""
-    deadline = time.monotonic() + SLOT_WAIT
-    while True:
-        r = subprocess.run([*PERFBP, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=TIMEOUT, stdin=subprocess.DEVNULL,
-                           preexec_fn=_no_aslr if no_aslr else None, **kw)
-        if "(ENOSPC)" not in r.stderr or time.monotonic() > deadline:
-            return r
-        time.sleep(0.5)
-
+    """``perfbp ARGS`` (conftest's: waiting for slots another program holds),
+    with address-space randomization off when ``no_aslr``."""
+    return conftest.run_perfbp(*args, timeout=TIMEOUT, slot_wait=SLOT_WAIT,
+                               preexec_fn=_no_aslr if no_aslr else None, **kw)
 
 def run_perf(perf: str, *args: str, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run([perf, *args], capture_output=True, text=True, timeout=TIMEOUT,
@@ -939,3 +932,24 @@ def test_report_is_the_same_whatever_the_window(rec_nopie, tmp_path, cut):
         for window in (4096, 100) if sort == "watch" else (4096,):
             got = load_report(str(path), top=1000, sort=sort, window=window).as_dict()
             assert got == want, (sort, window)
+
+
+def test_perfbp_report_says_the_period_of_perfs_recording(perf, progs, tmp_path):
+    """perf record -c 3: one sample every third hit of each thread (the two
+    writers' 1009 each, main's one store never reaches a third); the table
+    says the period, since such a file holds no final count, and JSON has
+    it.  Few hits: perf's program dies of a hit that comes without its status
+    (see perf_records_a_whole_run), the more likely the more hits."""
+    n = 1009
+    addr = counter_address(progs, "nopie")
+    path = tmp_path / "perf-c3.data"
+    perf_records_a_whole_run(perf, "record", "-N", "-e", f"mem:{addr:#x}/8:w:u", "-c", "3",
+                             "-o", str(path), "--", str(progs["nopie"]), str(n))
+    samples = 2 * (n // 3)
+    assert len(perf_script_samples(perf, path)) == samples
+    r = run_perfbp("report", "-i", str(path))
+    assert r.returncode == 0, r.stderr
+    assert (f"  samples {samples:,}   lost 0   (1 sample every 3 hits: about "
+            f"{3 * samples:,} hits)") in r.stdout.splitlines(), r.stdout
+    (w,) = json.loads(run_perfbp("report", "-i", str(path), "--format", "json").stdout)["watches"]
+    assert (w["hits"], w["period"]) == (samples, 3)

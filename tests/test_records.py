@@ -55,6 +55,8 @@ from perfbp.kernel._uapi import (
     PERF_SAMPLE_IP,
     PERF_SAMPLE_PERIOD,
     PERF_SAMPLE_READ,
+    PERF_SAMPLE_REGS_USER,
+    PERF_SAMPLE_STACK_USER,
     PERF_SAMPLE_STREAM_ID,
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
@@ -76,6 +78,7 @@ from perfbp.kernel.records import (
     Unknown,
     decode_bulk,
     iter_records,
+    non_samples,
     parse_record,
     parse_sample,
 )
@@ -960,10 +963,12 @@ HITS = 1009  # a prime
 
 
 @pytest.mark.kernel
-def test_real_kernel_samples_decode_exactly():
-    """1009 stores from this thread into a ctypes cell, sampled on every hit:
-    each decoded field is what the kernel must have written, and the bulk and
-    one-by-one decoders agree on the raw ring bytes."""
+def test_real_kernel_samples_decode_exactly(machine_lost):
+    """1009 stores from this thread into a ctypes cell, sampled on every hit
+    (but those the machine delivers without their status, which the kernel
+    neither counts nor samples): each decoded field is what the kernel must
+    have written, and the bulk and one-by-one decoders agree on the raw ring
+    bytes."""
     from perfbp.kernel.sampling import Sampler
 
     cell = (ctypes.c_long * 1)()
@@ -980,7 +985,8 @@ def test_real_kernel_samples_decode_exactly():
         cfg = s.config
     assert cell[0] == HITS - 1
     cols = batch.samples
-    assert len(batch) == HITS
+    seen = HITS - machine_lost()
+    assert len(batch) == seen
     assert set(cols.tid.tolist()) == {threading.get_native_id()}
     assert set(cols.pid.tolist()) == {os.getpid()}
     assert set(cols.addr.tolist()) == {addr}  # filled in from the watch: no ADDR asked
@@ -993,7 +999,7 @@ def test_real_kernel_samples_decode_exactly():
     assert set(cols.id.tolist()) <= ids
     assert set(batch.watch.tolist()) == {0}
     assert batch.records == []  # no LOST, no THROTTLE
-    assert (stats.hits, stats.lost, stats.samples) == (HITS, 0, HITS)
+    assert (stats.hits, stats.lost, stats.samples) == (seen, 0, seen)
     assert stats.complete
 
     # the same bytes, record by record: the same samples
@@ -1010,3 +1016,85 @@ def test_real_kernel_samples_decode_exactly():
         assert_bulk_agrees(chunk, cfg, recs)
     assert len(seen_cpus) == len(set(seen_cpus))
     assert n == HITS
+
+
+# -- samples with user stacks (--call-graph dwarf) ---------------------------------------
+
+#: perf's x86-64 mask (PERF_REGS_MASK): 20 registers; and a small one
+REGS_MASKS = (0xFF0FFF, (1 << 6) | (1 << 7) | (1 << 8))
+
+
+def make_stack_sample(cfg: ParseConfig, r: random.Random, stack_size: int,
+                      chain: int = 0) -> "tuple[bytes, Sample]":
+    """A sample of ``cfg`` (whose sample_type has REGS_USER and STACK_USER)
+    with random registers and ``stack_size`` bytes of stack of which a
+    random part is valid (``dyn_size``); a kernel thread's (ABI 0: no
+    registers, no stack) one time in eight."""
+    head_cfg = ParseConfig(cfg.sample_type & ~(PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER),
+                           cfg.sample_id_all, cfg.read_format)
+    raw, want = make_sample(head_cfg, r, callchain=chain)
+    body = raw[8:]
+    if r.randrange(8):
+        n = bin(cfg.sample_regs_user).count("1")
+        regs = tuple(u64(r) for _ in range(n))
+        data = r.randbytes(stack_size)
+        dyn = r.randrange(0, stack_size + 1)
+        body += struct.pack(f"<Q{n}Q", 2, *regs) + struct.pack("<Q", stack_size) + data \
+            + struct.pack("<Q", dyn)
+        want = want._replace(regs_abi=2, regs=regs, stack=data[:dyn])
+    else:
+        body += struct.pack("<QQ", 0, 0)
+    return record(PERF_RECORD_SAMPLE, want.misc, body), want
+
+
+@st.composite
+def stack_streams(draw):
+    """(cfg, [(raw, decoded), ...]): samples with user stacks (of one size,
+    as the kernel writes them, but for kernel threads'), perfbp's and
+    perf's sample_types, other records between them."""
+    fixed = draw(st.sampled_from([
+        PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME
+        | PERF_SAMPLE_CPU | PERF_SAMPLE_CALLCHAIN,
+        PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR
+        | PERF_SAMPLE_CALLCHAIN,
+        PERF_SAMPLE_IP | PERF_SAMPLE_TID]))
+    cfg = ParseConfig(fixed | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER,
+                      draw(st.booleans()), PERF_FORMAT_LOST, draw(st.sampled_from(REGS_MASKS)))
+    size = draw(st.sampled_from([8, 64, 1024]))
+    r = random.Random(draw(st.integers(0, 2**32)))
+    out = []
+    for kind in draw(st.lists(st.sampled_from(["sample"] * 4 + OTHER_KINDS), max_size=40)):
+        if kind == "sample":
+            chain = r.choice((0, 0, 0, 2)) if fixed & PERF_SAMPLE_CALLCHAIN else 0
+            out.append(make_stack_sample(cfg, r, size, chain))
+        else:
+            out.append(make(kind, cfg, r))
+    return cfg, out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stack_streams())
+def test_samples_with_user_stacks_decode_exactly(stream):
+    """Registers and stack bytes (``dyn_size`` of them) one by one; the
+    columns of decode_bulk, which reads runs of them in place, are those of
+    the samples; non_samples gives the other records; sample_runs leaves
+    them to the columns."""
+    cfg, recs = stream
+    buf = joined(recs)
+    assert list(iter_records(buf, cfg)) == [w for _, w in recs]
+    cols, others = decode_bulk(buf, cfg)
+    samples = [w for _, w in recs if isinstance(w, Sample)]
+    assert others == [w for _, w in recs if not isinstance(w, Sample)]
+    columns_equal(cols, SampleColumns.from_samples(samples))
+    assert cols.callchain == SampleColumns.from_samples(samples).callchain
+    assert non_samples(buf, cfg) == others
+    assert records.sample_runs(buf, cfg, ("id", "ip")) is None
+
+
+def test_a_user_stack_larger_than_its_sample_is_corrupt():
+    cfg = ParseConfig(PERF_SAMPLE_IP | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER, False,
+                      0, REGS_MASKS[1])
+    body = struct.pack("<Q", 0x401000) + struct.pack("<4Q", 2, 1, 2, 3) \
+        + struct.pack("<Q", 4096) + bytes(64) + struct.pack("<Q", 64)
+    with pytest.raises(CorruptRecord, match="user stack of 4096 bytes"):
+        parse_sample(body, cfg)

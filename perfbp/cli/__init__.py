@@ -220,10 +220,10 @@ class _SpecView:
 
 
 def _banner(watches, description: str, plan: "perfbp.Plan",
-            target: "perfbp.Target | None") -> None:
+            target: "perfbp.Target | None", debug_note: "RunArgs | None" = None) -> None:
     """The start line: the watches as given, and the slots the run's plan
     (names resolved, ranges split) takes in each thread, or on each CPU for
-    a CPU target."""
+    a CPU target; then, given ``debug_note``, :func:`_debug_note`'s hint."""
     n = len(watches)
     slots = plan.slots_needed
     per = "per CPU" if target is not None and target.kind == "cpus" else "per thread"
@@ -233,6 +233,8 @@ def _banner(watches, description: str, plan: "perfbp.Plan",
                f"({', '.join(w.spec for w in watches)}) in {description}; "
                f"{how}. Ctrl-C to end.", err=True)
     _warnings(plan.watches)
+    if debug_note is not None:
+        _debug_note(debug_note)
 
 
 def _warnings(watches) -> None:
@@ -241,6 +243,25 @@ def _warnings(watches) -> None:
     for w in watches:
         if w.warning:
             typer.echo(f"perfbp: WARNING: {w.warning}", err=True)
+
+
+def _debug_note(args: RunArgs) -> None:
+    """The start's hint for ``record`` and ``top``, whose reports name the
+    program's functions and lines: when the program (the command, or what
+    a wrapper's command line names by path; the process of -p/-t) is
+    stripped and no debug file of it was found."""
+    if args.command:
+        command = list(args.command)
+        programs = plumbing.reported_programs(command, plumbing.resolve_command(command))
+    elif args.target is not None and args.target.kind != "cpus" and args.target.pid > 0:
+        programs = [f"/proc/{args.target.pid}/exe"]
+    else:
+        return
+    for program in programs:
+        why = plumbing.missing_debug(program)
+        if why is not None:
+            typer.echo(f"perfbp: note: {why}: the report will show its code as addresses; "
+                       f"{plumbing.INSTALL_DEBUG}", err=True)
 
 
 class _Output:
@@ -400,7 +421,7 @@ def _status(result) -> dict:
            "  perfbp stat -w 0x4011c0:x -- ./prog           # executions of an instruction\n"
            "  perfbp stat -w 0xffffffff81e0b940:x:k -a -d 5 # kernel code, all CPUs, 5 s\n"
            "  perfbp stat -I 1000 -w 0x4040a0 -p 1234       # hits per second\n"
-           "  perfbp stat -w 0x601000/64 -- ./prog          # a range, split over 8 slots\n"
+           "  perfbp stat -w 0x601000/32 -- ./prog          # a range, split over 4 slots\n"
            "  perfbp stat --multiplex -w 0x601000/64 -w 0x601040 -- ./prog  # > 4 slots\n"
            "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n",
 )
@@ -500,6 +521,8 @@ def _render_report(report, top: int) -> None:
                 line += ": every hit accounted for"
             else:
                 line += ": MISMATCH (samples + lost != hits)"
+        elif sampled:  # perf's -c N: no final count in the file, but the period
+            line += f"   (1 sample every {w.period:,} hits: about {w.hits * w.period:,} hits)"
         typer.echo(line)
         if w.writers:
             typer.echo("  writers (instruction after the access):")
@@ -508,10 +531,7 @@ def _render_report(report, top: int) -> None:
                 typer.echo(f"    {wr.samples:>12,} {_pct(wr.samples, w.hits)}  "
                            f"{where:<32} {wr.location.short_dso}")
         if w.stacks:
-            typer.echo("  call stacks:")
-            for frames, n in w.stacks[:top]:
-                typer.echo(f"    {n:>12,} {_pct(n, w.hits)}  " + " <- ".join(
-                    str(f) for f in frames[:6]) + (" ..." if len(frames) > 6 else ""))
+            _render_stacks(w, top)
         if w.threads:
             typer.echo("  threads:")
             for t in w.threads[:top]:
@@ -527,6 +547,28 @@ def _render_report(report, top: int) -> None:
             extra = f"  {g['dso']}" if g.get("dso") else ""
             typer.echo(f"{g['samples']:>14,}  {_pct(g['samples'], report.samples)}  {g['key']}{extra}")
         typer.echo("")
+
+
+#: frames shown of a call stack, innermost first
+STACK_FRAMES = 12
+
+
+def _render_stacks(w, top: int) -> None:
+    """A watch's call stacks, a frame a line (innermost first); a
+    frame-pointer stack that cannot be true ends with ``<- ??`` where it
+    went wrong, and a hint says how to record true ones."""
+    typer.echo("  call stacks" + (" (frame pointers)" if w.call_graph == "fp" else "") + ":")
+    for stack in w.stacks[:top]:
+        frames = [str(f) for f in stack.frames] + ([] if stack.reliable else ["??"])
+        typer.echo(f"    {stack.samples:>12,} {_pct(stack.samples, w.hits)}  {frames[0]}")
+        for f in frames[1:STACK_FRAMES]:
+            typer.echo(f"{'':25}<- {f}")
+        if len(frames) > STACK_FRAMES:
+            typer.echo(f"{'':25}<- ... ({len(frames) - STACK_FRAMES} more)")
+    if not all(stack.reliable for stack in w.stacks[:top]):
+        typer.echo("  ??: unreliable: the walk of the frame pointers went wrong there (code "
+                   "built\n    without them, or a function that sets none up); record with "
+                   "--call-graph\n    dwarf to unwind with the CFI instead")
 
 
 def _report_csv(report) -> None:
@@ -557,6 +599,7 @@ def _report_csv(report) -> None:
            "  perfbp record -w counter -- ./demo/demo   # every write, into perfbp.data\n"
            "  perfbp record -w buf/64:rw -p 1234 -d 10  # a 64-byte buffer, 10 s\n"
            "  perfbp record -g -w config.flags -- ./prog  # with call stacks\n"
+           "  perfbp record --call-graph dwarf -w counter -- ./prog  # no frame pointers\n"
            "  perfbp record --period 100 -w 0x4040a0 -a  # every 100th hit, all CPUs\n"
            "  perfbp record -o run1.data -w table[3] -- ./prog  # another file\n"
            "  perfbp record -o - -w counter -- ./prog | perf report -i -  # a pipe\n"
@@ -573,19 +616,27 @@ def record(
     period: Annotated[int, typer.Option(
         "--period", "-c", metavar="N",
         help="Sample every Nth hit (hit counts stay exact).")] = 1,
-    callchain: Annotated[bool, typer.Option("-g", "--callchain",
-                                            help="Record user call stacks.")] = False,
+    callchain: Annotated[bool, typer.Option(
+        "-g", "--callchain",
+        help="Record call stacks by the frame pointers (--call-graph fp).")] = False,
+    call_graph: Annotated[Optional[str], typer.Option(
+        "--call-graph", metavar="fp|dwarf[,SIZE]",
+        help="How to record call stacks: fp (as -g), or dwarf: SIZE bytes of user stack "
+             "(default 8192) and the registers in each sample, unwound by report with "
+             "the CFI; right in code built without frame pointers.")] = None,
     ring_pages: Annotated[Optional[int], typer.Option(
         "--ring-pages", metavar="PAGES",
-        help="Ring buffer pages per CPU (power of two; default 512).")] = None,
+        help="Ring buffer pages per CPU (power of two; default 512, 4096 with "
+             "--call-graph dwarf).")] = None,
     top: Top = 5, as_json: Json = False, no_ptrace: NoPtrace = False,
     multiplex: Multiplex = False, slice_ms: SliceMs = 10, command: Command = None,
 ) -> None:
     """Sample every hit into a recording perf can read, then summarize who
     touched each watch.
 
-    Each hit becomes a sample (ip, thread, time, CPU, address; -g adds the
-    call stack). At the end perfbp checks that samples + lost samples equal
+    Each hit becomes a sample (ip, thread, time, CPU, address; -g or
+    --call-graph adds the call stack). At the end perfbp checks that
+    samples + lost samples equal
     the kernel's own hit count, per watch, and says so. With -- CMD the exit
     status is the command's; bad input exits 2.
     """
@@ -604,13 +655,15 @@ def record(
                                    or ring_pages > MAX_RING_PAGES):
         raise fail(f"--ring-pages {shown(str(ring_pages))} must be a power of two from 1 "
                    f"to {MAX_RING_PAGES} (1 GiB a CPU: the most the kernel maps)")
+    graph = plumbing.CallGraph.parse(call_graph if call_graph is not None else callchain)
     try:
         result = perfbp.record(args.watches, output, target=args.target,
                                command=args.command, duration=duration, period=period,
-                               callchain=callchain, ring_pages=ring_pages,
+                               callchain=graph or False, ring_pages=ring_pages,
                                cmdline=["perfbp", "record"] + sys.argv[2:],
-                               on_start=lambda d, plan: _banner(result_watches(args.watches),
-                                                                d, plan, args.target),
+                               on_start=lambda d, plan: _banner(
+                                   result_watches(args.watches), d, plan, args.target,
+                                   debug_note=args),
                                multiplex=args.multiplex, trace=args.trace)
     except perfbp.PerfbpError as exc:
         if exc.errno != errno.EPIPE:
@@ -792,6 +845,7 @@ def top(
             os.unlink(output)  # the file made for it: nothing ran
         raise
     try:
+        _debug_note(args)
         slots = (session.mux.nslots if session.mux is not None
                  else sum(len(w.pieces) for w in session.watches))
         quit_view = tui.run(session, interval=interval, slots=slots,

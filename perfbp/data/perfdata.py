@@ -29,7 +29,7 @@ from typing import NamedTuple
 from typing import Iterator
 
 from .._version import __version__ as version
-from ..kernel._uapi import PERF_FORMAT_LOST
+from ..kernel._uapi import PERF_FORMAT_LOST, PERF_SAMPLE_REGS_USER
 from ..errors import CorruptRecording, PerfbpError
 from ..kernel.records import HEADER, ParseConfig, whole_records_end
 
@@ -61,6 +61,7 @@ PERF_RECORD_FINISHED_INIT = 82
 PERF_EVENT_UPDATE__NAME = 2  # tools/lib/perf/include/perf/event.h
 
 # tools/perf/util/header.h: feature bits
+HEADER_BUILD_ID = 2
 HEADER_HOSTNAME = 3
 HEADER_OSRELEASE = 4
 HEADER_VERSION = 5
@@ -79,6 +80,64 @@ HEADER_PERFBP = 255
 #: event_id is this mark ("perfbp" and 1).
 PERFBP_META_MARK = 0x7065726662700001
 _U64 = struct.Struct("<Q")
+#: ``struct perf_record_header_build_id`` (tools/perf/util/event.h) before its
+#: file name: the header (type, misc, size), pid, the build-id's 20 bytes,
+#: its length and 3 reserved bytes.
+BUILD_ID_EVENT = struct.Struct("<IHHi20sB3x")
+PERF_RECORD_MISC_USER = 2
+PERF_RECORD_MISC_CPUMODE_MASK = 7
+PERF_RECORD_MISC_BUILD_ID_SIZE = 1 << 15
+HOST_KERNEL_ID = -1  # tools/perf/util/machine.h: the pid of the host's machine
+
+
+class BuildId(NamedTuple):
+    """One entry of a recording's build-id table.
+
+    Attributes:
+        path: the object's path, as its mapping records name it.
+        build_id: its ``NT_GNU_BUILD_ID`` in hex.
+        misc: the cpumode (``PERF_RECORD_MISC_USER``, ``_KERNEL``).
+    """
+
+    path: str
+    build_id: str
+    misc: int = PERF_RECORD_MISC_USER
+
+
+def build_id_records(entries: "list[BuildId]", rtype: int = 0) -> bytes:
+    """perf's build-id table (the HEADER_BUILD_ID feature; with ``rtype``
+    PERF_RECORD_HEADER_BUILD_ID, the records of a pipe-mode stream), as
+    perf's ``write_buildid`` writes it: one ``perf_record_header_build_id``
+    an object, for the host (pid -1), its length in the record
+    (``PERF_RECORD_MISC_BUILD_ID_SIZE``), then the path, NUL-terminated and
+    padded to a multiple of 8 bytes."""
+    out = bytearray()
+    for e in entries:
+        raw = bytes.fromhex(e.build_id)[:20]
+        name = e.path.encode("utf-8", "surrogateescape") + b"\0"
+        name += b"\0" * (-len(name) % 8)
+        out += BUILD_ID_EVENT.pack(rtype, e.misc | PERF_RECORD_MISC_BUILD_ID_SIZE,
+                                   BUILD_ID_EVENT.size + len(name), HOST_KERNEL_ID, raw,
+                                   len(raw)) + name
+    return bytes(out)
+
+
+def parse_build_ids(raw: bytes) -> "list[BuildId]":
+    """The entries of a build-id table (perf's or perfbp's); what follows a
+    damaged entry is left out.  An entry without
+    ``PERF_RECORD_MISC_BUILD_ID_SIZE`` (perf before 5.11) holds 20 bytes."""
+    out: list[BuildId] = []
+    pos = 0
+    while pos + BUILD_ID_EVENT.size <= len(raw):
+        _t, misc, size, _pid, data, length = BUILD_ID_EVENT.unpack_from(raw, pos)
+        if size < BUILD_ID_EVENT.size or pos + size > len(raw):
+            break
+        name = raw[pos + BUILD_ID_EVENT.size:pos + size].split(b"\0", 1)[0]
+        length = min(length, 20) if misc & PERF_RECORD_MISC_BUILD_ID_SIZE else 20
+        out.append(BuildId(name.decode("utf-8", "surrogateescape"), data[:length].hex(),
+                           misc & PERF_RECORD_MISC_CPUMODE_MASK))
+        pos += size
+    return out
 
 
 def _header_string(text: str) -> bytes:
@@ -191,11 +250,14 @@ class PerfDataWriter:
         self._write_all(struct.pack("<Q", self.data_size), 48)
 
     def finish(self, *, cmdline: "list[str]", nr_cpus: "tuple[int, int]",
-               meta: "dict | None" = None) -> None:
-        """Write the feature sections and the final header; close the file."""
+               meta: "dict | None" = None, build_ids: "list[BuildId]" = ()) -> None:
+        """Write the feature sections and the final header; close the file.
+        ``build_ids``: the objects the recording maps, for HEADER_BUILD_ID."""
         if self.closed:
             return
         feats = self._features(cmdline, nr_cpus, meta)
+        if build_ids:
+            feats.insert(0, (HEADER_BUILD_ID, build_id_records(list(build_ids))))
         sections, bits = feature_sections(feats, self._pos)
         self._write_all(sections, self._pos)
         self._write_all(self._header(bits), 0)
@@ -288,11 +350,12 @@ class PerfDataPipeWriter(PerfDataWriter):
             self.data_size += len(records)
 
     def finish(self, *, cmdline: "list[str]", nr_cpus: "tuple[int, int]",
-               meta: "dict | None" = None) -> None:
-        """Write the feature sections as records; close the descriptor."""
+               meta: "dict | None" = None, build_ids: "list[BuildId]" = ()) -> None:
+        """Write the build-ids and the feature sections as records (as perf
+        writes a stream); close the descriptor."""
         if self.closed:
             return
-        out = bytearray()
+        out = bytearray(build_id_records(list(build_ids), PERF_RECORD_HEADER_BUILD_ID))
         # perf stops at a feature it does not know in a stream (in a file it
         # skips it): perfbp's own (HEADER_PERFBP) stays out of pipe mode
         for bit, data in self._features(cmdline, nr_cpus, None):
@@ -324,6 +387,15 @@ def stream_extras(rec: "Recording", others: "list") -> None:
             rec.features.setdefault(first, r.data[8:])
         elif r.type == PERF_RECORD_HEADER_EVENT_TYPE and first == PERFBP_META_MARK:
             rec.features[HEADER_PERFBP] = r.data[8:].rstrip(b"\0")
+        elif r.type == PERF_RECORD_HEADER_BUILD_ID:  # the table, one record an object
+            rec.features[HEADER_BUILD_ID] = rec.features.get(HEADER_BUILD_ID, b"") + \
+                _table_entry(r)
+
+
+def _table_entry(r) -> bytes:
+    """A stream's PERF_RECORD_HEADER_BUILD_ID record as an entry of the
+    HEADER_BUILD_ID table."""
+    return HEADER.pack(0, r.misc, HEADER.size + len(r.data)) + r.data
 
 
 def feature_sections(feats: "list[tuple[int, bytes]]", table_off: int) -> "tuple[bytes, bytes]":
@@ -501,6 +573,20 @@ class Recording:
         return "perfbp" if formats == {PERF_FORMAT_LOST} else "perf"
 
     @property
+    def build_ids(self) -> "list[BuildId]":
+        """The build-id table: the HEADER_BUILD_ID feature, or a stream's
+        PERF_RECORD_HEADER_BUILD_ID records (read from the stream when no
+        report has read them yet)."""
+        raw = self.features.get(HEADER_BUILD_ID)
+        if raw is None and self.pipe:
+            from ..kernel.records import Unknown, decode_bulk
+
+            raw = b"".join(_table_entry(r) for chunk in self.chunks()
+                           for r in decode_bulk(chunk, self.config)[1]
+                           if isinstance(r, Unknown) and r.type == PERF_RECORD_HEADER_BUILD_ID)
+        return parse_build_ids(raw or b"")
+
+    @property
     def cmdline(self) -> "list[str]":
         raw = self.features.get(HEADER_CMDLINE)
         if not raw:
@@ -560,9 +646,9 @@ def _meta_problem(meta) -> "str | None":
     return None
 
 
-#: The first 72 bytes of ``struct perf_event_attr`` (PERF_ATTR_SIZE_VER1),
+#: The first 96 bytes of ``struct perf_event_attr`` (PERF_ATTR_SIZE_VER3),
 #: all a reader of a recording needs; the bit fields are in ``flags``.
-_ATTR_VER1 = struct.Struct("<IIQQQQQIIQQ")
+_ATTR_VER3 = struct.Struct("<IIQQQQQIIQQQQIi")
 
 
 class FileAttr(NamedTuple):
@@ -580,11 +666,15 @@ class FileAttr(NamedTuple):
     bp_type: int
     bp_addr: int         # config1
     bp_len: int          # config2
+    branch_sample_type: int
+    sample_regs_user: int
+    sample_stack_user: int
+    clockid: int
 
     @classmethod
     def decode(cls, raw: bytes) -> "FileAttr":
-        return cls._make(_ATTR_VER1.unpack(bytes(raw[:_ATTR_VER1.size]).ljust(
-            _ATTR_VER1.size, b"\0")))
+        return cls._make(_ATTR_VER3.unpack(bytes(raw[:_ATTR_VER3.size]).ljust(
+            _ATTR_VER3.size, b"\0")))
 
     @property
     def freq(self) -> bool:
@@ -605,13 +695,13 @@ class FileAttr(NamedTuple):
 def _config_for(events: "list[FileEvent]", path: str) -> ParseConfig:
     if not events:
         raise CorruptRecording(f"{path} has no events (attrs): not a recording perfbp can read")
-    confs = {(a.sample_type, a.sample_id_all, a.read_format)
+    confs = {(a.sample_type, a.sample_id_all, a.read_format,
+              a.sample_regs_user if a.sample_type & PERF_SAMPLE_REGS_USER else 0)
              for a in (FileAttr.decode(ev.attr) for ev in events)}
     if len(confs) > 1:
         raise CorruptRecording(f"{path} mixes events with different sample formats; "
                                f"perfbp reads recordings whose events share one format")
-    st, sid_all, rf = confs.pop()
-    return ParseConfig(st, sid_all, rf)
+    return ParseConfig(*confs.pop())
 
 
 def _pread(f, offset: int, size: int, path: str) -> bytes:

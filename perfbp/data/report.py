@@ -16,14 +16,15 @@ import bisect
 import errno
 from collections import Counter as _Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..kernel.arch import TYPE_NAMES
 from ..errors import CorruptRecord, CorruptRecording, PerfbpError
-from .perfdata import (HEADER_NRCPUS, FileAttr, Recording,
+from .perfdata import (HEADER_ARCH, HEADER_NRCPUS, FileAttr, Recording,
                        read_recording, stream_extras)
-from ..kernel._uapi import PERF_SAMPLE_ADDR
-from ..kernel.records import (Comm, Lost, LostSamples, Mmap, Read, Task, decode_bulk,
-                              sample_runs)
+from ..kernel._uapi import PERF_SAMPLE_ADDR, PERF_SAMPLE_CALLCHAIN, PERF_SAMPLE_REGS_ABI_64
+from ..kernel.records import (USER_STACK_BITS, Comm, Lost, LostSamples, Mmap, Read, Sample,
+                              Task, decode_bulk, iter_records, non_samples, sample_runs)
 from ..symbols.elf import Location, Symbolizer, load_object
 
 SORT_KEYS = ("watch", "symbol", "thread", "cpu")
@@ -56,6 +57,30 @@ class ThreadHits:
         return {"pid": self.pid, "tid": self.tid, "comm": self.comm, "samples": self.samples}
 
 
+class CallStack(NamedTuple):
+    """One call stack of a watch's samples, innermost frame first.
+
+    Attributes:
+        frames: the hit's instruction, then each caller's return address.
+        samples: the samples with this stack.
+        reliable: False for a stack the kernel walked by frame pointers
+            that cannot be true (:func:`~perfbp.symbols.unwind.broken_frame`:
+            a caller that is no return address, none at all, or one the
+            walk missed, the hit's function keeping no frame pointer):
+            ``frames`` stop before the first false one, and the stack is
+            not to be believed beyond them.  Code built without frame pointers gives
+            these; ``callchain="dwarf"`` records stacks unwound with its CFI.
+    """
+
+    frames: "list[Location]"
+    samples: int
+    reliable: bool = True
+
+    def as_dict(self) -> dict:
+        return {"samples": self.samples, "frames": [str(f) for f in self.frames],
+                **({} if self.reliable else {"reliable": False})}
+
+
 @dataclass
 class WatchReport:
     """Everything the recording says about one watch.
@@ -67,6 +92,11 @@ class WatchReport:
         lost: samples the kernel could not write for this watch, when known.
         kernel_hits: the kernel's own hit count, when the recording has it.
         period: one sample every ``period`` hits.
+        stacks: the most common call stacks (:class:`CallStack`), when the
+            samples carry them.
+        call_graph: how the stacks were recorded: ``fp`` (frame pointers,
+            the kernel's walk), ``dwarf`` (unwound here with the CFI), or
+            None.
     """
 
     index: int
@@ -84,7 +114,8 @@ class WatchReport:
     cpus: "dict[int, int]" = field(default_factory=dict)
     coverage: float = 1.0
     estimate: "int | None" = None
-    stacks: "list[tuple[list[Location], int]]" = field(default_factory=list)
+    stacks: "list[CallStack]" = field(default_factory=list)
+    call_graph: "str | None" = None
     bindings: "list[dict]" = field(default_factory=list)
     recovered: int = 0
 
@@ -115,8 +146,8 @@ class WatchReport:
                 "writers": [w.as_dict() for w in self.writers],
                 "threads": [t.as_dict() for t in self.threads],
                 "cpus": {str(k): v for k, v in sorted(self.cpus.items())},
-                **({"stacks": [{"samples": n, "frames": [str(f) for f in frames]}
-                               for frames, n in self.stacks]} if self.stacks else {}),
+                **({"call_graph": self.call_graph,
+                    "stacks": [c.as_dict() for c in self.stacks]} if self.stacks else {}),
                 **({"bindings": self.bindings} if self.bindings else {}),
                 **({"recovered": self.recovered} if self.recovered else {})}
 
@@ -190,17 +221,37 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
     if sort not in SORT_KEYS:
         raise PerfbpError(f"--sort {sort!r} is not one of {', '.join(SORT_KEYS)}")
     rec = read_recording(path)
+    user_stacks = rec.config.sample_type & USER_STACK_BITS == USER_STACK_BITS
     try:
-        if rec.pipe:
+        first: list = []
+        if rec.pipe or user_stacks:
             # a stream carries its features and perfbp's description of the
-            # watches at its end (nothing can be rewritten in a pipe): read
-            # them first, since the description says how samples map to watches
+            # watches at its end (nothing can be rewritten in a pipe), and
+            # user stacks are unwound through the mappings: read the records
+            # other than samples first
             for chunk in rec.chunks(window):
-                stream_extras(rec, _decoded(chunk, rec, ())[2])
+                first.extend(non_samples(chunk, rec.config))
+            stream_extras(rec, first)
         names, order, event_watch, id_map = _watches_of(rec)
         by_addr = bool(rec.meta.get("multiplexed")) and bool(
             rec.config.sample_type & PERF_SAMPLE_ADDR)
-        tally, others = _count_samples(rec, window, _Watches(rec, id_map, by_addr))
+        watches_of = _Watches(rec, id_map, by_addr)
+        arch = _arch(rec)
+        if user_stacks and arch not in (None, "x86_64"):
+            user_stacks = False  # registers numbered otherwise: not unwound
+            notes_before = [f"the user stacks recorded on {arch} are not unwound (perfbp "
+                            f"unwinds x86-64's): the call stacks show their kernel part"]
+        else:
+            notes_before = []
+        if user_stacks:
+            history = _replay([r for r in first if isinstance(r, _REPLAYED)], id_map)
+            from ..symbols.unwind import Unwinder
+
+            tally = _count_unwound(rec, window, watches_of,
+                                   Unwinder(history.sym, rec.config.sample_regs_user))
+        else:
+            tally, others = _count_samples(rec, window, watches_of)
+            history = _replay(others, id_map)
     except CorruptRecord as exc:
         raise CorruptRecording(f"{path}: {exc.message}") from None
     if all(nm is None for nm in names):
@@ -209,7 +260,8 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
             f"{', '.join(sorted({_event_kind(e) for e in rec.events}))}): perfbp report "
             f"summarizes breakpoint recordings (perfbp record, perf record -e mem:ADDR); "
             f"read this one with perf report", errno=errno.EINVAL)
-    history = _replay(others, id_map)
+    tally.graph = ("dwarf" if user_stacks else
+                   "fp" if rec.config.sample_type & PERF_SAMPLE_CALLCHAIN else None)
     period = FileAttr.decode(rec.events[0].attr).period
     if by_addr and tally.samples:
         return _multiplexed_report(rec, tally, history.sym, history.comms, history.lost,
@@ -218,7 +270,7 @@ def load_report(path: str, *, top: int = 5, sort: str = "watch",
                              alone=len(order) == 1)
                for i, name in enumerate(order)]
     lost = max(history.lost, sum(w.lost or 0 for w in watches))
-    notes = list(rec.meta.get("notes", []))
+    notes = list(rec.meta.get("notes", [])) + notes_before
     if rec.meta.get("sideband_lost"):
         notes.append(f"{rec.meta['sideband_lost']:,} thread and mapping records were lost "
                      f"(ring full): some threads or code may show as [unknown]")
@@ -273,6 +325,35 @@ def _count_samples(rec: Recording, window, watches: "_Watches"):
         elif len(cols):
             tally.add(cols, watches.of_all(cols))
     return tally, others
+
+
+def _count_unwound(rec: Recording, window, watches: "_Watches", unwinder) -> "_Tally":
+    """Count samples that carry user stacks (``--call-graph dwarf``), each
+    with its stack unwound: the kernel's part of it (a kernel-mode hit's),
+    then the user part, unwound from the registers and stack bytes.
+    Consecutive samples alike in watch, thread, ip, CPU and whole stack are
+    counted as one run.
+
+    Raises:
+        CorruptRecord: a record is damaged.
+    """
+    tally = _Tally()
+    field_ = watches.field
+    for chunk in rec.chunks(window):
+        runs: list = []
+        for s in iter_records(chunk, rec.config):
+            if not isinstance(s, Sample):
+                continue
+            chain = tuple(ip for ip in s.callchain if ip < PERF_CONTEXT_MAX)
+            if s.regs_abi == PERF_SAMPLE_REGS_ABI_64 and s.stack:
+                chain += unwinder.unwind(s.pid or 0, s.regs, s.stack)
+            values = (getattr(s, field_), s.pid, s.tid, s.ip, s.cpu, chain)
+            if runs and runs[-1][0] == values:
+                runs[-1][1] += 1
+            else:
+                runs.append([values, 1])
+        tally.add_runs(runs, watches)
+    return tally
 
 
 @dataclass
@@ -396,6 +477,8 @@ class _Tally:
 
     def __init__(self) -> None:
         self.samples = 0
+        #: how the stacks were recorded: "fp", "dwarf" or None (no stacks)
+        self.graph: "str | None" = None
         self.hits: "dict[int, int]" = {}
         self.writers: "dict[int, _Counter]" = {}
         self.threads: "dict[int, _Counter]" = {}
@@ -507,8 +590,8 @@ def _details(w: WatchReport, tally: _Tally, i: int, sym, comms, top: int) -> Non
     """Fill a watch's writers, threads, CPUs (and call stacks) from the
     counts of its samples."""
     if i in tally.stacks:
-        w.stacks = [([sym.resolve(pid, ip) for ip in chain], n)
-                    for (pid, chain), n in tally.stacks[i].most_common(top)]
+        w.call_graph = tally.graph
+        w.stacks = _call_stacks(tally.stacks[i], sym, tally.graph, top)
     w.writers = writers_of(sym, tally.writers[i], top)
     w.threads = _threads(tally.threads[i], comms, top)
     if i in tally.cpus:
@@ -516,6 +599,33 @@ def _details(w: WatchReport, tally: _Tally, i: int, sym, comms, top: int) -> Non
 
 
 PERF_CONTEXT_MAX = (-4095) & 0xFFFFFFFFFFFFFFFF
+
+
+def _call_stacks(stacks: _Counter, sym: Symbolizer, graph: "str | None",
+                 top: int) -> "list[CallStack]":
+    """The ``top`` stacks of the (pid, chain) counts ``stacks``, named.  A
+    frame-pointer stack that cannot be true is cut before its first false
+    frame and marked unreliable; stacks alike up to there are one (what
+    followed was noise: whatever the registers held)."""
+    if graph != "fp":
+        return [CallStack([sym.resolve(pid, ip) for ip in chain], n)
+                for (pid, chain), n in stacks.most_common(top)]
+    from ..symbols.unwind import broken_frame
+
+    merged: _Counter = _Counter()
+    for (pid, chain), n in stacks.items():
+        cut = broken_frame(sym, pid, chain)
+        merged[(pid, chain[:cut], cut is None)] += n
+    return [CallStack([sym.resolve(pid, ip) for ip in chain], n, reliable)
+            for (pid, chain, reliable), n in sorted(
+                sorted(merged.items()), key=lambda kv: -kv[1])[:top]]
+
+
+def _arch(rec: Recording) -> "str | None":
+    """The machine the recording was made on (HEADER_ARCH: ``uname -m``),
+    None when unknown."""
+    raw = rec.features.get(HEADER_ARCH, b"")[4:]  # struct perf_header_string
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
 
 
 def _online_cpus(rec: Recording) -> int:

@@ -254,6 +254,11 @@ PERF_SAMPLE_DATA_PAGE_SIZE = 1 << 22
 PERF_SAMPLE_CODE_PAGE_SIZE = 1 << 23
 PERF_SAMPLE_WEIGHT_STRUCT = 1 << 24
 
+# enum perf_sample_regs_abi: what a sample's PERF_SAMPLE_REGS_USER holds
+PERF_SAMPLE_REGS_ABI_NONE = 0
+PERF_SAMPLE_REGS_ABI_32 = 1
+PERF_SAMPLE_REGS_ABI_64 = 2
+
 # --- enum perf_event_read_format ----------------------------------------------
 PERF_FORMAT_TOTAL_TIME_ENABLED = 1 << 0
 PERF_FORMAT_TOTAL_TIME_RUNNING = 1 << 1

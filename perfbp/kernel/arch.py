@@ -42,6 +42,10 @@ class ArchRules:
         data_slots / inst_slots: ``hw_breakpoint_slots(TYPE_DATA / TYPE_INST)``.
         shared_slots: data and execute breakpoints draw on one pool
             (``CONFIG_HAVE_MIXED_BREAKPOINTS_REGS``).
+        sample_regs_user: the user registers a sample carries to unwind its
+            stack from (``attr.sample_regs_user``, one bit per
+            ``PERF_REG_*``): perf's ``PERF_REGS_MASK``, every general
+            register (``tools/perf/arch/*/include/perf_regs.h``).
     """
 
     name: str
@@ -53,6 +57,7 @@ class ArchRules:
     data_slots: int
     inst_slots: int
     shared_slots: bool
+    sample_regs_user: int
 
 
 X86_64 = ArchRules(
@@ -65,6 +70,9 @@ X86_64 = ArchRules(
     data_slots=4,
     inst_slots=4,
     shared_slots=True,
+    # PERF_REG_X86_AX .. FLAGS, CS, SS and R8 .. R15: all but DS, ES, FS, GS
+    # (bits 12-15), which x86_64's perf_reg_validate refuses
+    sample_regs_user=0xFF0FFF,
 )
 
 ARM64 = ArchRules(
@@ -77,6 +85,7 @@ ARM64 = ArchRules(
     data_slots=4,
     inst_slots=6,
     shared_slots=False,
+    sample_regs_user=(1 << 33) - 1,  # PERF_REG_ARM64_X0 .. PC
 )
 
 KNOWN = {"x86_64": X86_64, "aarch64": ARM64}

@@ -9,12 +9,14 @@ why the kernel refused it and what to do instead.
 from __future__ import annotations
 
 import errno as E
+import os
 import struct
 import threading
 from dataclasses import dataclass
 
 from . import abi, system
-from ._uapi import PERF_COUNT_SW_DUMMY, PERF_TYPE_BREAKPOINT, PERF_TYPE_SOFTWARE
+from ._uapi import (PERF_COUNT_SW_DUMMY, PERF_SAMPLE_STACK_USER, PERF_TYPE_BREAKPOINT,
+                    PERF_TYPE_SOFTWARE)
 from .arch import ACCESS_TYPES, current as _current_arch
 from .breakpoint import Breakpoint
 from ..errors import (
@@ -103,6 +105,9 @@ class EventOptions:
         sample_period: 0 counts only; N makes every Nth hit a sample.
         sample_type, wakeup_events, sample_id_all, mmap, comm, task: sampling
             options for the ring buffer (see :mod:`perfbp.kernel.sampling`).
+        exclude_callchain_kernel, exclude_callchain_user, sample_regs_user,
+            sample_stack_user: what a sample's call stack holds (the
+            kernel's walk, or the registers and stack bytes to unwind).
         sigtrap, sig_data: synchronous SIGTRAP in the thread that hit.
         remove_on_exec: the kernel removes the event from a task that execs
             (Linux 5.13+): a watch on a name of one program never watches
@@ -125,6 +130,9 @@ class EventOptions:
     sample_max_stack: int = 0
     read_format: int = 0
     exclude_callchain_kernel: bool = False
+    exclude_callchain_user: bool = False
+    sample_regs_user: int = 0
+    sample_stack_user: int = 0
     remove_on_exec: bool = False
 
 
@@ -183,7 +191,11 @@ class SlotLedger:
             return f"{exc.message}. Close one of those watches, or watch fewer or shorter ranges"
         from . import holders
 
-        found = holders.summary(holders.find(self.task_of(pid) or -1))
+        try:
+            found = holders.summary(holders.find(self.task_of(pid) or -1))
+        except Exception:  # /proc read mid-change, or odd: the refusal still explains
+            found = ("held outside perfbp (gdb watchpoints, another perf, a system-wide "
+                     "watch, kgdb)")
         return (f"no slot is free, and perfbp's own watches are not what holds them: "
                 f"they are {found}. End those, or watch fewer or shorter ranges")
 
@@ -191,11 +203,9 @@ class SlotLedger:
         return len(self._by_fd)
 
 
-_current_thread = threading.current_thread
-
-
 def _native_id() -> int:
-    return _current_thread().native_id
+    # gettid(2): Thread.native_id is not updated in a forked child (3.11)
+    return threading.get_native_id()
 
 
 LEDGER = SlotLedger()
@@ -231,6 +241,8 @@ def _build_template(inherit: bool, opts: EventOptions) -> bytes:
             attr.wakeup_events = opts.wakeup_events
         attr.sample_id_all = opts.sample_id_all
         attr.sample_max_stack = opts.sample_max_stack
+        attr.sample_regs_user = opts.sample_regs_user
+        attr.sample_stack_user = opts.sample_stack_user
     attr.mmap = opts.mmap
     attr.mmap2 = opts.mmap
     attr.comm = opts.comm
@@ -238,6 +250,7 @@ def _build_template(inherit: bool, opts: EventOptions) -> bytes:
     attr.task = opts.task
     attr.read_format = opts.read_format
     attr.exclude_callchain_kernel = opts.exclude_callchain_kernel
+    attr.exclude_callchain_user = opts.exclude_callchain_user
     if opts.remove_on_exec:
         attr.remove_on_exec = 1
     if opts.sigtrap:
@@ -284,6 +297,15 @@ def make_attr(bp: Breakpoint, inherit: bool, opts: EventOptions):
 
 
 _scratch = threading.local()
+
+
+def _forget_after_fork() -> None:
+    # a forked child's thread has another id: open_self must not enter its
+    # events in the ledger under the parent's (its attr buffers are fine)
+    _scratch.__dict__.pop("self_cache", None)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 _BP_FIELDS = struct.Struct("<IQQ")  # bp_type, bp_addr, bp_len: contiguous at offset 52
 _BP_FIELDS_AT = abi.ffi.offsetof("struct perf_event_attr", "bp_type")
 if (abi.ffi.offsetof("struct perf_event_attr", "bp_addr"),
@@ -400,9 +422,9 @@ def open_event_fd(bp: Breakpoint, pid: int, cpu: int, inherit: bool,
     except OSError as exc:
         raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=target,
                                  kernel_mode=not exclude_kernel) from None
-    # pid 0 is the calling thread: the ledger needs its id (the Thread
-    # object caches it; gettid(2) would cost a syscall)
-    _LEDGER_FDS[fd] = (bp, _current_thread().native_id if pid == 0 else (None if pid < 0 else pid),
+    # pid 0 is the calling thread: the ledger needs its id (gettid(2); the
+    # hot path, open_self, keeps it per thread)
+    _LEDGER_FDS[fd] = (bp, _native_id() if pid == 0 else (None if pid < 0 else pid),
                        cpu, pid, target)
     return fd
 
@@ -469,6 +491,11 @@ def tracking_attr(inherit: bool, opts: EventOptions):
 
     attr = abi.attr_from_bytes(_template(inherit, replace(
         opts, mmap=True, comm=True, task=True, remove_on_exec=False, sigtrap=False)))
+    # samples with user stacks (a dwarf call graph): the mappings without
+    # code too, as perf records them, for the unwinders that read an
+    # object's CFI through the process's memory (perf's libunwind finds a
+    # PIE's .eh_frame_hdr in its read-only segment by address)
+    attr.mmap_data = 1 if opts.sample_type & PERF_SAMPLE_STACK_USER else 0
     attr.type = PERF_TYPE_SOFTWARE
     attr.config = PERF_COUNT_SW_DUMMY
     attr.exclude_kernel = 1  # side-band records do not depend on it; paranoid 2 needs it

@@ -298,8 +298,10 @@ def claim(argv: "list[str]", pid: int, watched: "set[int] | None",
         return None
     cpus = [v for o in ("-C", "--cpu") for v in opts.get(o, ())]
     on_cpus = bool(cpus) or any(o in opts for o in ("-a", "--all-cpus"))
+    # another process's command line: only ASCII digits are ids ("²".isdigit())
     tasks = {kind: sorted({int(p) for o in opts_of for v in opts.get(o, ())
-                           for p in v.split(",") if p.strip().isdigit()})
+                           for p in v.split(",") if p.strip().isascii()
+                           and p.strip().isdigit()})
              for kind, opts_of in (("process", ("-p", "--pid")), ("thread", ("-t", "--tid")))}
     pids = {*tasks["process"], *tasks["thread"]}
     if watched is not None and not on_cpus:

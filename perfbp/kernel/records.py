@@ -24,8 +24,8 @@ input never crashes any path: the result is data, or :class:`CorruptRecord`
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 from ._uapi import (
@@ -52,8 +52,12 @@ from ._uapi import (
     PERF_SAMPLE_ID,
     PERF_SAMPLE_IDENTIFIER,
     PERF_SAMPLE_IP,
+    PERF_SAMPLE_BRANCH_STACK,
     PERF_SAMPLE_PERIOD,
+    PERF_SAMPLE_RAW,
     PERF_SAMPLE_READ,
+    PERF_SAMPLE_REGS_USER,
+    PERF_SAMPLE_STACK_USER,
     PERF_SAMPLE_STREAM_ID,
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
@@ -67,8 +71,11 @@ HEADER = struct.Struct("<IHH")
 FIXED_SAMPLE_BITS = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
                      | PERF_SAMPLE_TIME | PERF_SAMPLE_ADDR | PERF_SAMPLE_ID
                      | PERF_SAMPLE_STREAM_ID | PERF_SAMPLE_CPU | PERF_SAMPLE_PERIOD)
+#: the user stack and the registers to unwind it from (``--call-graph dwarf``)
+USER_STACK_BITS = PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER
 #: every sample_type bit this decoder understands.
-KNOWN_SAMPLE_BITS = FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
+KNOWN_SAMPLE_BITS = (FIXED_SAMPLE_BITS | PERF_SAMPLE_READ | PERF_SAMPLE_CALLCHAIN
+                     | USER_STACK_BITS)
 
 
 @dataclass(frozen=True)
@@ -80,15 +87,19 @@ class ParseConfig:
         sample_id_all: ``attr.sample_id_all`` (non-sample records carry a
             sample_id trailer).
         read_format: ``attr.read_format`` (for PERF_SAMPLE_READ).
+        sample_regs_user: ``attr.sample_regs_user`` (for
+            PERF_SAMPLE_REGS_USER: one u64 per bit set, in bit order).
     """
 
     sample_type: int
     sample_id_all: bool = False
     read_format: int = 0
+    sample_regs_user: int = 0
 
     @classmethod
     def from_attr(cls, attr) -> "ParseConfig":
-        return cls(int(attr.sample_type), bool(attr.sample_id_all), int(attr.read_format))
+        return cls(int(attr.sample_type), bool(attr.sample_id_all), int(attr.read_format),
+                   int(attr.sample_regs_user))
 
     @property
     def sample_id_size(self) -> int:
@@ -130,6 +141,12 @@ class Sample(NamedTuple):
     the instruction *after* the access (data breakpoints trap after the
     access); ``addr`` is the watch's address (``bp_addr``), not the byte
     touched.
+
+    With PERF_SAMPLE_REGS_USER and PERF_SAMPLE_STACK_USER (``--call-graph
+    dwarf``): ``regs_abi`` (PERF_SAMPLE_REGS_ABI_64 = 2, 0 when the task had
+    no user registers: a kernel thread), ``regs`` (the user registers of
+    ``sample_regs_user``, in bit order) and ``stack`` (the bytes the kernel
+    copied from the user stack pointer up, ``dyn_size`` of them).
     """
 
     id: Optional[int]
@@ -144,6 +161,9 @@ class Sample(NamedTuple):
     callchain: tuple = ()
     read: tuple = ()
     misc: int = 0
+    regs_abi: int = 0
+    regs: tuple = ()
+    stack: bytes = b""
 
 
 class Lost(NamedTuple):
@@ -380,12 +400,49 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
                                     f"({len(body) - off} bytes left)")
             callchain = struct.unpack_from(f"<{nr}Q", body, off)
             off += 8 * nr
+        user = _user_stack(body, off, cfg) if st & USER_STACK_BITS else _NO_USER_STACK
     except struct.error:
         raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
                             f"sample_type {st:#x})") from None
     ident = v[ix[0]]
-    return Sample(ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
-                  v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read, misc)
+    return _make_sample((ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
+                         v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read,
+                         misc) + user)
+
+
+_NO_USER_STACK = (0, (), b"")
+_make_sample = Sample._make
+
+
+def _user_stack(body: bytes, off: int, cfg: ParseConfig) -> "tuple[int, tuple, bytes]":
+    """``(regs_abi, regs, stack)`` of a sample's PERF_SAMPLE_REGS_USER and
+    PERF_SAMPLE_STACK_USER, which start at ``off`` (after the callchain):
+    ``u64 abi; u64 regs[popcount(sample_regs_user)]`` (no regs when abi is
+    0), then ``u64 size; char data[size]; u64 dyn_size`` (only the size when
+    it is 0), ``dyn_size`` being how much of ``data`` the kernel could copy.
+    Nothing when the sample has RAW or BRANCH_STACK fields (between the
+    callchain and these), which perfbp does not decode."""
+    st = cfg.sample_type
+    if st & (PERF_SAMPLE_RAW | PERF_SAMPLE_BRANCH_STACK):
+        return 0, (), b""
+    abi, regs, stack = 0, (), b""
+    if st & PERF_SAMPLE_REGS_USER:
+        abi = _U64.unpack_from(body, off)[0]
+        off += 8
+        if abi:
+            n = bin(cfg.sample_regs_user).count("1")
+            regs = struct.unpack_from(f"<{n}Q", body, off)
+            off += 8 * n
+    if st & PERF_SAMPLE_STACK_USER:
+        size = _U64.unpack_from(body, off)[0]
+        off += 8
+        if size:
+            if size > len(body) - off - 8:
+                raise CorruptRecord(f"user stack of {size} bytes does not fit the record "
+                                    f"({len(body) - off} bytes left)")
+            (dyn,) = _U64.unpack_from(body, off + size)
+            stack = body[off:off + min(dyn, size)]
+    return abi, regs, stack
 
 
 def parse_record(rtype: int, misc: int, body: bytes, cfg: ParseConfig) -> Record:
@@ -671,15 +728,40 @@ def whole_records_end(buf: "bytes | memoryview", cfg: ParseConfig) -> int:
     return end
 
 
+def non_samples(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
+                end: "int | None" = None) -> "list[Record]":
+    """The records of ``buf[offset:end]`` that are not samples, decoded;
+    the samples are stepped over undecoded (in runs of one size): what a
+    reader needs before the samples (the mappings a stack is unwound
+    through; a stream's features, at its end).
+
+    Raises:
+        CorruptRecord: a header is impossible or a record is cut short.
+    """
+    mv, end = _span(buf, offset, end)
+    out: list[Record] = []
+    for pos, count in _walk(mv, None, offset, end):
+        rtype, misc, rsize = HEADER.unpack_from(mv, pos)
+        if not count and rtype != PERF_RECORD_SAMPLE:
+            out.append(parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg))
+    return out
+
+
 def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
                 end: "int | None" = None) -> "tuple[SampleColumns, list[Record]]":
     """Decode a run of records: fixed-size samples into columns at numpy
     speed, every other record (and samples with variable fields) one by one.
 
+    Samples with user stacks (``--call-graph dwarf``) are variable in
+    principle and of one size in practice (a stack copy cut short makes
+    one shorter): they too come in runs of one size, whose fixed fields
+    numpy reads in place; their kernel callchains are decoded one by one
+    where a run has any (a kernel-mode hit's), and their registers and
+    stack bytes not at all (the columns do not hold them).
+
     Returns:
         ``(columns, others)``: the samples in order as columns, and the
-        non-sample records in order (with samples too when the sample_type
-        has variable-size fields: then ``columns`` is built from them).
+        non-sample records in order.
 
     Raises:
         CorruptRecord: a header is impossible or a record is cut short.
@@ -689,33 +771,48 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     mv, end = _span(buf, offset, end)
     size = cfg.fixed_sample_size
     others: list[Record] = []
-    if size is None:
+    stacks = (size is None and cfg.sample_type & USER_STACK_BITS
+              and not cfg.sample_type & PERF_SAMPLE_READ)
+    if size is None and not stacks:
         samples = []
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)
         return SampleColumns.from_samples(samples), others
-    # first find the runs of fixed-size samples (and decode everything else),
-    # then copy each column once into an array of its final length
-    pieces: list = []  # (pos, count) runs and single Samples, in order
+    if stacks:
+        # the columns have no user stacks: leave them undecoded (they come
+        # last of what perfbp decodes, and are most of the bytes)
+        cfg = replace(cfg, sample_type=cfg.sample_type & ~USER_STACK_BITS)
+    chains = [] if cfg.sample_type & PERF_SAMPLE_CALLCHAIN else None
+    # first find the runs of samples of one size (and decode everything
+    # else), then copy each column once into an array of its final length
+    pieces: list = []  # (pos, count, dtype) runs and single Samples, in order
     total = 0
     for pos, count in _walk(mv, size, offset, end):
-        if count:
-            pieces.append((pos, count))
+        rsize = HEADER.unpack_from(mv, pos)[2]
+        dtype = _run_dtype(cfg, rsize) if count else None
+        if dtype is not None and (
+                chains is None or not np.frombuffer(mv, dtype, count, pos)["nr"].any()):
+            pieces.append((pos, count, dtype))
             total += count
+            if chains is not None:
+                chains.extend([()] * count)
             continue
-        rtype, misc, rsize = HEADER.unpack_from(mv, pos)
-        rec = parse_record(rtype, misc, bytes(mv[pos + 8:pos + rsize]), cfg)
-        if isinstance(rec, Sample):
-            pieces.append(rec)
-            total += 1
-        else:
-            others.append(rec)
+        for rpos in range(pos, pos + max(count, 1) * rsize, rsize):
+            rtype, misc, _size = HEADER.unpack_from(mv, rpos)
+            rec = parse_record(rtype, misc, bytes(mv[rpos + 8:rpos + rsize]), cfg)
+            if isinstance(rec, Sample):
+                pieces.append(rec)
+                total += 1
+                if chains is not None:
+                    chains.append(rec.callchain)
+            else:
+                others.append(rec)
     cols = SampleColumns()
     if not total:
         return cols, others
-    dtype = sample_dtype(cfg)
-    fields = [(name, name) for name in COLUMNS if name in dtype.names]
-    if "identifier" in dtype.names:
+    names = sample_dtype(cfg).names
+    fields = [(name, name) for name in COLUMNS if name in names]
+    if "identifier" in names:
         fields.append(("id", "identifier"))
     out = {attr: np.empty(total, dtype=np.uint64) for attr, _field in fields}
     k = 0
@@ -725,14 +822,34 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
                 out[attr][k] = getattr(piece, attr)
             k += 1
             continue
-        pos, count = piece
+        pos, count, dtype = piece
         arr = np.frombuffer(mv, dtype=dtype, count=count, offset=pos)
         for attr, field_ in fields:
             out[attr][k:k + count] = arr[field_]
         k += count
     for attr, col in out.items():
         setattr(cols, attr, col)
+    if chains is not None and any(chains):
+        cols.callchain = chains
     return cols, others
+
+
+@lru_cache(maxsize=64)
+def _run_dtype(cfg: ParseConfig, size: int):
+    """The dtype of a sample of ``size`` bytes: :func:`sample_dtype`'s
+    fields, then the callchain's length (``nr``) when the sample has one,
+    then the rest of the record, unread; None when ``size`` cannot hold
+    them (a damaged record, decoded alone to say so)."""
+    import numpy as np
+
+    head = sample_dtype(cfg)
+    fields = [(n, head.fields[n][0]) for n in head.names]
+    if cfg.sample_type & PERF_SAMPLE_CALLCHAIN:
+        fields.append(("nr", "<u8"))
+    rest = size - head.itemsize - (8 if cfg.sample_type & PERF_SAMPLE_CALLCHAIN else 0)
+    if rest < 0:
+        return None
+    return np.dtype(fields + ([("rest", f"V{rest}")] if rest else []))
 
 
 # --- runs of alike samples: the bulk path without numpy ---------------------------------

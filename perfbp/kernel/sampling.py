@@ -18,11 +18,12 @@ from the events, and the samples are counted as they are decoded, so
 
 from __future__ import annotations
 
+import errno
 import select
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import abi, system
+from . import abi, arch, system
 from ._uapi import (
     PERF_FORMAT_LOST,
     PERF_SAMPLE_ADDR,
@@ -30,6 +31,8 @@ from ._uapi import (
     PERF_SAMPLE_CPU,
     PERF_SAMPLE_IDENTIFIER,
     PERF_SAMPLE_IP,
+    PERF_SAMPLE_REGS_USER,
+    PERF_SAMPLE_STACK_USER,
     PERF_SAMPLE_TID,
     PERF_SAMPLE_TIME,
 )
@@ -49,6 +52,76 @@ from .ring import Ring
 BASE_SAMPLE_TYPE = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
                     | PERF_SAMPLE_TIME | PERF_SAMPLE_CPU)
 DEFAULT_RING_PAGES = 512  # 2 MiB per CPU: ~40,000 samples, ~0.4 s of hits at full rate
+#: with a dwarf call graph each sample is ~8.4 KB: 16 MiB per CPU holds ~2,000
+DWARF_RING_PAGES = 4096
+
+
+@dataclass(frozen=True)
+class CallGraph:
+    """How each sample carries its call stack, in perf's words
+    (``--call-graph fp|dwarf[,SIZE]``).
+
+    ``fp``: the kernel walks the frame pointers at the hit and writes the
+    return addresses (PERF_SAMPLE_CALLCHAIN).  Cheap (8 bytes a frame), and
+    only as good as the code's frame pointers: code built without them
+    (``-O2`` on x86-64 omits them) gives stacks cut short or made of
+    whatever its rbp held.
+
+    ``dwarf``: the kernel copies the user registers and ``stack_size`` bytes
+    of the user stack from the stack pointer up into each sample
+    (PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER, as ``perf record
+    --call-graph dwarf``); the reader unwinds them with each object's CFI
+    (``.eh_frame``, ``.debug_frame``), which every x86-64 object has.  Right
+    whatever the frame pointers, and big: each sample is ``stack_size`` bytes
+    more (8 KiB by default), so a fast writer fills the rings sooner.  A
+    stack deeper than ``stack_size`` bytes is unwound as far as the copy
+    goes.
+    """
+
+    mode: str
+    stack_size: int = 8192
+
+    #: the largest stack a sample can carry: the record's size is a u16
+    #: (perf's limit, ``round_down(USHRT_MAX, 8)``)
+    MAX_STACK = 65528
+
+    @classmethod
+    def parse(cls, value: "bool | str | CallGraph | None") -> "CallGraph | None":
+        """``False``/``None``: no stacks; ``True`` or ``"fp"``: frame
+        pointers; ``"dwarf"`` or ``"dwarf,SIZE"`` (bytes, rounded up to a
+        multiple of 8, as perf does).
+
+        Raises:
+            PerfbpError: (EINVAL) any other value, or a size out of range.
+        """
+        if isinstance(value, CallGraph) or value is None or value is False:
+            return value or None
+        if value is True:
+            return cls("fp")
+        mode, _, size = str(value).partition(",")
+        if mode == "fp" and not size:
+            return cls("fp")
+        if mode != "dwarf":
+            raise PerfbpError.phrased(
+                f"{{call_graph}}{value!r} is not a call graph: give fp (frame pointers) "
+                f"or dwarf[,SIZE] (the user stack, unwound with the CFI)",
+                errno=errno.EINVAL)
+        if not size:
+            return cls("dwarf")
+        try:
+            n = int(size, 0)
+        except ValueError:
+            n = -1
+        n = (n + 7) // 8 * 8
+        if not 8 <= n <= cls.MAX_STACK:
+            raise PerfbpError.phrased(
+                f"{{call_graph}}{value!r}: the stack size must be 8 to {cls.MAX_STACK} "
+                f"bytes (a sample is one record of at most 64 KiB); perf's default is "
+                f"8192", errno=errno.EINVAL)
+        return cls("dwarf", n)
+
+    def __str__(self) -> str:
+        return self.mode if self.mode == "fp" else f"dwarf,{self.stack_size}"
 
 
 @dataclass(frozen=True)
@@ -132,8 +205,13 @@ class Sampler:
         target: where (thread, process, CPUs).
         period: sample every ``period``-th hit (perf's sample_period); the hit
             counts stay exact.
-        callchain: record the user call stack of each hit.
-        ring_pages: data pages per CPU ring (a power of two).
+        callchain: record the call stack of each hit: ``True`` or ``"fp"``
+            (frame pointers), ``"dwarf"`` or ``"dwarf,SIZE"`` (the user
+            registers and stack, to unwind with the CFI): see
+            :class:`CallGraph`.
+        ring_pages: data pages per CPU ring (a power of two); by default
+            :data:`DEFAULT_RING_PAGES`, or :data:`DWARF_RING_PAGES` with a
+            dwarf call graph (samples 170 times bigger).
         enabled, enable_on_exec, exclude_kernel: as for
             :class:`~perfbp.Counter`.
         track: also ask the kernel for COMM, MMAP2, FORK and EXIT records (what
@@ -156,7 +234,8 @@ class Sampler:
     """
 
     def __init__(self, watches: "Sequence[Breakpoint]", target: Target, *, period: int = 1,
-                 callchain: bool = False, ring_pages: int = DEFAULT_RING_PAGES,
+                 callchain: "bool | str | CallGraph" = False,
+                 ring_pages: "int | None" = None,
                  enabled: bool = True, enable_on_exec: bool = False,
                  exclude_kernel: "bool | None | Sequence[bool | None]" = None,
                  track: bool = False, wakeup_fraction: int = 4,
@@ -174,9 +253,21 @@ class Sampler:
         # never PERF_SAMPLE_PERIOD: perf_swevent_event() (which breakpoints
         # go through) samples *every* hit, with period = 1, whenever it is in
         # sample_type, whatever sample_period says
-        self.sample_type = (BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if callchain else 0)
+        graph = self.call_graph = CallGraph.parse(callchain)
+        dwarf = graph is not None and graph.mode == "dwarf"
+        # dwarf as perf records it: the kernel's part of the stack (none for
+        # a user watch) as a callchain, the user part as registers and bytes
+        regs = arch.current().sample_regs_user if dwarf else 0
+        self.sample_type = (BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if graph else 0)
+                            | (PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER if dwarf else 0)
                             | (PERF_SAMPLE_ADDR if addr else 0))
-        self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST)
+        self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST, regs)
+        if ring_pages is None:
+            ring_pages = DWARF_RING_PAGES if dwarf else DEFAULT_RING_PAGES
+        if dwarf:
+            # stack samples fill a ring in tens of milliseconds: the first
+            # drain must not wait for numpy's import (a third of a second)
+            import numpy  # noqa: F401
         self.ring_pages = ring_pages
         page = 4096
         watermark = max(page, ring_pages * page // wakeup_fraction)
@@ -194,7 +285,9 @@ class Sampler:
                                    sample_period=period, sample_type=self.sample_type,
                                    watermark=watermark, sample_id_all=True,
                                    read_format=PERF_FORMAT_LOST,
-                                   exclude_callchain_kernel=callchain and not bp.is_kernel(),
+                                   exclude_callchain_kernel=bool(graph) and not bp.is_kernel(),
+                                   exclude_callchain_user=dwarf, sample_regs_user=regs,
+                                   sample_stack_user=graph.stack_size if dwarf else 0,
                                    remove_on_exec=roe)
                       for ek, roe, bp in zip(exclude_kernel, remove_on_exec, self.watches)]
         self._track = track

@@ -113,7 +113,7 @@ def perf_event_paranoid() -> int | None:
 def effective_capabilities(pid: int | str = "self") -> int:
     """The ``CapEff`` bit mask of a process (0 when unreadable)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/status", errors="replace") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     return int(line.split()[1], 16)
@@ -146,7 +146,8 @@ def status_field(tid: int, name: str) -> "int | None":
     """A number from a task's status (``Tgid``, ``PPid``, ``TracerPid``),
     or None when the task is gone or has no such field."""
     try:
-        with open(f"/proc/{tid}/status") as f:
+        # a thread's name may hold any byte (prctl PR_SET_NAME): not UTF-8
+        with open(f"/proc/{tid}/status", errors="replace") as f:
             for line in f:
                 if line.startswith(name + ":"):
                     return int(line.split()[1])
@@ -199,7 +200,7 @@ def why_not_yours(pid: int) -> str:
 def comm(pid: int) -> str:
     """The command name of a task (``/proc/PID/comm``), or ``?``."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
+        with open(f"/proc/{pid}/comm", errors="replace") as f:
             return f.read().strip()
     except OSError:
         return "?"

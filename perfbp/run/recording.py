@@ -19,14 +19,15 @@ from typing import Callable, Sequence
 from ..kernel import system
 from ..kernel.events import Target
 from ..planning.planner import Plan
-from ..data.perfdata import (PERF_RECORD_FINISHED_ROUND, FileEvent, PerfDataPipeWriter,
-                       PerfDataWriter)
+from ..data.perfdata import (PERF_RECORD_FINISHED_ROUND, BuildId, FileEvent,
+                             PerfDataPipeWriter, PerfDataWriter)
 from .lifecycle import Run, SampledArming, StopRequest
-from ..kernel.records import ParseConfig, sample_id_bytes
-from ..kernel.sampling import Sampler, WatchStats
+from ..kernel.records import ParseConfig, iter_records, sample_id_bytes
+from ..kernel.sampling import CallGraph, Sampler, WatchStats
 
 FINISHED_ROUND = struct.pack("<IHH", PERF_RECORD_FINISHED_ROUND, 0, 8)
 PERF_RECORD_MISC_USER = 2
+PERF_RECORD_MISC_MMAP_DATA = 1 << 13
 PROT_EXEC = 4
 MAP_PRIVATE, MAP_SHARED = 2, 1
 
@@ -106,8 +107,11 @@ def _record(rtype: int, misc: int, body: bytes) -> bytes:
 
 def synthesize_process(pid: int, config: ParseConfig) -> bytes:
     """COMM records for every thread of ``pid`` and MMAP2 records for its
-    executable mappings, from /proc, as perf synthesizes them."""
-    from ..kernel._uapi import PERF_RECORD_COMM, PERF_RECORD_MMAP2
+    executable mappings (every mapping when the samples carry user stacks,
+    as the tracking event then asks the kernel for: see
+    :func:`~perfbp.kernel.events.tracking_attr`), from /proc, as perf
+    synthesizes them."""
+    from ..kernel._uapi import PERF_RECORD_COMM, PERF_RECORD_MMAP2, PERF_SAMPLE_STACK_USER
 
     out = bytearray()
     try:
@@ -130,19 +134,54 @@ def synthesize_process(pid: int, config: ParseConfig) -> bytes:
             continue
         rng, perms, off, dev, ino = parts[:5]
         path = parts[5].strip() if len(parts) > 5 else ""
-        if "x" not in perms:
+        if "x" not in perms and not config.sample_type & PERF_SAMPLE_STACK_USER:
             continue
         start, end = (int(x, 16) for x in rng.split("-"))
         maj, mnr = (int(x, 16) for x in dev.split(":"))
-        prot = (1 if "r" in perms else 0) | (2 if "w" in perms else 0) | PROT_EXEC
+        prot = (1 if "r" in perms else 0) | (2 if "w" in perms else 0) \
+            | (PROT_EXEC if "x" in perms else 0)
         flags = MAP_SHARED if "s" in perms else MAP_PRIVATE
         name = (path or "//anon").encode() + b"\0"
         name = name.ljust((len(name) + 7) // 8 * 8, b"\0")
         body = struct.pack("<IIQQQIIQQII", pid, pid, start, end - start, int(off, 16),
                            maj, mnr, int(ino), 0, prot, flags) + name
-        out += _record(PERF_RECORD_MMAP2, PERF_RECORD_MISC_USER,
+        out += _record(PERF_RECORD_MMAP2, PERF_RECORD_MISC_USER
+                       | (0 if "x" in perms else PERF_RECORD_MISC_MMAP_DATA),
                        body + _sample_id_trailer(config, pid, pid))
     return bytes(out)
+
+
+class BuildIds:
+    """The build-ids of the objects a recording maps executable, for its
+    build-id table (HEADER_BUILD_ID), read from each file when its first
+    mapping record is written (the file may be replaced later).  Every
+    object mapped is listed, as ``perf record --buildid-all`` lists them
+    (perf lists only those its samples hit, which it knows after a pass
+    over the recording)."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self.found: list = []  # perfdata.BuildId, in the order first mapped
+
+    def add(self, records) -> None:
+        """Note the files of the MMAP/MMAP2 records among ``records``."""
+        from ..kernel.records import Mmap
+        from ..symbols.elf import ElfReader
+
+        for r in records:
+            if not isinstance(r, Mmap) or (r.v2 and not r.prot & PROT_EXEC):
+                continue
+            path = r.filename
+            if path in self._seen or not path.startswith("/"):
+                continue
+            self._seen.add(path)
+            try:
+                with ElfReader(path) as elf:
+                    bid = elf.build_id()
+            except (OSError, ValueError):  # gone, not ELF, a device: no entry
+                continue
+            if bid:
+                self.found.append(BuildId(path, bid))
 
 
 def _all_pids() -> "list[int]":
@@ -151,7 +190,8 @@ def _all_pids() -> "list[int]":
 
 def record(watches: "Sequence", output: str, *,
            target: "Target | None" = None, command: "Sequence[str] | None" = None,
-           duration: "float | None" = None, period: int = 1, callchain: bool = False,
+           duration: "float | None" = None, period: int = 1,
+           callchain: "bool | str" = False,
            ring_pages: "int | None" = None,
            on_start: "Callable[[str, Plan], None] | None" = None,
            on_batch: "Callable[[object, Sampler], None] | None" = None,
@@ -167,7 +207,12 @@ def record(watches: "Sequence", output: str, *,
             ``.old``; a symlink is refused).
         target / command, on_start: as :func:`perfbp.count`.
         period: sample every Nth hit (hits stay exact).
-        callchain: record user call stacks.
+        callchain: record call stacks: ``True`` or ``"fp"`` (the kernel
+            walks the frame pointers), ``"dwarf"`` or ``"dwarf,SIZE"`` (each
+            sample carries the user registers and SIZE bytes of stack, 8192
+            by default, which :func:`~perfbp.load_report` unwinds with the
+            objects' CFI: right in code built without frame pointers), as
+            perf's ``--call-graph``.
         on_batch: called with each decoded :class:`~perfbp.kernel.sampling.Batch`.
         multiplex: when the watches need more slots than there are, let them
             take turns in slices of this many seconds (the sampling events
@@ -181,14 +226,16 @@ def record(watches: "Sequence", output: str, *,
     Raises:
         PerfbpError: bad input, privilege, slots, process, output path.
     """
+    callchain = CallGraph.parse(callchain)  # bad input is refused before anything runs
     stream = _StdoutStream() if output == "-" else None
     try:
         run = Run(watches, target, command, multiplex, trace)
         armed = run.arm_sampler(period=period, callchain=callchain,
                                 **({} if ring_pages is None else {"ring_pages": ring_pages}))
         sampler, mux = armed.sampler, armed.mux
+        build_ids = BuildIds()
         try:
-            writer = _open_output(output, stream, run, armed)
+            writer = _open_output(output, stream, run, armed, build_ids)
         except BaseException:
             sampler.close()
             run.abort()
@@ -202,7 +249,7 @@ def record(watches: "Sequence", output: str, *,
                 start = time.monotonic()
                 run.start(mux)  # raises CommandNotFound if exec fails: no banner then
                 by_addr = _AddressCounts(mux) if mux is not None else None
-                hook = _batch_hook(on_batch, by_addr)
+                hook = _batch_hook(on_batch, by_addr, build_ids)
                 if on_start:
                     on_start(run.description, run.plan)
 
@@ -214,7 +261,7 @@ def record(watches: "Sequence", output: str, *,
                 ended_by, exit_code = run.wait(stop, start=start, duration=duration, mux=mux,
                                                fds=sampler.ring_fds, on_wake=drain, idle=0.25)
                 estimates, ws, stats, meta = _stop(run, armed, writer, hook, by_addr, period,
-                                                   cmdline)
+                                                   cmdline, build_ids)
                 failed = False
         finally:
             if mux is not None:
@@ -231,7 +278,8 @@ def record(watches: "Sequence", output: str, *,
             stream.restore()
 
 
-def _open_output(output: str, stream, run: Run, armed: SampledArming) -> PerfDataWriter:
+def _open_output(output: str, stream, run: Run, armed: SampledArming,
+                 build_ids: BuildIds) -> PerfDataWriter:
     """The perf.data writer, one event per sampling slot (named after its
     watch: perf shows the watch's name, and perfbp report merges the pieces
     of a watch back into one), then the tracking event; for a target that
@@ -252,19 +300,22 @@ def _open_output(output: str, stream, run: Run, armed: SampledArming) -> PerfDat
             tgt = run.target
             pids = (_all_pids() if tgt.kind == "cpus"
                     else [system.thread_group(tgt.pid) or tgt.pid])
-            writer.write(b"".join(synthesize_process(p, sampler.config) for p in pids)
-                         + FINISHED_ROUND)
+            records = b"".join(synthesize_process(p, sampler.config) for p in pids)
+            writer.write(records + FINISHED_ROUND)
+            build_ids.add(iter_records(records, sampler.config))
         except BaseException:
             writer.abandon()
             raise
     return writer
 
 
-def _stop(run: Run, armed: SampledArming, writer, hook, by_addr, period: int, cmdline):
+def _stop(run: Run, armed: SampledArming, writer, hook, by_addr, period: int, cmdline,
+          build_ids: BuildIds):
     """End a recording: stop the events first (a hit after this is neither
     counted nor sampled, so the final drain holds every sample of every
     counted hit), drain, read the kernel's counts into the file and finish
-    it.  Returns ``(estimates, watches, stats, meta)``."""
+    it with the build-ids of what it mapped.  Returns ``(estimates,
+    watches, stats, meta)``."""
     sampler, mux = armed.sampler, armed.mux
     estimates = mux.stop() if mux is not None else None
     sampler.disable()
@@ -274,18 +325,20 @@ def _stop(run: Run, armed: SampledArming, writer, hook, by_addr, period: int, cm
     writer.write(read_records(sampler, piece_stats))
     ws, stats, meta = _account(run, armed, piece_stats, by_addr, estimates, period)
     writer.finish(cmdline=list(cmdline or ["perfbp", "record"]),
-                  nr_cpus=(len(system.possible_cpus()), len(system.online_cpus())), meta=meta)
+                  nr_cpus=(len(system.possible_cpus()), len(system.online_cpus())), meta=meta,
+                  build_ids=build_ids.found)
     return estimates, ws, stats, meta
 
 
-def _batch_hook(on_batch, by_addr):
-    """What each decoded batch goes to: the caller's ``on_batch``, and the
-    per-address counts of a multiplexed recording."""
-    if by_addr is None:
-        return on_batch
-
+def _batch_hook(on_batch, by_addr, build_ids: BuildIds):
+    """What each decoded batch goes to: the build-ids of the files it maps,
+    the caller's ``on_batch``, and the per-address counts of a multiplexed
+    recording."""
     def hook(batch, smp):
-        by_addr.add(batch)
+        if batch.records:
+            build_ids.add(batch.records)
+        if by_addr is not None:
+            by_addr.add(batch)
         if on_batch:
             on_batch(batch, smp)
     return hook
@@ -397,7 +450,7 @@ def _flush(sampler: Sampler, writer: PerfDataWriter, on_batch) -> int:
     chunks = sampler.drain()
     if not chunks:
         return 0
-    writer.write(b"".join(chunks) + FINISHED_ROUND)
+    writer.write(b"".join([*chunks, FINISHED_ROUND]))  # one copy
     batch = sampler.decode(chunks)
     if on_batch:
         on_batch(batch, sampler)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import difflib
 import errno
 import re
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, NamedTuple, Optional, Union
@@ -527,7 +528,7 @@ def _resolve_in(debug: DebugFile, name: str, steps: list, expr: str) -> Member:
 
     try:
         return _resolve(debug, name, steps, expr.strip())
-    except (ELFError, DWARFError, KeyError, IndexError, ValueError) as exc:
+    except (ELFError, DWARFError, KeyError, IndexError, ValueError, struct.error) as exc:
         raise SymbolNotFound(f"cannot resolve {expr!r}: the debug information of "
                              f"{debug.path} is damaged ({exc}); watch by address instead",
                              path=debug.path, expr=expr) from None

@@ -3,11 +3,11 @@
 :mod:`perfbp.symbols.dwarf` resolves ``config.flags`` from a variable's DIE
 and its type; this module finds that DIE, as cheaply as the file allows:
 
-1. **Where the DWARF is.**  In the file itself, or in a separate debug file
-   where gdb looks for one: by build-id under /usr/lib/debug/.build-id,
-   then by ``.gnu_debuglink`` (its CRC checked) next to the file, in its
-   .debug/, and under /usr/lib/debug.  :func:`origin` tells it from the ELF
-   headers alone (no DWARF read), which is what a cache hit needs.
+1. **Where the DWARF is.**  In the file itself, or in its separate debug
+   file (:mod:`perfbp.symbols.debuginfo`: by build-id under
+   /usr/lib/debug/.build-id, by ``.gnu_debuglink``, CRC checked, or in the
+   debuginfod cache).  :func:`origin` tells it from the ELF headers alone
+   (no DWARF read), which is what a cache hit needs.
 2. **The cache** (:mod:`perfbp.symbols.dwarf_cache`): the members already
    resolved in this DWARF, and its variable index, kept on disk between
    runs.  A store applies only while its source, the file the DWARF was
@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from . import dwarf_cache
-from .elf import ElfReader, SHT_NOBITS
+from . import debuginfo, dwarf_cache
+from .elf import debug_facts, file_with
 from ..errors import SymbolNotFound
 from ..kernel.system import open_regular
 
@@ -41,8 +40,6 @@ if TYPE_CHECKING:
     from .dwarf_accel import NameTable
 
 __all__ = ["DebugFile", "Origin", "load", "origin", "store_for", "remember"]
-
-DEBUG_DIRS = ("/usr/lib/debug",)
 
 
 def identity(path: str) -> str:
@@ -64,72 +61,6 @@ def file_key(path: str) -> "tuple[str, int, int, int]":
 # --------------------------------------------------------------------------
 # Where the DWARF is
 # --------------------------------------------------------------------------
-
-class _Headers(NamedTuple):
-    """What the ELF headers of a file say about its DWARF."""
-
-    has_dwarf: bool
-    build_id: Optional[str]
-    debuglink: "Optional[tuple[str, int]]"  # (file name, CRC-32)
-
-
-def _headers(path: str) -> _Headers:
-    """Raises: OSError, ValueError (not ELF)."""
-    with ElfReader(path) as elf:
-        has = any(name in (".debug_info", ".zdebug_info") and s.sh_type != SHT_NOBITS
-                  and s.sh_size for name, s in zip(elf.names, elf.sections))
-        link = None
-        sec = elf.section(".gnu_debuglink")
-        if not has and sec is not None and sec.sh_type != SHT_NOBITS:
-            data = elf.data(sec)
-            end = data.find(b"\0")
-            at = (end + 4) // 4 * 4  # the name, its NUL, padding to 4, then the CRC
-            if end > 0 and at + 4 <= len(data):
-                crc = struct.unpack_from(elf.order + "I", data, at)[0]
-                link = (data[:end].decode("utf-8", "replace"), crc)
-        return _Headers(has, elf.build_id(), link)
-
-
-def _candidates(path: str, headers: _Headers) -> "list[tuple[str, Optional[int]]]":
-    """``(path, CRC to check or None)`` of the places a separate debug file
-    of ``path`` may be, in gdb's order."""
-    out: list[tuple[str, Optional[int]]] = []
-    bid = headers.build_id
-    if bid:
-        out += [(f"{d}/.build-id/{bid[:2]}/{bid[2:]}.debug", None) for d in DEBUG_DIRS]
-    if headers.debuglink is not None:
-        name, crc = headers.debuglink
-        here = os.path.dirname(path)
-        for d in (here, os.path.join(here, ".debug"), *(d + here for d in DEBUG_DIRS)):
-            out.append((os.path.join(d, name), crc))
-    return [(p, crc) for p, crc in out if os.path.realpath(p) != path]
-
-
-def separate_debug_file(path: str, headers: _Headers) -> Optional[str]:
-    """The separate debug file of ``path`` (a real path): the first of
-    :func:`_candidates` that is a regular ELF file with DWARF, and whose
-    CRC matches the debuglink's; None when there is none.
-
-    pyelftools (0.32+) can follow a ``.gnu_debuglink``
-    (``get_dwarf_info(follow_links=True)``), but looks only next to the
-    file, not by build-id (a TODO in pyelftools 0.33) nor in .debug/ and
-    /usr/lib/debug, where distributions install debug files, and a CRC that
-    differs raises instead of trying the next place."""
-    for cand, crc in _candidates(path, headers):
-        if not os.path.isfile(cand):
-            continue
-        try:
-            if not _headers(cand).has_dwarf:
-                continue
-            if crc is not None:
-                with open_regular(cand) as f:
-                    if zlib.crc32(f.read()) != crc:
-                        continue
-            return cand
-        except (OSError, ValueError):  # unreadable or not ELF: as if absent, as gdb does
-            continue
-    return None
-
 
 class Origin(NamedTuple):
     """Where a file's DWARF is, as its headers tell.
@@ -159,14 +90,14 @@ def origin(path: str) -> Optional[Origin]:
 @lru_cache(maxsize=64)
 def _origin(real: str, _ino: int, size: int, mtime: int) -> Optional[Origin]:
     try:
-        headers = _headers(real)
-        key = (f"build-id:{headers.build_id}" if headers.build_id else
+        facts = debug_facts(real)
+        key = (f"build-id:{facts.build_id}" if facts.build_id else
                f"file:{real}:{size}:{mtime}")
-        if headers.has_dwarf:
+        if facts.dwarf:
             return Origin(key, f"{real}:{size}:{mtime}")
-        for cand, _crc in _candidates(real, headers):
-            if os.path.isfile(cand):
-                return Origin(key, identity(cand))
+        for cand in debuginfo.candidates(real, facts.build_id, facts.debuglink):
+            if os.path.isfile(cand.path):
+                return Origin(key, identity(cand.path))
     except (OSError, ValueError):
         pass
     return None
@@ -219,7 +150,10 @@ class DebugFile:
 
         if self._index is None and (self.store is None or self.store.names is None):
             table = self.name_table()
-            units = table.lookup(name) if table is not None else None
+            try:
+                units = table.lookup(name) if table is not None else None
+            except (ValueError, struct.error, IndexError, KeyError):
+                units = None  # a damaged table: the full index answers
             if units:
                 try:
                     found = scan_units(self.dwarf, units).get(name)
@@ -302,14 +236,10 @@ def _load(key: "tuple[str, int, int, int]") -> DebugFile:
     from .dwarf_accel import SECTIONS as NAME_TABLES
 
     path = key[0]
-    headers = _headers(path)
-    debug_path = path
-    if not headers.has_dwarf:
-        debug_path = separate_debug_file(path, headers)
-        if debug_path is None:
-            raise SymbolNotFound(
-                f"{path} has no DWARF debug information: rebuild with -g, or "
-                f"watch by address", path=path)
+    debug_path = file_with(path, "dwarf")
+    if not debug_facts(debug_path).dwarf:
+        raise SymbolNotFound(f"{path} has no DWARF debug information: rebuild with -g, or "
+                             f"watch by address", path=path)
     with open_regular(debug_path) as f:
         # pyelftools copies each DWARF section out of the file (the rest of
         # it is not read): nothing is kept open

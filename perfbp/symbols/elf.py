@@ -20,6 +20,7 @@ over files; no kernel.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import operator
 import os
@@ -119,6 +120,7 @@ class ElfReader:
         self.path = path
         self._file = open_regular(path)
         try:
+            self.size = os.fstat(self._file.fileno()).st_size
             self._read_headers()
         except (struct.error, IndexError, KeyError, UnicodeDecodeError) as exc:
             self._file.close()
@@ -139,6 +141,8 @@ class ElfReader:
         Raises:
             ValueError: they are not all in the file.
         """
+        if offset < 0 or size < 0 or offset + size > self.size:  # before any allocation
+            raise ValueError(f"{self.path}: {size} bytes at {offset:#x} are past its end")
         data = os.pread(self._file.fileno(), size, offset) if size else b""
         if len(data) != size:
             raise ValueError(f"{self.path}: {size} bytes at {offset:#x} are past its end")
@@ -356,18 +360,23 @@ class Location:
 
 class ElfObject:
     """The function symbols and load segments of one ELF file, and whether
-    it has a DWARF line table (``has_lines``: a ``.debug_line`` section)."""
+    it has a DWARF line table (``has_lines``: a ``.debug_line`` section);
+    the symbols and lines of a stripped one from its separate debug file
+    (:func:`debug_file`)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         starts: dict[int, tuple[str, int]] = {}
-        with ElfReader(path) as elf:
+        symbols = file_with(path, "symtab")  # a stripped object's: in its debug file
+        with ElfReader(path) as elf, (ElfReader(symbols) if symbols != path
+                                      else contextlib.nullcontext(elf)) as tables:
             self.pie_or_shared = elf.e_type == ET_DYN
-            self.has_lines = bool({".debug_line", ".zdebug_line"} & set(elf.names))
+            self.has_lines = (bool({".debug_line", ".zdebug_line"} & set(elf.names))
+                              or file_with(path, "lines") != path)
             self.segments = [(s.p_offset, s.p_filesz, s.p_vaddr)  # (p_offset, p_filesz, p_vaddr)
                              for s in elf.segments if s.p_type == PT_LOAD]
             for table in (".symtab", ".dynsym"):
-                for name, addr, size, info, shndx in elf.symbols(table):
+                for name, addr, size, info, shndx in tables.symbols(table):
                     if info & 0xF not in (STT_FUNC, STT_GNU_IFUNC) or shndx == SHN_UNDEF:
                         continue
                     # prefer the first table (.symtab) and sized symbols
@@ -414,7 +423,7 @@ def named_symbols(path: str) -> "dict[str, list[Symbol]]":
         OSError: the file cannot be read.
         ValueError: it is not ELF.
     """
-    real = os.path.realpath(path)
+    real = os.path.realpath(file_with(path, "symtab"))
     st = os.stat(real)
     return _named_symbols(real, st.st_ino, st.st_mtime_ns, st.st_size)
 
@@ -429,7 +438,7 @@ def symbols_named(path: str, name: str) -> "list[Symbol]":
         OSError: the file cannot be read.
         ValueError: it is not ELF.
     """
-    real = os.path.realpath(path)
+    real = os.path.realpath(file_with(path, "symtab"))
     st = os.stat(real)
     return _symbols_named(real, st.st_ino, st.st_mtime_ns, st.st_size, name)
 
@@ -474,6 +483,128 @@ def _symbols_named(path: str, ino: int, mtime: int, size: int, name: str
         if found or elf.defines_any(".symtab"):  # named_symbols reads .symtab alone
             return found.get(name, [])
     return _named_symbols(path, ino, mtime, size).get(name, [])
+
+
+# --------------------------------------------------------------------------
+# Separate debug files (where they may be: perfbp.symbols.debuginfo)
+# --------------------------------------------------------------------------
+
+class DebugFacts(NamedTuple):
+    """What a file's headers say about its symbols and debug information.
+
+    Attributes:
+        symtab: it has a ``.symtab`` (``strip`` removes it; ``.dynsym``
+            stays).
+        dwarf: it has DWARF (``.debug_info``); ``lines``: a line table
+            (``.debug_line``).
+        build_id: its ``NT_GNU_BUILD_ID`` in hex, or None.
+        debuglink: its ``.gnu_debuglink``: ``(file name, CRC-32)``, or None.
+    """
+
+    symtab: bool
+    dwarf: bool
+    lines: bool
+    build_id: Optional[str]
+    debuglink: "Optional[tuple[str, int]]"
+
+
+def debug_facts(path: str) -> DebugFacts:
+    """The :class:`DebugFacts` of ``path``, read once while it is unchanged.
+
+    Raises:
+        OSError: it cannot be read.
+        ValueError: it is not ELF.
+    """
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return _debug_facts(real, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _debug_facts(path: str, _ino: int, _mtime: int, _size: int) -> DebugFacts:
+    with ElfReader(path) as elf:
+        def has(*names: str) -> bool:
+            return any(name in names and s.sh_type != SHT_NOBITS and s.sh_size
+                       for name, s in zip(elf.names, elf.sections))
+
+        link = None
+        sec = elf.section(".gnu_debuglink")
+        if sec is not None and sec.sh_type != SHT_NOBITS:
+            data = elf.data(sec)
+            end = data.find(b"\0")
+            at = (end + 4) // 4 * 4  # the name, its NUL, padding to 4, then the CRC
+            if end > 0 and at + 4 <= len(data):
+                crc = struct.unpack_from(elf.order + "I", data, at)[0]
+                link = (data[:end].decode("utf-8", "replace"), crc)
+        return DebugFacts(has(".symtab"), has(".debug_info", ".zdebug_info"),
+                          has(".debug_line", ".zdebug_line"), elf.build_id(), link)
+
+
+def debug_file(path: str) -> Optional[str]:
+    """The separate debug file of the object at ``path``, in the order of
+    :mod:`perfbp.symbols.debuginfo`: the first candidate whose build-id is
+    the object's (when both have one) and that has a ``.symtab`` or DWARF;
+    None when there is none, or ``path`` cannot be read."""
+    from . import debuginfo
+
+    try:
+        facts = debug_facts(path)
+    except (OSError, ValueError):
+        return None
+
+    def accept(cand: str) -> bool:
+        try:
+            found = debug_facts(cand)
+        except (OSError, ValueError):  # unreadable or not ELF: as if absent, as gdb does
+            return False
+        same = not (facts.build_id and found.build_id) or found.build_id == facts.build_id
+        return same and (found.symtab or found.dwarf)
+
+    cand = debuginfo.find(os.path.realpath(path), facts.build_id, facts.debuglink, accept)
+    return cand.path if cand is not None else None
+
+
+def file_with(path: str, what: str) -> str:
+    """The file that holds ``what`` (``symtab``, ``dwarf`` or ``lines``, as
+    in :class:`DebugFacts`) for the object at ``path``: the object itself
+    when it has it, else its separate debug file (:func:`debug_file`) when
+    that has it, else the object (whose readers then say what is missing)."""
+    try:
+        if getattr(debug_facts(path), what):
+            return path
+    except (OSError, ValueError):
+        return path
+    debug = debug_file(path)
+    try:
+        return debug if debug is not None and getattr(debug_facts(debug), what) else path
+    except (OSError, ValueError):
+        return path
+
+
+def missing_debug(path: str) -> Optional[str]:
+    """``NAME is stripped and no debug file of it was found (looked for
+    ...)`` when the object at ``path`` has no ``.symtab`` and
+    :func:`debug_file` finds none: the start of a hint, which its caller
+    ends with what is missing for it (names, a report's functions and
+    lines) and what to do; None otherwise."""
+    from . import debuginfo
+
+    try:
+        facts = debug_facts(path)
+    except (OSError, ValueError):
+        return None
+    if facts.symtab or debug_file(path) is not None:
+        return None
+    real = os.path.realpath(path)
+    where = debuginfo.places(real, facts.build_id, facts.debuglink)
+    return (f"{os.path.basename(real)} is stripped and no debug file of it was found "
+            + (f"(looked for {where})" if where else
+               "(it has neither a build-id nor a .gnu_debuglink to find one by)"))
+
+
+#: What to do about :func:`missing_debug`, for messages.
+INSTALL_DEBUG = ("install its debug file (Debian: its -dbgsym package), or build it with "
+                 "-g and without strip")
 
 
 def load_bias(pid: int, path: str) -> int:

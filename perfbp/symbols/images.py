@@ -212,19 +212,30 @@ def _copy_relocations(elf) -> "dict[str, tuple[int, int]]":
     return copies
 
 
-@lru_cache(maxsize=128)
 def aliases(path: str, value: int) -> "frozenset[str]":
-    """Every name of a data object at link-time address ``value`` in
-    ``path`` (``environ`` and ``__environ``, ``program_invocation_short_name``
-    and ``__progname`` ...)."""
-    from .elf import named_symbols
+    """Every exported name of a data object at link-time address ``value``
+    in ``path`` (``environ`` and ``__environ``, ``program_invocation_short_name``
+    and ``__progname`` ...): the names an executable's copy relocation can
+    give it, which are its dynamic symbols (``.dynsym``; not the whole
+    ``.symtab`` of a debug file, ten times longer in libc)."""
+    return _exported_objects(path).get(value, frozenset())
 
+
+@lru_cache(maxsize=32)
+def _exported_objects(path: str) -> "dict[int, frozenset[str]]":
+    """The names of the defined data objects of ``path``'s ``.dynsym``, by
+    link-time address."""
+    from .elf import SHN_UNDEF, STT_OBJECT, ElfReader
+
+    by_value: dict[int, set[str]] = {}
     try:
-        table = named_symbols(path)
+        with ElfReader(path) as elf:
+            for name, value, _size, info, shndx in elf.symbols(".dynsym"):
+                if info & 0xF == STT_OBJECT and shndx != SHN_UNDEF:
+                    by_value.setdefault(value, set()).add(name)
     except (OSError, ValueError):
-        return frozenset()
-    return frozenset(name for name, syms in table.items()
-                     for s in syms if s.value == value and s.kind == "object")
+        return {}
+    return {value: frozenset(names) for value, names in by_value.items()}
 
 
 def copy_target(exe: Image, names: "frozenset[str] | set[str]") -> "tuple[str, int, int] | None":

@@ -477,16 +477,21 @@ def _join(dirs: list, index: int, name: str) -> str:
 
 @lru_cache(maxsize=64)
 def line_table(path: str) -> Optional[LineTable]:
-    """The line table of the ELF file at ``path``, built once and cached.
+    """The line table of the ELF file at ``path``, built once and cached:
+    from the file, or from its separate debug file when it is stripped
+    (:func:`perfbp.symbols.elf.file_with`).
 
     Returns:
-        The table, or None when the file gives no lines: it has no
-        ``.debug_line`` (stripped, or built without ``-g``), or it is
-        missing, unreadable or not ELF.  Like ``symbols.load_object``, this
-        degrades rather than raises, so a report can ask about every object
-        it meets; build a :class:`LineTable` directly to see why.
+        The table, or None when the file gives no lines: neither it nor a
+        debug file of it has ``.debug_line`` (stripped, or built without
+        ``-g``), or it is missing, unreadable or not ELF.  Like
+        ``symbols.load_object``, this degrades rather than raises, so a
+        report can ask about every object it meets; build a
+        :class:`LineTable` directly to see why.
     """
+    from .elf import file_with
+
     try:
-        return LineTable(path)
+        return LineTable(file_with(path, "lines"))
     except (OSError, ValueError):
         return None

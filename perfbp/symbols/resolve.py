@@ -36,7 +36,8 @@ from ..errors import (InvalidBreakpoint, NoSuchProcess, PerfbpError, PermissionD
                      SymbolNotFound)
 from ..planning.planner import Watch
 from ..planning.spec import WatchSpec, parse
-from .elf import KERNEL_START, Symbol, load_bias, named_symbols, symbols_named
+from .elf import (INSTALL_DEBUG, KERNEL_START, Symbol, load_bias, missing_debug,
+                  named_symbols, symbols_named)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def find_symbol(path: str, name: str) -> Symbol:
         close = difflib.get_close_matches(name, list(named_symbols(path)), n=5, cutoff=0.6)
         hint = (f"; closest: {', '.join(close)}" if close else
                 "; list them with `nm` (a stripped program has none: use an address)")
-        raise SymbolNotFound(f"no symbol {name!r} in {path}{hint}")
+        raise SymbolNotFound(f"no symbol {name!r} in {path}{_stripped([path], hint)}")
     globals_ = [s for s in found if not s.local]
     if len(found) > 1 and len(globals_) != 1:
         where = ", ".join(f"{s.value:#x} ({s.size} bytes, {'local' if s.local else 'global'})"
@@ -343,10 +344,22 @@ def not_found(spec: WatchSpec, searched: "Sequence[str]",
     else:
         shown = ", ".join(searched[:4]) + (f" and {len(searched) - 4} more"
                                            if len(searched) > 4 else "")
-    return SymbolNotFound(
-        f"watch '{spec.text}': no symbol {_base_name(spec.symbol)!r} in {shown}"
-        + (f"; closest: {', '.join(close)}" if close else
-           "; list them with `nm -D` (a stripped program has none: use an address)"))
+    hint = (f"; closest: {', '.join(close)}" if close else
+            "; list them with `nm -D` (a stripped program has none: use an address)")
+    return SymbolNotFound(f"watch '{spec.text}': no symbol {_base_name(spec.symbol)!r} in "
+                          f"{shown}{_stripped(programs or searched[:1], hint)}")
+
+
+def _stripped(programs: "Sequence[str]", hint: str) -> str:
+    """``hint``, or where it comes from that a name is missing: the first
+    of ``programs`` that is stripped and has no debug file (its names are
+    its dynamic symbols alone), and what to do."""
+    for p in programs:
+        why = missing_debug(p)
+        if why is not None:
+            close = hint if hint.startswith("; closest:") else ""
+            return f"{close}; {why}: {INSTALL_DEBUG}, or watch by address"
+    return hint
 
 
 def static_scope(exe: str, env: "dict[str, str] | None" = None) -> Scope:
@@ -554,6 +567,16 @@ def command_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
                 continue
             out.append(path)
     return out
+
+
+def reported_programs(argv: "Sequence[str]", exe: str) -> "list[str]":
+    """The programs whose code a recording of ``argv`` is about: those its
+    command line names by a path, which a wrapper runs (``sh -c './prog'``,
+    ``env X=1 ./prog``), else ``exe`` itself.  A program named by a bare
+    word (``echo`` in a shell line, ``timeout``'s command) is left out:
+    what a wrapper runs on the way is not what is watched."""
+    paths = {w for w in _command_words(argv) if "/" in w}
+    return [p for p in command_programs(argv, exe)[1:] if p in paths] or [exe]
 
 
 def resolve_for_command(specs: "Sequence[WatchSpec]", argv: "Sequence[str]", exe: str,
