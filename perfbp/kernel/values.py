@@ -32,6 +32,7 @@ missing the error says which, in one line.
 from __future__ import annotations
 
 import errno as E
+import os
 
 from . import _uapi, abi, system
 from .bpf import encode
@@ -198,6 +199,23 @@ class ValueProgram:
     def __repr__(self) -> str:
         how = "writes values" if self.values else "emits" if self.emit else "counts"
         return f"<ValueProgram {self.describe()}, {how}>"
+
+
+def read_value(pid: int, address: int, length: int) -> "int | None":
+    """The ``length``-byte value (unsigned, little-endian) at ``address`` in
+    process ``pid`` now, from ``/proc/PID/mem``; None when it cannot be read
+    (no such process, not mapped, not allowed)."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, length, address)
+    except (OSError, OverflowError):
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(raw, "little") if len(raw) == length else None
 
 
 def unavailable() -> "PerfbpError | None":
