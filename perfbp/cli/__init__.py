@@ -879,7 +879,7 @@ def top(
     interval: Annotated[float, typer.Option("--interval", "-i", metavar="SECONDS",
                                             help="Seconds between screen updates.")] = 1.0,
     top_n: Top = 5, no_ptrace: NoPtrace = False, multiplex: Multiplex = False,
-    slice_ms: SliceMs = 10,
+    slice_ms: SliceMs = 10, if_: If = None,
     command_output: Annotated[Optional[str], typer.Option(
         "--command-output", metavar="FILE",
         help="Where a launched command's output goes (default: on a terminal, a new file "
@@ -896,6 +896,7 @@ def top(
 
     args = run_args(watch, pid, tid, all_cpus, cpu, command, multiplex=multiplex,
                     slice_ms=slice_ms, no_ptrace=no_ptrace)
+    conditions = _conditions(if_, args.watches)
     if not math.isfinite(interval):
         raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
@@ -908,7 +909,8 @@ def top(
     try:
         session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
                                      interval=interval, trace=args.trace,
-                                     multiplex=args.multiplex, command_output=output)
+                                     multiplex=args.multiplex, command_output=output,
+                                     condition=conditions)
     except BaseException:
         if output is not None and command_output is None:
             os.unlink(output)  # the file made for it: nothing ran
@@ -929,9 +931,10 @@ def top(
         typer.echo(f"perfbp: {tui.output_note(output, made=command_output is None)}", err=True)
     for f in session.figures:
         if not f.complete:
-            typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
-                       f"but {f.samples:,} samples + {f.lost:,} lost = {f.samples + f.lost:,}",
-                       err=True)
+            counted = (f"its condition matched {f.matched:,} hits" if f.matched is not None
+                       else f"the kernel counted {f.hits:,} hits")
+            typer.echo(f"perfbp: WARNING: watch {f.label}: {counted} but {f.samples:,} "
+                       f"samples + {f.lost:,} lost = {f.samples + f.lost:,}", err=True)
     # the command's status, as stat's (EXIT STATUS in docs/perfbp.md); 0 when
     # the user quit the view with q and perfbp ended the command, as -d does
     if session.exit_code is not None and not quit_view:

@@ -570,7 +570,7 @@ def _merged(table: "dict[int, _Counter]") -> _Counter:
     return out
 
 
-def _most(items, top: int) -> list:
+def most(items, top: int) -> list:
     """The ``top`` items of ``(key, count)`` with the highest counts, ties in
     the order of their keys."""
     return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:top]
@@ -631,8 +631,8 @@ def _details(w: WatchReport, tally: _Tally, i: int, sym, comms, top: int) -> Non
     w.writers = writers_of(sym, tally.writers[i], top)
     w.threads = _threads(tally.threads[i], comms, top)
     if i in tally.values:
-        w.values = _most(tally.values[i].items(), top)
-        w.transitions = [(o, v, n) for (o, v), n in _most(tally.transitions[i].items(), top)]
+        w.values = most(tally.values[i].items(), top)
+        w.transitions = [(o, v, n) for (o, v), n in most(tally.transitions[i].items(), top)]
     if i in tally.cpus:
         w.cpus = dict(sorted(tally.cpus[i].items()))
 

@@ -234,6 +234,14 @@ class Sampler:
             before and after each hit (``old``, ``new``): the sampler opens
             their output events, one per CPU and watch, on the CPU's ring,
             and counts their samples and losses as the watch's.
+        condition: the simple way to ``programs``: a condition on the
+            watched value (``"new == 0"``, see :mod:`perfbp.kernel.condition`),
+            or one per watch (None in it: every hit): only the hits for
+            which it holds are sampled, each sample with ``old`` and ``new``
+            (``batch.samples.old``, ``.new``), and :meth:`stats` gives each
+            watch's ``matched``.  The sampler makes and closes the programs.
+        values: every sample carries ``old`` and ``new`` (implied by
+            ``condition``).
 
     Raises:
         PerfbpError: as :class:`~perfbp.Counter`; nothing is left open.
@@ -246,9 +254,15 @@ class Sampler:
                  exclude_kernel: "bool | None | Sequence[bool | None]" = None,
                  track: bool = False, wakeup_fraction: int = 4,
                  remove_on_exec: "bool | Sequence[bool]" = False, addr: bool = False,
-                 programs: "Sequence | None" = None) -> None:
+                 programs: "Sequence | None" = None,
+                 condition: "str | Sequence | None" = None, values: bool = False) -> None:
         if period < 1:
             raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
+        self._own_programs: list = []
+        if condition is not None or values:
+            if programs is not None:
+                raise InvalidBreakpoint("give condition= (or values=) or programs=, not both")
+            programs = self._own_programs = _programs(list(watches), condition)
         self.programs = list(programs) if programs is not None else [None] * len(watches)
         if period != 1 and any(p is not None for p in self.programs):
             raise InvalidBreakpoint(f"a condition sees every hit: period {period} "
@@ -585,6 +599,9 @@ class Sampler:
         for fd in self._outputs.values():
             close_event(fd)
         self._outputs.clear()
+        for prog in self._own_programs:
+            prog.close()
+        self._own_programs = []
 
     def __del__(self) -> None:
         try:
@@ -664,3 +681,23 @@ class SamplerSlot:
 
     def close(self) -> None:
         """The sampler owns the events: nothing to do here."""
+
+
+def _programs(watches: "list[Breakpoint]", condition) -> list:
+    """A values program for each watch: ``condition`` for all, or one each."""
+    from .values import ValueProgram
+
+    conds = (list(condition) if isinstance(condition, (list, tuple))
+             else [condition] * len(watches))
+    if len(conds) != len(watches):
+        raise InvalidBreakpoint(f"{len(conds)} conditions for {len(watches)} watches: give "
+                                f"one for all, or one per watch")
+    progs: list = []
+    try:
+        for bp, cond in zip(watches, conds):
+            progs.append(ValueProgram.for_breakpoint(bp, cond, values=True))
+    except BaseException:
+        for p in progs:
+            p.close()
+        raise
+    return progs
