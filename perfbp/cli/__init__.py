@@ -502,16 +502,16 @@ def stat(
 
 
 def _conditions(texts: "list[str] | None", watches: list) -> "list | None":
-    """The conditions of ``--if``, parsed (a bad one: one line with a caret,
-    exit 2): one for every watch, or one per watch; None without any."""
+    """The conditions of ``--if``: one for every watch, or one per watch;
+    None without any.  The API reads them before it starts anything (a bad
+    one: :class:`~perfbp.InvalidBreakpoint` with a ``caret``, which
+    :func:`main` prints under the error: exit 2)."""
     if not texts:
         return None
     if len(texts) not in (1, len(watches)):
         raise fail(f"{len(texts)} --if conditions for {len(watches)} watches: give one for "
                    f"every watch, or one per watch (in the order of the -w options)")
-    from ..kernel.condition import parse
-
-    return [parse(t) for t in texts]
+    return list(texts)  # read (a caret under a mistake) before anything runs: see Run
 
 
 def _pct(part: int, whole: int) -> str:
@@ -1079,7 +1079,7 @@ def main(argv: "list[str] | None" = None) -> None:
         sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
         error(exc.message_for("cli"))  # the API's words for what to do, as options
-        if isinstance(exc, perfbp.errors.InvalidCondition) and exc.text.strip():
+        if callable(getattr(exc, "caret", None)) and exc.text.strip():  # a condition
             typer.echo(exc.caret(), err=True)
         sys.exit(BAD_INPUT)
     except (KeyboardInterrupt, typer.Abort):

@@ -158,6 +158,10 @@ class Run:
     def __init__(self, watches: "Sequence", target: "Target | None",
                  command: "Sequence[str] | None", multiplex: "float | None",
                  trace: bool = True, conditions: "Sequence | None" = None) -> None:
+        if conditions is not None:  # a mistake is refused before anything starts
+            from ..kernel.condition import parse
+
+            conditions = [parse(c) if isinstance(c, str) else c for c in conditions]
         self.child, self.watches, self.plan, self.arming = prepare_run(
             watches, target, command, multiplex, trace)
         child = self.child
