@@ -553,6 +553,15 @@ class Follower:
                            f"{armer.pieces(i)} when it planned the run: not watched there; "
                            f"give its length (/LEN) or run that program directly")
                 return
+            progs = getattr(armer, "programs", None)
+            if progs and any(p is not None and p.length != bp.length
+                             for p, bp in zip(progs[i], res.watch.pieces)):
+                self._note(f"watch '{self.specs[i].text}': in {program} (pid {pid}) its "
+                           f"pieces are {'/'.join(str(b.length) for b in res.watch.pieces)} "
+                           f"bytes long, and its condition reads "
+                           f"{'/'.join(str(p.length) for p in progs[i])} bytes, as planned: "
+                           f"not watched there; run that program directly")
+                return
             now = armer.hits(i)
             if cur is not None and cur.active:
                 cur.hits = now - cur.start

@@ -224,7 +224,7 @@ class Run:
                 for bp in w.pieces:
                     counters[-1].append(Counter(bp, target=self.target, options=opts))
                 if tested:
-                    self._attach_programs(wi, w, counters[-1], values=False)
+                    self._attach_programs(wi, counters[-1], values=False)
             self._arm(HolderArmer(counters, self.programs or None))
             if tested and not self.at_exec:
                 for c in (c for group in counters for c in group):
@@ -237,16 +237,18 @@ class Run:
             self.abort()
             raise
 
-    def _attach_programs(self, wi: int, watch, holders, *, values: bool) -> None:
+    def _attach_programs(self, wi: int, holders, *, values: bool) -> None:
         """Load the programs testing watch ``wi``'s condition, one per piece,
         and attach them to the pieces' counters (``values`` False); with
-        ``values``, only load them (the sampler attaches them).  A running
-        target's current value is each piece's first ``old``."""
+        ``values``, only load them (the sampler attaches them).  Each reads
+        its piece's length as planned (a name's events may open parked,
+        until the tracer binds them).  A running target's current value is
+        each piece's first ``old``."""
         from ..kernel.values import ValueProgram, read_value
 
         progs = []
         self.programs.append(progs)
-        for j, bp in enumerate(watch.pieces):
+        for j, bp in enumerate(self.watches[wi].pieces):
             prog = ValueProgram.for_breakpoint(bp, self.conditions[wi], emit=False,
                                                values=values, name=f"perfbp_w{wi}_{j}")
             progs.append(prog)
@@ -292,8 +294,8 @@ class Run:
             from ..kernel.sampling import Sampler
 
             if self.conditions is not None:
-                for wi, w in enumerate(self.opening):
-                    self._attach_programs(wi, w, None, values=True)
+                for wi in range(len(self.opening)):
+                    self._attach_programs(wi, None, values=True)
                 options["programs"] = [p for progs in self.programs for p in progs]
             sampler = Sampler([p[1] for p in pieces], self.target, track=True,
                               enable_on_exec=self.at_exec, addr=self.moves_events,
