@@ -586,21 +586,18 @@ def _render_report(report, top: int) -> None:
         typer.echo("")
 
 
-def _value(v: int, length: int) -> str:
-    """A watched value as the report shows it: decimal, and hex when that
-    says more (a large value, a mask, a pointer)."""
-    return f"{v:,}" if v < 65536 else f"{v:#0{2 + 2 * min(length, 8)}x}"
-
-
 def _render_values(w) -> None:
-    """The values written and the old -> new transitions, most frequent first."""
-    n = max(w.length, 1)
+    """The values written and the old -> new transitions, most frequent
+    first: in decimal, or all in hex when one is large (a pointer, a mask)."""
+    shown = [v for v, _n in w.values] + [x for o, v, _n in w.transitions for x in (o, v)]
+    digits = 2 * min(max(w.length, 1), 8)
+    value = "{:,}".format if max(shown, default=0) < 65536 else f"{{:#0{2 + digits}x}}".format
     typer.echo("  values written (new):")
     for v, hits in w.values:
-        typer.echo(f"    {hits:>12,} {_pct(hits, w.hits)}  {_value(v, n)}")
+        typer.echo(f"    {hits:>12,} {_pct(hits, w.hits)}  {value(v)}")
     typer.echo("  transitions (old -> new):")
     for o, v, hits in w.transitions:
-        typer.echo(f"    {hits:>12,} {_pct(hits, w.hits)}  {_value(o, n)} -> {_value(v, n)}")
+        typer.echo(f"    {hits:>12,} {_pct(hits, w.hits)}  {value(o)} -> {value(v)}")
 
 
 #: frames shown of a call stack, innermost first
