@@ -224,3 +224,60 @@ def test_conditions_that_cannot_apply_are_refused(args, why):
     r = run_perfbp(*args, "--", "true")
     assert r.returncode == 2, r.stderr
     assert why in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+# --- top --if, the Python API, a damaged recording ---------------------------------------------
+
+def test_top_if_shows_matched_and_the_values(values_prog):
+    r = launched("top", "-w", "value", "--if", f"new > {3 * N - 3}", "-i", "0.2", "--",
+                 str(values_prog), str(N))
+    assert r.returncode == 0, r.stderr
+    last = [ln for ln in r.stdout.splitlines() if " value hits=" in ln][-1]
+    fields = dict(f.split("=") for f in last.split() if "=" in f)
+    recovered = int(fields.get("recovered", 0))
+    assert int(fields["hits"]) == 3 * N
+    assert 3 - recovered <= int(fields["matched"]) == int(fields["samples"]) <= 3, last
+    assert f"matched {fields['matched']} of {3 * N - recovered:,} hits (if new > {3 * N - 3})" \
+        in r.stdout
+    if not recovered:
+        assert f"1  33.3%  {3 * N - 1:,} -> {3 * N:,}" in r.stdout
+
+
+def test_sampler_condition_in_this_process(machine_lost):
+    import ctypes
+
+    cells = (ctypes.c_uint32 * 2)()
+    a = ctypes.addressof(cells)
+    bps = [perfbp.Breakpoint.write(a, 4), perfbp.Breakpoint.write(a + 4, 4)]
+    with perfbp.Sampler(bps, perfbp.Target.this_thread(), condition=["old > new", None]) as s:
+        for i in range(1, 1010):  # 1,009 writes to each cell
+            cells[0] = i % 7
+            cells[1] = i
+        s.disable()
+        batch = s.read()
+        stats = s.stats()
+    assert machine_lost() == 0
+    # the first cell drops from 6 to 0 once in 7 writes: 144 times in 1,009
+    assert [(st.hits, st.matched, st.samples, st.lost) for st in stats] == \
+        [(1009, 144, 144, 0), (1009, 1009, 1009, 0)]
+    first = batch.watch == 0
+    assert set(zip(batch.samples.old[first].tolist(), batch.samples.new[first].tolist())) == {(6, 0)}
+    assert batch.samples.new[~first].tolist() == list(range(1, 1010))
+    assert batch.samples.old[~first].tolist() == list(range(0, 1009))
+
+
+def test_a_recording_whose_values_are_damaged_is_one_line(values_prog, tmp_path):
+    data = tmp_path / "v.data"
+    with ValuesRun(values_prog) as run:
+        code, _out, err, _got = attached(run, "record", "-o", str(data), "-w",
+                                         f"{run.addr:#x}/8", "--if", "new == 5 or new == 6")
+    assert code == 0, err
+    raw = bytearray(data.read_bytes())
+    kind = (28).to_bytes(4, "little") + (1).to_bytes(4, "little")  # raw size, kind
+    at = raw.find(kind)
+    assert at > 0
+    raw[at + 4] = 9  # a kind perfbp never writes
+    data.write_bytes(bytes(raw))
+    r = run_perfbp("report", "-i", str(data))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "does not hold perfbp's values" in r.stderr and "Traceback" not in r.stderr

@@ -748,9 +748,11 @@ def _record_summary(result, output: str, top: int, as_json: bool) -> None:
                f"{samples:,} samples, {lost:,} lost ]", err=True)
     for s, label in zip(result.stats, result.labels):
         if not s.complete:
-            typer.echo(f"perfbp: WARNING: watch {label}: the kernel counted {s.hits:,} hits "
-                       f"but {s.samples:,} samples + {s.lost:,} lost = {s.samples + s.lost:,}: "
-                       f"{s.missing:,} hits unaccounted for", err=True)
+            counted = (f"its condition matched {s.matched:,} hits" if s.matched is not None
+                       else f"the kernel counted {s.hits:,} hits")
+            typer.echo(f"perfbp: WARNING: watch {label}: {counted} but {s.samples:,} samples "
+                       f"+ {s.lost:,} lost = {s.samples + s.lost:,}: {s.missing:,} hits "
+                       f"unaccounted for", err=True)
         elif s.lost:
             typer.echo(f"perfbp: watch {label}: {s.lost:,} samples lost (ring full); use "
                        f"--ring-pages or --period to keep up", err=True)
@@ -1076,7 +1078,9 @@ def main(argv: "list[str] | None" = None) -> None:
         sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
         error(exc.message_for("cli"))  # the API's words for what to do, as options
-        if callable(getattr(exc, "caret", None)) and exc.text.strip():  # a condition
+        text = getattr(exc, "text", "")
+        if callable(getattr(exc, "caret", None)) and text.strip() and text.isprintable() \
+                and len(text) <= 200:  # a condition's mistake, pointed at (quoted above)
             typer.echo(exc.caret(), err=True)
         sys.exit(BAD_INPUT)
     except (KeyboardInterrupt, typer.Abort):
