@@ -210,6 +210,35 @@ def test_a_bad_condition_is_one_line_and_a_caret(text, column, why):
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+@pytest.mark.parametrize("text, why", [
+    ("(" * 40 + "new == 0" + ")" * 40, "nested more than 32 deep"),
+    ("not " * 40 + "new == 0", "nested more than 32 deep"),
+    (" or ".join(f"new == {i}" for i in range(100)), "at most 1,000 are read"),
+    ("new ==\n0", "'\\n' is a control character"),
+])
+def test_conditions_too_deep_too_long_or_on_two_lines_are_one_line(text, why):
+    r = run_perfbp("stat", "-w", "0x601040", "--if", text, "--", "true")
+    assert r.returncode == 2, r.stderr
+    assert why in r.stderr.splitlines()[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_watches_of_one_name_stay_apart_in_a_recording(values_prog, tmp_path):
+    data = tmp_path / "v.data"
+    with ValuesRun(values_prog) as run:
+        spec = f"{run.addr:#x}/8"
+        code, _out, err, (_writers, lost) = attached(
+            run, "record", "-o", str(data), "-w", spec, "--if", "new == 5",
+            "-w", spec, "--if", f"new > {3 * N - 10}", "-w", spec, "--if", "new == 5")
+    assert code == 0, err
+    report = perfbp.load_report(str(data))
+    names = [w.name for w in report.watches]
+    assert names == [f"{spec} #1", f"{spec} if new > {3 * N - 10}", f"{spec} #3"]
+    for w, text in zip(report.watches, ["new == 5", f"new > {3 * N - 10}", "new == 5"]):
+        assert (w.matched, w.hits, w.accounted) == (sum(expected(text, lost)[1].values()),) * 2 \
+            + (True,)
+    assert perfbp.load_samples(str(data)).watches == names
+
+
 @pytest.mark.parametrize("args, why", [
     (["stat", "-w", "0x601040", "-w", "0x601080", "-w", "0x6010c0", "--if", "new == 1",
       "--if", "new == 2"], "2 --if conditions for 3 watches"),

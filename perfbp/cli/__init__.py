@@ -509,8 +509,12 @@ def _conditions(texts: "list[str] | None", watches: list) -> "list | None":
     if not texts:
         return None
     if len(texts) not in (1, len(watches)):
-        raise fail(f"{len(texts)} --if conditions for {len(watches)} watches: give one for "
-                   f"every watch, or one per watch (in the order of the -w options)")
+        raise fail(f"{len(texts)} --if conditions for {len(watches)} "
+                   f"watch{'es' if len(watches) != 1 else ''}: give one for every watch, or "
+                   f"one per watch (in the order of the -w options)")
+    if len(texts) == 1 and len(watches) > 1:
+        typer.echo(f"perfbp: --if {shown(texts[0], 60)} applies to each of the {len(watches)} "
+                   f"watches (give one --if per -w to tell them apart)", err=True)
     return list(texts)  # read (a caret under a mistake) before anything runs: see Run
 
 

@@ -367,6 +367,8 @@ def _count_unwound(rec: Recording, window, watches: "_Watches", unwinder) -> "_T
             if s.regs_abi == PERF_SAMPLE_REGS_ABI_64 and s.stack:
                 chain += unwinder.unwind(s.pid or 0, s.regs, s.stack)
             values = (getattr(s, field_), s.pid, s.tid, s.ip, s.cpu, chain)
+            if s.new is not None:
+                tally.add_value(watches.of(values[0]), s.old, s.new)
             if runs and runs[-1][0] == values:
                 runs[-1][1] += 1
             else:
@@ -538,6 +540,11 @@ class _Tally:
                     if chains[j]:
                         stacks[(int(pids[j]), tuple(ip for ip in chains[j]
                                                     if ip < PERF_CONTEXT_MAX))] += 1
+
+    def add_value(self, i: int, old: int, new: int) -> None:
+        """Count one sample's values (``old`` before the hit, ``new`` after)."""
+        self.values.setdefault(i, _Counter())[new] += 1
+        self.transitions.setdefault(i, _Counter())[(old, new)] += 1
 
     def add_runs(self, runs, watches: _Watches) -> None:
         """Count runs of samples alike in the watch's field and

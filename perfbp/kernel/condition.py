@@ -244,11 +244,25 @@ def _number(tok: _Token, text: str) -> Number:
     return Number(value, tok.at, s)
 
 
+#: the longest condition, in characters: the program of one this long
+#: (about 150 comparisons) stays far below the verifier's limits
+MAX_TEXT = 1000
+#: parentheses and nots nested deeper than this are refused
+MAX_DEPTH = 32
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
+
+    def deeper(self, tok: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail(f"nested more than {MAX_DEPTH} deep (parentheses and nots): "
+                            f"write it flatter", tok)
 
     @property
     def tok(self) -> _Token:
@@ -279,8 +293,11 @@ class _Parser:
 
     def not_(self) -> Node:
         if self.tok.kind == "word" and self.tok.text == "not":
+            self.deeper(self.tok)
             at = self.take().at
-            return Not(self.not_(), at)
+            node = Not(self.not_(), at)
+            self.depth -= 1
+            return node
         return self.compare()
 
     def compare(self) -> Node:
@@ -321,8 +338,10 @@ class _Parser:
             self.take()
             return Name(tok.text, tok.at)
         if tok.kind == "op" and tok.text == "(":
+            self.deeper(tok)
             self.take()
             inner = self.condition()
+            self.depth -= 1
             if not (self.tok.kind == "op" and self.tok.text == ")"):
                 raise self.fail(f"expected ) to close the ( at column {tok.at + 1}"
                                 if self.tok.kind == "end" else
@@ -410,6 +429,16 @@ def parse(text: str) -> Condition:
     Raises:
         InvalidCondition: one line naming the problem and its column.
     """
+    if not isinstance(text, str):
+        raise InvalidCondition(f"a condition is text, such as 'new == 0', not "
+                               f"{type(text).__name__} {text!r:.40}", text="", column=0)
+    bad = next((i for i, c in enumerate(text) if not c.isprintable() and c not in " \t"), None)
+    if bad is not None:
+        raise _error(text, bad, f"{text[bad]!r} is a control character: write the condition "
+                                f"on one line")
+    if len(text) > MAX_TEXT:
+        raise _error(text, MAX_TEXT, f"the condition is {len(text):,} characters long, and "
+                                     f"at most {MAX_TEXT:,} are read: write a shorter one")
     p = _Parser(text)
     tree = p.condition()
     if p.tok.kind != "end":

@@ -819,7 +819,9 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     others: list[Record] = []
     stacks = (size is None and cfg.sample_type & USER_STACK_BITS
               and not cfg.sample_type & PERF_SAMPLE_READ)
-    if size is None and not stacks:
+    if size is None and (not stacks or cfg.values and cfg.sample_type & PERF_SAMPLE_CALLCHAIN):
+        # one by one: a run's size does not say where the values are when a
+        # callchain of any length comes before them and a stack after
         samples = []
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)

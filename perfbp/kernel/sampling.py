@@ -239,7 +239,10 @@ class Sampler:
             or one per watch (None in it: every hit): only the hits for
             which it holds are sampled, each sample with ``old`` and ``new``
             (``batch.samples.old``, ``.new``), and :meth:`stats` gives each
-            watch's ``matched``.  The sampler makes and closes the programs.
+            watch's ``matched``.  The sampler makes and closes the programs;
+            the first hit's ``old`` is 0 (give ``programs`` whose
+            :meth:`~perfbp.kernel.values.ValueProgram.set_last` was called
+            for another).
         values: every sample carries ``old`` and ``new`` (implied by
             ``condition``).
 

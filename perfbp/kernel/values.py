@@ -146,7 +146,9 @@ class ValueProgram:
                             self) from None
 
     def describe(self) -> str:
-        what = f"'{self.condition}'" if self.condition is not None else "the values"
+        text = str(self.condition) if self.condition is not None else ""
+        what = (repr(text if len(text) <= 60 else text[:57] + "...")
+                if self.condition is not None else "the values")
         return f"{what} on {self.length}-byte values"
 
     def attach(self, fd: int) -> None:
@@ -244,9 +246,13 @@ def bpf_error(exc: OSError, action: str, prog: ValueProgram) -> PerfbpError:
                            errno=code)
     if log:
         lines = [ln for ln in log.splitlines() if ln.strip()]
+        last = lines[-1][:200] if lines else ""
+        advice = ("the program is too long for the verifier: write a shorter condition"
+                  if code == E.E2BIG or "too large" in log or "processed" in last
+                  else "Linux 5.5 or later is needed")
         return Unsupported(f"{asked}: the kernel's verifier refused it "
-                           f"({E.errorcode.get(code, code)}: {lines[-1] if lines else ''}); "
-                           f"Linux 5.5 or later is needed", errno=code, log=log)
+                           f"({E.errorcode.get(code, code)}: {last}); {advice}",
+                           errno=code, log=log)
     if code in (E.EINVAL, E.EOPNOTSUPP, E.ENOENT):
         return Unsupported(f"{asked}: the kernel refused ({E.errorcode.get(code, code)}); "
                            f"it needs BPF programs on perf events (CONFIG_BPF_EVENTS, "

@@ -125,6 +125,8 @@ class HolderArmer:
         self.holders = [list(h) for h in holders]
         #: per watch, per piece, its ValueProgram (a watch with a condition)
         self.programs = [list(p) for p in programs] if programs else None
+        #: pid -> [(program, piece, its hits then)] bound while ld.so loads
+        self._fresh: "dict[int, list]" = {}
 
     def pieces(self, i: int) -> int:
         return len(self.holders[i])
@@ -146,6 +148,20 @@ class HolderArmer:
             h.retarget(bp)
         if self.programs and pid is not None:
             _set_old(self.programs[i], watch.pieces, pid)
+            self._fresh.setdefault(pid, []).extend(
+                (p, bp, p.tally().hits) for p, bp in zip(self.programs[i], watch.pieces)
+                if p is not None)
+
+    def settle(self, pid: int) -> None:
+        """ld.so has loaded ``pid``'s libraries: a piece bound while it
+        mapped them (a library's variable) held what the mapping held then,
+        not yet the library's data: read it again, unless a hit since has
+        given the program its value."""
+        from ..kernel.values import read_value
+
+        for prog, bp, hits in self._fresh.pop(pid, ()):
+            if prog.prog_fd >= 0 and prog.tally().hits == hits:
+                prog.set_last(read_value(pid, bp.address, bp.length) or 0)
 
     def park(self, i: int) -> None:
         for h in self.holders[i]:
@@ -168,6 +184,9 @@ class MuxArmer:
         return len(self.mux.watches[i].pieces)
 
     def started(self, pid: "int | None" = None) -> None:
+        pass
+
+    def settle(self, pid: int) -> None:
         pass
 
     def bind(self, i: int, watch: Watch, pid: "int | None" = None) -> None:
@@ -317,6 +336,15 @@ class Follower:
     def pidfd_open(self) -> int:
         """A new pidfd of the command (readable once it has ended)."""
         return os.dup(self._pidfd)
+
+    def release(self) -> None:
+        """Close the descriptors kept for the command (its pidfd, the pipe
+        of its exec's error): once it has been reaped.  Safe to call twice."""
+        for name in ("_pidfd", "_err"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                os.close(fd)
 
     def abort(self) -> None:
         """Make the command exit without running, and reap it."""
@@ -731,6 +759,10 @@ class Follower:
 
     def _loaded(self, pid: int, load: _Loading) -> None:
         del self._loading[pid]
+        if self._armer is not None:
+            with self._lock:
+                if self._armer is not None:
+                    self._armer.settle(pid)
         for i in load.pending:
             old = self._displaced.pop(i, None)
             if old is not None:

@@ -161,7 +161,10 @@ class Run:
         if conditions is not None:  # a mistake is refused before anything starts
             from ..kernel.condition import parse
 
-            conditions = [parse(c) if isinstance(c, str) else c for c in conditions]
+            from ..kernel.condition import Condition
+
+            conditions = [c if c is None or isinstance(c, Condition) else parse(c)
+                          for c in conditions]
         self.child, self.watches, self.plan, self.arming = prepare_run(
             watches, target, command, multiplex, trace)
         child = self.child
@@ -170,6 +173,8 @@ class Run:
         except BaseException:
             if child is not None:
                 child.abort()
+                if hasattr(child, "release"):
+                    child.release()
             raise
         #: per watch, per piece: the ValueProgram testing its condition (armed)
         self.programs: "list[list]" = []
@@ -227,6 +232,7 @@ class Run:
                     self._attach_programs(wi, counters[-1], values=False)
             self._arm(HolderArmer(counters, self.programs or None))
             if tested and not self.at_exec:
+                self._set_running_olds()
                 for c in (c for group in counters for c in group):
                     c.enable()
             return counters, None
@@ -242,9 +248,8 @@ class Run:
         and attach them to the pieces' counters (``values`` False); with
         ``values``, only load them (the sampler attaches them).  Each reads
         its piece's length as planned (a name's events may open parked,
-        until the tracer binds them).  A running target's current value is
-        each piece's first ``old``."""
-        from ..kernel.values import ValueProgram, read_value
+        until the tracer binds them)."""
+        from ..kernel.values import ValueProgram
 
         progs = []
         self.programs.append(progs)
@@ -255,7 +260,17 @@ class Run:
             if not values:
                 for fd in holders[j].fds:
                     prog.attach(fd)
-            if not self.at_exec and self.target.pid:
+
+    def _set_running_olds(self) -> None:
+        """A running target's value now is each piece's first ``old``: read
+        just before the events are enabled (a write in between is the only
+        one the first hit's ``old`` can miss)."""
+        from ..kernel.values import read_value
+
+        if not self.target.pid:
+            return
+        for wi, progs in enumerate(self.programs):
+            for prog, bp in zip(progs, self.watches[wi].pieces):
                 prog.set_last(read_value(self.target.pid, bp.address, bp.length) or 0)
 
     def tallies(self) -> "list[list] | None":
@@ -297,9 +312,15 @@ class Run:
                 for wi in range(len(self.opening)):
                     self._attach_programs(wi, None, values=True)
                 options["programs"] = [p for progs in self.programs for p in progs]
+                later = not self.at_exec and options.get("enabled", True)
+                if later:  # the first olds are read just before it is enabled
+                    options["enabled"] = False
             sampler = Sampler([p[1] for p in pieces], self.target, track=True,
                               enable_on_exec=self.at_exec, addr=self.moves_events,
                               exclude_kernel=[p[2] for p in pieces], **options)
+            if self.conditions is not None and later:
+                self._set_running_olds()
+                sampler.enable()
             slots = [sampler.slot(j) for j in range(len(pieces))]
             if free:
                 mux = Multiplexer(self.opening, self.target, slice_seconds=self.multiplex,
@@ -325,6 +346,8 @@ class Run:
         """Arming failed: the command perfbp forked never runs."""
         if self.child is not None:
             self.child.abort()
+            if hasattr(self.child, "release"):
+                self.child.release()
 
     # -- 3. start ----------------------------------------------------------------------
     def start(self, mux=None) -> None:
@@ -452,6 +475,8 @@ class Run:
             if failed and child.poll() is None:
                 CommandEnd.kill(child)
             child.wait()
+        if child is not None and hasattr(child, "release"):
+            child.release()
 
     def final_watches(self, watches: "Sequence") -> list:
         """Each watch as it was armed last (a named watch in a launched
@@ -494,7 +519,8 @@ def _conditions(conditions: "Sequence | None", watches, plan) -> "list | None":
     if len(conds) == 1 and len(watches) > 1:
         conds = conds * len(watches)
     if len(conds) != len(watches):
-        raise PerfbpError(f"{len(conds)} conditions for {len(watches)} watches: give one "
+        raise PerfbpError(f"{len(conds)} condition{'s' if len(conds) != 1 else ''} for "
+                          f"{len(watches)} watch{'es' if len(watches) != 1 else ''}: give one "
                           f"for all, or one per watch, in the order of the watches")
     if not plan.fits:
         raise PerfbpError("a condition (--if, --values) needs every hit of its watch, and "

@@ -339,6 +339,7 @@ class LiveSession:
                 self.child.kill()  # SIGKILL, and reap
         if self.child is not None:
             self.exit_code = self.child.wait()
+        self.run.close()  # the programs of the conditions, the command's descriptors
 
     def writers(self, watch: int, top: int = 3) -> "list[Writer]":
         """The busiest writers of a watch so far, symbolized, with their

@@ -286,7 +286,7 @@ def record(watches: "Sequence", output: str, *,
             sampler.close()
             writer.abandon()
             run.close(failed)  # a failed recording never leaves its command running
-        return RecordResult(output, run.description, [w.label for w in ws], stats,
+        return RecordResult(output, run.description, file_labels(ws, run.conditions), stats,
                             time.monotonic() - start, ended_by, exit_code, writer.data_size,
                             estimates, sideband_lost=meta.get("sideband_lost", 0),
                             **run.outcome())
@@ -305,7 +305,8 @@ def _open_output(output: str, stream, run: Run, armed: SampledArming,
     every process, even while a command runs)."""
     sampler = armed.sampler
     names = ([f"perfbp multiplexed slot {i}" for i in range(len(armed.pieces))]
-             if armed.mux is not None else [run.watches[wi].label for wi, _bp, _ek in armed.pieces])
+             if armed.mux is not None else
+             [file_labels(run.watches, run.conditions)[wi] for wi, _bp, _ek in armed.pieces])
     events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), name)
               for i, name in enumerate(names)]
     if sampler.tracking is not None:  # after the watches: event i is watch i
@@ -367,9 +368,9 @@ def _account(run: Run, armed: SampledArming, piece_stats, by_addr, estimates, pe
     watches for the file (bindings, recovered hits, notes, side-band records
     lost, a multiplexed run's turns)."""
     ws = run.final_watches(run.watches)
-    meta: dict = {"watches": [{"label": w.label, "access": w.access,
+    meta: dict = {"watches": [{"label": label, "access": w.access,
                                "pieces": [[p.address, p.length] for p in w.pieces]}
-                              for w in ws]}
+                              for w, label in zip(ws, file_labels(ws, run.conditions))]}
     if run.conditions is not None:  # the samples carry old and new
         for d, c, ts in zip(meta["watches"], run.conditions, run.tallies()):
             d["condition"] = None if c is None else str(c)
@@ -454,6 +455,25 @@ class _AddressCounts:
         counts = np.bincount(self._watch[pos[found]], minlength=len(self.counts))
         for i, n in enumerate(counts.tolist()):
             self.counts[i] += n
+
+
+def file_labels(watches, conditions: "list | None") -> "list[str]":
+    """Each watch's name in a recording, where a report tells the watches
+    apart by name (a watch split over several registers is several events
+    of one name): its label, and for a label that several watches share,
+    its condition (``state if new == 0``) or else its place (``state #2``)."""
+    labels = [w.label for w in watches]
+    out = []
+    for i, label in enumerate(labels):
+        if labels.count(label) == 1:
+            out.append(label)
+            continue
+        cond = conditions[i] if conditions else None
+        same = [j for j, x in enumerate(labels) if x == label
+                and (conditions[j] if conditions else None) == cond]
+        out.append(f"{label} if {cond}" if cond is not None and len(same) == 1
+                   else f"{label} #{labels[:i].count(label) + 1}")
+    return out
 
 
 def _per_watch(ws, pieces, piece_stats, period) -> "list[WatchStats]":
