@@ -261,12 +261,13 @@ def parse(mode: str, proc: subprocess.CompletedProcess, stray: int) -> dict:
         unstatused += recovered
         if mode.startswith("perfbp_stat"):
             hits = w["hits"]  # the hits without status are in it
-        else:  # record: samples, lost, and the hits the kernel missed
-            hits = w["hits"] + w.get("lost", 0) + recovered
+        else:  # record: its "hits" are samples; the kernel's count, and those it missed
+            kernel = w.get("kernel_hits")
+            hits = (w["hits"] + (w.get("lost") or 0) if kernel is None else kernel) + recovered
         if "matched" in w:
             matched = w["matched"]
-        elif mode == "perfbp_record_if":
-            matched = j.get("samples")  # a record --if samples the matching hits
+        elif mode == "perfbp_record_if":  # a record --if samples the matching hits only
+            matched = w["hits"] + (w.get("lost") or 0)
     elif tool == "gdb":
         out = proc.stdout + proc.stderr
         m = re.search(r"breakpoint already hit (\d+) times?", out)
