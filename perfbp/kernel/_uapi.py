@@ -215,6 +215,7 @@ PERF_TYPE_RAW = 4
 PERF_TYPE_BREAKPOINT = 5
 
 PERF_COUNT_SW_DUMMY = 9  # enum perf_sw_ids: counts nothing; carries side-band records
+PERF_COUNT_SW_BPF_OUTPUT = 10  # samples that BPF programs write (bpf_perf_event_output)
 
 # --- attr.size versions -------------------------------------------------------
 PERF_ATTR_SIZE_VER0 = 64
@@ -476,6 +477,7 @@ BPF_PROG_LOAD = 5
 
 # enum bpf_map_type, enum bpf_prog_type
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
 BPF_PROG_TYPE_PERF_EVENT = 7
 
 # map update flags
@@ -483,10 +485,13 @@ BPF_ANY = 0
 
 # enum bpf_func_id: the helpers perfbp calls
 BPF_FUNC_map_lookup_elem = 1
+BPF_FUNC_perf_event_output = 25
 BPF_FUNC_probe_read_user = 112
 BPF_FUNC_probe_read_kernel = 113
 
 BPF_OBJ_NAME_LEN = 16
+#: bpf_perf_event_output's flags: the map's entry for the CPU the program runs on
+BPF_F_CURRENT_CPU = 0xFFFFFFFF
 
 #: ``offsetof(struct bpf_perf_event_data, addr)`` per machine (``uname -m``):
 #: the context of a BPF_PROG_TYPE_PERF_EVENT program is the user registers

@@ -53,11 +53,14 @@ from dataclasses import dataclass
 from typing import NamedTuple, Union
 
 from ..errors import InvalidCondition
+from .records import VALUES_KIND, VALUES_RAW
 from ._uapi import (
     BPF_ADD,
     BPF_AND,
     BPF_B,
     BPF_DW,
+    BPF_F_CURRENT_CPU,
+    BPF_FUNC_perf_event_output,
     BPF_FUNC_probe_read_kernel,
     BPF_FUNC_probe_read_user,
     BPF_H,
@@ -78,6 +81,7 @@ from ._uapi import (
     BPF_REG_8,
     BPF_REG_9,
     BPF_REG_10,
+    BPF_RSH,
     BPF_W,
 )
 from .bpf import (
@@ -92,10 +96,13 @@ from .bpf import (
     BPF_JMP_IMM,
     BPF_JMP_REG,
     BPF_LD_IMM64,
+    BPF_LD_MAP_FD,
     BPF_LD_MAP_VALUE,
     BPF_LDX_MEM,
+    BPF_MOV32_IMM,
     BPF_MOV64_IMM,
     BPF_MOV64_REG,
+    BPF_ST_MEM,
     BPF_STX_MEM,
     Insn,
 )
@@ -636,8 +643,12 @@ _SIZE = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
 _VALUE_AT = -8  # the stack slot the watched bytes are read into
 
 
+_RAW_AT = -32  # the stack slots the raw data is built in (28 bytes, to -4)
+
+
 def hit_program(condition: "Condition | None", map_fd: int, length: int, *,
-                emit: bool, addr_offset: int, kernel: bool = False) -> "list[Insn]":
+                emit: bool, addr_offset: int, kernel: bool = False,
+                output_map_fd: "int | None" = None) -> "list[Insn]":
     """The program run on every hit of one breakpoint.
 
     It reads the ``length`` watched bytes at the breakpoint's address (the
@@ -654,6 +665,14 @@ def hit_program(condition: "Condition | None", map_fd: int, length: int, *,
         emit: return 1 when the condition holds, so the kernel writes the
             sample; False: always return 0 (counting only: no sample is
             written, the event still counts every hit).
+        output_map_fd: a ``BPF_MAP_TYPE_PERF_EVENT_ARRAY`` of
+            ``PERF_COUNT_SW_BPF_OUTPUT`` events, one per CPU: a matching hit's
+            sample is written by the program itself, with
+            ``bpf_perf_event_output`` into the event of the CPU it runs on,
+            carrying its address, ``old`` and ``new`` (:data:`VALUES_RAW`); the kernel
+            fills the sample's other fields (ip, thread, time, CPU, call
+            stack) from the hit's registers, and the program returns 0 (the
+            breakpoint writes no sample of its own).  ``emit`` is ignored.
         addr_offset: where ``addr`` is in ``struct bpf_perf_event_data``.
         kernel: the watched address is in the kernel.
 
@@ -676,7 +695,7 @@ def hit_program(condition: "Condition | None", map_fd: int, length: int, *,
       BPF_EMIT_CALL(BPF_FUNC_probe_read_kernel if kernel else BPF_FUNC_probe_read_user),
       BPF_JMP_IMM(BPF_JNE, BPF_REG_0, 0, "fault"),
       BPF_LDX_MEM(_SIZE[length], BPF_REG_8, BPF_REG_10, _VALUE_AT))  # r8 = new
-    if condition is not None and condition.uses_old:
+    if output_map_fd is not None or (condition is not None and condition.uses_old):
         e(BPF_LDX_MEM(BPF_DW, BPF_REG_9, BPF_REG_7, LAST_AT))   # r9 = old
     e(BPF_STX_MEM(BPF_DW, BPF_REG_7, BPF_REG_8, LAST_AT))       # last = new
     if condition is None:
@@ -685,9 +704,31 @@ def hit_program(condition: "Condition | None", map_fd: int, length: int, *,
         compile_condition(condition, asm, length, "match", "drop")
     asm.label("match")
     e(BPF_MOV64_IMM(BPF_REG_1, 1),
-      BPF_ATOMIC_OP(BPF_DW, BPF_ADD, BPF_REG_7, BPF_REG_1, MATCHED_AT),
-      BPF_MOV64_IMM(BPF_REG_0, 1 if emit else 0),
-      BPF_EXIT_INSN())
+      BPF_ATOMIC_OP(BPF_DW, BPF_ADD, BPF_REG_7, BPF_REG_1, MATCHED_AT))
+    if output_map_fd is not None:
+        # the raw data, in 4-byte stores (the stack is accessed aligned):
+        # kind, old (low, high), new (low, high)
+        e(BPF_ST_MEM(BPF_W, BPF_REG_10, _RAW_AT, VALUES_KIND),
+          BPF_LDX_MEM(BPF_DW, BPF_REG_2, BPF_REG_6, addr_offset))
+        for at, reg in ((_RAW_AT + 4, BPF_REG_2), (_RAW_AT + 12, BPF_REG_9),
+                        (_RAW_AT + 20, BPF_REG_8)):
+            e(BPF_STX_MEM(BPF_W, BPF_REG_10, reg, at),
+              BPF_MOV64_REG(BPF_REG_1, reg),
+              BPF_ALU64_IMM(BPF_RSH, BPF_REG_1, 32),
+              BPF_STX_MEM(BPF_W, BPF_REG_10, BPF_REG_1, at + 4))
+        e(BPF_MOV64_REG(BPF_REG_1, BPF_REG_6),                  # ctx: the hit's registers
+          BPF_LD_MAP_FD(BPF_REG_2, output_map_fd),
+          # flags: BPF_F_CURRENT_CPU, as a 32-bit move of -1 (zero-extended)
+          BPF_MOV32_IMM(BPF_REG_3, BPF_F_CURRENT_CPU - (1 << 32)),
+          BPF_MOV64_REG(BPF_REG_4, BPF_REG_10),
+          BPF_ALU64_IMM(BPF_ADD, BPF_REG_4, _RAW_AT),
+          BPF_MOV64_IMM(BPF_REG_5, VALUES_RAW.size - 4),
+          BPF_EMIT_CALL(BPF_FUNC_perf_event_output),
+          BPF_MOV64_IMM(BPF_REG_0, 0),
+          BPF_EXIT_INSN())
+    else:
+        e(BPF_MOV64_IMM(BPF_REG_0, 1 if emit else 0),
+          BPF_EXIT_INSN())
     asm.label("drop")
     e(BPF_MOV64_IMM(BPF_REG_0, 0),
       BPF_EXIT_INSN())

@@ -11,6 +11,18 @@ never runs it).  It runs in the debug-exception handler after the kernel has
 counted the hit, so the event's count stays every hit; the sample is written
 only when the program says so (``emit``, and the condition held).
 
+Values in samples (``values=True``): the breakpoint writes no sample of its
+own; a matching hit's sample is written by the program, with
+``bpf_perf_event_output``, into a ``bpf-output`` software event of the CPU it
+runs on (one per CPU, in the program's ``BPF_MAP_TYPE_PERF_EVENT_ARRAY``;
+see :meth:`ValueProgram.add_output`).  The kernel fills that sample's fields
+from the hit's registers (ip, thread, time, CPU, call stack) as it would the
+breakpoint's, and its PERF_SAMPLE_RAW field holds ``old`` and ``new``
+(:data:`~perfbp.kernel.condition.VALUES_RAW`).  A
+:class:`~perfbp.kernel.sampling.Sampler` given such programs opens the
+output events, shares its rings with them and counts their samples and
+losses as the watch's.
+
 What it needs: a kernel with ``bpf(2)`` (CONFIG_BPF_SYSCALL) and BPF on perf
 events (CONFIG_BPF_EVENTS), and CAP_BPF with CAP_PERFMON (or CAP_SYS_ADMIN):
 tracing programs are never allowed to unprivileged users.  Where one is
@@ -20,6 +32,7 @@ missing the error says which, in one line.
 from __future__ import annotations
 
 import errno as E
+import os
 
 from . import _uapi, abi, system
 from .bpf import encode
@@ -27,7 +40,10 @@ from .breakpoint import Breakpoint
 from .condition import TALLY, Condition, Tally, hit_program, parse
 from ..errors import PerfbpError, PermissionDenied, Unsupported
 
+import struct
+
 _KEY = bytes(4)  # the one entry's key: u32 0
+_U32 = struct.Struct("<I")
 
 
 class ValueProgram:
@@ -51,6 +67,9 @@ class ValueProgram:
         emit: the program lets the kernel write a sample for each matching
             hit (for a :class:`~perfbp.kernel.sampling.Sampler`); False: it
             never does (counting).
+        values: the program writes each matching hit's sample itself, with
+            its values, into the output events given to :meth:`add_output`
+            (``emit`` is then ignored).
         kernel: the watched address is a kernel one (read with
             ``bpf_probe_read_kernel``).
         name: the map's and program's name in the kernel (``bpftool`` shows
@@ -64,14 +83,17 @@ class ValueProgram:
     """
 
     def __init__(self, condition: "Condition | str | None", length: int, *,
-                 emit: bool = True, kernel: bool = False, name: str = "perfbp") -> None:
+                 emit: bool = True, kernel: bool = False, name: str = "perfbp",
+                 values: bool = False) -> None:
         if isinstance(condition, str):
             condition = parse(condition)
         self.condition = condition
         self.length = length
         self.emit = emit
+        self.values = values
         self.map_fd = -1
         self.prog_fd = -1
+        self.output_fd = -1
         addr_offset = _uapi.BPF_PERF_EVENT_DATA_ADDR.get(abi.MACHINE)
         if addr_offset is None:
             raise Unsupported(f"values on every hit are implemented for "
@@ -83,8 +105,16 @@ class ValueProgram:
                                              1, name=name)
         except OSError as exc:
             raise bpf_error(exc, "make the map that keeps the values of", self) from None
+        if values:
+            try:
+                self.output_fd = abi.bpf_map_create(_uapi.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4,
+                                                    max(system.possible_cpus()) + 1, name=name)
+            except OSError as exc:
+                self.close()
+                raise bpf_error(exc, "make the map of the output events of", self) from None
         insns = hit_program(condition, self.map_fd, length, emit=emit,
-                            addr_offset=addr_offset, kernel=kernel)
+                            addr_offset=addr_offset, kernel=kernel,
+                            output_map_fd=self.output_fd if values else None)
         self.insns = insns
         try:
             self.prog_fd = abi.bpf_prog_load(_uapi.BPF_PROG_TYPE_PERF_EVENT, encode(insns),
@@ -95,9 +125,25 @@ class ValueProgram:
 
     @classmethod
     def for_breakpoint(cls, bp: Breakpoint, condition: "Condition | str | None", *,
-                       emit: bool = True, name: str = "perfbp") -> "ValueProgram":
+                       emit: bool = True, name: str = "perfbp",
+                       values: bool = False) -> "ValueProgram":
         """The program for ``bp``: its length, user or kernel address."""
-        return cls(condition, bp.length, emit=emit, kernel=bp.is_kernel(), name=name)
+        return cls(condition, bp.length, emit=emit, kernel=bp.is_kernel(), name=name,
+                   values=values)
+
+    def add_output(self, cpu: int, fd: int) -> None:
+        """Have the program write the samples of hits on ``cpu`` into the
+        ``bpf-output`` event ``fd`` (open on that CPU, every task).  A hit on
+        a CPU without one is counted as matched and writes nothing.
+
+        Raises:
+            PerfbpError: the kernel refused.
+        """
+        try:
+            abi.bpf_map_update_elem(self.output_fd, _U32.pack(cpu), _U32.pack(fd))
+        except OSError as exc:
+            raise bpf_error(exc, f"give CPU {cpu}'s output event to the program that tests",
+                            self) from None
 
     def describe(self) -> str:
         what = f"'{self.condition}'" if self.condition is not None else "the values"
@@ -123,17 +169,20 @@ class ValueProgram:
 
     def set_last(self, value: int) -> None:
         """Make ``value`` the ``old`` of the next hit (the value at the time
-        the watch is armed).  The whole tally is rewritten: call it before the
-        program runs."""
-        abi.bpf_map_update_elem(self.map_fd, _KEY, Tally(0, 0, value, 0).pack())
+        the watch is armed or moved).  The tally is read and written back
+        with it: a hit in between (on another CPU) is not counted, so call it
+        while the watch's events cannot fire (before they are enabled, or
+        while the target is stopped)."""
+        t = self.tally()
+        abi.bpf_map_update_elem(self.map_fd, _KEY, t._replace(last=value).pack())
 
     def close(self) -> None:
         """Close the program and the map (events they are attached to keep
         them until they close).  Safe to call twice."""
-        for fd in (self.prog_fd, self.map_fd):
+        for fd in (self.prog_fd, self.map_fd, self.output_fd):
             if fd >= 0:
                 abi.close(fd)
-        self.prog_fd = self.map_fd = -1
+        self.prog_fd = self.map_fd = self.output_fd = -1
 
     def __enter__(self) -> "ValueProgram":
         return self
@@ -148,7 +197,25 @@ class ValueProgram:
             pass
 
     def __repr__(self) -> str:
-        return f"<ValueProgram {self.describe()}, {'emits' if self.emit else 'counts'}>"
+        how = "writes values" if self.values else "emits" if self.emit else "counts"
+        return f"<ValueProgram {self.describe()}, {how}>"
+
+
+def read_value(pid: int, address: int, length: int) -> "int | None":
+    """The ``length``-byte value (unsigned, little-endian) at ``address`` in
+    process ``pid`` now, from ``/proc/PID/mem``; None when it cannot be read
+    (no such process, not mapped, not allowed)."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, length, address)
+    except (OSError, OverflowError):
+        return None
+    finally:
+        os.close(fd)
+    return int.from_bytes(raw, "little") if len(raw) == length else None
 
 
 def unavailable() -> "PerfbpError | None":

@@ -9,6 +9,7 @@ interval, and returns exact counts.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..kernel.events import Target
@@ -24,7 +25,8 @@ def count(watches: "Sequence", *,
           duration: "float | None" = None, interval: "float | None" = None,
           on_interval: "Callable[[float, list[WatchHits]], None] | None" = None,
           on_start: "Callable[[str, Plan], None] | None" = None,
-          multiplex: "float | None" = None, trace: bool = True) -> CountResult:
+          multiplex: "float | None" = None, trace: bool = True,
+          condition: "str | Sequence | None" = None) -> CountResult:
     """Count hits of ``watches`` on a target until it ends.
 
     Args:
@@ -48,6 +50,11 @@ def count(watches: "Sequence", *,
         trace: follow ``command`` with ptrace (names need it; see
             :mod:`perfbp.run.follow`).  False for a program that uses ptrace
             itself (strace, gdb): addresses only.
+        condition: a condition on the watched value (``"new == 0"``, see
+            :mod:`perfbp.kernel.condition`), tested in the kernel on every
+            hit; or one per watch (a list; None in it: that watch's every
+            hit matches).  Each watch then also has ``matched``: its hits for
+            which the condition held.  ``hits`` stays every hit.
 
     Returns:
         The exact hit counts (estimates when multiplexed).
@@ -56,7 +63,9 @@ def count(watches: "Sequence", *,
         PerfbpError: bad input, missing privilege, no free slot, no such
             process, command not found.  Nothing is left open.
     """
-    run = Run(watches, target, command, multiplex, trace)
+    conditions = [condition] if isinstance(condition, str) or (
+        condition is not None and not isinstance(condition, (list, tuple))) else condition
+    run = Run(watches, target, command, multiplex, trace, conditions)
     counters, mux = run.arm_counters()
     ws = run.watches
     reads = _Reads(ws, counters, mux, on_interval, run.child)
@@ -76,6 +85,12 @@ def count(watches: "Sequence", *,
             elapsed = time.monotonic() - start
             hits = mux.stop() if mux is not None else [
                 WatchHits(w, n) for w, n in zip(ws, reads.read_all())]
+            tallies = run.tallies()
+            if tallies is not None:
+                hits = [replace(h, matched=sum(t.matched for t in ts),
+                                faults=sum(t.faults for t in ts),
+                                condition=None if c is None else str(c))
+                        for h, ts, c in zip(hits, tallies, run.conditions)]
             run.finish()
             failed = False
     finally:
@@ -86,9 +101,9 @@ def count(watches: "Sequence", *,
         run.close(failed)
     outcome = run.outcome()
     if run.child is not None:  # a named watch is shown where it was armed last
-        hits = [WatchHits(w, h.hits + r, h.seen, h.coverage, b, r) for w, h, b, r in
-                zip(run.final_watches([h.watch for h in hits]), hits,
-                    outcome.pop("bindings"), outcome.pop("recovered"))]
+        hits = [replace(h, watch=w, hits=h.hits + r, bindings=b, recovered=r)
+                for w, h, b, r in zip(run.final_watches([h.watch for h in hits]), hits,
+                                      outcome.pop("bindings"), outcome.pop("recovered"))]
     if interval:  # the last, partial interval: the intervals add up to the totals
         reads.tick(elapsed, [h.hits for h in hits])
     return CountResult(run.description, hits, elapsed, ended_by, exit_code, **outcome)
