@@ -450,7 +450,7 @@ def print_table(r: dict) -> None:
         if o["matched_ok"] is not None:
             checks.append(f"matched {_ok(o['matched_ok'])}")
         if any(o["unstatused"]):
-            checks.append(f"({max(o['unstatused'])} hits without status)")
+            checks.append(f"({max(o['unstatused'])} hit(s) without status)")
         exp = "-" if o["matched_expected"] is None else str(o["matched_expected"])
         us = "-" if mode == "none" else f"{o['us_per_hit']:.2f}"
         print(f"{o['label']:46} {o['n']:>8,} {_count(o['hits']):>8} "
