@@ -313,7 +313,9 @@ def run_once(mode: str, cmd: "list[str]", env: dict, cwd: str, n: int,
         raise RuntimeError(f"{' '.join(cmd[:6])}... exited {proc.returncode} without the "
                            f"target's timing line: {err}")
     ns, stray = loop
-    return {"ns_per_write": ns, "wall": wall, **parse(mode, proc, stray)}
+    # kept for a run whose counts are off (the rest is dropped by measure)
+    raw = {"stdout": proc.stdout[-3000:], "stderr": proc.stderr[-1500:]}
+    return {"ns_per_write": ns, "wall": wall, "raw": raw, **parse(mode, proc, stray)}
 
 
 # ----------------------------------------------------------------------------------
@@ -322,7 +324,7 @@ def run_once(mode: str, cmd: "list[str]", env: dict, cwd: str, n: int,
 
 def measure(modes: "list[str]", exe: str, addr: int, writes: int, gdb_writes: int,
             rounds: int, workdir: str, env: dict, skipped: dict, retried: dict,
-            notes: list) -> dict:
+            notes: list, anomalies: list) -> dict:
     runs: dict = {m: [] for m in modes}
     bpf_no_value = False
     for _ in range(rounds):
@@ -359,8 +361,16 @@ def measure(modes: "list[str]", exe: str, addr: int, writes: int, gdb_writes: in
         tool, kind, _ = MODES[mode]
         n = gdb_writes if tool == "gdb" else writes
         rs = runs[mode]
-        ns = [r["ns_per_write"] for r in rs]
         expected_matched = condition(kind, n)[1] if kind else None
+        for i, r in enumerate(rs):  # a run whose counts are off: its output, to look at
+            raw = r.pop("raw")
+            if (r["hits"] is not None and r["hits"] != n) or \
+                    (r["matched"] is not None and r["matched"] != expected_matched):
+                anomalies.append({"mode": mode, "run": i + 1, "hits": r["hits"],
+                                  "matched": r["matched"], "expected_hits": n,
+                                  "expected_matched": expected_matched,
+                                  "ns_per_write": r["ns_per_write"], **raw})
+        ns = [r["ns_per_write"] for r in rs]
         hits = [r["hits"] for r in rs]
         matched = [r["matched"] for r in rs]
         unstatused = [r["unstatused"] for r in rs]
@@ -457,6 +467,7 @@ def print_table(r: dict) -> None:
               f"{_count(o['matched']):>8} {exp:>4} {o['ns_per_write_median']:>10.1f} "
               f"{us:>8} {ratio['vs_perfbp_stat']:>8} {ratio['vs_perfbp_record']:>7}  "
               f"{' '.join(checks) or '-'}")
+    print("(hits, matched: the last run's; any run whose counts are off is shown below)")
     for mode, why in r["skipped"].items():
         n = r["gdb_writes"] if MODES[mode][0] == "gdb" else r["writes"]
         print(f"{label(mode, n)}: skipped: {why}")
@@ -467,6 +478,13 @@ def print_table(r: dict) -> None:
     else:
         print()
         print(f"goal (record --if per hit <= {GOAL_IF_VS_RECORD:g}x record): not measured")
+    for a in r["anomalies"]:
+        print()
+        print(f"counts off: {label(a['mode'], a['expected_hits'])}, run {a['run']}: hits "
+              f"{a['hits']} (expected {a['expected_hits']}), matched {a['matched']} (expected "
+              f"{a['expected_matched']}), {a['ns_per_write']:.1f} ns/write; its output:")
+        for line in (a["stdout"] + "\n" + a["stderr"]).splitlines()[-12:]:
+            print(f"  | {line[:300]}")
     exact = [o for o in r["modes"].values() if o["matched_ok"] is not None]
     if exact:
         print()
@@ -510,6 +528,7 @@ def main(argv=None) -> int:
     load_before = harness.load_average()
     retried: dict = {}
     notes: list = []
+    anomalies: list = []
     workdir = tempfile.mkdtemp(prefix="perfbp-bench-values-")
     try:
         try:
@@ -519,7 +538,8 @@ def main(argv=None) -> int:
             return 2
         try:
             res = measure(modes, exe, addr, args.writes, args.gdb_writes,
-                          max(1, args.rounds), workdir, env, skipped, retried, notes)
+                          max(1, args.rounds), workdir, env, skipped, retried, notes,
+                          anomalies)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
             print(f"a run failed: {exc}", file=sys.stderr)
             return 2
@@ -537,6 +557,7 @@ def main(argv=None) -> int:
         "loadavg_after": round(harness.load_average(), 2),
         "modes": res, "skipped": skipped, "notes": notes, "rows": goal_rows(res),
         "goal_if_vs_record": GOAL_IF_VS_RECORD, "trap_retries": retried,
+        "anomalies": anomalies,
     }
     warnings = [harness.busy_warning(load_before)]
     bad = [m for m, o in res.items() if o["hits_ok"] is False or o["matched_ok"] is False]
