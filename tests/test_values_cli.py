@@ -310,3 +310,17 @@ def test_a_recording_whose_values_are_damaged_is_one_line(values_prog, tmp_path)
     r = run_perfbp("report", "-i", str(data))
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "does not hold perfbp's values" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stat_intervals_carry_matched_and_add_up(values_prog, tmp_path):
+    out_file = tmp_path / "n.json"
+    r = launched("stat", "--json", "-o", str(out_file), "-I", "20", "-w", "value", "--if",
+                 "new & 1", "--", str(values_prog), str(N))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out_file.read_text())
+    (w,) = doc["watches"]
+    parts = [i["watches"][0] for i in doc["intervals"]]
+    assert len(parts) >= 2
+    assert sum(p["hits"] for p in parts) == w["hits"] == 3 * N
+    assert sum(p["matched"] for p in parts) == w["matched"]
+    assert all(p["condition"] == "new & 1" for p in parts)

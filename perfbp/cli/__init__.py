@@ -474,7 +474,8 @@ def stat(
                               "watches": [w.as_dict() for w in hits]})
             return
         for w in hits:
-            typer.echo(f"{elapsed:12.3f} {w.hits:>14,}  {w.label}")
+            matched = f" {w.matched:>14,}" if w.matched is not None else ""
+            typer.echo(f"{elapsed:12.3f} {w.hits:>14,}{matched}  {w.label}")
 
     sink = _open_output(output)
     try:

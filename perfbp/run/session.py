@@ -68,7 +68,7 @@ def count(watches: "Sequence", *,
     run = Run(watches, target, command, multiplex, trace, conditions)
     counters, mux = run.arm_counters()
     ws = run.watches
-    reads = _Reads(ws, counters, mux, on_interval, run.child)
+    reads = _Reads(ws, counters, mux, on_interval, run.child, run)
     failed = True
     try:
         # from the banner on, Ctrl-C and SIGTERM only ask the loop to stop:
@@ -87,6 +87,7 @@ def count(watches: "Sequence", *,
                 WatchHits(w, n) for w, n in zip(ws, reads.read_all())]
             tallies = run.tallies()
             if tallies is not None:
+                reads.final_matched = [sum(t.matched for t in ts) for ts in tallies]
                 hits = [replace(h, matched=sum(t.matched for t in ts),
                                 faults=sum(t.faults for t in ts),
                                 condition=None if c is None else str(c))
@@ -114,10 +115,22 @@ class _Reads:
     multiplexer's estimates, plus the hits a launched command's tracer
     recovered), and the hits of each interval."""
 
-    def __init__(self, watches, counters, mux, on_interval, child) -> None:
+    def __init__(self, watches, counters, mux, on_interval, child, run=None) -> None:
         self.watches, self.counters, self.mux = watches, counters, mux
         self.on_interval, self.child = on_interval, child
         self.last = [0] * len(watches)  # opened just now: every hit since is in an interval
+        #: with conditions: the run (its programs' tallies), and the matches so far
+        self.run = run if run is not None and run.conditions is not None else None
+        self.last_matched = [0] * len(watches)
+        self.final_matched: "list[int] | None" = None  # read before the programs close
+
+    def matched(self) -> "list[int] | None":
+        """Each watch's matches so far (None without conditions)."""
+        if self.run is None:
+            return None
+        if self.final_matched is not None:
+            return self.final_matched
+        return [sum(t.matched for t in ts) for ts in self.run.tallies()]
 
     def read_all(self) -> "list[int]":
         """The events' counts (estimates), without the recovered hits."""
@@ -134,7 +147,14 @@ class _Reads:
             cur = self.read_all()
             if self.child is not None:
                 cur = [n + r for n, r in zip(cur, self.child.recovered)]
+        matched = self.matched()
         if self.on_interval:
-            self.on_interval(elapsed, [WatchHits(w, n - p) for w, n, p
-                                       in zip(self.watches, cur, self.last)])
+            hits = [WatchHits(w, n - p) for w, n, p in zip(self.watches, cur, self.last)]
+            if matched is not None:
+                hits = [replace(h, matched=m - p, condition=str(c) if c is not None else None)
+                        for h, m, p, c in zip(hits, matched, self.last_matched,
+                                              self.run.conditions)]
+            self.on_interval(elapsed, hits)
         self.last = cur
+        if matched is not None:
+            self.last_matched = matched
