@@ -14,6 +14,7 @@ named watch in libpython      bench_follow.py        gdb to ``main`` (warm, cold
 per hit, recording, 1 and     bench_overhead.py      ``perf record -c 1``
 2 threads
 Counter cycle, move           bench_lifecycle.py     the same syscalls in C
+per hit, record --if          bench_values.py        plain ``perfbp record``
 ============================  =====================  ==============================
 
 Each benchmark's own output (its table, with the details and the ``--help``
@@ -21,7 +22,7 @@ of how it measures) is saved next to the summary when ``--keep DIR`` is
 given.  ``--quick`` runs each with fewer rounds and smaller sizes (minutes,
 not a quarter of an hour): the figures are then rougher.  ``--only NAMES``
 runs some of them (comma-separated: startup, report, names, overhead,
-lifecycle).
+lifecycle, values).
 
 This is a benchmark: it reports, never asserts, and exits 0 once every
 benchmark it ran has measured (2 when one could not run; the others are
@@ -99,6 +100,24 @@ def lifecycle_rows(r: dict) -> list:
             for row in r["rows"] if row["operation"] in labels]
 
 
+def values_rows(r: dict) -> list:
+    modes = r["modes"]
+    rec, rif = modes.get("perfbp_record"), modes.get("perfbp_record_if")
+    if not (rec and rif):
+        why = r["skipped"].get("perfbp_record_if", "not measured")
+        return [_row(f"per hit, record --if: {why}", None, "perfbp record", None, "us",
+                     None, None)]
+    ratio = rif["us_per_hit"] / rec["us_per_hit"] if rec["us_per_hit"] > 0 else None
+    rows = [_row("per hit, record --if 'new > N-10'", rif["us_per_hit"], "perfbp record",
+                 rec["us_per_hit"], "us", ratio, r["goal_if_vs_record"])]
+    sif, gdb = modes.get("perfbp_stat_if"), modes.get("gdb_eq")
+    if sif and gdb:
+        rows.append(_row("  (for context) per hit, stat --if 'new == K'", sif["us_per_hit"],
+                         "gdb watch ... if", gdb["us_per_hit"], "us",
+                         sif["us_per_hit"] / gdb["us_per_hit"], None))
+    return rows
+
+
 #: name -> (script, its arguments, quick arguments, rows from its JSON)
 SUITE = {
     "startup": ("bench_startup.py", [], ["--rounds", "7"], startup_rows),
@@ -109,6 +128,8 @@ SUITE = {
                  ["--hits", "30011", "--rounds", "3"], overhead_rows),
     "lifecycle": ("bench_lifecycle.py", [], ["--iterations", "5000", "--rounds", "3"],
                   lifecycle_rows),
+    "values": ("bench_values.py", [], ["--writes", "30011", "--gdb-writes", "503",
+                                       "--rounds", "1"], values_rows),
 }
 
 

@@ -112,6 +112,28 @@ class InvalidBreakpoint(PerfbpError):
     default_errno = _errno.EINVAL
 
 
+class InvalidCondition(InvalidBreakpoint):
+    """A condition on a watch's value (``new == 0``) that cannot be read or
+    cannot apply to the watch (EINVAL).
+
+    The message is one line; :meth:`caret` gives the condition with a caret
+    under the problem, for a terminal.
+
+    Attributes:
+        text: the condition as written.
+        column: where the problem is in ``text`` (0-based).
+    """
+
+    def __init__(self, message: str, *, text: str = "", column: int = 0, **context: Any) -> None:
+        super().__init__(message, text=text, column=column, **context)
+        self.text = text
+        self.column = column
+
+    def caret(self) -> str:
+        """Two lines: the condition, and a ``^`` under the problem."""
+        return f"  {self.text}\n  {' ' * self.column}^"
+
+
 class NoSuchProcess(PerfbpError):
     """The target process or thread does not exist (ESRCH)."""
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -512,6 +513,9 @@ def cli_problem(code, stderr: str, seconds: float, limit: int = 10,
             return f"raw control or unprintable characters in {e[:300]!r}"
     lines = stderr.splitlines()
     after = lines[lines.index(errors[0]):] if errors else []
+    if len(after) == 3 and re.fullmatch(r"  \S.*", after[1]) and after[1].isprintable() \
+            and re.fullmatch(r"  *\^", after[2]):
+        after = after[:1]  # a condition's mistake, and a caret under it
     if any(not ln.startswith("perfbp: error:") for ln in after):
         return f"an error message of more than one line: {stderr.strip()[-500:]!r}"
     return None

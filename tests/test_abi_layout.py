@@ -23,6 +23,11 @@ perfbp declares is accepted when it is appended (at or beyond the header's
 ``sizeof``) or lies inside a field the header calls ``__reserved*``; the
 header's ``sizeof`` must not exceed perfbp's.
 
+The BPF declarations (the members of ``union bpf_attr`` perfbp declares as
+structs of their own, every ``BPF_*`` constant, ``offsetof(struct
+bpf_perf_event_data, addr)`` and ``__NR_bpf``) are checked the same way
+against ``<linux/bpf.h>``, at the end.
+
 The second half checks :func:`perfbp.kernel.abi._check`, the one place that turns a
 failed call into OSError, against real errno values from the running kernel.
 """
@@ -620,3 +625,78 @@ def test_precompiled_and_parsed_declarations_lay_out_alike(struct, monkeypatch):
     parsed = abi._load_ffi()
     assert parsed is not abi.ffi
     assert cffi_layout(struct, parsed) == cffi_layout(struct, abi.ffi)
+
+
+# --------------------------------------------------------------------------
+# The BPF declarations: the members of union bpf_attr perfbp declares, the
+# BPF_* constants, the context's addr and __NR_bpf, against <linux/bpf.h>
+# --------------------------------------------------------------------------
+
+#: perfbp's struct for each bpf(2) command: one anonymous member of union bpf_attr
+BPF_ATTR_STRUCTS = ("bpf_attr_map_create", "bpf_attr_map_elem", "bpf_attr_prog_load")
+BPF_INCLUDES = ("#include <linux/bpf.h>\n#include <linux/bpf_perf_event.h>\n"
+                "#include <sys/syscall.h>\n")
+
+
+def bpf_constants() -> dict:
+    return {name: value for name, value in vars(_uapi).items()
+            if (name.startswith("BPF_") or name == "MAX_BPF_REG") and isinstance(value, int)}
+
+
+@pytest.fixture(scope="module")
+def bpf_probe(tmp_path_factory) -> dict:
+    """``{"FIELD name": (offset, size), "CONST name": value, "ADDR": offset,
+    "NR": __NR_bpf}`` from a C probe compiled against the system's headers."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to compile the layout probe")
+    if not os.path.exists("/usr/include/linux/bpf.h"):
+        pytest.skip("<linux/bpf.h> is not installed (linux-libc-dev)")
+    tmp = tmp_path_factory.mktemp("bpf_probe")
+    lines = ["#include <stdio.h>", "#include <stddef.h>", BPF_INCLUDES, "int main(void) {"]
+    for struct in BPF_ATTR_STRUCTS:
+        for name, _field in ffi.typeof(f"struct {struct}").fields:
+            lines.append(f'    printf("FIELD {name} %zu %zu\\n", offsetof(union bpf_attr, '
+                         f'{name}), sizeof(((union bpf_attr *)0)->{name}));')
+    for name in sorted(bpf_constants()):
+        lines.append(f'    printf("CONST {name} %lld\\n", (long long)({name}));')
+    lines += ['    printf("ADDR %zu\\n", offsetof(struct bpf_perf_event_data, addr));',
+              '    printf("NR %ld\\n", (long)__NR_bpf);', "    return 0;", "}"]
+    (tmp / "bpf_probe.c").write_text("\n".join(lines) + "\n")
+    run_gcc(["-std=gnu11", "-w", "-o", "bpf_probe", "bpf_probe.c"], tmp,
+            "compile the BPF layout probe")
+    out = subprocess.run([str(tmp / "bpf_probe")], capture_output=True, text=True,
+                         check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        kind, *rest = line.split()
+        if kind in ("FIELD", "CONST"):
+            found[f"{kind} {rest[0]}"] = tuple(int(x) for x in rest[1:])
+        else:
+            found[kind] = int(rest[0])
+    return found
+
+
+@pytest.mark.parametrize("struct", BPF_ATTR_STRUCTS)
+def test_bpf_attr_members_match_header(bpf_probe, struct):
+    ours = {name: (f.offset, ffi.sizeof(f.type))
+            for name, f in ffi.typeof(f"struct {struct}").fields}
+    theirs = {name: bpf_probe[f"FIELD {name}"] for name in ours}
+    assert ours == theirs
+    # perfbp passes sizeof(its struct) as the attr's size: it ends where its
+    # last field ends, so the kernel sees no bytes perfbp did not mean
+    last = max(off + size for off, size in ours.values())
+    align = ffi.alignof(f"struct {struct}")
+    assert ffi.sizeof(f"struct {struct}") == (last + align - 1) // align * align
+
+
+def test_bpf_constants_match_header(bpf_probe):
+    ours = bpf_constants()
+    assert len(ours) >= 77  # every opcode part, register, command, helper, type
+    bad = [f"{name}: header {bpf_probe[f'CONST {name}'][0]}, perfbp {value}"
+           for name, value in sorted(ours.items()) if bpf_probe[f"CONST {name}"][0] != value]
+    assert not bad, format_failures("BPF constants differ from <linux/bpf.h>", bad)
+
+
+def test_bpf_context_addr_and_syscall_number_match_header(bpf_probe):
+    assert _uapi.BPF_PERF_EVENT_DATA_ADDR[platform.machine()] == bpf_probe["ADDR"]
+    assert _uapi.NR_BPF[platform.machine()] == abi.NR_BPF == bpf_probe["NR"]

@@ -92,3 +92,20 @@ def test_the_demo_tells_the_whole_story():
     assert "5 watches need 5 debug-register slots" in err[0] and "--multiplex" in err[0]
     assert out.rstrip().endswith("(exit status 2: refused before anything ran; --multiplex "
                                  "lets them take turns)")
+
+
+def test_who_cleared_the_pointer():
+    """A condition in the kernel keeps the 99 writes (of 200,205) that
+    cleared a pointer still in use, and names the line."""
+    r = run("who_cleared_the_pointer.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "queue: 100003 rounds, 99 flushes, head set" in r.stdout
+    recovered = 200205 - int(re.search(r"head was written (\d+) times", r.stdout).group(1))
+    assert 0 <= recovered <= 200, r.stdout  # hits the machine delivered without their status
+    cleared = int(re.search(r"; (\d+) writes cleared it", r.stdout).group(1))
+    assert 99 - recovered <= cleared <= 99, r.stdout
+    src = (REPO / "examples" / "queue.c").read_text().splitlines()
+    bug = next(i + 1 for i, line in enumerate(src) if "the bug: drops" in line)
+    assert re.search(rf"^\s+{cleared} flush_stale\+0x[0-9a-f]+ \(queue\.c:{bug}\)$",
+                     r.stdout, re.M), r.stdout
+    assert re.search(rf"^\s+{cleared} 0x[0-9a-f]+ -> 0x0$", r.stdout, re.M), r.stdout

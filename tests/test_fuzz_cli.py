@@ -145,6 +145,13 @@ SECONDS = mostly(st.sampled_from(["0.01", "0.5", "2", "1e308", "1e-300"]),
                                             "0x1", "1e999"]),
                            st.floats(allow_nan=True, allow_infinity=True).map(repr), TEXT))
 HOSTILE_INT = st.one_of(NUMBER, st.integers(-5, 0).map(str), TEXT)
+#: --if: conditions (most of them good), then anything
+CONDITIONS = mostly(
+    st.sampled_from(["new == 0", "old != 0 and new == 0", "new & 0x80", "new > 5",
+                     "not (new < 3 or old >= 7)", "new == 0xff", "old"]),
+    st.one_of(TEXT, LONG, st.builds(lambda n: f"new == {n}", NUMBER),
+              st.sampled_from(["new =", "(((", "old <", "new == -1", "new == 1e3", "1 < new < 5",
+                               "new == 0x1ffffffffffffffff", "and", "new ~ 1", ""])))
 
 
 def ints(*good: str):
@@ -210,7 +217,8 @@ def stat_argv(draw, dead: int):
     head, launched = draw(target(dead))
     args = draw(watches()) + _flags(draw, "--json", "--no-ptrace", "--multiplex")
     args += _option(draw, "-I", ints("10", "100", "100000")) \
-        + _option(draw, "--slice-ms", ints("1", "10", "1000000"))
+        + _option(draw, "--slice-ms", ints("1", "10", "1000000")) \
+        + _option(draw, "--if", CONDITIONS) + _option(draw, "--if", CONDITIONS)
     if launched:  # any duration: /bin/true ends first
         args += _option(draw, "-d", SECONDS)
     args += _option(draw, "-o", OUTPUTS)
@@ -220,7 +228,9 @@ def stat_argv(draw, dead: int):
 @st.composite
 def record_argv(draw, dead: int):
     head, launched = draw(target(dead))
-    args = draw(watches()) + _flags(draw, "--json", "--no-ptrace", "--multiplex", "-g")
+    args = draw(watches()) + _flags(draw, "--json", "--no-ptrace", "--multiplex", "-g",
+                                    "--values")
+    args += _option(draw, "--if", CONDITIONS)
     for opt, values in (("--period", ints("1", "2", "1000", str((1 << 63) - 1))),
                         ("-c", ints("1", "7")), ("--ring-pages", RING),
                         ("--top", ints("1", "5", "1000000")), ("--slice-ms", ints("1", "10")),
@@ -235,6 +245,7 @@ def record_argv(draw, dead: int):
 def top_argv(draw, dead: int):
     head, _launched = draw(target(dead, deadline=False))
     args = draw(watches()) + _flags(draw, "--no-ptrace", "--multiplex")
+    args += _option(draw, "--if", CONDITIONS)
     for opt, values in (("--interval", SECONDS), ("-i", SECONDS),
                         ("--top", ints("1", "5", "1000000")), ("--slice-ms", ints("1", "10"))):
         args += _option(draw, opt, values)

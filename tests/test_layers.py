@@ -62,6 +62,8 @@ ROLES = {
     "perfbp.kernel.ring": 2,
     "perfbp.kernel.slots": 2,
     "perfbp.kernel.holders": 2,
+    "perfbp.kernel.bpf": 2,
+    "perfbp.kernel.condition": 2,
     "perfbp.planning.regions": 2,
     "perfbp.planning.spec": 2,
     "perfbp.data.perfdata": 2,

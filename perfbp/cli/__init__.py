@@ -84,6 +84,12 @@ Multiplex = Annotated[bool, typer.Option(
 SliceMs = Annotated[int, typer.Option("--slice-ms", metavar="MS",
                                       help="With --multiplex: how long each turn lasts.")]
 Top = Annotated[int, typer.Option("--top", min=1, help="Writers and threads listed per watch.")]
+If = Annotated[Optional[List[str]], typer.Option(
+    "--if", metavar="EXPR",
+    help="Only the hits for which EXPR holds, tested in the kernel on every hit: EXPR over "
+         "new (the watched value after the access) and old (the value after the hit "
+         "before), numbers, == != < <= > >=, & (mask), and, or, not, ( ). Once for every "
+         "watch, or once per watch in order. Example: --if 'old != 0 and new == 0'.")]
 Command = Annotated[Optional[List[str]], typer.Argument(
     metavar="[-- CMD ARGS...]",
     help="A program to run with the watches armed before its first instruction.")]
@@ -334,11 +340,20 @@ def _render_counts(result, sink=None) -> None:
     out(f" Hits for {result.target}:")
     out("")
     width = max(13, max(len(f"{w.hits:,}") for w in result.watches) + 2)
-    out(f"{'hits':>{width}}  watch")
+    tested = any(w.matched is not None for w in result.watches)
+    out(f"{'hits':>{width}}  " + (f"{'matched':>{width}}  " if tested else "") + "watch")
     for w in result.watches:
         spec = w.watch.spec
         label = w.label if w.label == spec else f"{w.label}  ({spec})"
-        out(f"{w.hits:>{width},}  {label}")
+        if tested:
+            matched = f"{w.matched:>{width},}" if w.matched is not None else f"{'-':>{width}}"
+            cond = f"  if {w.condition}" if w.condition is not None else ""
+            out(f"{w.hits:>{width},}  {matched}  {label}{cond}")
+            if w.faults:
+                out(f"{'':>{width}}  {'':>{width}}  {w.faults:,} hits whose value could not "
+                    f"be read (never matched)")
+        else:
+            out(f"{w.hits:>{width},}  {label}")
         if w.estimated:
             out(f"{'':>{width}}  estimate: {w.seen:,} seen while watched "
                 f"{100 * w.coverage:.1f}% of the time, scaled")
@@ -437,7 +452,7 @@ def stat(
         help="Write the counts to FILE, not stdout (keeps them apart from the command's "
              "output).")] = None,
     no_ptrace: NoPtrace = False, multiplex: Multiplex = False, slice_ms: SliceMs = 10,
-    command: Command = None,
+    if_: If = None, command: Command = None,
 ) -> None:
     """Count the hits of hardware watchpoints, exactly.
 
@@ -448,6 +463,7 @@ def stat(
     """
     args = run_args(watch, pid, tid, all_cpus, cpu, command, duration=duration,
                     multiplex=multiplex, slice_ms=slice_ms, no_ptrace=no_ptrace)
+    conditions = _conditions(if_, args.watches)
     if interval is not None and interval < 10:
         raise fail(f"-I {interval} is too short: give at least 10 milliseconds")
     intervals: list = []
@@ -458,7 +474,8 @@ def stat(
                               "watches": [w.as_dict() for w in hits]})
             return
         for w in hits:
-            typer.echo(f"{elapsed:12.3f} {w.hits:>14,}  {w.label}")
+            matched = f" {w.matched:>14,}" if w.matched is not None else ""
+            typer.echo(f"{elapsed:12.3f} {w.hits:>14,}{matched}  {w.label}")
 
     sink = _open_output(output)
     try:
@@ -467,7 +484,7 @@ def stat(
             interval=interval / 1000 if interval else None, on_interval=on_interval,
             on_start=lambda description, plan: _banner(result_watches(args.watches),
                                                        description, plan, args.target),
-            multiplex=args.multiplex, trace=args.trace)
+            multiplex=args.multiplex, trace=args.trace, condition=conditions)
     except BaseException:
         if sink is not None:
             sink.abort()
@@ -483,6 +500,23 @@ def stat(
         sink.commit()
     _unresolved(result)
     raise typer.Exit(_status(result)["exit_status"])
+
+
+def _conditions(texts: "list[str] | None", watches: list) -> "list | None":
+    """The conditions of ``--if``: one for every watch, or one per watch;
+    None without any.  The API reads them before it starts anything (a bad
+    one: :class:`~perfbp.InvalidBreakpoint` with a ``caret``, which
+    :func:`main` prints under the error: exit 2)."""
+    if not texts:
+        return None
+    if len(texts) not in (1, len(watches)):
+        raise fail(f"{len(texts)} --if conditions for {len(watches)} "
+                   f"watch{'es' if len(watches) != 1 else ''}: give one for every watch, or "
+                   f"one per watch (in the order of the -w options)")
+    if len(texts) == 1 and len(watches) > 1:
+        typer.echo(f"perfbp: --if {shown(texts[0], 60)} applies to each of the {len(watches)} "
+                   f"watches (give one --if per -w to tell them apart)", err=True)
+    return list(texts)  # read (a caret under a mistake) before anything runs: see Run
 
 
 def _pct(part: int, whole: int) -> str:
@@ -515,6 +549,12 @@ def _render_report(report, top: int) -> None:
                      f"time): estimate {w.estimate:,} for the run")
             if w.accounted:
                 line += "; every hit seen accounted for"
+        elif w.matched is not None and w.kernel_hits is not None:
+            line += f"   matched {w.matched:,} of {w.kernel_hits:,} hits"
+            if w.condition is not None:
+                line += f" (if {w.condition})"
+            line += (": every match accounted for" if w.accounted
+                     else ": MISMATCH (samples + lost != matched)")
         elif w.kernel_hits is not None:
             line += f"   kernel's hit count {w.kernel_hits:,}{sampled}"
             if w.accounted:
@@ -530,6 +570,8 @@ def _render_report(report, top: int) -> None:
                 where = str(wr.location) + (f" ({wr.source})" if wr.source else "")
                 typer.echo(f"    {wr.samples:>12,} {_pct(wr.samples, w.hits)}  "
                            f"{where:<32} {wr.location.short_dso}")
+        if w.values:
+            _render_values(w)
         if w.stacks:
             _render_stacks(w, top)
         if w.threads:
@@ -547,6 +589,20 @@ def _render_report(report, top: int) -> None:
             extra = f"  {g['dso']}" if g.get("dso") else ""
             typer.echo(f"{g['samples']:>14,}  {_pct(g['samples'], report.samples)}  {g['key']}{extra}")
         typer.echo("")
+
+
+def _render_values(w) -> None:
+    """The values written and the old -> new transitions, most frequent
+    first: in decimal, or all in hex when one is large (a pointer, a mask)."""
+    shown = [v for v, _n in w.values] + [x for o, v, _n in w.transitions for x in (o, v)]
+    digits = 2 * min(max(w.length, 1), 8)
+    value = "{:,}".format if max(shown, default=0) < 65536 else f"{{:#0{2 + digits}x}}".format
+    typer.echo("  values written (new):")
+    for v, hits in w.values:
+        typer.echo(f"    {hits:>12,} {_pct(hits, w.hits)}  {value(v)}")
+    typer.echo("  transitions (old -> new):")
+    for o, v, hits in w.transitions:
+        typer.echo(f"    {hits:>12,} {_pct(hits, w.hits)}  {value(o)} -> {value(v)}")
 
 
 #: frames shown of a call stack, innermost first
@@ -580,16 +636,21 @@ def _report_csv(report) -> None:
         for g in report.groups:
             out.writerow([g["key"], g["samples"]])
         return
+    values = any(w.matched is not None for w in report.watches)
     out.writerow(["watch", "address", "length", "access", "hits", "lost", "kernel_hits",
-                  "where", "dso", "samples"])
+                  "where", "dso"] + (["old", "new"] if values else []) + ["samples"])
+    blank = ["", ""] if values else []
     for w in report.watches:
         base = [w.name, w.address, w.length, w.access, w.hits,
                 "" if w.lost is None else w.lost,
                 "" if w.kernel_hits is None else w.kernel_hits]
         if not w.writers:
-            out.writerow(base + ["", "", 0])
+            out.writerow(base + ["", ""] + blank + [0])
         for wr in w.writers:
-            out.writerow(base + [str(wr.location), wr.location.dso, wr.samples])
+            out.writerow(base + [str(wr.location), wr.location.dso] + blank + [wr.samples])
+        # with values: a row per old -> new transition (no writer)
+        for o, v, n in w.transitions:
+            out.writerow(base + ["", "", o, v, n])
 
 
 @app.command(
@@ -629,7 +690,11 @@ def record(
         help="Ring buffer pages per CPU (power of two; default 512, 4096 with "
              "--call-graph dwarf).")] = None,
     top: Top = 5, as_json: Json = False, no_ptrace: NoPtrace = False,
-    multiplex: Multiplex = False, slice_ms: SliceMs = 10, command: Command = None,
+    multiplex: Multiplex = False, slice_ms: SliceMs = 10, if_: If = None,
+    values: Annotated[bool, typer.Option(
+        "--values", help="Each sample carries the watched value before and after the hit "
+                         "(old, new), read in the kernel (implied by --if).")] = False,
+    command: Command = None,
 ) -> None:
     """Sample every hit into a recording perf can read, then summarize who
     touched each watch.
@@ -651,6 +716,11 @@ def record(
                     multiplex=multiplex, slice_ms=slice_ms, no_ptrace=no_ptrace)
     if not 1 <= period <= MAX_PERIOD:
         raise fail(f"--period {shown(str(period))} must be from 1 to {MAX_PERIOD} (2^63-1)")
+    conditions = _conditions(if_, args.watches)
+    if (conditions or values) and period != 1:
+        raise fail(f"--period {period} samples one hit in {period}, and "
+                   f"{'--if' if conditions else '--values'} needs every hit (old is the "
+                   f"value of the hit before): drop one of them")
     if ring_pages is not None and (ring_pages < 1 or ring_pages & (ring_pages - 1)
                                    or ring_pages > MAX_RING_PAGES):
         raise fail(f"--ring-pages {shown(str(ring_pages))} must be a power of two from 1 "
@@ -664,7 +734,8 @@ def record(
                                on_start=lambda d, plan: _banner(
                                    result_watches(args.watches), d, plan, args.target,
                                    debug_note=args),
-                               multiplex=args.multiplex, trace=args.trace)
+                               multiplex=args.multiplex, trace=args.trace,
+                               condition=conditions, values=values)
     except perfbp.PerfbpError as exc:
         if exc.errno != errno.EPIPE:
             raise
@@ -682,9 +753,11 @@ def _record_summary(result, output: str, top: int, as_json: bool) -> None:
                f"{samples:,} samples, {lost:,} lost ]", err=True)
     for s, label in zip(result.stats, result.labels):
         if not s.complete:
-            typer.echo(f"perfbp: WARNING: watch {label}: the kernel counted {s.hits:,} hits "
-                       f"but {s.samples:,} samples + {s.lost:,} lost = {s.samples + s.lost:,}: "
-                       f"{s.missing:,} hits unaccounted for", err=True)
+            counted = (f"its condition matched {s.matched:,} hits" if s.matched is not None
+                       else f"the kernel counted {s.hits:,} hits")
+            typer.echo(f"perfbp: WARNING: watch {label}: {counted} but {s.samples:,} samples "
+                       f"+ {s.lost:,} lost = {s.samples + s.lost:,}: {s.missing:,} hits "
+                       f"unaccounted for", err=True)
         elif s.lost:
             typer.echo(f"perfbp: watch {label}: {s.lost:,} samples lost (ring full); use "
                        f"--ring-pages or --period to keep up", err=True)
@@ -810,7 +883,7 @@ def top(
     interval: Annotated[float, typer.Option("--interval", "-i", metavar="SECONDS",
                                             help="Seconds between screen updates.")] = 1.0,
     top_n: Top = 5, no_ptrace: NoPtrace = False, multiplex: Multiplex = False,
-    slice_ms: SliceMs = 10,
+    slice_ms: SliceMs = 10, if_: If = None,
     command_output: Annotated[Optional[str], typer.Option(
         "--command-output", metavar="FILE",
         help="Where a launched command's output goes (default: on a terminal, a new file "
@@ -827,6 +900,7 @@ def top(
 
     args = run_args(watch, pid, tid, all_cpus, cpu, command, multiplex=multiplex,
                     slice_ms=slice_ms, no_ptrace=no_ptrace)
+    conditions = _conditions(if_, args.watches)
     if not math.isfinite(interval):
         raise fail(f"--interval {interval} is not a number of seconds: give one like 0.5 or 2")
     if interval < 0.05:
@@ -839,7 +913,8 @@ def top(
     try:
         session = perfbp.LiveSession(args.watches, target=args.target, command=args.command,
                                      interval=interval, trace=args.trace,
-                                     multiplex=args.multiplex, command_output=output)
+                                     multiplex=args.multiplex, command_output=output,
+                                     condition=conditions)
     except BaseException:
         if output is not None and command_output is None:
             os.unlink(output)  # the file made for it: nothing ran
@@ -860,9 +935,10 @@ def top(
         typer.echo(f"perfbp: {tui.output_note(output, made=command_output is None)}", err=True)
     for f in session.figures:
         if not f.complete:
-            typer.echo(f"perfbp: WARNING: watch {f.label}: the kernel counted {f.hits:,} hits "
-                       f"but {f.samples:,} samples + {f.lost:,} lost = {f.samples + f.lost:,}",
-                       err=True)
+            counted = (f"its condition matched {f.matched:,} hits" if f.matched is not None
+                       else f"the kernel counted {f.hits:,} hits")
+            typer.echo(f"perfbp: WARNING: watch {f.label}: {counted} but {f.samples:,} "
+                       f"samples + {f.lost:,} lost = {f.samples + f.lost:,}", err=True)
     # the command's status, as stat's (EXIT STATUS in docs/perfbp.md); 0 when
     # the user quit the view with q and perfbp ended the command, as -d does
     if session.exit_code is not None and not quit_view:
@@ -1007,6 +1083,10 @@ def main(argv: "list[str] | None" = None) -> None:
         sys.exit(BAD_INPUT)
     except perfbp.PerfbpError as exc:
         error(exc.message_for("cli"))  # the API's words for what to do, as options
+        text = getattr(exc, "text", "")
+        if callable(getattr(exc, "caret", None)) and text.strip() and text.isprintable() \
+                and len(text) <= 200:  # a condition's mistake, pointed at (quoted above)
+            typer.echo(exc.caret(), err=True)
         sys.exit(BAD_INPUT)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("perfbp: interrupted", err=True)

@@ -184,6 +184,8 @@ def render(session: "perfbp.LiveSession", sort: str, slots: int, capacity: int,
         top = session.top_writers(i, 1)
         hits = f"{f.hits:,}" if f.estimate is None else \
             f"~{f.estimate:,} ({100 * f.coverage:.0f}%)"
+        if f.matched is not None:  # a condition: the hits it let through, too
+            hits += f" / {f.matched:,}"
         rows.append([f.label, hits, f"{f.rate:,.0f}", "", top[0] if top else ""])
     numbers = (max(len(r[1]) for r in rows + [["", "hits"]])
                + max(len(r[2]) for r in rows + [["", "", "hits/s"]]))
@@ -195,7 +197,8 @@ def render(session: "perfbp.LiveSession", sort: str, slots: int, capacity: int,
         r[4] = shorten([r[4]], writer_w)[0] if writer_w >= 3 else ""
     table = Table(box=None, pad_edge=False, expand=False, padding=(0, GAP // 2))
     table.add_column("watch", no_wrap=True, width=label_w)
-    table.add_column("hits", justify="right", no_wrap=True)
+    tested = any(f.matched is not None for f in figs)
+    table.add_column("hits / matched" if tested else "hits", justify="right", no_wrap=True)
     table.add_column("hits/s", justify="right", no_wrap=True)
     table.add_column(spark_title(spark, session.interval), no_wrap=True)
     table.add_column("top writer", no_wrap=True, width=writer_w)
@@ -215,6 +218,8 @@ def plain_lines(session: "perfbp.LiveSession") -> "list[str]":
     for f in session.figures:
         line = (f"{session.elapsed:10.3f} {f.label} hits={f.hits} rate={f.rate:.0f}/s "
                 f"samples={f.samples} lost={f.lost}")
+        if f.matched is not None:  # a condition: the hits it let through
+            line += f" matched={f.matched}"
         if f.recovered:  # hits without a sample: the machine lost their status
             line += f" recovered={f.recovered}"
         if f.estimate is not None:

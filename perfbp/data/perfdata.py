@@ -29,9 +29,9 @@ from typing import NamedTuple
 from typing import Iterator
 
 from .._version import __version__ as version
-from ..kernel._uapi import PERF_FORMAT_LOST, PERF_SAMPLE_REGS_USER
+from ..kernel._uapi import PERF_FORMAT_LOST, PERF_SAMPLE_RAW, PERF_SAMPLE_REGS_USER
 from ..errors import CorruptRecording, PerfbpError
-from ..kernel.records import HEADER, ParseConfig, whole_records_end
+from ..kernel.records import HEADER, VALUES_RAW, ParseConfig, whole_records_end
 
 MAGIC = b"PERFILE2"
 FILE_HEADER = struct.Struct("<8sQQQQQQQQ32s")  # 104 bytes
@@ -701,7 +701,11 @@ def _config_for(events: "list[FileEvent]", path: str) -> ParseConfig:
     if len(confs) > 1:
         raise CorruptRecording(f"{path} mixes events with different sample formats; "
                                f"perfbp reads recordings whose events share one format")
-    return ParseConfig(*confs.pop())
+    conf = confs.pop()
+    # raw data on breakpoints: perfbp's values (a watch with a condition);
+    # the decoder checks every sample's raw size and kind
+    values = conf[0] & PERF_SAMPLE_RAW and any(ev.is_breakpoint for ev in events)
+    return ParseConfig(*conf, VALUES_RAW.size if values else 0)
 
 
 def _pread(f, offset: int, size: int, path: str) -> bytes:

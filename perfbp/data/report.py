@@ -97,6 +97,14 @@ class WatchReport:
         call_graph: how the stacks were recorded: ``fp`` (frame pointers,
             the kernel's walk), ``dwarf`` (unwound here with the CFI), or
             None.
+        condition: the condition the samples met (perfbp record --if), or
+            None.
+        matched: with values (--if, --values), the hits the kernel's
+            program let through: each one a sample or lost; ``kernel_hits``
+            stays every hit.
+        values: with values, the most frequent values written (``new``),
+            as ``(value, samples)``, most frequent first.
+        transitions: with values, the most frequent ``(old, new, samples)``.
     """
 
     index: int
@@ -118,6 +126,10 @@ class WatchReport:
     call_graph: "str | None" = None
     bindings: "list[dict]" = field(default_factory=list)
     recovered: int = 0
+    condition: "str | None" = None
+    matched: "int | None" = None
+    values: "list[tuple[int, int]]" = field(default_factory=list)
+    transitions: "list[tuple[int, int, int]]" = field(default_factory=list)
 
     @property
     def estimated(self) -> bool:
@@ -130,6 +142,8 @@ class WatchReport:
         """samples + lost == hits (None when the recording lacks the kernel's count)."""
         if self.kernel_hits is None or self.lost is None:
             return None
+        if self.matched is not None:  # the samples are the matching hits
+            return self.hits + self.lost == self.matched
         if self.period == 1:
             return self.hits + self.lost == self.kernel_hits
         # each event instance (a thread on a CPU) counts its own period
@@ -149,7 +163,12 @@ class WatchReport:
                 **({"call_graph": self.call_graph,
                     "stacks": [c.as_dict() for c in self.stacks]} if self.stacks else {}),
                 **({"bindings": self.bindings} if self.bindings else {}),
-                **({"recovered": self.recovered} if self.recovered else {})}
+                **({"recovered": self.recovered} if self.recovered else {}),
+                **({"condition": self.condition, "matched": self.matched,
+                    "values": [{"value": v, "hits": n} for v, n in self.values],
+                    "transitions": [{"old": o, "new": v, "hits": n}
+                                    for o, v, n in self.transitions]}
+                   if self.matched is not None else {})}
 
 
 @dataclass
@@ -348,6 +367,8 @@ def _count_unwound(rec: Recording, window, watches: "_Watches", unwinder) -> "_T
             if s.regs_abi == PERF_SAMPLE_REGS_ABI_64 and s.stack:
                 chain += unwinder.unwind(s.pid or 0, s.regs, s.stack)
             values = (getattr(s, field_), s.pid, s.tid, s.ip, s.cpu, chain)
+            if s.new is not None:
+                tally.add_value(watches.of(values[0]), s.old, s.new)
             if runs and runs[-1][0] == values:
                 runs[-1][1] += 1
             else:
@@ -477,6 +498,9 @@ class _Tally:
 
     def __init__(self) -> None:
         self.samples = 0
+        #: with values: per watch, the values written, and the (old, new) pairs
+        self.values: "dict[int, _Counter]" = {}
+        self.transitions: "dict[int, _Counter]" = {}
         #: how the stacks were recorded: "fp", "dwarf" or None (no stacks)
         self.graph: "str | None" = None
         self.hits: "dict[int, int]" = {}
@@ -504,6 +528,11 @@ class _Tally:
             if cols.cpu is not None:
                 c, k = np.unique(cols.cpu if one else cols.cpu[mask], return_counts=True)
                 self.cpus.setdefault(i, _Counter()).update(dict(zip(c.tolist(), k.tolist())))
+            if cols.new is not None:
+                old, new = (cols.old, cols.new) if one else (cols.old[mask], cols.new[mask])
+                v, k = np.unique(new, return_counts=True)
+                self.values.setdefault(i, _Counter()).update(dict(zip(v.tolist(), k.tolist())))
+                _add_pairs(self.transitions.setdefault(i, _Counter()), old, new)
             if cols.callchain is not None:
                 stacks = self.stacks.setdefault(i, _Counter())
                 chains = cols.callchain
@@ -511,6 +540,11 @@ class _Tally:
                     if chains[j]:
                         stacks[(int(pids[j]), tuple(ip for ip in chains[j]
                                                     if ip < PERF_CONTEXT_MAX))] += 1
+
+    def add_value(self, i: int, old: int, new: int) -> None:
+        """Count one sample's values (``old`` before the hit, ``new`` after)."""
+        self.values.setdefault(i, _Counter())[new] += 1
+        self.transitions.setdefault(i, _Counter())[(old, new)] += 1
 
     def add_runs(self, runs, watches: _Watches) -> None:
         """Count runs of samples alike in the watch's field and
@@ -543,6 +577,12 @@ def _merged(table: "dict[int, _Counter]") -> _Counter:
     return out
 
 
+def most(items, top: int) -> list:
+    """The ``top`` items of ``(key, count)`` with the highest counts, ties in
+    the order of their keys."""
+    return sorted(items, key=lambda kv: (-kv[1], kv[0]))[:top]
+
+
 def _named(w: WatchReport, meta: dict) -> None:
     """A perfbp recording's own account of a watch: where a name was armed
     (its events' attrs may still hold the parked address), and hits the
@@ -554,6 +594,9 @@ def _named(w: WatchReport, meta: dict) -> None:
             w.length = max(a + n for a, n in pieces) - w.address
             w.bindings = list(d.get("bindings", []))
             w.recovered = int(d.get("recovered", 0))
+            if "matched" in d:
+                w.condition = d.get("condition")
+                w.matched = int(d["matched"])
             return
 
 
@@ -594,6 +637,9 @@ def _details(w: WatchReport, tally: _Tally, i: int, sym, comms, top: int) -> Non
         w.stacks = _call_stacks(tally.stacks[i], sym, tally.graph, top)
     w.writers = writers_of(sym, tally.writers[i], top)
     w.threads = _threads(tally.threads[i], comms, top)
+    if i in tally.values:
+        w.values = most(tally.values[i].items(), top)
+        w.transitions = [(o, v, n) for (o, v), n in most(tally.transitions[i].items(), top)]
     if i in tally.cpus:
         w.cpus = dict(sorted(tally.cpus[i].items()))
 

@@ -2,8 +2,9 @@
 
 This module is the bottom layer of perfbp: the C declarations of the perf
 user-space ABI (``include/uapi/linux/perf_event.h`` and
-``include/uapi/linux/hw_breakpoint.h``) as the kernel spells them, and the
-constants that go with them.  It imports nothing from perfbp and touches no
+``include/uapi/linux/hw_breakpoint.h``) and of the parts of the BPF ABI perfbp
+uses (``include/uapi/linux/bpf.h``, ``bpf_common.h``, ``bpf_perf_event.h``) as
+the kernel spells them, and the constants that go with them.  It imports nothing from perfbp and touches no
 kernel; :mod:`perfbp.kernel.abi` hands :data:`CDEF` to cffi.
 
 The declaration follows the current UAPI (Linux 6.13+: ``aux_action`` bits,
@@ -12,7 +13,8 @@ that knows a smaller attr accepts the larger size as long as the bytes it does
 not know are zero, which they are unless a caller sets ``config3`` or the
 ``aux_*`` bits (those give E2BIG or EINVAL on kernels older than 6.3 / 6.13).
 ``tests/test_abi_layout.py`` compiles a C probe against the system's
-``<linux/perf_event.h>`` and compares every field both know.
+``<linux/perf_event.h>`` and compares every field both know;
+``tests/test_bpf_abi.py`` does the same for ``<linux/bpf.h>``.
 """
 
 from __future__ import annotations
@@ -158,6 +160,46 @@ struct perf_event_mmap_page {
     __u64 aux_size;
 };
 
+/* union bpf_attr (include/uapi/linux/bpf.h) is one anonymous struct per
+   bpf(2) command; perfbp declares the ones it uses as structs of their own,
+   up to the last field it sets, with the kernel's field names.  The kernel
+   takes a shorter attr as long as it is given the size (bpf_check_uarg_tail_zero). */
+struct bpf_attr_map_create {      /* BPF_MAP_CREATE */
+    __u32 map_type;
+    __u32 key_size;
+    __u32 value_size;
+    __u32 max_entries;
+    __u32 map_flags;
+    __u32 inner_map_fd;
+    __u32 numa_node;
+    char  map_name[16];
+};
+
+struct bpf_attr_map_elem {        /* BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM */
+    __u32 map_fd;
+    __u64 key;
+    union {
+        __u64 value;
+        __u64 next_key;
+    };
+    __u64 flags;
+};
+
+struct bpf_attr_prog_load {       /* BPF_PROG_LOAD */
+    __u32 prog_type;
+    __u32 insn_cnt;
+    __u64 insns;
+    __u64 license;
+    __u32 log_level;
+    __u32 log_size;
+    __u64 log_buf;
+    __u32 kern_version;
+    __u32 prog_flags;
+    char  prog_name[16];
+    __u32 prog_ifindex;
+    __u32 expected_attach_type;
+};
+
 long syscall(long number, ...);
 int sigaction(int signum, const void *act, void *oldact);
 int ioctl(int fd, unsigned long request, ...);
@@ -173,6 +215,7 @@ PERF_TYPE_RAW = 4
 PERF_TYPE_BREAKPOINT = 5
 
 PERF_COUNT_SW_DUMMY = 9  # enum perf_sw_ids: counts nothing; carries side-band records
+PERF_COUNT_SW_BPF_OUTPUT = 10  # samples that BPF programs write (bpf_perf_event_output)
 
 # --- attr.size versions -------------------------------------------------------
 PERF_ATTR_SIZE_VER0 = 64
@@ -342,4 +385,131 @@ NR_PERF_EVENT_OPEN = {
     "riscv64": 241,
     "s390x": 331,
     "loongarch64": 241,
+}
+
+
+# --- BPF: include/uapi/linux/bpf_common.h and bpf.h ------------------------------
+# An instruction is ``struct bpf_insn``: u8 code, u8 dst_reg:4 + src_reg:4,
+# s16 off, s32 imm (perfbp.kernel.bpf encodes it).  code = class | size | mode
+# for loads and stores, class | op | source for ALU and jumps.
+
+# instruction classes
+BPF_LD = 0x00
+BPF_LDX = 0x01
+BPF_ST = 0x02
+BPF_STX = 0x03
+BPF_ALU = 0x04
+BPF_JMP = 0x05
+BPF_JMP32 = 0x06
+BPF_ALU64 = 0x07
+
+# load and store sizes
+BPF_W = 0x00
+BPF_H = 0x08
+BPF_B = 0x10
+BPF_DW = 0x18
+
+# load and store modes
+BPF_IMM = 0x00
+BPF_ABS = 0x20
+BPF_IND = 0x40
+BPF_MEM = 0x60
+BPF_ATOMIC = 0xc0
+
+# ALU operations
+BPF_ADD = 0x00
+BPF_SUB = 0x10
+BPF_MUL = 0x20
+BPF_DIV = 0x30
+BPF_OR = 0x40
+BPF_AND = 0x50
+BPF_LSH = 0x60
+BPF_RSH = 0x70
+BPF_NEG = 0x80
+BPF_MOD = 0x90
+BPF_XOR = 0xa0
+BPF_MOV = 0xb0
+BPF_ARSH = 0xc0
+BPF_END = 0xd0
+
+# jump operations
+BPF_JA = 0x00
+BPF_JEQ = 0x10
+BPF_JGT = 0x20
+BPF_JGE = 0x30
+BPF_JSET = 0x40
+BPF_JNE = 0x50
+BPF_JSGT = 0x60
+BPF_JSGE = 0x70
+BPF_CALL = 0x80
+BPF_EXIT = 0x90
+BPF_JLT = 0xa0
+BPF_JLE = 0xb0
+BPF_JSLT = 0xc0
+BPF_JSLE = 0xd0
+
+# the operand: the immediate (K) or the source register (X)
+BPF_K = 0x00
+BPF_X = 0x08
+
+# atomic operations (imm of a BPF_ATOMIC store); BPF_ADD above is the plain add
+BPF_FETCH = 0x01
+BPF_XCHG = 0xe0 | BPF_FETCH
+BPF_CMPXCHG = 0xf0 | BPF_FETCH
+
+# registers (enum bpf_reg): r0 result, r1-r5 arguments (clobbered by calls),
+# r6-r9 kept across calls, r10 the read-only frame pointer
+BPF_REG_0, BPF_REG_1, BPF_REG_2, BPF_REG_3, BPF_REG_4, BPF_REG_5 = range(6)
+BPF_REG_6, BPF_REG_7, BPF_REG_8, BPF_REG_9, BPF_REG_10 = range(6, 11)
+MAX_BPF_REG = 11
+
+# src_reg of a BPF_LD | BPF_DW | BPF_IMM: what its 64-bit immediate means
+BPF_PSEUDO_MAP_FD = 1     # imm: a map's fd; becomes the map's address
+BPF_PSEUDO_MAP_VALUE = 2  # imm: a map's fd, the next imm: an offset into its value
+
+# enum bpf_cmd
+BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_PROG_LOAD = 5
+
+# enum bpf_map_type, enum bpf_prog_type
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4
+BPF_PROG_TYPE_PERF_EVENT = 7
+
+# map update flags
+BPF_ANY = 0
+
+# enum bpf_func_id: the helpers perfbp calls
+BPF_FUNC_map_lookup_elem = 1
+BPF_FUNC_perf_event_output = 25
+BPF_FUNC_probe_read_user = 112
+BPF_FUNC_probe_read_kernel = 113
+
+BPF_OBJ_NAME_LEN = 16
+#: bpf_perf_event_output's flags: the map's entry for the CPU the program runs on
+BPF_F_CURRENT_CPU = 0xFFFFFFFF
+
+#: ``offsetof(struct bpf_perf_event_data, addr)`` per machine (``uname -m``):
+#: the context of a BPF_PROG_TYPE_PERF_EVENT program is the user registers
+#: (``bpf_user_pt_regs_t``, which differs per architecture), then
+#: ``__u64 sample_period``, then ``__u64 addr``, the sample's address: for a
+#: breakpoint, its ``bp_addr`` (include/uapi/linux/bpf_perf_event.h).
+BPF_PERF_EVENT_DATA_ADDR = {
+    "x86_64": 176,   # struct pt_regs: 21 u64
+    "aarch64": 280,  # struct user_pt_regs: 31 regs, sp, pc, pstate
+}
+
+#: ``__NR_bpf`` per machine (``uname -m``).
+NR_BPF = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "riscv64": 280,
+    "s390x": 351,
+    "loongarch64": 280,
 }

@@ -3,7 +3,8 @@
 It hands the declarations of :mod:`perfbp.kernel._uapi` to cffi (ABI mode, no
 compiler needed at install time; the declarations come precompiled in
 :mod:`perfbp.kernel._abi_ffi`, see :mod:`perfbp.kernel._ffi_build`), opens events with ``perf_event_open(2)``,
-runs the ``PERF_EVENT_IOC_*`` ioctls and reads counts.  Every failure of a
+runs the ``PERF_EVENT_IOC_*`` ioctls and reads counts, and makes BPF maps and
+programs with ``bpf(2)`` and attaches them to events (``PERF_EVENT_IOC_SET_BPF``).  Every failure of a
 call is turned into :class:`OSError` with the call's errno by :func:`_check`,
 the one place that does so; the layers above turn OSError into perfbp's own
 exceptions with the context they know (what was asked, on which target).
@@ -24,6 +25,7 @@ from ._uapi import (
     PERF_EVENT_IOC_ID,
     PERF_EVENT_IOC_MODIFY_ATTRIBUTES,
     PERF_EVENT_IOC_RESET,
+    PERF_EVENT_IOC_SET_BPF,
     PERF_EVENT_IOC_SET_OUTPUT,
     PERF_FLAG_FD_CLOEXEC,
 )
@@ -376,6 +378,133 @@ def read_count(fd: int) -> int:
 
 def close(fd: int) -> None:
     os.close(fd)
+
+
+# --- bpf(2): maps and programs ---------------------------------------------------------
+#
+# Each command takes its own member of ``union bpf_attr`` (declared in _uapi
+# as a struct of its own) and its size; the kernel zero-fills the rest.
+
+NR_BPF = _uapi.NR_BPF.get(MACHINE, -1)
+#: A verifier log of this size holds the whole log of any program perfbp makes.
+BPF_LOG_SIZE = 1 << 18
+
+
+def _bpf(cmd: int, attr, ctype: str) -> int:
+    if NR_BPF < 0:
+        raise OSError(38, f"bpf has no known syscall number on {MACHINE}")
+    return _check(lib.syscall(_long("long", NR_BPF), _long("long", cmd), attr,
+                              _long("unsigned long", ffi.sizeof(ctype))))
+
+
+def _name(text: str) -> bytes:
+    """A map's or program's name as the kernel takes it: at most 15 bytes of
+    letters, digits, ``_`` and ``.``."""
+    keep = "".join(c if c.isascii() and (c.isalnum() or c in "_.") else "_" for c in text)
+    return keep[:_uapi.BPF_OBJ_NAME_LEN - 1].encode()
+
+
+def bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+                   map_flags: int = 0, name: str = "") -> int:
+    """``BPF_MAP_CREATE``: return the new map's file descriptor (close-on-exec).
+
+    Raises:
+        OSError: with the kernel's errno (EPERM without CAP_BPF).
+    """
+    attr = ffi.new("struct bpf_attr_map_create *")
+    attr.map_type = map_type
+    attr.key_size = key_size
+    attr.value_size = value_size
+    attr.max_entries = max_entries
+    attr.map_flags = map_flags
+    attr.map_name = _name(name)
+    return _bpf(_uapi.BPF_MAP_CREATE, attr, "struct bpf_attr_map_create")
+
+
+def bpf_map_lookup_elem(map_fd: int, key: bytes, value_size: int) -> bytes:
+    """``BPF_MAP_LOOKUP_ELEM``: the value stored under ``key``.
+
+    Raises:
+        OSError: ENOENT when there is none.
+    """
+    attr = ffi.new("struct bpf_attr_map_elem *")
+    k = ffi.from_buffer(key)
+    v = ffi.new("char[]", value_size)
+    attr.map_fd = map_fd
+    attr.key = int(ffi.cast("uintptr_t", k))
+    attr.value = int(ffi.cast("uintptr_t", v))
+    _bpf(_uapi.BPF_MAP_LOOKUP_ELEM, attr, "struct bpf_attr_map_elem")
+    return bytes(ffi.buffer(v, value_size))
+
+
+def bpf_map_update_elem(map_fd: int, key: bytes, value: bytes,
+                        flags: int = _uapi.BPF_ANY) -> None:
+    """``BPF_MAP_UPDATE_ELEM``: store ``value`` under ``key``.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    attr = ffi.new("struct bpf_attr_map_elem *")
+    k = ffi.from_buffer(key)
+    v = ffi.from_buffer(value)
+    attr.map_fd = map_fd
+    attr.key = int(ffi.cast("uintptr_t", k))
+    attr.value = int(ffi.cast("uintptr_t", v))
+    attr.flags = flags
+    _bpf(_uapi.BPF_MAP_UPDATE_ELEM, attr, "struct bpf_attr_map_elem")
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = "",
+                  log_size: int = BPF_LOG_SIZE) -> int:
+    """``BPF_PROG_LOAD``: verify and load a program; return its file
+    descriptor (close-on-exec).
+
+    The program is first loaded without a log (the verifier is faster so).
+    When the kernel refuses it, it is loaded again with the verifier's log
+    (``log_level`` 1) to say why.
+
+    Raises:
+        OSError: with the kernel's errno; its ``log`` attribute holds the
+            verifier's log of the refusal ("" when the kernel wrote none,
+            as for EPERM).
+    """
+    code = ffi.from_buffer(insns)
+    lic = ffi.new("char[]", license.encode())
+    attr = ffi.new("struct bpf_attr_prog_load *")
+    attr.prog_type = prog_type
+    attr.insn_cnt = len(insns) // 8
+    attr.insns = int(ffi.cast("uintptr_t", code))
+    attr.license = int(ffi.cast("uintptr_t", lic))
+    attr.prog_name = _name(name)
+    try:
+        return _bpf(_uapi.BPF_PROG_LOAD, attr, "struct bpf_attr_prog_load")
+    except OSError as first:
+        refused = first
+    buf = ffi.new("char[]", log_size)
+    attr.log_level = 1
+    attr.log_size = log_size
+    attr.log_buf = int(ffi.cast("uintptr_t", buf))
+    try:
+        fd = _bpf(_uapi.BPF_PROG_LOAD, attr, "struct bpf_attr_prog_load")
+    except OSError:
+        refused.log = ffi.string(buf).decode("utf-8", "replace")
+        raise refused from None
+    os.close(fd)  # loaded the second time: the refusal was not the verifier's
+    refused.log = ""
+    raise refused
+
+
+def set_bpf(fd: int, prog_fd: int) -> None:
+    """``PERF_EVENT_IOC_SET_BPF``: run the program on every overflow (for a
+    breakpoint with ``sample_period`` 1: every hit) of the event; the sample
+    is written only when it returns non-zero.  Events the kernel inherits
+    from this one (new threads, forked children) run it too.
+
+    Raises:
+        OSError: EEXIST when the event has a program already, EINVAL when the
+            program is not a ``BPF_PROG_TYPE_PERF_EVENT`` one.
+    """
+    _check(lib.ioctl(fd, PERF_EVENT_IOC_SET_BPF, _long("unsigned long", prog_fd)))
 
 
 # --- the mmap ring buffer ------------------------------------------------------------

@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass
 
 from . import abi, system
-from ._uapi import (PERF_COUNT_SW_DUMMY, PERF_SAMPLE_STACK_USER, PERF_TYPE_BREAKPOINT,
-                    PERF_TYPE_SOFTWARE)
+from ._uapi import (PERF_COUNT_SW_BPF_OUTPUT, PERF_COUNT_SW_DUMMY, PERF_SAMPLE_STACK_USER,
+                    PERF_TYPE_BREAKPOINT, PERF_TYPE_SOFTWARE)
 from .arch import ACCESS_TYPES, current as _current_arch
 from .breakpoint import Breakpoint
 from ..errors import (
@@ -500,6 +500,36 @@ def tracking_attr(inherit: bool, opts: EventOptions):
     attr.config = PERF_COUNT_SW_DUMMY
     attr.exclude_kernel = 1  # side-band records do not depend on it; paranoid 2 needs it
     return attr
+
+
+def output_attr(opts: EventOptions):
+    """The attr of a values output event: a software ``bpf-output`` event
+    (it holds no debug register) of one CPU, into which a watch's program
+    writes the samples of the hits that match (``bpf_perf_event_output``),
+    with the breakpoints' sample layout (theirs, with PERF_SAMPLE_RAW, which
+    holds the values): see :mod:`perfbp.kernel.values`."""
+    from dataclasses import replace
+
+    attr = abi.attr_from_bytes(_template(False, replace(
+        opts, enable_on_exec=False, remove_on_exec=False, sigtrap=False)))
+    attr.type = PERF_TYPE_SOFTWARE
+    attr.config = PERF_COUNT_SW_BPF_OUTPUT
+    attr.exclude_kernel = 0  # the program writes from the debug exception, in the kernel
+    return attr
+
+
+def open_output_fd(cpu: int, opts: EventOptions, target: "Target | None" = None) -> int:
+    """Open the output event of :func:`output_attr` on ``cpu`` (every task).
+
+    Raises:
+        PerfbpError: as :func:`open_event_fd`.
+    """
+    try:
+        return abi.perf_event_open(output_attr(opts), -1, cpu)
+    except OSError as exc:
+        raise error_from_oserror(exc, pid=-1, cpu=cpu, target=target,
+                                 what="values output event (the samples a condition "
+                                      "lets through)") from None
 
 
 def open_tracking_fd(pid: int, cpu: int, inherit: bool, opts: EventOptions,

@@ -66,6 +66,15 @@ from ..errors import CorruptRecord
 
 PERF_RECORD_MISC_MMAP_BUILD_ID = 1 << 14
 HEADER = struct.Struct("<IHH")
+#: The values a sample of a watch with a condition carries in its
+#: PERF_SAMPLE_RAW field (written by the watch's BPF program, see
+#: :mod:`perfbp.kernel.values`): ``u32 size`` (28, written by the kernel),
+#: ``u32 kind`` (:data:`VALUES_KIND`), ``u64 addr`` (the breakpoint's address
+#: at the hit: what PERF_SAMPLE_ADDR would hold, which a bpf-output sample
+#: has not), ``u64 old``, ``u64 new``: 32 bytes, the u64s 8-aligned in the
+#: record.  perf reads the field and ignores it.
+VALUES_RAW = struct.Struct("<IIQQQ")
+VALUES_KIND = 1
 
 #: sample_type bits whose fields have a fixed size: the bulk path's domain.
 FIXED_SAMPLE_BITS = (PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_IP | PERF_SAMPLE_TID
@@ -89,12 +98,18 @@ class ParseConfig:
         read_format: ``attr.read_format`` (for PERF_SAMPLE_READ).
         sample_regs_user: ``attr.sample_regs_user`` (for
             PERF_SAMPLE_REGS_USER: one u64 per bit set, in bit order).
+        raw_size: with PERF_SAMPLE_RAW, the raw field's bytes (its u32 size
+            included) when every sample's is perfbp's values
+            (:data:`VALUES_RAW`: what a watch with a condition samples), which
+            are then decoded as the ``old``, ``new`` and ``addr`` of each
+            sample; 0: none (a raw field of another size is not decoded).
     """
 
     sample_type: int
     sample_id_all: bool = False
     read_format: int = 0
     sample_regs_user: int = 0
+    raw_size: int = 0
 
     @classmethod
     def from_attr(cls, attr) -> "ParseConfig":
@@ -115,12 +130,18 @@ class ParseConfig:
         return n
 
     @property
+    def values(self) -> bool:
+        """Whether each sample carries perfbp's values in its raw field."""
+        return bool(self.raw_size and self.sample_type & PERF_SAMPLE_RAW)
+
+    @property
     def fixed_sample_size(self) -> "int | None":
         """The size of every PERF_RECORD_SAMPLE when all fields are fixed-size
         (header included), else None."""
-        if self.sample_type & ~FIXED_SAMPLE_BITS:
+        raw = self.raw_size if self.values else 0
+        if self.sample_type & ~FIXED_SAMPLE_BITS & ~(PERF_SAMPLE_RAW if raw else 0):
             return None
-        return 8 + 8 * bin(self.sample_type & FIXED_SAMPLE_BITS).count("1")
+        return 8 + 8 * bin(self.sample_type & FIXED_SAMPLE_BITS).count("1") + raw
 
 
 class SampleId(NamedTuple):
@@ -141,6 +162,10 @@ class Sample(NamedTuple):
     the instruction *after* the access (data breakpoints trap after the
     access); ``addr`` is the watch's address (``bp_addr``), not the byte
     touched.
+
+    With perfbp's values in PERF_SAMPLE_RAW (a watch with a condition:
+    :attr:`ParseConfig.raw_size`): ``old`` and ``new``, the watched value
+    before and after the hit, and ``addr`` the breakpoint's address.
 
     With PERF_SAMPLE_REGS_USER and PERF_SAMPLE_STACK_USER (``--call-graph
     dwarf``): ``regs_abi`` (PERF_SAMPLE_REGS_ABI_64 = 2, 0 when the task had
@@ -164,6 +189,8 @@ class Sample(NamedTuple):
     regs_abi: int = 0
     regs: tuple = ()
     stack: bytes = b""
+    old: Optional[int] = None
+    new: Optional[int] = None
 
 
 class Lost(NamedTuple):
@@ -400,14 +427,25 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
                                     f"({len(body) - off} bytes left)")
             callchain = struct.unpack_from(f"<{nr}Q", body, off)
             off += 8 * nr
+        old = new = None
+        addr = v[ix[6]]
+        if cfg.values:
+            size, kind, raw_addr, old, new = VALUES_RAW.unpack_from(body, off)
+            if size != cfg.raw_size - 4 or kind != VALUES_KIND:
+                raise CorruptRecord(f"sample's raw field ({size} bytes, kind {kind}) does not "
+                                    f"hold perfbp's values ({cfg.raw_size - 4} bytes, kind "
+                                    f"{VALUES_KIND})")
+            off += cfg.raw_size
+            if addr is None:
+                addr = raw_addr
         user = _user_stack(body, off, cfg) if st & USER_STACK_BITS else _NO_USER_STACK
     except struct.error:
         raise CorruptRecord(f"sample record truncated ({len(body) + 8} bytes for "
                             f"sample_type {st:#x})") from None
     ident = v[ix[0]]
     return _make_sample((ident if ident is not None else v[ix[1]], v[ix[2]], v[ix[3]], v[ix[4]],
-                         v[ix[5]], v[ix[6]], v[ix[7]], v[ix[8]], v[ix[9]], callchain, read,
-                         misc) + user)
+                         v[ix[5]], addr, v[ix[7]], v[ix[8]], v[ix[9]], callchain, read,
+                         misc) + user + (old, new))
 
 
 _NO_USER_STACK = (0, (), b"")
@@ -420,10 +458,11 @@ def _user_stack(body: bytes, off: int, cfg: ParseConfig) -> "tuple[int, tuple, b
     ``u64 abi; u64 regs[popcount(sample_regs_user)]`` (no regs when abi is
     0), then ``u64 size; char data[size]; u64 dyn_size`` (only the size when
     it is 0), ``dyn_size`` being how much of ``data`` the kernel could copy.
-    Nothing when the sample has RAW or BRANCH_STACK fields (between the
-    callchain and these), which perfbp does not decode."""
+    Nothing when the sample has BRANCH_STACK or a RAW field other than
+    perfbp's values (between the callchain and these), which perfbp does
+    not decode."""
     st = cfg.sample_type
-    if st & (PERF_SAMPLE_RAW | PERF_SAMPLE_BRANCH_STACK):
+    if st & PERF_SAMPLE_BRANCH_STACK or (st & PERF_SAMPLE_RAW and not cfg.values):
         return 0, (), b""
     abi, regs, stack = 0, (), b""
     if st & PERF_SAMPLE_REGS_USER:
@@ -548,7 +587,10 @@ _COLUMN_ORDER = (
     (PERF_SAMPLE_CPU, (("cpu", "<u4"), ("res", "<u4"))),
     (PERF_SAMPLE_PERIOD, (("period", "<u8"),)),
 )
-COLUMNS = ("ip", "pid", "tid", "time", "addr", "id", "stream_id", "cpu", "period")
+COLUMNS = ("ip", "pid", "tid", "time", "addr", "id", "stream_id", "cpu", "period", "old", "new")
+#: perfbp's values in a sample's raw field (:data:`VALUES_RAW`), as numpy fields
+_VALUES_FIELDS = (("raw_size", "<u4"), ("raw_kind", "<u4"), ("raw_addr", "<u8"),
+                  ("old", "<u8"), ("new", "<u8"))
 
 
 def shape_repr(kind: str, rows: int, names: "Sequence[str]", extra: str = "") -> str:
@@ -584,6 +626,10 @@ class SampleColumns:
     stream_id: object = None
     cpu: object = None
     period: object = None
+    #: the watched value before and after each hit, when the samples carry
+    #: them (a watch with a condition)
+    old: object = None
+    new: object = None
     #: call stacks (a list of tuples of ips), when the samples carry them
     callchain: object = None
 
@@ -773,7 +819,9 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     others: list[Record] = []
     stacks = (size is None and cfg.sample_type & USER_STACK_BITS
               and not cfg.sample_type & PERF_SAMPLE_READ)
-    if size is None and not stacks:
+    if size is None and (not stacks or cfg.values and cfg.sample_type & PERF_SAMPLE_CALLCHAIN):
+        # one by one: a run's size does not say where the values are when a
+        # callchain of any length comes before them and a stack after
         samples = []
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)
@@ -814,6 +862,10 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     fields = [(name, name) for name in COLUMNS if name in names]
     if "identifier" in names:
         fields.append(("id", "identifier"))
+    if cfg.values:
+        fields += [("old", "old"), ("new", "new")]
+        if "addr" not in names:
+            fields.append(("addr", "raw_addr"))
     out = {attr: np.empty(total, dtype=np.uint64) for attr, _field in fields}
     k = 0
     for piece in pieces:
@@ -824,6 +876,11 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
             continue
         pos, count, dtype = piece
         arr = np.frombuffer(mv, dtype=dtype, count=count, offset=pos)
+        if cfg.values and ((arr["raw_size"] != cfg.raw_size - 4).any()
+                           or (arr["raw_kind"] != VALUES_KIND).any()):
+            raise CorruptRecord(f"a sample's raw field at offset {pos} or after does not "
+                                f"hold perfbp's values ({cfg.raw_size - 4} bytes, kind "
+                                f"{VALUES_KIND})")
         for attr, field_ in fields:
             out[attr][k:k + count] = arr[field_]
         k += count
@@ -844,9 +901,20 @@ def _run_dtype(cfg: ParseConfig, size: int):
 
     head = sample_dtype(cfg)
     fields = [(n, head.fields[n][0]) for n in head.names]
+    rest = size - head.itemsize
     if cfg.sample_type & PERF_SAMPLE_CALLCHAIN:
         fields.append(("nr", "<u8"))
-    rest = size - head.itemsize - (8 if cfg.sample_type & PERF_SAMPLE_CALLCHAIN else 0)
+        rest -= 8
+        if cfg.values:  # the values follow the callchain: of the length the size leaves
+            ips = rest - cfg.raw_size
+            if ips < 0 or ips % 8:
+                return None
+            if ips:
+                fields.append(("ips", f"V{ips}"))
+            rest -= ips
+    if cfg.values:
+        fields.extend(_VALUES_FIELDS)
+        rest -= cfg.raw_size
     if rest < 0:
         return None
     return np.dtype(fields + ([("rest", f"V{rest}")] if rest else []))

@@ -31,6 +31,7 @@ from ._uapi import (
     PERF_SAMPLE_CPU,
     PERF_SAMPLE_IDENTIFIER,
     PERF_SAMPLE_IP,
+    PERF_SAMPLE_RAW,
     PERF_SAMPLE_REGS_USER,
     PERF_SAMPLE_STACK_USER,
     PERF_SAMPLE_TID,
@@ -39,8 +40,8 @@ from ._uapi import (
 from .breakpoint import Breakpoint
 from ..errors import InvalidBreakpoint, NoSuchProcess, PerfbpError
 from .events import (EventOptions, Target, close_event, error_from_oserror, make_attr,
-                     open_event_fd, open_tracking_fd, tracking_attr)
-from .records import Lost, ParseConfig, Record, SampleColumns, Task, decode_bulk
+                     open_event_fd, open_output_fd, open_tracking_fd, tracking_attr)
+from .records import VALUES_RAW, Lost, ParseConfig, Record, SampleColumns, Task, decode_bulk
 from .ring import Ring
 
 #: What every sample carries: 48 bytes with its header (perf record -c 1: 32,
@@ -134,6 +135,8 @@ class WatchStats:
         samples: samples decoded so far.
         lost: samples the kernel could not write (ring full).
         period: one sample every ``period`` hits.
+        matched: with a value program, the hits that matched its condition
+            (each one a sample, or lost); None without one.
     """
 
     breakpoint: Breakpoint
@@ -142,12 +145,16 @@ class WatchStats:
     lost: int
     period: int = 1
     contexts: int = 1
+    matched: "int | None" = None
 
     @property
     def complete(self) -> bool:
         """Every hit is accounted for: ``(samples + lost) * period``
         equals the hits, up to one partial stride per event instance (each
-        thread on each CPU counts its own period: ``contexts``)."""
+        thread on each CPU counts its own period: ``contexts``).  With a
+        value program, every matching hit: ``samples + lost == matched``."""
+        if self.matched is not None:
+            return self.samples + self.lost == self.matched
         if self.period == 1:
             return self.samples + self.lost == self.hits
         spare = self.hits - (self.samples + self.lost) * self.period
@@ -156,6 +163,8 @@ class WatchStats:
     @property
     def missing(self) -> int:
         """Hits neither sampled nor reported lost (0 when complete)."""
+        if self.matched is not None:
+            return self.matched - self.samples - self.lost
         if self.period == 1:
             return self.hits - self.samples - self.lost
         return 0 if self.complete else self.hits // self.period - self.samples - self.lost
@@ -215,6 +224,27 @@ class Sampler:
             multiplexer, a name bound while the command runs), where the
             address tells which breakpoint a sample hit.  Otherwise
             :meth:`decode` fills ``samples.addr`` from the watch.
+        programs: per watch, a :class:`~perfbp.kernel.values.ValueProgram`
+            (made with ``emit=True``) or None: attached to each of the
+            watch's events before they are enabled, so only the hits that
+            match its condition become samples (``period`` must be 1).  The
+            caller keeps and closes them.  Programs made with ``values=True``
+            (every watch then needs one; a condition of None lets every hit
+            through) write the samples themselves, with the watched value
+            before and after each hit (``old``, ``new``): the sampler opens
+            their output events, one per CPU and watch, on the CPU's ring,
+            and counts their samples and losses as the watch's.
+        condition: the simple way to ``programs``: a condition on the
+            watched value (``"new == 0"``, see :mod:`perfbp.kernel.condition`),
+            or one per watch (None in it: every hit): only the hits for
+            which it holds are sampled, each sample with ``old`` and ``new``
+            (``batch.samples.old``, ``.new``), and :meth:`stats` gives each
+            watch's ``matched``.  The sampler makes and closes the programs;
+            the first hit's ``old`` is 0 (give ``programs`` whose
+            :meth:`~perfbp.kernel.values.ValueProgram.set_last` was called
+            for another).
+        values: every sample carries ``old`` and ``new`` (implied by
+            ``condition``).
 
     Raises:
         PerfbpError: as :class:`~perfbp.Counter`; nothing is left open.
@@ -226,9 +256,24 @@ class Sampler:
                  enabled: bool = True, enable_on_exec: bool = False,
                  exclude_kernel: "bool | None | Sequence[bool | None]" = None,
                  track: bool = False, wakeup_fraction: int = 4,
-                 remove_on_exec: "bool | Sequence[bool]" = False, addr: bool = False) -> None:
+                 remove_on_exec: "bool | Sequence[bool]" = False, addr: bool = False,
+                 programs: "Sequence | None" = None,
+                 condition: "str | Sequence | None" = None, values: bool = False) -> None:
         if period < 1:
             raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
+        self._own_programs: list = []
+        if condition is not None or values:
+            if programs is not None:
+                raise InvalidBreakpoint("give condition= (or values=) or programs=, not both")
+            programs = self._own_programs = _programs(list(watches), condition)
+        self.programs = list(programs) if programs is not None else [None] * len(watches)
+        if period != 1 and any(p is not None for p in self.programs):
+            raise InvalidBreakpoint(f"a condition sees every hit: period {period} "
+                                    f"(every {period}th hit) cannot go with it")
+        self.values = any(p is not None and p.values for p in self.programs)
+        if self.values and not all(p is not None and p.values for p in self.programs):
+            raise InvalidBreakpoint("values in samples are for every watch of a sampler or "
+                                    "none: give each watch a program made with values=True")
         self.watches = list(watches)
         self.target = target
         self.period = period
@@ -240,10 +285,14 @@ class Sampler:
         # dwarf as perf records it: the kernel's part of the stack (none for
         # a user watch) as a callchain, the user part as registers and bytes
         regs = arch.current().sample_regs_user if dwarf else 0
+        # with values, the address is in the raw field (a bpf-output sample
+        # has no ADDR of its own)
         self.sample_type = (BASE_SAMPLE_TYPE | (PERF_SAMPLE_CALLCHAIN if graph else 0)
                             | (PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER if dwarf else 0)
-                            | (PERF_SAMPLE_ADDR if addr else 0))
-        self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST, regs)
+                            | (PERF_SAMPLE_ADDR if addr and not self.values else 0)
+                            | (PERF_SAMPLE_RAW if self.values else 0))
+        self.config = ParseConfig(self.sample_type, True, PERF_FORMAT_LOST, regs,
+                                  VALUES_RAW.size if self.values else 0)
         if ring_pages is None:
             ring_pages = DWARF_RING_PAGES if dwarf else DEFAULT_RING_PAGES
         if dwarf:
@@ -275,6 +324,7 @@ class Sampler:
         self._track = track
         self._events: list[tuple[int, int, int, int]] = []  # (fd, watch, cpu, tid)
         self._trackers: list[int] = []  # the dummy events that carry side-band records
+        self._outputs: dict[tuple[int, int], int] = {}  # (watch, cpu) -> bpf-output event
         self._tracking_ids: list[int] = []
         self._tracking_attr: "bytes | None" = None
         self._rings: dict[int, tuple[int, Ring, abi.RingMapping]] = {}
@@ -316,6 +366,8 @@ class Sampler:
             self._map_ring(tfd, cpu)
         fd = open_event_fd(bp, pid, cpu, inherit, opts, self.target)
         self._events.append((fd, widx, cpu, pid))
+        if self.programs[widx] is not None:
+            self.programs[widx].attach(fd)
         self._opts_of[fd] = opts  # what MODIFY_ATTRIBUTES must reproduce
         if widx not in self._attr_of:
             self._attr_of[widx] = abi.attr_bytes(make_attr(bp, inherit, opts))
@@ -328,6 +380,25 @@ class Sampler:
             except OSError as exc:
                 raise error_from_oserror(exc, bp=bp, pid=pid, cpu=cpu, target=self.target,
                                          action="share a ring for") from None
+        if self.values and (widx, cpu) not in self._outputs:
+            self._open_output(widx, cpu)
+
+    def _open_output(self, widx: int, cpu: int) -> None:
+        """The watch's bpf-output event on ``cpu``, writing into the CPU's
+        ring: enabled at once (a disabled one takes no sample, and the
+        breakpoints that run the program are not enabled yet)."""
+        from dataclasses import replace
+
+        ofd = open_output_fd(cpu, replace(self._opts[widx], enabled=True), self.target)
+        self._outputs[(widx, cpu)] = ofd
+        self._id_watch[abi.event_id(ofd)] = widx
+        try:
+            abi.set_output(ofd, self._rings[cpu][0])
+        except OSError as exc:
+            raise error_from_oserror(exc, pid=-1, cpu=cpu, target=self.target,
+                                     action="share a ring for",
+                                     what="values output event") from None
+        self.programs[widx].add_output(cpu, ofd)
 
     def _map_ring(self, fd: int, cpu: int) -> None:
         try:
@@ -471,11 +542,15 @@ class Sampler:
             value, nlost = abi.read_u64s(fd, 2)
             hits[widx] += value
             lost[widx] += nlost
+        for (widx, _cpu), fd in self._outputs.items():  # the samples with values
+            lost[widx] += abi.read_u64s(fd, 2)[1]
         opened = [0] * len(self.watches)
         for _fd, widx, _cpu, _tid in self._events:
             opened[widx] += 1
-        return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus))
-                for bp, h, s, l, n in zip(self.watches, hits, self._samples, lost, opened)]
+        matched = [None if p is None else p.tally().matched for p in self.programs]
+        return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus), m)
+                for bp, h, s, l, n, m in zip(self.watches, hits, self._samples, lost, opened,
+                                             matched)]
 
     def slot(self, watch: int) -> "SamplerSlot":
         """The events of one watch as a movable slot (for multiplexing)."""
@@ -524,6 +599,12 @@ class Sampler:
         for fd in self._trackers:
             close_event(fd)
         self._trackers.clear()
+        for fd in self._outputs.values():
+            close_event(fd)
+        self._outputs.clear()
+        for prog in self._own_programs:
+            prog.close()
+        self._own_programs = []
 
     def __del__(self) -> None:
         try:
@@ -562,7 +643,7 @@ class SamplerSlot:
         import errno as E
 
         s = self.sampler
-        if not s.sample_type & PERF_SAMPLE_ADDR:
+        if not s.sample_type & PERF_SAMPLE_ADDR and not s.values:  # values: addr in raw
             raise RuntimeError("a Sampler made without addr=True cannot move its events: "
                                "its samples would not tell which breakpoint they hit")
         inherit = s.target.inherit or s.target.kind == "process"
@@ -603,3 +684,23 @@ class SamplerSlot:
 
     def close(self) -> None:
         """The sampler owns the events: nothing to do here."""
+
+
+def _programs(watches: "list[Breakpoint]", condition) -> list:
+    """A values program for each watch: ``condition`` for all, or one each."""
+    from .values import ValueProgram
+
+    conds = (list(condition) if isinstance(condition, (list, tuple))
+             else [condition] * len(watches))
+    if len(conds) != len(watches):
+        raise InvalidBreakpoint(f"{len(conds)} conditions for {len(watches)} watches: give "
+                                f"one for all, or one per watch")
+    progs: list = []
+    try:
+        for bp, cond in zip(watches, conds):
+            progs.append(ValueProgram.for_breakpoint(bp, cond, values=True))
+    except BaseException:
+        for p in progs:
+            p.close()
+        raise
+    return progs

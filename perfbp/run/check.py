@@ -201,6 +201,41 @@ def _sigtrap() -> CheckItem:
                      if ok else f"expected one SIGTRAP, got {len(seen)}", ok)
 
 
+#: Writes made by the values check (1, 2, ..., VALUE_WRITES): a prime
+VALUE_WRITES = 101
+
+
+def _values() -> CheckItem:
+    """Conditions tested in the kernel (``--if``, ``--values``): a BPF
+    program on a write watch, which must see every write and match one."""
+    from ..kernel.values import ValueProgram
+
+    cell = (ctypes.c_uint64 * 1)()
+    addr = ctypes.addressof(cell)
+    bp = Breakpoint.write(addr, 8)
+    try:
+        with ValueProgram.for_breakpoint(bp, "new == 5", emit=False,
+                                         name="perfbp_check") as prog, \
+                Counter(bp, options=EventOptions(enabled=False, sample_period=1)) as c:
+            for fd in c.fds:
+                prog.attach(fd)
+            c.enable()
+            for i in range(1, VALUE_WRITES + 1):
+                cell[0] = i
+            c.disable()
+            hits, tally = c.read(), prog.tally()
+    except PerfbpError as exc:
+        return CheckItem("values", False, f"conditions on values (--if, --values) are not "
+                         f"available: {exc}", None)
+    ok = tally.matched == 1 and tally.hits == hits == VALUE_WRITES
+    if ok:
+        return CheckItem("values", True, f"conditions on values (--if, --values) are tested in "
+                         f"the kernel: 'new == 5' matched 1 of {VALUE_WRITES} writes", 1)
+    return CheckItem("values", False, f"a condition tested in the kernel matched "
+                     f"{tally.matched} of {tally.hits} writes it saw ({hits} counted, "
+                     f"{VALUE_WRITES} made; 'new == 5' should match 1)", tally.matched)
+
+
 def _capacity() -> CheckItem:
     from ..planning.planner import probe
 
@@ -231,5 +266,5 @@ def run_checks() -> CheckReport:
         return CheckReport(items + [_paranoid(), _caps()])
     items.append(CheckItem("pmu", True, f"breakpoint PMU present (type {pmu})", pmu))
     items += [_paranoid(), _caps(), _fires(), _status(), _executes(), _modify(), _sigtrap(),
-              _capacity()]
+              _values(), _capacity()]
     return CheckReport(items)

@@ -121,22 +121,47 @@ class HolderArmer:
     :class:`~perfbp.Counter` or a sampler slot), with ``retarget``,
     ``enable`` and ``read``."""
 
-    def __init__(self, holders: "Sequence[Sequence]") -> None:
+    def __init__(self, holders: "Sequence[Sequence]", programs: "Sequence | None" = None) -> None:
         self.holders = [list(h) for h in holders]
+        #: per watch, per piece, its ValueProgram (a watch with a condition)
+        self.programs = [list(p) for p in programs] if programs else None
+        #: pid -> [(program, piece, its hits then)] bound while ld.so loads
+        self._fresh: "dict[int, list]" = {}
 
     def pieces(self, i: int) -> int:
         return len(self.holders[i])
 
-    def started(self) -> None:
+    def started(self, pid: "int | None" = None) -> None:
         """The first exec enabled every event (enable_on_exec): say so to
-        the holders, so that moving one keeps it enabled."""
+        the holders, so that moving one keeps it enabled.  With conditions,
+        the value each piece holds now in ``pid`` (stopped at its exec) is
+        the ``old`` of its first hit."""
         for group in self.holders:
             for h in group:
                 h.enable()
+        if self.programs and pid is not None:
+            for group, progs in zip(self.holders, self.programs):
+                _set_old(progs, [h.breakpoint for h in group], pid)
 
-    def bind(self, i: int, watch: Watch) -> None:
+    def bind(self, i: int, watch: Watch, pid: "int | None" = None) -> None:
         for h, bp in zip(self.holders[i], watch.pieces):
             h.retarget(bp)
+        if self.programs and pid is not None:
+            _set_old(self.programs[i], watch.pieces, pid)
+            self._fresh.setdefault(pid, []).extend(
+                (p, bp, p.tally().hits) for p, bp in zip(self.programs[i], watch.pieces)
+                if p is not None)
+
+    def settle(self, pid: int) -> None:
+        """ld.so has loaded ``pid``'s libraries: a piece bound while it
+        mapped them (a library's variable) held what the mapping held then,
+        not yet the library's data: read it again, unless a hit since has
+        given the program its value."""
+        from ..kernel.values import read_value
+
+        for prog, bp, hits in self._fresh.pop(pid, ()):
+            if prog.prog_fd >= 0 and prog.tally().hits == hits:
+                prog.set_last(read_value(pid, bp.address, bp.length) or 0)
 
     def park(self, i: int) -> None:
         for h in self.holders[i]:
@@ -158,10 +183,13 @@ class MuxArmer:
     def pieces(self, i: int) -> int:
         return len(self.mux.watches[i].pieces)
 
-    def started(self) -> None:
+    def started(self, pid: "int | None" = None) -> None:
         pass
 
-    def bind(self, i: int, watch: Watch) -> None:
+    def settle(self, pid: int) -> None:
+        pass
+
+    def bind(self, i: int, watch: Watch, pid: "int | None" = None) -> None:
         self.mux.watches[i] = watch
 
     def park(self, i: int) -> None:
@@ -169,6 +197,16 @@ class MuxArmer:
 
     def hits(self, i: int) -> int:
         return self.mux.seen[i]
+
+
+def _set_old(programs, pieces, pid: int) -> None:
+    """Make what each piece holds now in ``pid`` the ``old`` of its next hit
+    (0 where it cannot be read)."""
+    from ..kernel.values import read_value
+
+    for prog, bp in zip(programs, pieces):
+        if prog is not None and bp != PARKED:
+            prog.set_last(read_value(pid, bp.address, bp.length) or 0)
 
 
 def parked_like(watch: Watch) -> Watch:
@@ -298,6 +336,15 @@ class Follower:
     def pidfd_open(self) -> int:
         """A new pidfd of the command (readable once it has ended)."""
         return os.dup(self._pidfd)
+
+    def release(self) -> None:
+        """Close the descriptors kept for the command (its pidfd, the pipe
+        of its exec's error): once it has been reaped.  Safe to call twice."""
+        for name in ("_pidfd", "_err"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                os.close(fd)
 
     def abort(self) -> None:
         """Make the command exit without running, and reap it."""
@@ -534,6 +581,15 @@ class Follower:
                            f"{armer.pieces(i)} when it planned the run: not watched there; "
                            f"give its length (/LEN) or run that program directly")
                 return
+            progs = getattr(armer, "programs", None)
+            if progs and any(p is not None and p.length != bp.length
+                             for p, bp in zip(progs[i], res.watch.pieces)):
+                self._note(f"watch '{self.specs[i].text}': in {program} (pid {pid}) its "
+                           f"pieces are {'/'.join(str(b.length) for b in res.watch.pieces)} "
+                           f"bytes long, and its condition reads "
+                           f"{'/'.join(str(p.length) for p in progs[i])} bytes, as planned: "
+                           f"not watched there; run that program directly")
+                return
             now = armer.hits(i)
             if cur is not None and cur.active:
                 cur.hits = now - cur.start
@@ -545,7 +601,7 @@ class Follower:
             elif i in self._displaced:
                 self._note(f"watch '{self.specs[i].text}': re-resolved in {program} (pid "
                            f"{pid}), which replaced {self._displaced.pop(i)}", i)
-            armer.bind(i, res.watch)
+            armer.bind(i, res.watch, pid)
             self.bindings[i].append(Binding(pid, program, res, start=now))
 
     def _park(self, i: int, pid: int, why: "str | None") -> None:
@@ -583,7 +639,7 @@ class Follower:
                 if back is None:
                     armer.park(i)
                     continue
-                armer.bind(i, back.resolution.watch)
+                armer.bind(i, back.resolution.watch, back.pid)
                 group.append(Binding(back.pid, back.program, back.resolution, start=now))
             self._note(f"watch '{self.specs[i].text}': back in {back.program} (pid "
                        f"{back.pid}) after pid {pid} ended", i)
@@ -592,7 +648,7 @@ class Follower:
         exe = os.readlink(f"/proc/{pid}/exe")
         first = not self._started_events
         if first and self._armer is not None:
-            self._armer.started()
+            self._armer.started(pid)
         self._started_events = True
         self._exe[pid] = exe
         self.programs.append(exe)
@@ -703,6 +759,10 @@ class Follower:
 
     def _loaded(self, pid: int, load: _Loading) -> None:
         del self._loading[pid]
+        if self._armer is not None:
+            with self._lock:
+                if self._armer is not None:
+                    self._armer.settle(pid)
         for i in load.pending:
             old = self._displaced.pop(i, None)
             if old is not None:

@@ -157,10 +157,27 @@ class Run:
 
     def __init__(self, watches: "Sequence", target: "Target | None",
                  command: "Sequence[str] | None", multiplex: "float | None",
-                 trace: bool = True) -> None:
+                 trace: bool = True, conditions: "Sequence | None" = None) -> None:
+        if conditions is not None:  # a mistake is refused before anything starts
+            from ..kernel.condition import parse
+
+            from ..kernel.condition import Condition
+
+            conditions = [c if c is None or isinstance(c, Condition) else parse(c)
+                          for c in conditions]
         self.child, self.watches, self.plan, self.arming = prepare_run(
             watches, target, command, multiplex, trace)
         child = self.child
+        try:
+            self.conditions = _conditions(conditions, self.watches, self.plan)
+        except BaseException:
+            if child is not None:
+                child.abort()
+                if hasattr(child, "release"):
+                    child.release()
+            raise
+        #: per watch, per piece: the ValueProgram testing its condition (armed)
+        self.programs: "list[list]" = []
         self.multiplex = multiplex
         # CPUs and a command (-a -- CMD): the CPUs, armed now, while it runs
         self.target = target or Target.process(child.pid, name=" ".join(command))
@@ -199,20 +216,73 @@ class Run:
                                   enable_on_exec=self.at_exec)
                 self._arm(MuxArmer(mux))
                 return counters, mux
-            for w, mode in zip(self.opening, self.arming):
-                opts = EventOptions(enabled=not self.at_exec, enable_on_exec=self.at_exec,
+            tested = self.conditions is not None
+            for wi, (w, mode) in enumerate(zip(self.opening, self.arming)):
+                # a condition runs on overflows: a sampling event (period 1,
+                # no ring), attached before it is enabled
+                opts = EventOptions(enabled=not self.at_exec and not tested,
+                                    enable_on_exec=self.at_exec,
                                     exclude_kernel=w.exclude_kernel,
-                                    remove_on_exec=mode == "image")
+                                    remove_on_exec=mode == "image",
+                                    sample_period=1 if tested else 0)
                 counters.append([])
                 for bp in w.pieces:
                     counters[-1].append(Counter(bp, target=self.target, options=opts))
-            self._arm(HolderArmer(counters))
+                if tested:
+                    self._attach_programs(wi, counters[-1], values=False)
+            self._arm(HolderArmer(counters, self.programs or None))
+            if tested and not self.at_exec:
+                self._set_running_olds()
+                for c in (c for group in counters for c in group):
+                    c.enable()
             return counters, None
         except BaseException:
             for c in (c for group in counters for c in group):
                 c.close()
+            self.close_programs()
             self.abort()
             raise
+
+    def _attach_programs(self, wi: int, holders, *, values: bool) -> None:
+        """Load the programs testing watch ``wi``'s condition, one per piece,
+        and attach them to the pieces' counters (``values`` False); with
+        ``values``, only load them (the sampler attaches them).  Each reads
+        its piece's length as planned (a name's events may open parked,
+        until the tracer binds them)."""
+        from ..kernel.values import ValueProgram
+
+        progs = []
+        self.programs.append(progs)
+        for j, bp in enumerate(self.watches[wi].pieces):
+            prog = ValueProgram.for_breakpoint(bp, self.conditions[wi], emit=False,
+                                               values=values, name=f"perfbp_w{wi}_{j}")
+            progs.append(prog)
+            if not values:
+                for fd in holders[j].fds:
+                    prog.attach(fd)
+
+    def _set_running_olds(self) -> None:
+        """A running target's value now is each piece's first ``old``: read
+        just before the events are enabled (a write in between is the only
+        one the first hit's ``old`` can miss)."""
+        from ..kernel.values import read_value
+
+        if not self.target.pid:
+            return
+        for wi, progs in enumerate(self.programs):
+            for prog, bp in zip(progs, self.watches[wi].pieces):
+                prog.set_last(read_value(self.target.pid, bp.address, bp.length) or 0)
+
+    def tallies(self) -> "list[list] | None":
+        """Per watch, per piece, what its program saw
+        (:class:`~perfbp.kernel.condition.Tally`); None without conditions."""
+        if self.conditions is None:
+            return None
+        return [[p.tally() for p in progs] for progs in self.programs]
+
+    def close_programs(self) -> None:
+        for p in (p for progs in self.programs for p in progs):
+            p.close()
 
     def arm_sampler(self, **options) -> SampledArming:
         """Sampling events for every piece, sharing one ring per CPU (and a
@@ -238,9 +308,19 @@ class Run:
                                              for wi, _bp, _ek in pieces]
             from ..kernel.sampling import Sampler
 
+            if self.conditions is not None:
+                for wi in range(len(self.opening)):
+                    self._attach_programs(wi, None, values=True)
+                options["programs"] = [p for progs in self.programs for p in progs]
+                later = not self.at_exec and options.get("enabled", True)
+                if later:  # the first olds are read just before it is enabled
+                    options["enabled"] = False
             sampler = Sampler([p[1] for p in pieces], self.target, track=True,
                               enable_on_exec=self.at_exec, addr=self.moves_events,
                               exclude_kernel=[p[2] for p in pieces], **options)
+            if self.conditions is not None and later:
+                self._set_running_olds()
+                sampler.enable()
             slots = [sampler.slot(j) for j in range(len(pieces))]
             if free:
                 mux = Multiplexer(self.opening, self.target, slice_seconds=self.multiplex,
@@ -249,11 +329,12 @@ class Run:
                 self._arm(MuxArmer(mux))
             else:
                 self._arm(HolderArmer([[s for s, p in zip(slots, pieces) if p[0] == wi]
-                                       for wi in range(len(ws))]))
+                                       for wi in range(len(ws))], self.programs or None))
             return SampledArming(sampler, mux, pieces)
         except BaseException:
             if sampler is not None:
                 sampler.close()
+            self.close_programs()
             self.abort()
             raise
 
@@ -265,6 +346,8 @@ class Run:
         """Arming failed: the command perfbp forked never runs."""
         if self.child is not None:
             self.child.abort()
+            if hasattr(self.child, "release"):
+                self.child.release()
 
     # -- 3. start ----------------------------------------------------------------------
     def start(self, mux=None) -> None:
@@ -384,12 +467,16 @@ class Run:
 
     def close(self, failed: bool = False) -> None:
         """The run is over: a launched command that still runs is killed when
-        the run failed (it must not outlive perfbp), and is always reaped."""
+        the run failed (it must not outlive perfbp), and is always reaped;
+        the programs of the conditions are closed."""
+        self.close_programs()
         child = self.child
         if child is not None and child.returncode is None:
             if failed and child.poll() is None:
                 CommandEnd.kill(child)
             child.wait()
+        if child is not None and hasattr(child, "release"):
+            child.release()
 
     def final_watches(self, watches: "Sequence") -> list:
         """Each watch as it was armed last (a named watch in a launched
@@ -413,3 +500,34 @@ class Run:
                 "unresolved": tuple(child.unresolved_error(i) for i in child.unresolved()),
                 "unattributed": child.unattributed, "recovered": tuple(child.recovered),
                 "bindings": tuple(tuple(b) for b in child.bindings)}
+
+
+def _conditions(conditions: "Sequence | None", watches, plan) -> "list | None":
+    """The condition of each watch, parsed and checked against each of its
+    pieces' length; None: the run tests no values.
+
+    Raises:
+        InvalidCondition: a number does not fit a piece.
+        PerfbpError: the watches take turns (a condition must see every hit).
+    """
+    if conditions is None:
+        return None
+    from ..errors import PerfbpError
+    from ..kernel.condition import parse
+
+    conds = [parse(c) if isinstance(c, str) else c for c in conditions]
+    if len(conds) == 1 and len(watches) > 1:
+        conds = conds * len(watches)
+    if len(conds) != len(watches):
+        raise PerfbpError(f"{len(conds)} condition{'s' if len(conds) != 1 else ''} for "
+                          f"{len(watches)} watch{'es' if len(watches) != 1 else ''}: give one "
+                          f"for all, or one per watch, in the order of the watches")
+    if not plan.fits:
+        raise PerfbpError("a condition (--if, --values) needs every hit of its watch, and "
+                          "watches that take turns (--multiplex) miss the hits of the "
+                          "turns they sit out: watch fewer addresses, or drop the condition")
+    for cond, w in zip(conds, watches):
+        if cond is not None:
+            for bp in w.pieces:
+                cond.check(bp.length)
+    return conds

@@ -30,7 +30,7 @@ from typing import Sequence
 from ..errors import PerfbpError
 from ..kernel import system
 from ..kernel.events import Target
-from ..data.report import Report, ThreadHits, WatchReport, Writer, writers_of
+from ..data.report import Report, ThreadHits, WatchReport, Writer, most, writers_of
 from .lifecycle import TERM_GRACE, Run
 from ..symbols.elf import Symbolizer
 
@@ -68,11 +68,18 @@ class LiveWatch:
     recovered: int = 0  # in hits: hits the kernel missed (no sample), see perfbp.run.follow
     coverage: float = 1.0  # multiplexed: the fraction of the run watched
     estimate: "int | None" = None  # multiplexed: hits scaled to the whole run
+    condition: "str | None" = None  # with a condition (--if): its text
+    matched: "int | None" = None  # with a condition or values: the hits let through
+    values: _Counter = field(default_factory=_Counter)  # with values: new -> samples
+    transitions: _Counter = field(default_factory=_Counter)  # (old, new) -> samples
 
     @property
     def complete(self) -> bool:
         """samples + lost == hits (hits seen while watched, when multiplexed),
-        the recovered hits, which have no sample, left out."""
+        the recovered hits, which have no sample, left out; with a
+        condition, samples + lost == matched."""
+        if self.matched is not None:
+            return self.samples + self.lost == self.matched
         return self.samples + self.lost == self.hits - self.recovered
 
 
@@ -88,6 +95,9 @@ class LiveSession:
             symbolic link); its standard input is then ``/dev/null``.  For a
             live view on a terminal, which the command's output would
             otherwise draw over.  None: the command shares perfbp's.
+        condition: only the hits for which it holds are sampled (as
+            :func:`perfbp.record`); each watch's figures then have
+            ``matched``, and its values and transitions.
 
     Raises:
         PerfbpError: as :func:`perfbp.record`, or ``command_output`` cannot
@@ -98,7 +108,8 @@ class LiveSession:
     def __init__(self, watches: "Sequence", *, target: "Target | None" = None,
                  command: "Sequence[str] | None" = None, interval: float = 1.0,
                  ring_pages: "int | None" = None, multiplex: "float | None" = None,
-                 trace: bool = True, command_output: "str | None" = None) -> None:
+                 trace: bool = True, command_output: "str | None" = None,
+                 condition: "str | Sequence | None" = None) -> None:
         import numpy  # noqa: F401 - the first drain decodes with it: loaded before arming
         self.interval = interval
         if command_output is not None and command is None:
@@ -106,7 +117,9 @@ class LiveSession:
                               "give command=[...] too, or leave it out", errno=errno.EINVAL)
         self.command_output = command_output
         with _command_stdio(command_output):  # what the command is forked with
-            self.run = run = Run(watches, target, command, multiplex, trace)
+            conditions = [condition] if isinstance(condition, str) or (
+                condition is not None and not isinstance(condition, (list, tuple))) else condition
+            self.run = run = Run(watches, target, command, multiplex, trace, conditions)
         options = {} if ring_pages is None else {"ring_pages": ring_pages}
         armed = run.arm_sampler(wakeup_fraction=8, **options)
         self.child, self.watches, self.target = run.child, run.watches, run.target
@@ -118,6 +131,8 @@ class LiveSession:
         self._addr_watch: dict = {}
         self._addr_key = None  # the multiplexer's pieces _addr_watch was made from
         self.figures = [LiveWatch(w.label, w.address, w.length, w.access) for w in ws]
+        for f, c in zip(self.figures, run.conditions or ()):
+            f.condition = None if c is None else str(c)
         self.comms: dict[int, str] = {}
         self._last_hits = [0] * len(ws)
         self.description = run.description
@@ -226,6 +241,9 @@ class LiveSession:
         for tid, pid in set(zip(tids, pids)):  # and its threads' names
             if tid not in self.comms:
                 self._comm(pid, tid)
+        olds = news = None
+        if cols.new is not None:
+            olds, news = cols.old.tolist(), cols.new.tolist()
         addrs = None
         if self.mux is not None:
             addrs = cols.addr.tolist()
@@ -245,6 +263,9 @@ class LiveSession:
             f.samples += 1
             f.writers[(pid, ip)] += 1
             f.threads[(pid, tid)] += 1
+            if news is not None:
+                f.values[news[n]] += 1
+                f.transitions[(olds[n], news[n])] += 1
 
     def _tick(self, now: float) -> None:
         hits = [0] * len(self.figures)
@@ -255,9 +276,14 @@ class LiveSession:
                 self.figures[i].coverage = est.coverage
                 self.figures[i].estimate = est.hits
         else:
+            matched = [0] * len(self.figures) if self.run.conditions is not None else None
             for p, st in enumerate(self.sampler.stats()):
                 hits[self._piece_watch[p]] += st.hits
                 lost[self._piece_watch[p]] += st.lost
+                if matched is not None:
+                    matched[self._piece_watch[p]] += st.matched or 0
+            for f, m in zip(self.figures, matched or ()):
+                f.matched = m
         if self.child is not None:  # hits the kernel missed, known to be this watch's
             for i, n in enumerate(self.child.recovered):
                 hits[i] += n
@@ -313,6 +339,7 @@ class LiveSession:
                 self.child.kill()  # SIGKILL, and reap
         if self.child is not None:
             self.exit_code = self.child.wait()
+        self.run.close()  # the programs of the conditions, the command's descriptors
 
     def writers(self, watch: int, top: int = 3) -> "list[Writer]":
         """The busiest writers of a watch so far, symbolized, with their
@@ -367,8 +394,11 @@ class LiveSession:
                             where.length if where else f.length, f.access, f.samples,
                             lost=f.lost, kernel_hits=f.hits - f.recovered,
                             coverage=f.coverage, estimate=f.estimate,
-                            bindings=[b.as_dict() for b in bound], recovered=f.recovered)
+                            bindings=[b.as_dict() for b in bound], recovered=f.recovered,
+                            condition=f.condition, matched=f.matched)
             w.writers = self.writers(i, top)
+            w.values = most(f.values.items(), top)
+            w.transitions = [(o, v, n) for (o, v), n in most(f.transitions.items(), top)]
             w.threads = [ThreadHits(pid, tid, self._comm(pid, tid), n)
                          for (pid, tid), n in f.threads.most_common(top)]
             watches.append(w)

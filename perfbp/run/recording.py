@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ..errors import InvalidBreakpoint
 from ..kernel import system
 from ..kernel.events import Target
 from ..planning.planner import Plan
@@ -196,7 +197,8 @@ def record(watches: "Sequence", output: str, *,
            on_start: "Callable[[str, Plan], None] | None" = None,
            on_batch: "Callable[[object, Sampler], None] | None" = None,
            cmdline: "list[str] | None" = None,
-           multiplex: "float | None" = None, trace: bool = True) -> RecordResult:
+           multiplex: "float | None" = None, trace: bool = True,
+           condition: "str | Sequence | None" = None, values: bool = False) -> RecordResult:
     """Sample every hit of ``watches`` on a target into a perf.data file.
 
     Args:
@@ -219,6 +221,14 @@ def record(watches: "Sequence", output: str, *,
             are re-pointed in place; each sample's address says which watch
             it hit) and report per watch the hits seen, the coverage and the
             scaled estimate (None: refuse with the plan's explanation).
+        condition: a condition on the watched value (``"new == 0"``; or one
+            per watch, None in it for every hit), tested in the kernel on
+            every hit: only the hits for which it holds become samples, and
+            each sample carries ``old`` and ``new`` (the value before and
+            after the hit).  The watch's ``matched`` counts them: then
+            ``samples + lost == matched``, and ``hits`` stays every hit.
+        values: every sample carries ``old`` and ``new`` (implied by
+            ``condition``; without one, every hit is a sample).
 
     Returns:
         Per watch, hits, samples and lost; whether they add up.
@@ -229,7 +239,14 @@ def record(watches: "Sequence", output: str, *,
     callchain = CallGraph.parse(callchain)  # bad input is refused before anything runs
     stream = _StdoutStream() if output == "-" else None
     try:
-        run = Run(watches, target, command, multiplex, trace)
+        conditions = [condition] if isinstance(condition, str) or (
+            condition is not None and not isinstance(condition, (list, tuple))) else condition
+        if conditions is None and values:
+            conditions = [None]
+        if conditions is not None and period != 1:
+            raise InvalidBreakpoint(f"a condition or values see every hit: period {period} "
+                                    f"(one sample every {period} hits) cannot go with them")
+        run = Run(watches, target, command, multiplex, trace, conditions)
         armed = run.arm_sampler(period=period, callchain=callchain,
                                 **({} if ring_pages is None else {"ring_pages": ring_pages}))
         sampler, mux = armed.sampler, armed.mux
@@ -269,7 +286,7 @@ def record(watches: "Sequence", output: str, *,
             sampler.close()
             writer.abandon()
             run.close(failed)  # a failed recording never leaves its command running
-        return RecordResult(output, run.description, [w.label for w in ws], stats,
+        return RecordResult(output, run.description, file_labels(ws, run.conditions), stats,
                             time.monotonic() - start, ended_by, exit_code, writer.data_size,
                             estimates, sideband_lost=meta.get("sideband_lost", 0),
                             **run.outcome())
@@ -288,7 +305,8 @@ def _open_output(output: str, stream, run: Run, armed: SampledArming,
     every process, even while a command runs)."""
     sampler = armed.sampler
     names = ([f"perfbp multiplexed slot {i}" for i in range(len(armed.pieces))]
-             if armed.mux is not None else [run.watches[wi].label for wi, _bp, _ek in armed.pieces])
+             if armed.mux is not None else
+             [file_labels(run.watches, run.conditions)[wi] for wi, _bp, _ek in armed.pieces])
     events = [FileEvent(sampler.attr_bytes(i), sampler.event_ids(i), name)
               for i, name in enumerate(names)]
     if sampler.tracking is not None:  # after the watches: event i is watch i
@@ -350,9 +368,13 @@ def _account(run: Run, armed: SampledArming, piece_stats, by_addr, estimates, pe
     watches for the file (bindings, recovered hits, notes, side-band records
     lost, a multiplexed run's turns)."""
     ws = run.final_watches(run.watches)
-    meta: dict = {"watches": [{"label": w.label, "access": w.access,
+    meta: dict = {"watches": [{"label": label, "access": w.access,
                                "pieces": [[p.address, p.length] for p in w.pieces]}
-                              for w in ws]}
+                              for w, label in zip(ws, file_labels(ws, run.conditions))]}
+    if run.conditions is not None:  # the samples carry old and new
+        for d, c, ts in zip(meta["watches"], run.conditions, run.tallies()):
+            d["condition"] = None if c is None else str(c)
+            d["matched"] = sum(t.matched for t in ts)
     child = run.child
     if child is not None:  # where named watches were armed, what happened
         for d, b, r in zip(meta["watches"], child.bindings, child.recovered):
@@ -435,14 +457,35 @@ class _AddressCounts:
             self.counts[i] += n
 
 
+def file_labels(watches, conditions: "list | None") -> "list[str]":
+    """Each watch's name in a recording, where a report tells the watches
+    apart by name (a watch split over several registers is several events
+    of one name): its label, and for a label that several watches share,
+    its condition (``state if new == 0``) or else its place (``state #2``)."""
+    labels = [w.label for w in watches]
+    out = []
+    for i, label in enumerate(labels):
+        if labels.count(label) == 1:
+            out.append(label)
+            continue
+        cond = conditions[i] if conditions else None
+        same = [j for j, x in enumerate(labels) if x == label
+                and (conditions[j] if conditions else None) == cond]
+        out.append(f"{label} if {cond}" if cond is not None and len(same) == 1
+                   else f"{label} #{labels[:i].count(label) + 1}")
+    return out
+
+
 def _per_watch(ws, pieces, piece_stats, period) -> "list[WatchStats]":
     """Add up the pieces of each watch."""
     out = []
     for wi, w in enumerate(ws):
         mine = [st for (pw, _bp, _ek), st in zip(pieces, piece_stats) if pw == wi]
+        matched = (None if any(s.matched is None for s in mine)
+                   else sum(s.matched for s in mine))
         out.append(WatchStats(w.pieces[0], sum(s.hits for s in mine),
                               sum(s.samples for s in mine), sum(s.lost for s in mine), period,
-                              sum(s.contexts for s in mine)))
+                              sum(s.contexts for s in mine), matched))
     return out
 
 

@@ -30,6 +30,12 @@ class WatchHits:
             and that could only be this watch's.
         coverage: fraction of the run the watch held a slot (1.0 unless
             multiplexed).
+        matched: with a condition, the hits for which it held (tested in
+            the kernel on every hit the kernel counted; the recovered ones
+            were never tested); None without one.
+        faults: with a condition, hits whose value could not be read
+            (never matched).
+        condition: the condition, as text (None: every hit matched).
     """
 
     watch: Watch
@@ -38,6 +44,9 @@ class WatchHits:
     coverage: float = 1.0
     bindings: "tuple" = ()
     recovered: int = 0
+    matched: "int | None" = None
+    faults: int = 0
+    condition: "str | None" = None
 
     @property
     def label(self) -> str:
@@ -64,6 +73,11 @@ class WatchHits:
             out["bindings"] = [b.as_dict() for b in self.bindings]
         if self.recovered:
             out["recovered"] = self.recovered
+        if self.matched is not None:
+            out["matched"] = self.matched
+            out["condition"] = self.condition
+            if self.faults:
+                out["unreadable"] = self.faults
         if w.warning:
             out["warning"] = w.warning
         return out

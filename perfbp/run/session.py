@@ -9,6 +9,7 @@ interval, and returns exact counts.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from ..kernel.events import Target
@@ -24,7 +25,8 @@ def count(watches: "Sequence", *,
           duration: "float | None" = None, interval: "float | None" = None,
           on_interval: "Callable[[float, list[WatchHits]], None] | None" = None,
           on_start: "Callable[[str, Plan], None] | None" = None,
-          multiplex: "float | None" = None, trace: bool = True) -> CountResult:
+          multiplex: "float | None" = None, trace: bool = True,
+          condition: "str | Sequence | None" = None) -> CountResult:
     """Count hits of ``watches`` on a target until it ends.
 
     Args:
@@ -48,6 +50,11 @@ def count(watches: "Sequence", *,
         trace: follow ``command`` with ptrace (names need it; see
             :mod:`perfbp.run.follow`).  False for a program that uses ptrace
             itself (strace, gdb): addresses only.
+        condition: a condition on the watched value (``"new == 0"``, see
+            :mod:`perfbp.kernel.condition`), tested in the kernel on every
+            hit; or one per watch (a list; None in it: that watch's every
+            hit matches).  Each watch then also has ``matched``: its hits for
+            which the condition held.  ``hits`` stays every hit.
 
     Returns:
         The exact hit counts (estimates when multiplexed).
@@ -56,10 +63,12 @@ def count(watches: "Sequence", *,
         PerfbpError: bad input, missing privilege, no free slot, no such
             process, command not found.  Nothing is left open.
     """
-    run = Run(watches, target, command, multiplex, trace)
+    conditions = [condition] if isinstance(condition, str) or (
+        condition is not None and not isinstance(condition, (list, tuple))) else condition
+    run = Run(watches, target, command, multiplex, trace, conditions)
     counters, mux = run.arm_counters()
     ws = run.watches
-    reads = _Reads(ws, counters, mux, on_interval, run.child)
+    reads = _Reads(ws, counters, mux, on_interval, run.child, run)
     failed = True
     try:
         # from the banner on, Ctrl-C and SIGTERM only ask the loop to stop:
@@ -76,6 +85,13 @@ def count(watches: "Sequence", *,
             elapsed = time.monotonic() - start
             hits = mux.stop() if mux is not None else [
                 WatchHits(w, n) for w, n in zip(ws, reads.read_all())]
+            tallies = run.tallies()
+            if tallies is not None:
+                reads.final_matched = [sum(t.matched for t in ts) for ts in tallies]
+                hits = [replace(h, matched=sum(t.matched for t in ts),
+                                faults=sum(t.faults for t in ts),
+                                condition=None if c is None else str(c))
+                        for h, ts, c in zip(hits, tallies, run.conditions)]
             run.finish()
             failed = False
     finally:
@@ -86,9 +102,9 @@ def count(watches: "Sequence", *,
         run.close(failed)
     outcome = run.outcome()
     if run.child is not None:  # a named watch is shown where it was armed last
-        hits = [WatchHits(w, h.hits + r, h.seen, h.coverage, b, r) for w, h, b, r in
-                zip(run.final_watches([h.watch for h in hits]), hits,
-                    outcome.pop("bindings"), outcome.pop("recovered"))]
+        hits = [replace(h, watch=w, hits=h.hits + r, bindings=b, recovered=r)
+                for w, h, b, r in zip(run.final_watches([h.watch for h in hits]), hits,
+                                      outcome.pop("bindings"), outcome.pop("recovered"))]
     if interval:  # the last, partial interval: the intervals add up to the totals
         reads.tick(elapsed, [h.hits for h in hits])
     return CountResult(run.description, hits, elapsed, ended_by, exit_code, **outcome)
@@ -99,10 +115,22 @@ class _Reads:
     multiplexer's estimates, plus the hits a launched command's tracer
     recovered), and the hits of each interval."""
 
-    def __init__(self, watches, counters, mux, on_interval, child) -> None:
+    def __init__(self, watches, counters, mux, on_interval, child, run=None) -> None:
         self.watches, self.counters, self.mux = watches, counters, mux
         self.on_interval, self.child = on_interval, child
         self.last = [0] * len(watches)  # opened just now: every hit since is in an interval
+        #: with conditions: the run (its programs' tallies), and the matches so far
+        self.run = run if run is not None and run.conditions is not None else None
+        self.last_matched = [0] * len(watches)
+        self.final_matched: "list[int] | None" = None  # read before the programs close
+
+    def matched(self) -> "list[int] | None":
+        """Each watch's matches so far (None without conditions)."""
+        if self.run is None:
+            return None
+        if self.final_matched is not None:
+            return self.final_matched
+        return [sum(t.matched for t in ts) for ts in self.run.tallies()]
 
     def read_all(self) -> "list[int]":
         """The events' counts (estimates), without the recovered hits."""
@@ -119,7 +147,14 @@ class _Reads:
             cur = self.read_all()
             if self.child is not None:
                 cur = [n + r for n, r in zip(cur, self.child.recovered)]
+        matched = self.matched()
         if self.on_interval:
-            self.on_interval(elapsed, [WatchHits(w, n - p) for w, n, p
-                                       in zip(self.watches, cur, self.last)])
+            hits = [WatchHits(w, n - p) for w, n, p in zip(self.watches, cur, self.last)]
+            if matched is not None:
+                hits = [replace(h, matched=m - p, condition=str(c) if c is not None else None)
+                        for h, m, p, c in zip(hits, matched, self.last_matched,
+                                              self.run.conditions)]
+            self.on_interval(elapsed, hits)
         self.last = cur
+        if matched is not None:
+            self.last_matched = matched
