@@ -269,6 +269,7 @@ import perfbp
 from perfbp.kernel import system
 for _name in perfbp.__all__:  # the API's modules load on first use: load them now
     getattr(perfbp, _name)
+import perfbp.kernel.values  # conditions' (not behind a public name), read as root too
 os.setgroups([])
 os.setresgid(%(id)d, %(id)d, %(id)d)
 os.setresuid(%(id)d, %(id)d, %(id)d)

@@ -960,6 +960,18 @@ def test_user_address_unprivileged_works(nobody_perfbp):
     assert one_json(r.stdout)["exit_code"] == 0
 
 
+def test_a_condition_unprivileged_says_what_is_missing(nobody_perfbp):
+    """nobody may watch its own command, but not load the BPF program of a
+    condition: one line naming the capabilities, exit 2."""
+    argv, env = nobody_perfbp
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        *argv, "stat", "-w", "0x400000", "--if", "new == 0", "--", "/bin/true"],
+                       cwd="/", env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    line = assert_one_error_line(r)
+    assert "(EPERM)" in line and "lacks CAP_BPF and CAP_PERFMON" in line, line
+    assert "or watch without a condition" in line
+
+
 # -- check -----------------------------------------------------------------------------
 
 def test_check():

@@ -819,6 +819,10 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     others: list[Record] = []
     stacks = (size is None and cfg.sample_type & USER_STACK_BITS
               and not cfg.sample_type & PERF_SAMPLE_READ)
+    # a sample with a user stack holds at least its registers' abi and the
+    # stack's size: one too short for them is decoded alone (to say so)
+    need = 8 * (bool(cfg.sample_type & PERF_SAMPLE_REGS_USER)
+                + bool(cfg.sample_type & PERF_SAMPLE_STACK_USER)) if stacks else 0
     if size is None and (not stacks or cfg.values and cfg.sample_type & PERF_SAMPLE_CALLCHAIN):
         # one by one: a run's size does not say where the values are when a
         # callchain of any length comes before them and a stack after
@@ -826,6 +830,7 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
         for rec in iter_records(mv, cfg, offset, end):
             (samples if isinstance(rec, Sample) else others).append(rec)
         return SampleColumns.from_samples(samples), others
+    full = cfg  # a sample decoded alone is decoded whole (a damaged one says so)
     if stacks:
         # the columns have no user stacks: leave them undecoded (they come
         # last of what perfbp decodes, and are most of the bytes)
@@ -838,6 +843,9 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     for pos, count in _walk(mv, size, offset, end):
         rsize = HEADER.unpack_from(mv, pos)[2]
         dtype = _run_dtype(cfg, rsize) if count else None
+        if dtype is not None and need and (
+                dtype.fields["rest"][0].itemsize if "rest" in dtype.fields else 0) < need:
+            dtype = None
         if dtype is not None and (
                 chains is None or not np.frombuffer(mv, dtype, count, pos)["nr"].any()):
             pieces.append((pos, count, dtype))
@@ -847,7 +855,7 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
             continue
         for rpos in range(pos, pos + max(count, 1) * rsize, rsize):
             rtype, misc, _size = HEADER.unpack_from(mv, rpos)
-            rec = parse_record(rtype, misc, bytes(mv[rpos + 8:rpos + rsize]), cfg)
+            rec = parse_record(rtype, misc, bytes(mv[rpos + 8:rpos + rsize]), full)
             if isinstance(rec, Sample):
                 pieces.append(rec)
                 total += 1
