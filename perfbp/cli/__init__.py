@@ -438,7 +438,8 @@ def _status(result) -> dict:
            "  perfbp stat -I 1000 -w 0x4040a0 -p 1234       # hits per second\n"
            "  perfbp stat -w 0x601000/32 -- ./prog          # a range, split over 4 slots\n"
            "  perfbp stat --multiplex -w 0x601000/64 -w 0x601040 -- ./prog  # > 4 slots\n"
-           "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n",
+           "  perfbp stat --json -o n.json -w 0x4040a0 -- ./prog  # for scripts\n"
+           "  perfbp stat -w head --if 'new == 0' -- ./prog  # and the writes of 0\n",
 )
 def stat(
     watch: Watches = None, pid: Pid = None, tid: Tid = None, all_cpus: AllCpus = False,
@@ -664,7 +665,9 @@ def _report_csv(report) -> None:
            "  perfbp record --period 100 -w 0x4040a0 -a  # every 100th hit, all CPUs\n"
            "  perfbp record -o run1.data -w table[3] -- ./prog  # another file\n"
            "  perfbp record -o - -w counter -- ./prog | perf report -i -  # a pipe\n"
-           "  perfbp record --multiplex -w a -w b -w c -w d -w e -- ./prog  # > 4 slots\n",
+           "  perfbp record --multiplex -w a -w b -w c -w d -w e -- ./prog  # > 4 slots\n"
+           "  perfbp record -w p --if 'old != 0 and new == 0' -- ./prog  # who cleared p\n"
+           "  perfbp record -w state --values -p 1234 -d 5  # every write, old and new\n",
 )
 def record(
     watch: Watches = None,
@@ -875,7 +878,8 @@ def _report_stdin(top: int, sort: str):
            "  perfbp top -w counter -- ./demo/demo       # live hits of a global\n"
            "  perfbp top -w counter -w config.flags -p 1234  # beside a running program\n"
            "  perfbp top -w 0x4040a0 -a --interval 2     # all CPUs, every 2 s\n"
-           "  perfbp top -w counter -p 1234 | tee log    # plain lines when piped\n",
+           "  perfbp top -w counter -p 1234 | tee log    # plain lines when piped\n"
+           "  perfbp top -w refcnt/4 --if 'new > 1000' -p 1234  # and the writes over 1000\n",
 )
 def top(
     watch: Watches = None, pid: Pid = None, tid: Tid = None, all_cpus: AllCpus = False,
