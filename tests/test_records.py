@@ -1098,3 +1098,37 @@ def test_a_user_stack_larger_than_its_sample_is_corrupt():
         + struct.pack("<Q", 4096) + bytes(64) + struct.pack("<Q", 64)
     with pytest.raises(CorruptRecord, match="user stack of 4096 bytes"):
         parse_sample(body, cfg)
+
+
+#: configs whose samples carry perfbp's values in their raw field (a watch
+#: with a condition): alone, after a callchain, before a user stack
+VALUES_CONFIGS = st.builds(
+    lambda st_, regs: ParseConfig(st_ | records.PERF_SAMPLE_RAW, True, 0, regs,
+                                  records.VALUES_RAW.size),
+    st.sampled_from([0x1 | 0x2 | 0x4 | 0x80 | 0x10000, 0x1 | 0x2 | 0x20 | 0x10000,
+                     0x1 | 0x2 | 0x20 | 0x1000 | 0x2000 | 0x10000, 0x1 | 0x1000 | 0x2000, 0]),
+    st.sampled_from([0, 1, 0xff]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(plausible_garbage(), VALUES_CONFIGS)
+def test_garbage_with_values_never_crashes(buf, cfg):
+    decode_both(buf, cfg)
+
+
+def test_values_decode_in_bulk_and_one_by_one_alike():
+    """A sample's raw values (size 28, kind 1, addr, old, new) become the
+    columns addr, old and new; a raw field of another size or kind is a
+    CorruptRecord for both decoders."""
+    cfg = ParseConfig(0x1 | 0x2 | 0x10000 | records.PERF_SAMPLE_RAW, True, 0, 0,
+                      records.VALUES_RAW.size)
+    body = lambda i, kind=1, size=28: (struct.pack("<QQII", 7, 0x400000 + i, 10, 11)  # noqa: E731
+                                       + records.VALUES_RAW.pack(size, kind, 0x4040, i, i + 1))
+    buf = b"".join(struct.pack("<IHH", 9, 2, 8 + len(body(i))) + body(i) for i in range(5))
+    recs = decode_both(buf, cfg)
+    assert [(r.addr, r.old, r.new) for r in recs] == [(0x4040, i, i + 1) for i in range(5)]
+    for bad in (body(0, kind=2), body(0, size=20)):
+        with pytest.raises(CorruptRecord, match="perfbp's values"):
+            decode_bulk(struct.pack("<IHH", 9, 2, 8 + len(bad)) + bad, cfg)
+        with pytest.raises(CorruptRecord, match="perfbp's values"):
+            list(iter_records(struct.pack("<IHH", 9, 2, 8 + len(bad)) + bad, cfg))

@@ -848,6 +848,14 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
             dtype = None
         if dtype is not None and (
                 chains is None or not np.frombuffer(mv, dtype, count, pos)["nr"].any()):
+            if need:  # the stacks are not decoded, but a damaged one is found
+                user = dtype.fields["rest"][1] - 8  # in the body: after the header
+                for rpos in range(pos, pos + count * rsize, rsize):
+                    try:
+                        _user_stack(mv[rpos + 8:rpos + rsize], user, full)
+                    except struct.error:
+                        raise CorruptRecord(f"sample record truncated ({rsize} bytes for "
+                                            f"sample_type {full.sample_type:#x})") from None
             pieces.append((pos, count, dtype))
             total += count
             if chains is not None:
