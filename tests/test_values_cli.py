@@ -324,3 +324,22 @@ def test_stat_intervals_carry_matched_and_add_up(values_prog, tmp_path):
     assert sum(p["hits"] for p in parts) == w["hits"] == 3 * N
     assert sum(p["matched"] for p in parts) == w["matched"]
     assert all(p["condition"] == "new & 1" for p in parts)
+
+
+def test_a_full_ring_loses_samples_with_values_and_says_how_many(values_prog):
+    """A one-page ring, not drained while half of 30,021 stores match: the
+    kernel counts the samples it could not write, once, and samples + lost
+    is exactly the matches."""
+    text = "new & 1 == 0"
+    with ValuesRun(values_prog) as run:
+        bp = perfbp.Breakpoint.write(run.addr, 8)
+        with perfbp.Sampler([bp], perfbp.Target.process(run.proc.pid), condition=text,
+                            ring_pages=1) as s:
+            _writers, lost = run.go()
+            batch = s.read()
+            (st,) = s.stats()
+            run.end()
+    seen, want = expected(text, lost)
+    assert (st.hits, st.matched) == (len(seen), sum(want.values()))
+    assert st.lost > 0 and st.samples + st.lost == st.matched and st.complete
+    assert (batch.samples.new & 1 == 0).all() and (batch.samples.new - batch.samples.old > 0).all()
