@@ -352,6 +352,9 @@ def _render_counts(result, sink=None) -> None:
             if w.faults:
                 out(f"{'':>{width}}  {'':>{width}}  {w.faults:,} hits whose value could not "
                     f"be read (never matched)")
+            if w.untested:
+                out(f"{'':>{width}}  {'':>{width}}  WARNING: {w.untested:,} hits the condition "
+                    f"never saw (threads started while perfbp armed): not in matched")
         else:
             out(f"{w.hits:>{width},}  {label}")
         if w.estimated:

@@ -482,6 +482,8 @@ BPF_PROG_TYPE_PERF_EVENT = 7
 
 # map update flags
 BPF_ANY = 0
+# map_create flags
+BPF_F_MMAPABLE = 1 << 10  # an array map's values can be mmapped (Linux 5.5)
 
 # enum bpf_func_id: the helpers perfbp calls
 BPF_FUNC_map_lookup_elem = 1
@@ -500,8 +502,10 @@ BPF_F_CURRENT_CPU = 0xFFFFFFFF
 #: breakpoint, its ``bp_addr`` (include/uapi/linux/bpf_perf_event.h).
 BPF_PERF_EVENT_DATA_ADDR = {
     "x86_64": 176,   # struct pt_regs: 21 u64
-    "aarch64": 280,  # struct user_pt_regs: 31 regs, sp, pc, pstate
 }
+# (aarch64's would be 280, after struct user_pt_regs, but an arm64 watchpoint
+# fires before the access: the program would read the value before the
+# write as ``new``; values are refused there until that is modelled)
 
 #: ``__NR_bpf`` per machine (``uname -m``).
 NR_BPF = {

@@ -47,6 +47,7 @@ Pure Python: this module builds instructions and needs no kernel;
 
 from __future__ import annotations
 
+import errno
 import re
 import struct
 from dataclasses import dataclass
@@ -649,12 +650,17 @@ class Tally(NamedTuple):
         last: the value the last hit read: the next hit's ``old``.
         faults: hits whose bytes could not be read (the program counts them
             and drops them; they never match).
+        unsent: matching hits whose sample the program could not write for
+            another reason than a full ring (which the kernel counts lost
+            itself): no output event runs on that CPU, or writes nested too
+            deep; counted with the samples lost.
     """
 
     hits: int
     matched: int
     last: int
     faults: int
+    unsent: int = 0
 
     @classmethod
     def unpack(cls, raw: bytes) -> "Tally":
@@ -664,9 +670,9 @@ class Tally(NamedTuple):
         return TALLY.pack(*self)
 
 
-#: The map's value: four u64 in the order of :class:`Tally`.
-TALLY = struct.Struct("<4Q")
-HITS_AT, MATCHED_AT, LAST_AT, FAULTS_AT = 0, 8, 16, 24
+#: The map's value: five u64 in the order of :class:`Tally`.
+TALLY = struct.Struct("<5Q")
+HITS_AT, MATCHED_AT, LAST_AT, FAULTS_AT, UNSENT_AT = 0, 8, 16, 24, 32
 
 _SIZE = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
 _VALUE_AT = -8  # the stack slot the watched bytes are read into
@@ -753,7 +759,13 @@ def hit_program(condition: "Condition | None", map_fd: int, length: int, *,
           BPF_ALU64_IMM(BPF_ADD, BPF_REG_4, _RAW_AT),
           BPF_MOV64_IMM(BPF_REG_5, VALUES_RAW.size - 4),
           BPF_EMIT_CALL(BPF_FUNC_perf_event_output),
-          BPF_MOV64_IMM(BPF_REG_0, 0),
+          BPF_JMP_IMM(BPF_JEQ, BPF_REG_0, 0, "sent"),
+          # a full ring: the kernel counts the sample lost itself
+          BPF_JMP_IMM(BPF_JEQ, BPF_REG_0, -errno.ENOSPC, "sent"),
+          BPF_MOV64_IMM(BPF_REG_1, 1),
+          BPF_ATOMIC_OP(BPF_DW, BPF_ADD, BPF_REG_7, BPF_REG_1, UNSENT_AT))
+        asm.label("sent")
+        e(BPF_MOV64_IMM(BPF_REG_0, 0),
           BPF_EXIT_INSN())
     else:
         e(BPF_MOV64_IMM(BPF_REG_0, 1 if emit else 0),

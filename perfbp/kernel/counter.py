@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno as E
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from . import abi, system
 from .breakpoint import Breakpoint
@@ -79,6 +79,11 @@ class Counter:
     counter opens until it is closed, even while disabled: that is how the
     kernel accounts slots.
 
+    ``on_open(fd)`` is called as soon as each event is open, before the next
+    one opens (a condition's program is attached there: the events the
+    kernel makes for the threads a thread starts copy the program its event
+    has when they are made, not one attached later).
+
     Example::
 
         with Counter(Breakpoint.write(addr, 8)) as c:
@@ -91,16 +96,18 @@ class Counter:
     """
 
     __slots__ = ("_breakpoint", "target", "options", "_fds", "_tids", "_attrs", "_views",
-                 "_enabled", "_attrs_enabled", "_fast", "_moved_to", "__weakref__")
+                 "_enabled", "_attrs_enabled", "_fast", "_moved_to", "_on_open", "__weakref__")
 
     def __init__(self, breakpoint: Breakpoint, pid: int = 0, cpu: int = -1, *,
                  process: bool = False, inherit: "bool | None" = None,
                  target: "Target | None" = None, enabled: bool = True,
                  exclude_kernel: "bool | None" = None, enable_on_exec: bool = False,
-                 options: "EventOptions | None" = None) -> None:
+                 options: "EventOptions | None" = None,
+                 on_open: "Callable[[int], None] | None" = None) -> None:
+        self._on_open = on_open
         if (pid == 0 and cpu == -1 and target is None and options is None and not process
                 and not inherit and exclude_kernel is None and not enable_on_exec
-                and type(breakpoint) is Breakpoint):
+                and type(breakpoint) is Breakpoint and on_open is None):
             # the calling thread with default options: the hot path, kept lean
             self._breakpoint = breakpoint
             self._fast = self._moved_to = None
@@ -136,6 +143,8 @@ class Counter:
                                        target.cpus[0] if target.cpus else -1,
                                        target.inherit, options, target)]
             self._tids = [target.pid]
+            if on_open is not None:
+                on_open(self._fds[0])
             return
         self._fds: list[int] = []
         self._tids: list[int] = []
@@ -161,6 +170,8 @@ class Counter:
         self._fds.append(open_event_fd(self.breakpoint, pid, cpu, self.target.inherit,
                                        self.options, self.target))
         self._tids.append(pid)
+        if self._on_open is not None:  # at once: threads it makes inherit what it has
+            self._on_open(self._fds[-1])
 
     def _open_process(self, pid: int, cpu: int) -> None:
         """One event per thread, with inherit; repeat until no new thread

@@ -429,7 +429,9 @@ def parse_sample(body: bytes, cfg: ParseConfig, misc: int = 0) -> Sample:
             off += 8 * nr
         old = new = None
         addr = v[ix[6]]
-        if cfg.values:
+        if cfg.values and _U32x2.unpack_from(body, off) == (4, 0):
+            off += 8  # an empty raw field: a breakpoint's own sample (no program ran)
+        elif cfg.values:
             size, kind, raw_addr, old, new = VALUES_RAW.unpack_from(body, off)
             if size != cfg.raw_size - 4 or kind != VALUES_KIND:
                 raise CorruptRecord(f"sample's raw field ({size} bytes, kind {kind}) does not "

@@ -265,6 +265,9 @@ class Sampler:
         if condition is not None or values:
             if programs is not None:
                 raise InvalidBreakpoint("give condition= (or values=) or programs=, not both")
+            if period != 1:
+                raise InvalidBreakpoint(f"a condition sees every hit: period {period} "
+                                        f"(every {period}th hit) cannot go with it")
             programs = self._own_programs = _programs(list(watches), condition)
         self.programs = list(programs) if programs is not None else [None] * len(watches)
         if period != 1 and any(p is not None for p in self.programs):
@@ -547,7 +550,11 @@ class Sampler:
         opened = [0] * len(self.watches)
         for _fd, widx, _cpu, _tid in self._events:
             opened[widx] += 1
-        matched = [None if p is None else p.tally().matched for p in self.programs]
+        tallies = [None if p is None else p.tally() for p in self.programs]
+        matched = [None if t is None else t.matched for t in tallies]
+        for widx, t in enumerate(tallies):
+            if t is not None:  # samples its program could not write: lost too
+                lost[widx] += t.unsent
         return [WatchStats(bp, h, s, l, self.period, n + self._forks * len(self.cpus), m)
                 for bp, h, s, l, n, m in zip(self.watches, hits, self._samples, lost, opened,
                                              matched)]

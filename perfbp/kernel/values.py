@@ -31,13 +31,15 @@ missing the error says which, in one line.
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
+import mmap
 import os
 
 from . import _uapi, abi, system
 from .bpf import encode
 from .breakpoint import Breakpoint
-from .condition import TALLY, Condition, Tally, hit_program, parse
+from .condition import LAST_AT, TALLY, Condition, Tally, hit_program, parse
 from ..errors import PerfbpError, PermissionDenied, Unsupported
 
 import struct
@@ -100,10 +102,16 @@ class ValueProgram:
                               f"{', '.join(_uapi.BPF_PERF_EVENT_DATA_ADDR)}, not {abi.MACHINE}")
         if condition is not None:
             condition.check(length)
+        self._mapped = None
         try:
+            # mapped into this process: ``last`` is set with one 8-byte store,
+            # never by rewriting the counts the program adds to atomically
             self.map_fd = abi.bpf_map_create(_uapi.BPF_MAP_TYPE_ARRAY, len(_KEY), TALLY.size,
-                                             1, name=name)
+                                             1, map_flags=_uapi.BPF_F_MMAPABLE, name=name)
+            self._mapped = mmap.mmap(self.map_fd, mmap.PAGESIZE, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
+            self.close()
             raise bpf_error(exc, "make the map that keeps the values of", self) from None
         if values:
             try:
@@ -112,9 +120,13 @@ class ValueProgram:
             except OSError as exc:
                 self.close()
                 raise bpf_error(exc, "make the map of the output events of", self) from None
-        insns = hit_program(condition, self.map_fd, length, emit=emit,
-                            addr_offset=addr_offset, kernel=kernel,
-                            output_map_fd=self.output_fd if values else None)
+        try:
+            insns = hit_program(condition, self.map_fd, length, emit=emit,
+                                addr_offset=addr_offset, kernel=kernel,
+                                output_map_fd=self.output_fd if values else None)
+        except BaseException:
+            self.close()
+            raise
         self.insns = insns
         try:
             self.prog_fd = abi.bpf_prog_load(_uapi.BPF_PROG_TYPE_PERF_EVENT, encode(insns),
@@ -146,10 +158,10 @@ class ValueProgram:
                             self) from None
 
     def describe(self) -> str:
-        text = str(self.condition) if self.condition is not None else ""
-        what = (repr(text if len(text) <= 60 else text[:57] + "...")
-                if self.condition is not None else "the values")
-        return f"{what} on {self.length}-byte values"
+        if self.condition is None:
+            return f"{self.length}-byte values"
+        text = str(self.condition)
+        return f"{text if len(text) <= 60 else text[:57] + '...'!r} on {self.length}-byte values"
 
     def attach(self, fd: int) -> None:
         """Run the program on every hit of the event ``fd`` (a sampling
@@ -167,20 +179,24 @@ class ValueProgram:
 
     def tally(self) -> Tally:
         """What the program has seen so far (read from the map)."""
-        return Tally.unpack(abi.bpf_map_lookup_elem(self.map_fd, _KEY, TALLY.size))
+        if self._mapped is None:
+            raise PerfbpError(f"the program that tests {self.describe()} is closed")
+        return Tally.unpack(self._mapped[:TALLY.size])
 
     def set_last(self, value: int) -> None:
         """Make ``value`` the ``old`` of the next hit (the value at the time
-        the watch is armed or moved).  The tally is read and written back
-        with it: a hit in between (on another CPU) is not counted, so call it
-        while the watch's events cannot fire (before they are enabled, or
-        while the target is stopped)."""
-        t = self.tally()
-        abi.bpf_map_update_elem(self.map_fd, _KEY, t._replace(last=value).pack())
+        the watch is armed or moved): one 8-byte store into the mapped map,
+        so the counts the program adds to meanwhile are kept."""
+        if self._mapped is None:
+            raise PerfbpError(f"the program that tests {self.describe()} is closed")
+        ctypes.c_uint64.from_buffer(self._mapped, LAST_AT).value = value
 
     def close(self) -> None:
         """Close the program and the map (events they are attached to keep
         them until they close).  Safe to call twice."""
+        if getattr(self, "_mapped", None) is not None:
+            self._mapped.close()
+            self._mapped = None
         for fd in (self.prog_fd, self.map_fd, self.output_fd):
             if fd >= 0:
                 abi.close(fd)
@@ -245,10 +261,13 @@ def bpf_error(exc: OSError, action: str, prog: ValueProgram) -> PerfbpError:
                            f"without CONFIG_BPF_SYSCALL); watch without a condition",
                            errno=code)
     if log:
-        lines = [ln for ln in log.splitlines() if ln.strip()]
+        # the log ends with the verifier's statistics: the reason is the
+        # last line before them
+        stats = ("processed ", "verification time", "stack depth", "max_states_per_insn")
+        lines = [ln for ln in log.splitlines() if ln.strip() and not ln.startswith(stats)]
         last = lines[-1][:200] if lines else ""
         advice = ("the program is too long for the verifier: write a shorter condition"
-                  if code == E.E2BIG or "too large" in log or "processed" in last
+                  if code == E.E2BIG or "too large" in log or "too complex" in log
                   else "Linux 5.5 or later is needed")
         return Unsupported(f"{asked}: the kernel's verifier refused it "
                            f"({E.errorcode.get(code, code)}: {last}); {advice}",

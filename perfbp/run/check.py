@@ -228,9 +228,28 @@ def _values() -> CheckItem:
         return CheckItem("values", False, f"conditions on values (--if, --values) are not "
                          f"available: {exc}", None)
     ok = tally.matched == 1 and tally.hits == hits == VALUE_WRITES
-    if ok:
+    if ok:  # and samples carry the values (record --if, top --if)
+        from ..kernel.events import Target
+        from ..kernel.sampling import Sampler
+
+        try:
+            with Sampler([bp], Target.this_thread(), condition="new == 5") as s:
+                for i in range(1, VALUE_WRITES + 1):
+                    cell[0] = i
+                s.disable()
+                batch = s.read()
+        except PerfbpError as exc:
+            return CheckItem("values", False, f"conditions are tested in the kernel, but "
+                             f"their samples cannot be written: {exc}", 0)
+        got = list(zip(batch.samples.old.tolist(), batch.samples.new.tolist())) \
+            if len(batch) else []
+        if got != [(4, 5)]:
+            return CheckItem("values", False, f"a sampled condition 'new == 5' over 1..."
+                             f"{VALUE_WRITES} gave the values {got[:3]} instead of "
+                             f"[(4, 5)]", len(got))
         return CheckItem("values", True, f"conditions on values (--if, --values) are tested in "
-                         f"the kernel: 'new == 5' matched 1 of {VALUE_WRITES} writes", 1)
+                         f"the kernel: 'new == 5' matched 1 of {VALUE_WRITES} writes, and its "
+                         f"sample says 4 -> 5", 1)
     return CheckItem("values", False, f"a condition tested in the kernel matched "
                      f"{tally.matched} of {tally.hits} writes it saw ({hits} counted, "
                      f"{VALUE_WRITES} made; 'new == 5' should match 1)", tally.matched)

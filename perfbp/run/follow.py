@@ -205,7 +205,7 @@ def _set_old(programs, pieces, pid: int) -> None:
     from ..kernel.values import read_value
 
     for prog, bp in zip(programs, pieces):
-        if prog is not None and bp != PARKED:
+        if prog is not None and prog.prog_fd >= 0 and bp != PARKED:
             prog.set_last(read_value(pid, bp.address, bp.length) or 0)
 
 

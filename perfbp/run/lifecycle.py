@@ -226,10 +226,10 @@ class Run:
                                     remove_on_exec=mode == "image",
                                     sample_period=1 if tested else 0)
                 counters.append([])
-                for bp in w.pieces:
-                    counters[-1].append(Counter(bp, target=self.target, options=opts))
-                if tested:
-                    self._attach_programs(wi, counters[-1], values=False)
+                progs = self._load_programs(wi, values=False) if tested else [None] * len(w.pieces)
+                for bp, prog in zip(w.pieces, progs):
+                    counters[-1].append(Counter(bp, target=self.target, options=opts,
+                                                on_open=prog.attach if prog else None))
             self._arm(HolderArmer(counters, self.programs or None))
             if tested and not self.at_exec:
                 self._set_running_olds()
@@ -243,23 +243,19 @@ class Run:
             self.abort()
             raise
 
-    def _attach_programs(self, wi: int, holders, *, values: bool) -> None:
-        """Load the programs testing watch ``wi``'s condition, one per piece,
-        and attach them to the pieces' counters (``values`` False); with
-        ``values``, only load them (the sampler attaches them).  Each reads
-        its piece's length as planned (a name's events may open parked,
-        until the tracer binds them)."""
+    def _load_programs(self, wi: int, *, values: bool) -> list:
+        """Load the programs testing watch ``wi``'s condition, one per piece
+        (attached to each event as it opens: ``Counter(on_open=)``, and the
+        sampler's own).  Each reads its piece's length as planned (a name's
+        events may open parked, until the tracer binds them)."""
         from ..kernel.values import ValueProgram
 
-        progs = []
+        progs: list = []
         self.programs.append(progs)
         for j, bp in enumerate(self.watches[wi].pieces):
-            prog = ValueProgram.for_breakpoint(bp, self.conditions[wi], emit=False,
-                                               values=values, name=f"perfbp_w{wi}_{j}")
-            progs.append(prog)
-            if not values:
-                for fd in holders[j].fds:
-                    prog.attach(fd)
+            progs.append(ValueProgram.for_breakpoint(bp, self.conditions[wi], emit=False,
+                                                     values=values, name=f"perfbp_w{wi}_{j}"))
+        return progs
 
     def _set_running_olds(self) -> None:
         """A running target's value now is each piece's first ``old``: read
@@ -283,6 +279,7 @@ class Run:
     def close_programs(self) -> None:
         for p in (p for progs in self.programs for p in progs):
             p.close()
+        self.programs = []
 
     def arm_sampler(self, **options) -> SampledArming:
         """Sampling events for every piece, sharing one ring per CPU (and a
@@ -310,7 +307,7 @@ class Run:
 
             if self.conditions is not None:
                 for wi in range(len(self.opening)):
-                    self._attach_programs(wi, None, values=True)
+                    self._load_programs(wi, values=True)
                 options["programs"] = [p for progs in self.programs for p in progs]
                 later = not self.at_exec and options.get("enabled", True)
                 if later:  # the first olds are read just before it is enabled
@@ -343,11 +340,13 @@ class Run:
             self.child.arm(armer, self.watches)
 
     def abort(self) -> None:
-        """Arming failed: the command perfbp forked never runs."""
+        """Arming failed: the command perfbp forked never runs; the programs
+        of the conditions are closed."""
         if self.child is not None:
             self.child.abort()
             if hasattr(self.child, "release"):
                 self.child.release()
+        self.close_programs()
 
     # -- 3. start ----------------------------------------------------------------------
     def start(self, mux=None) -> None:
@@ -468,8 +467,8 @@ class Run:
     def close(self, failed: bool = False) -> None:
         """The run is over: a launched command that still runs is killed when
         the run failed (it must not outlive perfbp), and is always reaped;
-        the programs of the conditions are closed."""
-        self.close_programs()
+        then the programs of the conditions are closed (its tracer may move
+        them until the command is gone)."""
         child = self.child
         if child is not None and child.returncode is None:
             if failed and child.poll() is None:
@@ -477,6 +476,7 @@ class Run:
             child.wait()
         if child is not None and hasattr(child, "release"):
             child.release()
+        self.close_programs()
 
     def final_watches(self, watches: "Sequence") -> list:
         """Each watch as it was armed last (a named watch in a launched

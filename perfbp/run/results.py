@@ -36,6 +36,11 @@ class WatchHits:
         faults: with a condition, hits whose value could not be read
             (never matched).
         condition: the condition, as text (None: every hit matched).
+        untested: with a condition, hits the kernel counted that its program
+            did not see (an event made for a thread started while perfbp was
+            arming, before the program was attached; or another BPF program
+            running on that CPU then): they are in ``hits``, never in
+            ``matched``.
     """
 
     watch: Watch
@@ -47,6 +52,7 @@ class WatchHits:
     matched: "int | None" = None
     faults: int = 0
     condition: "str | None" = None
+    untested: int = 0
 
     @property
     def label(self) -> str:
@@ -78,6 +84,8 @@ class WatchHits:
             out["condition"] = self.condition
             if self.faults:
                 out["unreadable"] = self.faults
+            if self.untested:
+                out["untested"] = self.untested
         if w.warning:
             out["warning"] = w.warning
         return out

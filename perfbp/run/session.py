@@ -90,7 +90,8 @@ def count(watches: "Sequence", *,
                 reads.final_matched = [sum(t.matched for t in ts) for ts in tallies]
                 hits = [replace(h, matched=sum(t.matched for t in ts),
                                 faults=sum(t.faults for t in ts),
-                                condition=None if c is None else str(c))
+                                condition=None if c is None else str(c),
+                                untested=max(0, h.hits - sum(t.hits for t in ts)))
                         for h, ts, c in zip(hits, tallies, run.conditions)]
             run.finish()
             failed = False
