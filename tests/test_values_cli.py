@@ -19,6 +19,7 @@ import io
 import json
 import shutil
 import subprocess
+import time
 from collections import Counter as Tally_
 
 import pytest
@@ -346,3 +347,24 @@ def test_a_full_ring_loses_samples_with_values_and_says_how_many(values_prog):
     assert (st.hits, st.matched) == (len(seen), sum(want.values()))
     assert st.lost > 0 and st.samples + st.lost == st.matched and st.complete
     assert (batch.samples.new & 1 == 0).all() and (batch.samples.new - batch.samples.old > 0).all()
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="perf is installed by .ci/run")
+def test_perf_record_with_raw_samples_still_reads(values_prog, tmp_path):
+    """perf record -R gives breakpoint samples an empty raw field: not
+    perfbp's values, and no error; the report is perf's samples."""
+    data = tmp_path / "perf-raw.data"
+    with ValuesRun(values_prog) as run:
+        rec = subprocess.Popen(["perf", "record", "-q", "-R", "-o", str(data), "-e",
+                                f"mem:{run.addr:#x}/8:w", "-p", str(run.proc.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)  # perf has no "armed" line: give it two seconds
+        _writers, lost = run.go()
+        run.end()
+        rec.wait(30)
+    report = perfbp.load_report(str(data))
+    (w,) = report.watches
+    # (what values.c calls lost may be counted by perf's event: this machine)
+    assert 3 * N - len(lost) <= w.hits <= 3 * N and w.matched is None and not w.values
+    s = perfbp.load_samples(str(data))
+    assert "old" not in s.columns and (s.columns["addr"] == run.addr).all()

@@ -880,7 +880,9 @@ def decode_bulk(buf: "bytes | memoryview", cfg: ParseConfig, offset: int = 0,
     fields = [(name, name) for name in COLUMNS if name in names]
     if "identifier" in names:
         fields.append(("id", "identifier"))
-    if cfg.values:
+    if cfg.values and not any(isinstance(p, Sample) and p.new is None for p in pieces):
+        # (a sample with an empty raw field, a breakpoint's own, has no
+        # values: then no sample of the chunk has these columns)
         fields += [("old", "old"), ("new", "new")]
         if "addr" not in names:
             fields.append(("addr", "raw_addr"))
