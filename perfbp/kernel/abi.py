@@ -494,6 +494,17 @@ def bpf_prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str 
     raise refused
 
 
+def bpf_map_mmap(map_fd: int):
+    """Map a ``BPF_F_MMAPABLE`` array map's values into this process (one
+    page, read-write, shared with the kernel): an ``mmap.mmap``.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    return _mmap.mmap(map_fd, _mmap.PAGESIZE, _mmap.MAP_SHARED,
+                      _mmap.PROT_READ | _mmap.PROT_WRITE)
+
+
 def set_bpf(fd: int, prog_fd: int) -> None:
     """``PERF_EVENT_IOC_SET_BPF``: run the program on every overflow (for a
     breakpoint with ``sample_period`` 1: every hit) of the event; the sample

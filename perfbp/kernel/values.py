@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ctypes
 import errno as E
-import mmap
 import os
 
 from . import _uapi, abi, system
@@ -108,8 +107,7 @@ class ValueProgram:
             # never by rewriting the counts the program adds to atomically
             self.map_fd = abi.bpf_map_create(_uapi.BPF_MAP_TYPE_ARRAY, len(_KEY), TALLY.size,
                                              1, map_flags=_uapi.BPF_F_MMAPABLE, name=name)
-            self._mapped = mmap.mmap(self.map_fd, mmap.PAGESIZE, mmap.MAP_SHARED,
-                                     mmap.PROT_READ | mmap.PROT_WRITE)
+            self._mapped = abi.bpf_map_mmap(self.map_fd)
         except OSError as exc:
             self.close()
             raise bpf_error(exc, "make the map that keeps the values of", self) from None
