@@ -379,12 +379,14 @@ def test_perf_record_with_raw_samples_still_reads(values_prog, tmp_path):
         _writers, lost = run.go()
         run.end()
         rec.wait(30)
+    # what this test is about is that the file reads, samples as samples;
+    # how many perf took is perf's business (its event counts kernel-mode
+    # writes too, and starts when it starts)
     report = perfbp.load_report(str(data))
     (w,) = report.watches
-    # every store (what values.c calls lost may be counted by perf's event on
-    # this machine), and perf's event counts kernel-mode writes too
-    assert w.hits >= 3 * N - len(lost) and w.matched is None and not w.values
-    assert sum(wr.samples for wr in w.writers if wr.location.dso.endswith("values")) >= \
-        3 * N - len(lost)
     s = perfbp.load_samples(str(data))
-    assert "old" not in s.columns and (s.columns["addr"] == run.addr).all()
+    assert w.hits == len(s) > 0 and w.matched is None and not w.values and not w.transitions
+    assert "old" not in s.columns and "new" not in s.columns
+    assert (s.columns["addr"] == run.addr).all()
+    user = s.columns["ip"] < 0x800000000000
+    assert set(s.columns["tid"][user].tolist()) <= set(_writers) | {run.proc.pid}
