@@ -7,11 +7,16 @@
  * prints "ADDRESS TID" (the address of the global `counter` and the writer
  * thread's id) and "ready".  On the first line read from stdin the writer
  * calls bump() N times (one store to counter each; nothing else stores to
- * it) and main prints "done"; on the second line (or end of input) it exits 0.
+ * it) and main prints "done", then "lost K": the stores that reached it as a
+ * SIGTRAP with si_code TRAP_BRKPT (a debug exception whose status the
+ * machine lost, which no watch saw; 0 on a sound machine); on the second
+ * line (or end of input) it exits 0.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -20,6 +25,15 @@ volatile long counter;
 static long N;
 static long writer_tid;
 static pthread_barrier_t ready, go;
+static volatile long lost;
+
+static void on_trap(int sig, siginfo_t *si, void *ctx)
+{
+    (void)sig;
+    (void)ctx;
+    if (si->si_code == TRAP_BRKPT)
+        __atomic_fetch_add(&lost, 1, __ATOMIC_SEQ_CST);
+}
 
 __attribute__((noinline)) void bump(long i)
 {
@@ -45,6 +59,11 @@ int main(int argc, char **argv)
     if (argc != 2)
         return 2;
     N = atol(argv[1]);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_trap;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGTRAP, &sa, NULL);
     pthread_barrier_init(&ready, NULL, 2);
     pthread_barrier_init(&go, NULL, 2);
     if (pthread_create(&t, NULL, writer, NULL))
@@ -57,7 +76,7 @@ int main(int argc, char **argv)
         return 4;
     pthread_barrier_wait(&go);
     pthread_join(t, NULL);
-    printf("done\n");
+    printf("done\nlost %ld\n", lost);
     fflush(stdout);
     (void)fgets(line, sizeof line, stdin);
     return 0;
