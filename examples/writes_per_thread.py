@@ -49,7 +49,9 @@ def main() -> int:
             session.stop()
             fig = session.figures[0]
             threads = session.threads(16)
-        print(f"shared.counter: {fig.hits} writes, {fig.samples} sampled, {fig.lost} lost")
+        print(f"shared.counter: {fig.hits} writes, {fig.samples} sampled, {fig.lost} lost"
+              + (f", {fig.recovered} without their status (the machine's fault: no sample)"
+                 if fig.recovered else ""))
         for t in threads:
             print(f"  thread {t.tid} ({t.comm}): {t.samples} writes")
         same = min(neighbour_ns(shared) for _ in range(3))
