@@ -450,6 +450,20 @@ def parse(text: str) -> Condition:
     return Condition(text, tree)
 
 
+def read_conditions(condition, values: bool = False) -> "list[Condition | None] | None":
+    """What the API's ``condition=`` and ``values=`` ask for, read: a list
+    of conditions (parsed; None in it: every hit), one for all watches or one
+    per watch; ``[None]`` for values without a condition; None for neither.
+
+    Raises:
+        InvalidCondition: a condition cannot be read (or is not text).
+    """
+    if condition is None:
+        return [None] if values else None
+    items = list(condition) if isinstance(condition, (list, tuple)) else [condition]
+    return [c if c is None or isinstance(c, Condition) else parse(c) for c in items]
+
+
 def _walk(node: Node):
     yield node
     if isinstance(node, (Mask, Logic)):

@@ -261,18 +261,16 @@ class Sampler:
                  condition: "str | Sequence | None" = None, values: bool = False) -> None:
         if period < 1:
             raise InvalidBreakpoint(f"period {period} must be 1 (every hit) or more")
-        self._own_programs: list = []
-        if condition is not None or values:
-            if programs is not None:
-                raise InvalidBreakpoint("give condition= (or values=) or programs=, not both")
-            if period != 1:
-                raise InvalidBreakpoint(f"a condition sees every hit: period {period} "
-                                        f"(every {period}th hit) cannot go with it")
-            programs = self._own_programs = _programs(list(watches), condition)
-        self.programs = list(programs) if programs is not None else [None] * len(watches)
-        if period != 1 and any(p is not None for p in self.programs):
+        own = condition is not None or values
+        if own and programs is not None:
+            raise InvalidBreakpoint("give condition= (or values=) or programs=, not both")
+        if period != 1 and (own or any(p is not None for p in programs or ())):
             raise InvalidBreakpoint(f"a condition sees every hit: period {period} "
                                     f"(every {period}th hit) cannot go with it")
+        self._own_programs: list = _programs(list(watches), condition) if own else []
+        if own:
+            programs = self._own_programs
+        self.programs = list(programs) if programs is not None else [None] * len(watches)
         self.values = any(p is not None and p.values for p in self.programs)
         if self.values and not all(p is not None and p.values for p in self.programs):
             raise InvalidBreakpoint("values in samples are for every watch of a sampler or "
@@ -695,10 +693,12 @@ class SamplerSlot:
 
 def _programs(watches: "list[Breakpoint]", condition) -> list:
     """A values program for each watch: ``condition`` for all, or one each."""
+    from .condition import read_conditions
     from .values import ValueProgram
 
-    conds = (list(condition) if isinstance(condition, (list, tuple))
-             else [condition] * len(watches))
+    conds = read_conditions(condition, values=True)
+    if len(conds) == 1:
+        conds = conds * len(watches)
     if len(conds) != len(watches):
         raise InvalidBreakpoint(f"{len(conds)} conditions for {len(watches)} watches: give "
                                 f"one for all, or one per watch")

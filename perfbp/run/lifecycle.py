@@ -157,14 +157,10 @@ class Run:
 
     def __init__(self, watches: "Sequence", target: "Target | None",
                  command: "Sequence[str] | None", multiplex: "float | None",
-                 trace: bool = True, conditions: "Sequence | None" = None) -> None:
-        if conditions is not None:  # a mistake is refused before anything starts
-            from ..kernel.condition import parse
+                 trace: bool = True, condition=None, values: bool = False) -> None:
+        from ..kernel.condition import read_conditions
 
-            from ..kernel.condition import Condition
-
-            conditions = [c if c is None or isinstance(c, Condition) else parse(c)
-                          for c in conditions]
+        conditions = read_conditions(condition, values)  # a mistake forks nothing
         self.child, self.watches, self.plan, self.arming = prepare_run(
             watches, target, command, multiplex, trace)
         child = self.child
@@ -503,8 +499,9 @@ class Run:
 
 
 def _conditions(conditions: "Sequence | None", watches, plan) -> "list | None":
-    """The condition of each watch, parsed and checked against each of its
-    pieces' length; None: the run tests no values.
+    """The condition of each watch (``conditions``: read, one for all or
+    one per watch), checked against each of its pieces' length; None: the
+    run tests no values.
 
     Raises:
         InvalidCondition: a number does not fit a piece.
@@ -513,9 +510,8 @@ def _conditions(conditions: "Sequence | None", watches, plan) -> "list | None":
     if conditions is None:
         return None
     from ..errors import PerfbpError
-    from ..kernel.condition import parse
 
-    conds = [parse(c) if isinstance(c, str) else c for c in conditions]
+    conds = list(conditions)
     if len(conds) == 1 and len(watches) > 1:
         conds = conds * len(watches)
     if len(conds) != len(watches):

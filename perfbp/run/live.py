@@ -117,9 +117,7 @@ class LiveSession:
                               "give command=[...] too, or leave it out", errno=errno.EINVAL)
         self.command_output = command_output
         with _command_stdio(command_output):  # what the command is forked with
-            conditions = [condition] if isinstance(condition, str) or (
-                condition is not None and not isinstance(condition, (list, tuple))) else condition
-            self.run = run = Run(watches, target, command, multiplex, trace, conditions)
+            self.run = run = Run(watches, target, command, multiplex, trace, condition)
         options = {} if ring_pages is None else {"ring_pages": ring_pages}
         armed = run.arm_sampler(wakeup_fraction=8, **options)
         self.child, self.watches, self.target = run.child, run.watches, run.target

@@ -239,14 +239,10 @@ def record(watches: "Sequence", output: str, *,
     callchain = CallGraph.parse(callchain)  # bad input is refused before anything runs
     stream = _StdoutStream() if output == "-" else None
     try:
-        conditions = [condition] if isinstance(condition, str) or (
-            condition is not None and not isinstance(condition, (list, tuple))) else condition
-        if conditions is None and values:
-            conditions = [None]
-        if conditions is not None and period != 1:
+        if (condition is not None or values) and period != 1:
             raise InvalidBreakpoint(f"a condition or values see every hit: period {period} "
                                     f"(one sample every {period} hits) cannot go with them")
-        run = Run(watches, target, command, multiplex, trace, conditions)
+        run = Run(watches, target, command, multiplex, trace, condition, values)
         armed = run.arm_sampler(period=period, callchain=callchain,
                                 **({} if ring_pages is None else {"ring_pages": ring_pages}))
         sampler, mux = armed.sampler, armed.mux

@@ -63,9 +63,7 @@ def count(watches: "Sequence", *,
         PerfbpError: bad input, missing privilege, no free slot, no such
             process, command not found.  Nothing is left open.
     """
-    conditions = [condition] if isinstance(condition, str) or (
-        condition is not None and not isinstance(condition, (list, tuple))) else condition
-    run = Run(watches, target, command, multiplex, trace, conditions)
+    run = Run(watches, target, command, multiplex, trace, condition)
     counters, mux = run.arm_counters()
     ws = run.watches
     reads = _Reads(ws, counters, mux, on_interval, run.child, run)
